@@ -1,0 +1,1 @@
+"""The face: FastAPI REST API, job store and the Dash dashboard (never imports torch)."""
