@@ -2,7 +2,7 @@
 
 import pytest
 
-from headq_core.config import HeadQConfig, QuantConfig, RunSpec, ValuePolicyConfig
+from headq_spec.runs import HeadQConfig, QuantConfig, RunSpec, ValuePolicyConfig
 
 
 @pytest.mark.parametrize(

@@ -1,0 +1,161 @@
+"""Configuration dataclasses: one small, validated class per method choice.
+
+Every field is checked in ``__post_init__`` and a bad value raises ``ValueError`` naming the field.
+A :class:`RunSpec` is one evaluated configuration (a row of the results ``runs`` list); it
+round-trips through plain dicts (``to_dict`` / ``from_dict``) so job specs can carry it as JSON.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+from typing import Any, Literal
+
+SUPPORTED_BITS = (1, 2, 3, 4, 8)
+SIDE_BITS = (4, 8, 16)
+Axis = Literal["per_channel", "per_token"]
+Basis = Literal["query_pca", "key_pca", "random"]
+PolicyMode = Literal["online", "oracle"]
+
+
+def _require(ok: bool, field_name: str, message: str) -> None:
+    if not ok:
+        raise ValueError(f"{field_name}: {message}")
+
+
+@dataclass(frozen=True)
+class QuantConfig:
+    """Asymmetric uniform quantizer with fp16 scale and zero-point per group.
+
+    ``per_channel``: groups of ``group_size`` tokens along the sequence, one scale per channel
+    (the KIVI key layout). ``per_token``: groups of ``group_size`` channels along head_dim (the
+    value layout). ``residual`` most recent tokens stay in full precision.
+    """
+
+    bits: int = 2
+    axis: Axis = "per_channel"
+    group_size: int = 32
+    residual: int = 0
+
+    def __post_init__(self) -> None:
+        _require(self.bits in SUPPORTED_BITS, "bits", f"must be one of {SUPPORTED_BITS}, got {self.bits!r}")
+        _require(self.axis in ("per_channel", "per_token"), "axis",
+                 f"must be 'per_channel' or 'per_token', got {self.axis!r}")
+        _require(isinstance(self.group_size, int) and self.group_size >= 1, "group_size",
+                 f"must be a positive integer, got {self.group_size!r}")
+        _require(isinstance(self.residual, int) and self.residual >= 0, "residual",
+                 f"must be a non-negative integer, got {self.residual!r}")
+
+    @property
+    def seq_group(self) -> int:
+        """Tokens that must be complete before any of them can be quantized (1 for per_token)."""
+        return self.group_size if self.axis == "per_channel" else 1
+
+
+@dataclass(frozen=True)
+class HeadQConfig:
+    """Low-rank side code of the key residual in a calibration basis, added back as a logit term."""
+
+    rank: int = 8
+    basis: Basis = "query_pca"
+    sign: int = 1
+    side_bits: int = 8
+    seed: int = 0  # only used by the ``random`` basis
+
+    def __post_init__(self) -> None:
+        _require(isinstance(self.rank, int) and self.rank >= 1, "rank", f"must be >= 1, got {self.rank!r}")
+        _require(self.basis in ("query_pca", "key_pca", "random"), "basis",
+                 f"must be 'query_pca', 'key_pca' or 'random', got {self.basis!r}")
+        _require(self.sign in (1, -1), "sign", f"must be +1 or -1, got {self.sign!r}")
+        _require(self.side_bits in SIDE_BITS, "side_bits", f"must be one of {SIDE_BITS}, got {self.side_bits!r}")
+
+
+@dataclass(frozen=True)
+class ValuePolicyConfig:
+    """A² value policy: the largest-A² tokens keep ``high_bits``, the rest the value quantizer's bits.
+
+    Give exactly one budget: ``keep_fraction`` (share of tokens at high precision) or
+    ``target_bits`` (average value code bits, converted to a fraction).
+    """
+
+    mode: PolicyMode = "online"
+    keep_fraction: float | None = 0.1
+    target_bits: float | None = None
+    high_bits: int = 8
+
+    def __post_init__(self) -> None:
+        _require(self.mode in ("online", "oracle"), "mode", f"must be 'online' or 'oracle', got {self.mode!r}")
+        _require((self.keep_fraction is None) != (self.target_bits is None), "keep_fraction",
+                 "give exactly one of keep_fraction or target_bits")
+        if self.keep_fraction is not None:
+            _require(0.0 <= self.keep_fraction <= 1.0 and not math.isnan(self.keep_fraction),
+                     "keep_fraction", f"must lie in [0, 1], got {self.keep_fraction!r}")
+        _require(self.high_bits in SUPPORTED_BITS or self.high_bits == 16, "high_bits",
+                 f"must be one of {SUPPORTED_BITS + (16,)}, got {self.high_bits!r}")
+
+    def fraction_for(self, low_bits: int) -> float:
+        """Share of tokens kept at ``high_bits`` so the average code width meets the budget."""
+        if self.keep_fraction is not None:
+            return self.keep_fraction
+        assert self.target_bits is not None
+        _require(low_bits <= self.target_bits <= self.high_bits, "target_bits",
+                 f"must lie between the low ({low_bits}) and high ({self.high_bits}) bit widths, "
+                 f"got {self.target_bits!r}")
+        return (self.target_bits - low_bits) / (self.high_bits - low_bits)
+
+
+@dataclass(frozen=True)
+class InterventionConfig:
+    """Null-space control: replace the key error by same-norm noise outside or inside the top-m
+    query subspace (the norm of each token's real quantization error is kept)."""
+
+    subspace: Literal["outside", "inside"] = "outside"
+    dims: int = 8
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        _require(self.subspace in ("outside", "inside"), "subspace",
+                 f"must be 'outside' or 'inside', got {self.subspace!r}")
+        _require(isinstance(self.dims, int) and self.dims >= 1, "dims", f"must be >= 1, got {self.dims!r}")
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    """One evaluated configuration. ``key=None`` / ``value=None`` keeps that side dense."""
+
+    name: str
+    key: QuantConfig | None = None
+    value: QuantConfig | None = None
+    headq: HeadQConfig | None = None
+    value_policy: ValuePolicyConfig | None = None
+    intervention: InterventionConfig | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        _require(bool(self.name) and isinstance(self.name, str), "name", "must be a non-empty string")
+        _require(self.headq is None or self.key is not None, "headq", "needs a key quantizer")
+        _require(self.intervention is None or self.key is not None, "intervention", "needs a key quantizer")
+        _require(self.value_policy is None or self.value is not None, "value_policy",
+                 "needs a value quantizer")
+
+    @property
+    def is_dense(self) -> bool:
+        return self.key is None and self.value is None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {k: v for k, v in asdict(self).items() if v is not None and v != {}}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> RunSpec:
+        parts = {"key": QuantConfig, "value": QuantConfig, "headq": HeadQConfig,
+                 "value_policy": ValuePolicyConfig, "intervention": InterventionConfig}
+        unknown = set(data) - set(parts) - {"name", "extra"}
+        _require(not unknown, "run", f"unknown fields {sorted(unknown)}")
+        kwargs: dict[str, Any] = {"name": data.get("name", ""), "extra": dict(data.get("extra") or {})}
+        for key, klass in parts.items():
+            if data.get(key) is not None:
+                try:
+                    kwargs[key] = klass(**data[key])
+                except TypeError as exc:
+                    raise ValueError(f"{key}: {exc}") from exc
+        return cls(**kwargs)
