@@ -1,0 +1,71 @@
+"""Bit packing of quantization codes: a little-endian bitstream along the last dimension.
+
+Code ``i`` of a row occupies bits ``[i*bits, (i+1)*bits)`` of the row's bitstream; bit ``b`` of the
+stream is bit ``b % 8`` of byte ``b // 8``. A row of ``n`` codes takes ``ceil(n*bits/8)`` bytes
+(the last byte is zero-padded). Widths that divide 8 (1, 2, 4, 8) use a shift-and-or fast path;
+other widths (3, 5, 6, 7) go through an explicit bit expansion. Both give the same bytes.
+"""
+
+from __future__ import annotations
+
+import torch
+
+
+def _check_bits(bits: int) -> None:
+    if not isinstance(bits, int) or not 1 <= bits <= 8:
+        raise ValueError(f"bits: must be an integer in 1..8, got {bits!r}")
+
+
+def packed_size(n: int, bits: int) -> int:
+    """Bytes needed for ``n`` codes of ``bits`` bits."""
+    _check_bits(bits)
+    return (n * bits + 7) // 8
+
+
+def pack_bits(codes: torch.Tensor, bits: int) -> torch.Tensor:
+    """Pack ``codes`` uint8 [..., n] (each < 2**bits) into uint8 [..., ceil(n*bits/8)]."""
+    _check_bits(bits)
+    if codes.dtype != torch.uint8:
+        raise ValueError(f"codes: must be torch.uint8, got {codes.dtype}")
+    if codes.numel() and int(codes.max()) >= (1 << bits):
+        raise ValueError(f"codes: values must be < 2**bits = {1 << bits}")
+    n = codes.shape[-1]
+    lead = codes.shape[:-1]
+    if bits == 8:
+        return codes.clone()
+    if 8 % bits == 0:
+        per = 8 // bits
+        pad = (-n) % per
+        c = torch.nn.functional.pad(codes, (0, pad)) if pad else codes
+        c = c.reshape(*lead, -1, per).to(torch.int32)
+        shifts = torch.arange(per, dtype=torch.int32) * bits
+        return (c << shifts).sum(-1).to(torch.uint8)
+    stream = ((codes.unsqueeze(-1).to(torch.int32) >> torch.arange(bits, dtype=torch.int32)) & 1)
+    stream = stream.reshape(*lead, n * bits)
+    pad = (-(n * bits)) % 8
+    if pad:
+        stream = torch.nn.functional.pad(stream, (0, pad))
+    stream = stream.reshape(*lead, -1, 8)
+    return (stream << torch.arange(8, dtype=torch.int32)).sum(-1).to(torch.uint8)
+
+
+def unpack_bits(packed: torch.Tensor, bits: int, n: int) -> torch.Tensor:
+    """Inverse of :func:`pack_bits`: uint8 [..., ceil(n*bits/8)] -> uint8 codes [..., n]."""
+    _check_bits(bits)
+    if packed.dtype != torch.uint8:
+        raise ValueError(f"packed: must be torch.uint8, got {packed.dtype}")
+    if packed.shape[-1] != packed_size(n, bits):
+        raise ValueError(f"packed: last dim must be {packed_size(n, bits)} for n={n}, bits={bits}, "
+                         f"got {packed.shape[-1]}")
+    lead = packed.shape[:-1]
+    if bits == 8:
+        return packed.clone()
+    p = packed.to(torch.int32)
+    if 8 % bits == 0:
+        per = 8 // bits
+        shifts = torch.arange(per, dtype=torch.int32) * bits
+        codes = (p.unsqueeze(-1) >> shifts) & ((1 << bits) - 1)
+        return codes.reshape(*lead, -1)[..., :n].to(torch.uint8)
+    stream = ((p.unsqueeze(-1) >> torch.arange(8, dtype=torch.int32)) & 1).reshape(*lead, -1)
+    stream = stream[..., : n * bits].reshape(*lead, n, bits)
+    return (stream << torch.arange(bits, dtype=torch.int32)).sum(-1).to(torch.uint8)
