@@ -1,0 +1,37 @@
+"""The job store: SQLAlchemy models, sessions, migrations and the repository functions that the API
+and the job runner (workers) call. Torch-free."""
+
+from app.store.db import make_engine, make_session_factory, migrate, ping, session_scope
+from app.store.jobs import (
+    IdempotencyConflict,
+    JobNotFound,
+    JobStateError,
+    cancel_job,
+    claim_next_queued,
+    create_job,
+    finish,
+    get_job,
+    heartbeat,
+    is_cancel_requested,
+    list_jobs,
+    mark_running,
+    note_error,
+    requeue_or_fail_stale,
+    update_progress,
+)
+from app.store.models import FINISHED_STATUSES, HEAD_METRICS, JOB_KINDS, JOB_STATUSES, JobRow
+from app.store.results import (
+    import_document,
+    load_calibration_artifact,
+    load_head_rows,
+    load_results,
+    save_results,
+)
+
+__all__ = [
+    "FINISHED_STATUSES", "HEAD_METRICS", "JOB_KINDS", "JOB_STATUSES", "IdempotencyConflict", "JobNotFound",
+    "JobRow", "JobStateError", "cancel_job", "claim_next_queued", "create_job", "finish", "get_job",
+    "heartbeat", "import_document", "is_cancel_requested", "list_jobs", "load_calibration_artifact",
+    "load_head_rows", "load_results", "make_engine", "make_session_factory", "mark_running", "migrate",
+    "note_error", "ping", "requeue_or_fail_stale", "save_results", "session_scope", "update_progress",
+]

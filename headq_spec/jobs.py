@@ -1,0 +1,176 @@
+"""The job spec: what `POST /api/v1/jobs`, `headq submit` and `headq eval --spec` accept.
+
+Pydantic models, torch-free. Run configurations are the dataclasses of :mod:`headq_spec.runs`:
+pydantic validates their fields and runs their ``__post_init__``, so a bad run is rejected with the
+same rules (and the same ``ValueError`` wording) the core uses. Every model forbids unknown fields;
+``trust_remote_code`` is refused wherever it appears (it is a server setting, never a request field).
+
+Where a model lives is classified by :func:`model_location`; the server checks local paths against
+its allowed model directories (the spec alone cannot know them).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_serializer, field_validator, model_validator
+
+from headq_spec.runs import RunSpec
+
+BUILTIN_MODELS = ("builtin:smollm2-135m",)
+WEIGHT_FORMATS = ("auto", "safetensors", "gguf")
+_HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*(/[A-Za-z0-9][A-Za-z0-9._-]*)?$")
+_FORBIDDEN_KEYS = ("trust_remote_code",)
+
+ModelLocation = Literal["builtin", "hub", "path"]
+
+
+def model_location(model_id: str) -> ModelLocation:
+    """``builtin`` (a shipped model), ``hub`` (``name`` or ``org/name``) or ``path`` (anything else)."""
+    if model_id in BUILTIN_MODELS:
+        return "builtin"
+    if _HUB_ID.match(model_id) and ".." not in model_id:
+        return "hub"
+    return "path"
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class ModelSpec(_Strict):
+    """Which model to load: a hub id, an allowed local folder, or ``builtin:smollm2-135m``."""
+
+    id: str = Field(min_length=1, max_length=500)
+    revision: str | None = Field(default=None, max_length=200)
+    dtype: Literal["float32", "float16", "bfloat16"] = "float32"
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    weights: Literal["auto", "safetensors", "gguf"] = "auto"
+    gguf_file: str | None = Field(default=None, max_length=200)
+
+    @field_validator("id")
+    @classmethod
+    def _id_is_printable(cls, value: str) -> str:
+        if not value.isprintable() or value != value.strip():
+            raise ValueError("must be printable text without surrounding spaces")
+        if value.startswith("builtin:") and value not in BUILTIN_MODELS:
+            raise ValueError(f"unknown built-in model; known: {list(BUILTIN_MODELS)}")
+        return value
+
+    @field_validator("gguf_file")
+    @classmethod
+    def _gguf_name(cls, value: str | None) -> str | None:
+        if value is not None and (not value.endswith(".gguf") or "/" in value or "\\" in value
+                                  or value.startswith(".")):
+            raise ValueError("must be a plain file name ending in .gguf (only safetensors or GGUF "
+                             "weights are loaded)")
+        return value
+
+    @model_validator(mode="after")
+    def _gguf_consistent(self) -> ModelSpec:
+        if self.gguf_file is not None and self.weights == "safetensors":
+            raise ValueError("gguf_file: given while weights is 'safetensors'")
+        return self
+
+
+class DatasetSpec(_Strict):
+    """Which text to read. ``builtin`` corpora by name, ``hf`` datasets by id, ``files`` by path."""
+
+    source: Literal["builtin", "hf", "files"] = "builtin"
+    name: str = Field(default="sotu", min_length=1, max_length=200)
+    split: str | None = Field(default=None, max_length=100)
+    files: list[str] | None = Field(default=None, max_length=1000)
+    text_field: str = Field(default="text", min_length=1, max_length=100)
+    window: int = Field(default=1024, ge=2, le=1_048_576)
+    max_tokens: int | None = Field(default=32768, ge=1)
+
+    @model_validator(mode="after")
+    def _files_match_source(self) -> DatasetSpec:
+        if self.source == "files" and not self.files:
+            raise ValueError("files: required when source is 'files'")
+        if self.source != "files" and self.files:
+            raise ValueError("files: only allowed when source is 'files'")
+        return self
+
+
+class CalibrationOptions(_Strict):
+    """Calibration-only options: how many eigenvectors to keep (the spectrum is always kept whole)."""
+
+    rank: int = Field(default=64, ge=1, le=4096)
+
+
+class JobSpec(_Strict):
+    """One calibration or evaluation job. ``runs`` are evaluated; a calibration has none."""
+
+    kind: Literal["calibration", "evaluation"]
+    label: str | None = Field(default=None, max_length=200)
+    model: ModelSpec
+    dataset: DatasetSpec = Field(default_factory=DatasetSpec)
+    calibration_job: str | None = Field(default=None, min_length=1, max_length=64)
+    calibration: CalibrationOptions | None = None
+    runs: list[RunSpec] = Field(default_factory=list, max_length=256)
+    seed: int = Field(default=0, ge=0, le=2**32 - 1)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_forbidden_keys(cls, data: Any) -> Any:
+        found = _find_keys(data, _FORBIDDEN_KEYS)
+        if found:
+            raise ValueError(f"{found}: is a server setting, never a request field")
+        return data
+
+    @model_validator(mode="after")
+    def _kind_rules(self) -> JobSpec:
+        if self.kind == "calibration":
+            if self.runs:
+                raise ValueError("runs: a calibration job has no runs")
+            if self.calibration_job is not None:
+                raise ValueError("calibration_job: only an evaluation names a calibration")
+            if self.calibration is None:
+                self.calibration = CalibrationOptions()
+            return self
+        if self.calibration is not None:
+            raise ValueError("calibration: only a calibration job takes calibration options")
+        if not self.runs:
+            raise ValueError("runs: an evaluation needs at least one run")
+        names = [run.name for run in self.runs]
+        duplicates = sorted({n for n in names if names.count(n) > 1})
+        if duplicates:
+            raise ValueError(f"runs: duplicate run names {duplicates}")
+        needs = [run.name for run in self.runs if run.headq is not None or run.intervention is not None]
+        if needs and self.calibration_job is None:
+            raise ValueError(f"calibration_job: required by the HeadQ / intervention runs {needs}")
+        return self
+
+    @field_serializer("runs")
+    def _runs_as_dicts(self, runs: list[RunSpec]) -> list[dict[str, Any]]:
+        return [run.to_dict() for run in runs]
+
+    def canonical_json(self) -> str:
+        """The spec as sorted, compact JSON: equal specs give equal strings."""
+        return json.dumps(self.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
+
+    def fingerprint(self) -> str:
+        """SHA-256 of :meth:`canonical_json` (idempotent submission compares these)."""
+        return hashlib.sha256(self.canonical_json().encode()).hexdigest()
+
+
+def _find_keys(data: Any, keys: tuple[str, ...], path: str = "") -> str | None:
+    """Dotted path of the first of ``keys`` anywhere in nested dicts / lists, or None."""
+    if isinstance(data, dict):
+        for name, value in data.items():
+            here = f"{path}.{name}" if path else str(name)
+            if name in keys:
+                return here
+            found = _find_keys(value, keys, here)
+            if found:
+                return found
+    elif isinstance(data, list):
+        for index, value in enumerate(data):
+            found = _find_keys(value, keys, f"{path}.{index}" if path else str(index))
+            if found:
+                return found
+    return None
