@@ -1,0 +1,177 @@
+"""HeadQ: a low-rank side code of the key residual in a query basis, added back on the logit side.
+
+- :class:`QueryStats` accumulates the uncentred query second moment ``C = mean(q q^T)`` per
+  (layer, KV head), pooled over the query heads of the group, in float64 over streamed batches.
+- Bases ``U`` [Hkv, d, r] (orthonormal columns): ``query_pca`` (top-r eigenvectors of C),
+  ``key_pca`` (top-r eigenvectors of the uncentred second moment of the key residual at hand; the
+  evaluator computes it on the very residuals it corrects, which favours this control) and
+  ``random`` (seeded random orthonormal).
+- Side code ``c_j = U^T (k_j - k^_j)`` at 16 (fp16), 8 (int8) or 4 bits (two's-complement nibbles
+  packed two per byte) with a symmetric per-token fp16 scale ``amax / (2**(bits-1) - 1)``: the
+  layout of docs/contracts.md ("Kernel storage layout").
+- Correction ``sign * tau * <U^T q_t, c^_j>`` on keys read in quantized form only.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from headq_core.config import HeadQConfig
+from headq_core.packing import pack_bits, unpack_bits
+from headq_core.quant import check_finite
+
+
+def _group_size(q_heads: int, kv_heads: int) -> int:
+    if kv_heads < 1 or q_heads % kv_heads:
+        raise ValueError(f"kv_heads: {kv_heads} must divide q_heads {q_heads}")
+    return q_heads // kv_heads
+
+
+def top_eigen(moment: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Symmetric [..., d, d] -> (eigenvalues [..., d] descending, eigenvectors [..., d, d] as columns)."""
+    vals, vecs = torch.linalg.eigh(moment)
+    return vals.flip(-1), vecs.flip(-1)
+
+
+class QueryStats:
+    """Streaming float64 accumulator of ``sum q q^T`` per (layer, KV head) and query counts."""
+
+    def __init__(self, n_layers: int, kv_heads: int, head_dim: int) -> None:
+        for name, val in (("n_layers", n_layers), ("kv_heads", kv_heads), ("head_dim", head_dim)):
+            if not isinstance(val, int) or val < 1:
+                raise ValueError(f"{name}: must be a positive integer, got {val!r}")
+        self.kv_heads, self.head_dim = kv_heads, head_dim
+        self.sums = torch.zeros(n_layers, kv_heads, head_dim, head_dim, dtype=torch.float64)
+        self.counts = torch.zeros(n_layers, dtype=torch.float64)
+
+    def update(self, layer: int, q: torch.Tensor, mask: torch.Tensor | None = None) -> None:
+        """Add queries q [B, Hq, T, d] of ``layer``; ``mask`` bool [B, T] keeps only True tokens."""
+        if not 0 <= layer < self.sums.shape[0]:
+            raise ValueError(f"layer: must lie in [0, {self.sums.shape[0]}), got {layer}")
+        if q.dim() != 4 or q.shape[-1] != self.head_dim:
+            raise ValueError(f"q: expected [B, Hq, T, {self.head_dim}], got {tuple(q.shape)}")
+        check_finite(q, "q")
+        b, hq, t, d = q.shape
+        g = _group_size(hq, self.kv_heads)
+        x = q.to(torch.float64).reshape(b, self.kv_heads, g, t, d)
+        n_tok = b * t
+        if mask is not None:
+            if mask.shape != (b, t) or mask.dtype != torch.bool:
+                raise ValueError(f"mask: expected bool [{b}, {t}], got {mask.dtype} {tuple(mask.shape)}")
+            x = x * mask.view(b, 1, 1, t, 1)
+            n_tok = int(mask.sum())
+        self.sums[layer] += torch.einsum("bhgtd,bhgte->hde", x, x)
+        self.counts[layer] += n_tok * g
+
+    def second_moment(self) -> torch.Tensor:
+        """C = mean(q q^T): float64 [L, Hkv, d, d]. Layers without data raise ValueError."""
+        if (self.counts == 0).any():
+            raise ValueError("layer: some layers received no queries")
+        return self.sums / self.counts.view(-1, 1, 1, 1)
+
+    def spectrum(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(eigenvalues [L, Hkv, d] descending, eigenvectors [L, Hkv, d, d]) of C, float64."""
+        return top_eigen(self.second_moment())
+
+
+def query_pca_basis(moment: torch.Tensor, rank: int) -> torch.Tensor:
+    """Top-``rank`` eigenvectors of C [..., d, d] -> float32 [..., d, rank]."""
+    if not 1 <= rank <= moment.shape[-1]:
+        raise ValueError(f"rank: must lie in [1, {moment.shape[-1]}], got {rank}")
+    return top_eigen(moment.to(torch.float64))[1][..., :rank].float()
+
+
+def key_pca_basis(residual: torch.Tensor, rank: int) -> torch.Tensor:
+    """Top-``rank`` eigenvectors of the uncentred residual second moment, residual [B, Hkv, S, d]
+    -> [Hkv, d, rank] (tokens with zero residual, never quantized, add nothing)."""
+    r = residual.to(torch.float64)
+    moment = torch.einsum("bhsd,bhse->hde", r, r) / max(1, r.shape[0] * r.shape[2])
+    return query_pca_basis(moment, rank)
+
+
+def random_basis(kv_heads: int, head_dim: int, rank: int, seed: int = 0) -> torch.Tensor:
+    """Seeded random orthonormal basis [Hkv, d, rank] (QR of a Gaussian matrix)."""
+    if not 1 <= rank <= head_dim:
+        raise ValueError(f"rank: must lie in [1, {head_dim}], got {rank}")
+    gen = torch.Generator().manual_seed(seed)
+    g = torch.randn(kv_heads, head_dim, rank, generator=gen, dtype=torch.float64)
+    qmat, rmat = torch.linalg.qr(g)
+    return (qmat * torch.sign(torch.diagonal(rmat, dim1=-2, dim2=-1)).unsqueeze(-2)).float()
+
+
+def make_basis(cfg: HeadQConfig, *, query_moment: torch.Tensor | None = None,
+               residual: torch.Tensor | None = None, kv_heads: int, head_dim: int) -> torch.Tensor:
+    """The basis [Hkv, d, r] that ``cfg.basis`` names: ``query_moment`` [Hkv, d, d] for query_pca,
+    ``residual`` [B, Hkv, S, d] for key_pca."""
+    if cfg.basis == "query_pca":
+        if query_moment is None:
+            raise ValueError("basis: query_pca needs the calibration query second moment")
+        return query_pca_basis(query_moment, cfg.rank)
+    if cfg.basis == "key_pca":
+        if residual is None:
+            raise ValueError("basis: key_pca needs the key residual")
+        return key_pca_basis(residual, cfg.rank)
+    return random_basis(kv_heads, head_dim, cfg.rank, cfg.seed)
+
+
+@dataclass
+class SideCode:
+    """codes: fp16 [B, Hkv, S, r] (16 bits), int8 [B, Hkv, S, r] (8) or uint8 [B, Hkv, S, ceil(r/2)]
+    (4); scale: fp16 [B, Hkv, S] or None for 16 bits."""
+
+    codes: torch.Tensor
+    scale: torch.Tensor | None
+    bits: int
+    rank: int
+
+
+def encode_side(residual: torch.Tensor, basis: torch.Tensor, bits: int) -> SideCode:
+    """c = U^T (k - k^): residual [B, Hkv, S, d], basis [Hkv, d, r] -> :class:`SideCode`."""
+    if bits not in (4, 8, 16):
+        raise ValueError(f"side_bits: must be 4, 8 or 16, got {bits!r}")
+    check_finite(residual, "residual")
+    c = torch.einsum("bhsd,hdr->bhsr", residual.float(), basis.float())
+    rank = c.shape[-1]
+    if bits == 16:
+        return SideCode(codes=c.half(), scale=None, bits=16, rank=rank)
+    qmax = (1 << (bits - 1)) - 1
+    scale = (c.abs().amax(-1) / qmax).half()
+    scale = torch.where(scale == 0, torch.ones_like(scale), scale)
+    codes = torch.round(c / scale.float().unsqueeze(-1)).clamp_(-qmax, qmax).to(torch.int8)
+    if bits == 4:
+        codes = pack_bits((codes.to(torch.int16) & 0xF).to(torch.uint8), 4)
+    return SideCode(codes=codes, scale=scale, bits=bits, rank=rank)
+
+
+def decode_side(side: SideCode) -> torch.Tensor:
+    """Reconstructed code c^ float32 [B, Hkv, S, r]."""
+    if side.bits == 16:
+        return side.codes.float()
+    assert side.scale is not None
+    codes = side.codes
+    if side.bits == 4:
+        nib = unpack_bits(codes, 4, side.rank).to(torch.int16)
+        codes = torch.where(nib >= 8, nib - 16, nib)
+    return codes.float() * side.scale.float().unsqueeze(-1)
+
+
+def correction_keys(basis: torch.Tensor, c_hat: torch.Tensor, sign: int = 1) -> torch.Tensor:
+    """The key-space term ``sign * U c^`` [B, Hkv, S, d]: k^ plus this gives the effective key
+    whose logits equal the corrected ones."""
+    return sign * torch.einsum("hdr,bhsr->bhsd", basis.float(), c_hat)
+
+
+def logit_correction(q: torch.Tensor, basis: torch.Tensor, c_hat: torch.Tensor, tau: float,
+                     sign: int = 1, mask: torch.Tensor | None = None) -> torch.Tensor:
+    """``sign * tau * <U^T q_t, c^_j>`` [B, Hq, T, S] for q [B, Hq, T, d], basis [Hkv, d, r],
+    c_hat [B, Hkv, S, r]; zero where ``mask`` (bool [T, S], from ``decode_mask``) is False."""
+    b, hq, t, d = q.shape
+    hkv = c_hat.shape[1]
+    g = _group_size(hq, hkv)
+    qr = torch.einsum("bhgtd,hdr->bhgtr", q.float().reshape(b, hkv, g, t, d), basis.float())
+    corr = sign * tau * torch.einsum("bhgtr,bhsr->bhgts", qr, c_hat).reshape(b, hq, t, -1)
+    if mask is not None:
+        corr = corr * mask.to(corr.dtype)
+    return corr

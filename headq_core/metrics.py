@@ -1,0 +1,198 @@
+"""Per-head distortion metrics of METHOD.md from dense and perturbed logits, in query blocks.
+
+For one layer, per query head, over the evaluated query rows (batch x positions):
+
+- ``key_mse`` mean over tokens of ‖e_j‖²/d, with ``e_j`` the error of the key the queries see:
+  for HeadQ the effective key ``k^_j + sign*U c^_j`` (equivalent logits); tokens never quantized
+  have zero error. ``value_mse`` likewise for values. Both come from the KV head of the query head.
+- ``score_mse`` mean over allowed (t, j) of ``(s^_tj - s_tj)²`` (raw, not centred).
+- ``fisher`` mean_t F_t/2, ``F_t = sum_j a_tj (delta_tj - dbar_t)²`` (the predicted KL).
+- ``attn_kl`` mean_t KL(a_t ‖ a^_t), exact: ``log E_a[exp(delta - dbar)]`` (log1p/expm1 for small
+  errors, logsumexp otherwise, so neither cancellation nor overflow bites at long context).
+- ``entropy`` mean_t H(a_t); ``route_flip`` share of rows whose argmax changes.
+- ``value_a2`` ``sum_{t,j} a_tj² ‖eps_j‖² / n_rows`` for this query head (the METHOD figure pools the
+  group: it is the mean of this over the group's heads), ``readout_err`` mean_t ‖sum_j a_tj eps_j‖²,
+  attention held at the dense one. Value terms count only (t, j) where t reads value j quantized.
+
+Masks: ``None`` = causal with the queries at absolute positions ``offset + t``; a bool mask of
+allowed (t, j); or an additive float mask (added to both logit sets; entries at -inf or the
+dtype's minimum are disallowed). Rows with nothing allowed are skipped.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import torch
+
+from headq_core.values import a2_weights
+
+SCORE_METRICS = ("score_mse", "fisher", "attn_kl", "entropy", "route_flip")
+VALUE_METRICS = ("value_a2", "readout_err")
+SMALL_X = 0.5  # |delta - dbar| below this: the log1p/expm1 form of the KL
+
+
+def allowed_mask(q_len: int, kv_len: int, mask: torch.Tensor | None = None,
+                 offset: int = 0) -> torch.Tensor:
+    """bool [..., q_len, kv_len] of allowed (t, j) from ``mask`` (see module docstring)."""
+    if mask is None:
+        return torch.arange(kv_len).unsqueeze(0) <= (torch.arange(q_len) + offset).unsqueeze(1)
+    if mask.shape[-2:] != (q_len, kv_len):
+        raise ValueError(f"mask: last dims must be ({q_len}, {kv_len}), got {tuple(mask.shape)}")
+    if mask.dtype == torch.bool:
+        return mask
+    return mask > torch.finfo(mask.dtype).min / 2
+
+
+def _expand(x: torch.Tensor, q_heads: int) -> torch.Tensor:
+    """[..., Hkv] -> [..., Hq] in repeat_kv order."""
+    return x.repeat_interleave(q_heads // x.shape[-1], dim=-1)
+
+
+def kl_rows(logp: torch.Tensor, x: torch.Tensor, a: torch.Tensor) -> torch.Tensor:
+    """KL(a ‖ a^) per row = log sum_j a_j exp(x_j), x = delta - dbar (0 where disallowed)."""
+    small = x.abs().amax(-1) < SMALL_X
+    series = torch.log1p((a * torch.expm1(x.clamp(max=SMALL_X))).sum(-1))
+    exact = torch.logsumexp(logp + x, -1)
+    return torch.where(small, series, exact).clamp(min=0)
+
+
+class HeadMetrics:
+    """Accumulates per-query-head sums over blocks of rows (and batches); :meth:`result` divides."""
+
+    def __init__(self, q_heads: int, kv_heads: int) -> None:
+        if kv_heads < 1 or q_heads % kv_heads:
+            raise ValueError(f"kv_heads: {kv_heads} must divide q_heads {q_heads}")
+        self.q_heads, self.kv_heads = q_heads, kv_heads
+        z = lambda n: torch.zeros(n, dtype=torch.float64)  # noqa: E731
+        self.sums = {name: z(q_heads) for name in SCORE_METRICS + VALUE_METRICS}
+        self.rows, self.pairs = z(q_heads), z(q_heads)
+        self.tensor_err = {"key_mse": z(kv_heads), "value_mse": z(kv_heads)}
+        self.tensor_n = {"key_mse": 0, "value_mse": 0}
+        self.seen_values = False
+
+    def add_tensor_error(self, name: str, x: torch.Tensor, x_hat: torch.Tensor) -> None:
+        """``name`` in (key_mse, value_mse); x, x_hat [B, Hkv, S, d]."""
+        if x.shape != x_hat.shape or x.dim() != 4 or x.shape[1] != self.kv_heads:
+            raise ValueError(f"{name}: expected two [B, {self.kv_heads}, S, d] tensors, got "
+                             f"{tuple(x.shape)} and {tuple(x_hat.shape)}")
+        err = (x_hat.to(torch.float64) - x.to(torch.float64)).square().sum((0, 2, 3))
+        self.tensor_err[name] += err
+        self.tensor_n[name] += x.shape[0] * x.shape[2] * x.shape[3]
+
+    def add_logits(self, s: torch.Tensor, s_hat: torch.Tensor, mask: torch.Tensor | None = None,
+                   offset: int = 0, eps: torch.Tensor | None = None,
+                   value_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """Add rows: s, s_hat [B, Hq, T, S]; eps [B, Hkv, S, d] value errors; value_mask bool
+        [T, S] (t reads value j quantized; default all). Returns the dense attention [B, Hq, T, S]."""
+        if s.shape != s_hat.shape or s.dim() != 4 or s.shape[1] != self.q_heads:
+            raise ValueError(f"s_hat: expected two [B, {self.q_heads}, T, S] tensors, got "
+                             f"{tuple(s.shape)} and {tuple(s_hat.shape)}")
+        t, kv = s.shape[-2:]
+        allowed = allowed_mask(t, kv, mask, offset)
+        dt = torch.promote_types(s.dtype, torch.float32)
+        s, s_hat = s.to(dt), s_hat.to(dt)
+        if mask is not None and mask.dtype != torch.bool:
+            s, s_hat = s + mask.to(dt), s_hat + mask.to(dt)
+        allowed = allowed.expand_as(s)
+        if not (torch.isfinite(s) | ~allowed).all() or not (torch.isfinite(s_hat) | ~allowed).all():
+            raise ValueError("s: logits contain NaN or inf at allowed positions")
+        valid = allowed.any(-1)  # [B, Hq, T]
+        neg = torch.tensor(float("-inf"), dtype=dt)
+        logp = torch.log_softmax(torch.where(allowed, s, neg), -1)
+        logp = torch.where(valid.unsqueeze(-1), logp, torch.zeros((), dtype=dt))
+        a = torch.where(allowed, logp.exp(), torch.zeros((), dtype=dt))
+        delta = torch.where(allowed, s_hat - s, torch.zeros((), dtype=dt))
+        x = torch.where(allowed, delta - (a * delta).sum(-1, keepdim=True), torch.zeros((), dtype=dt))
+        flips = torch.where(allowed, s, neg).argmax(-1) != torch.where(allowed, s_hat, neg).argmax(-1)
+        per_row = {
+            "score_mse": delta.square().sum(-1),
+            "fisher": 0.5 * (a * x.square()).sum(-1),
+            "attn_kl": kl_rows(logp, x, a),
+            "entropy": -(a * torch.where(allowed, logp, torch.zeros((), dtype=dt))).sum(-1),
+            "route_flip": flips.to(dt),
+        }
+        for name, val in per_row.items():
+            self.sums[name] += (val * valid).sum((0, 2)).to(torch.float64)
+        self.rows += valid.sum((0, 2)).to(torch.float64)
+        self.pairs += allowed.sum((0, 2, 3)).to(torch.float64)
+        if eps is not None:
+            self._add_values(a, eps, value_mask)
+        return a
+
+    def _add_values(self, a: torch.Tensor, eps: torch.Tensor, value_mask: torch.Tensor | None) -> None:
+        b, hq, t, s = a.shape
+        if eps.dim() != 4 or eps.shape[:3] != (b, self.kv_heads, s):
+            raise ValueError(f"eps: expected [{b}, {self.kv_heads}, {s}, d], got {tuple(eps.shape)}")
+        aw = a if value_mask is None else a * value_mask.to(a.dtype)
+        g = hq // self.kv_heads
+        e = eps.to(a.dtype)
+        readout = (aw.reshape(b, self.kv_heads, g * t, s) @ e).reshape(b, hq, t, -1)
+        self.sums["readout_err"] += readout.square().sum(-1).sum((0, 2)).to(torch.float64)
+        enorm = e.square().sum(-1).unsqueeze(-1)  # [B, Hkv, S, 1]
+        a2 = ((aw * a).reshape(b, self.kv_heads, g * t, s) @ enorm).reshape(b, hq, t)
+        self.sums["value_a2"] += a2.sum((0, 2)).to(torch.float64)
+        self.seen_values = True
+
+    def result(self) -> dict[str, torch.Tensor]:
+        """float64 [Hq] per metric that received data (key/value MSE only once added)."""
+        out: dict[str, torch.Tensor] = {}
+        if bool((self.rows > 0).all()):
+            out["score_mse"] = self.sums["score_mse"] / self.pairs
+            for name in SCORE_METRICS[1:] + (VALUE_METRICS if self.seen_values else ()):
+                out[name] = self.sums[name] / self.rows
+        for name, n in self.tensor_n.items():
+            if n:
+                out[name] = _expand(self.tensor_err[name] / n, self.q_heads)
+        return out
+
+
+def logit_blocks(q: torch.Tensor, k: torch.Tensor, tau: float,
+                 block: int | None = None) -> Iterator[tuple[int, torch.Tensor]]:
+    """Yield (t0, tau * q[:, :, t0:t0+block] k^T [B, Hq, block, S]) with GQA, q [B, Hq, T, d],
+    k [B, Hkv, S, d]. Default block keeps a logit block near 2**24 elements."""
+    b, hq, t, d = q.shape
+    hkv, s = k.shape[1], k.shape[2]
+    if hkv < 1 or hq % hkv:
+        raise ValueError(f"k: KV heads {hkv} must divide query heads {hq}")
+    g = hq // hkv
+    block = block or max(1, (1 << 24) // max(1, b * hq * s))
+    kt = k.float().transpose(-1, -2)
+    for t0 in range(0, t, block):
+        qb = q[:, :, t0:t0 + block].float()
+        tb = qb.shape[2]
+        yield t0, (tau * (qb.reshape(b, hkv, g * tb, d) @ kt)).reshape(b, hq, tb, s)
+
+
+def layer_metrics(q: torch.Tensor, k: torch.Tensor, k_eff: torch.Tensor, tau: float, *,
+                  key_mask: torch.Tensor | None = None, v: torch.Tensor | None = None,
+                  v_hat: torch.Tensor | None = None, value_mask: torch.Tensor | None = None,
+                  offset: int = 0, block: int | None = None,
+                  track_a2: bool = False) -> dict[str, torch.Tensor]:
+    """All metrics of one layer from q [B, Hq, T, d], k / k_eff / v / v_hat [B, Hkv, S, d].
+
+    ``key_mask`` / ``value_mask`` bool [T, S] (``schedule.decode_mask``): where query t reads key /
+    value j in quantized form (default: everywhere; ``k_eff`` equals ``k`` on tokens never
+    quantized). Causal mask with queries at ``offset + t``. ``track_a2`` adds ``a2_weights``
+    float64 [B, Hkv, S] (A² over all rows, the oracle weights).
+    """
+    acc = HeadMetrics(q.shape[1], k.shape[1])
+    acc.add_tensor_error("key_mse", k, k_eff)
+    eps = None
+    if v is not None and v_hat is not None:
+        acc.add_tensor_error("value_mse", v, v_hat)
+        eps = v_hat.float() - v.float()
+    a2 = None
+    blocks = zip(logit_blocks(q, k, tau, block), logit_blocks(q, k_eff, tau, block), strict=True)
+    for (t0, s), (_, s_eff) in blocks:
+        rows = slice(t0, t0 + s.shape[2])
+        s_hat = s_eff if key_mask is None else torch.where(key_mask[rows], s_eff, s)
+        vm = None if value_mask is None else value_mask[rows]
+        a = acc.add_logits(s, s_hat, offset=offset + t0, eps=eps, value_mask=vm)
+        if track_a2:
+            blk = a2_weights(a, k.shape[1])
+            a2 = blk if a2 is None else a2 + blk
+    out = acc.result()
+    if a2 is not None:
+        out["a2_weights"] = a2
+    return out

@@ -1,0 +1,128 @@
+"""A² value weights and the A² value policy (METHOD.md, "Values").
+
+``A2_j = sum over queries t >= j and over the query heads of the group of a_tj**2`` [B, Hkv, S].
+The policy keeps a ``fraction`` of tokens at ``high_bits``:
+
+- ``oracle`` (analysis only): A² over the whole window, exact top-k per (batch, KV head),
+  ``k = round(fraction * S)``.
+- ``online`` (causal): token j's score is the A² it received up to and including its leave step
+  (the decode step at which it first is read in quantized form, ``j + residual`` for per_token
+  values; :func:`headq_core.schedule.leave_step`). It is kept iff fewer than ``fraction * (j + 1)``
+  tokens ``i <= j`` have a strictly larger score: a running-quantile rule, final once made. Tokens
+  that never leave within the window are scored with all the attention they received.
+  :class:`OnlineA2` applies the same rule step by step inside a decode loop.
+
+Scores are accumulated in float64 so the vectorised and step-by-step forms agree exactly.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from headq_core.config import QuantConfig, ValuePolicyConfig
+from headq_core.quant import fake_quantize
+from headq_core.schedule import leave_step
+
+
+def a2_weights(attn: torch.Tensor, kv_heads: int, *, until: torch.Tensor | None = None,
+               offset: int = 0) -> torch.Tensor:
+    """Sum of a_tj**2 over the given rows and the group's query heads: attn [B, Hq, T, S] (rows at
+    absolute positions ``offset + t``) -> float64 [B, Hkv, S]. With ``until`` int64 [S], row t
+    counts for token j only when ``offset + t <= until[j]``. Sum the results of row blocks."""
+    b, hq, t, s = attn.shape
+    if kv_heads < 1 or hq % kv_heads:
+        raise ValueError(f"kv_heads: {kv_heads} must divide q_heads {hq}")
+    sq = attn.to(torch.float64).square().reshape(b, kv_heads, hq // kv_heads, t, s).sum(2)
+    if until is not None:
+        rows = torch.arange(t) + offset
+        sq = sq * (rows.unsqueeze(1) <= until.unsqueeze(0))
+    return sq.sum(2)
+
+
+def online_scores(attn: torch.Tensor, kv_heads: int, value_cfg: QuantConfig) -> torch.Tensor:
+    """Online A² scores float64 [B, Hkv, S] from the attention of every step, attn [B, Hq, S, S]."""
+    if attn.shape[-2] != attn.shape[-1]:
+        raise ValueError(f"attn: online scores need every decode step (T == S), got {tuple(attn.shape)}")
+    return a2_weights(attn, kv_heads, until=leave_step(torch.arange(attn.shape[-1]), value_cfg))
+
+
+def online_keep_decision(score: torch.Tensor, earlier: torch.Tensor, position: int,
+                         fraction: float) -> torch.Tensor:
+    """Decision for token ``position``: score [...], earlier [..., position] (scores of tokens
+    0..position-1) -> bool [...]: kept iff fewer than fraction*(position+1) have a larger score."""
+    larger = (earlier > score.unsqueeze(-1)).sum(-1)
+    return larger < fraction * (position + 1)
+
+
+def online_keep_mask(scores: torch.Tensor, fraction: float, block: int = 256) -> torch.Tensor:
+    """Vectorised running-quantile rule: scores [B, Hkv, S] -> bool keep mask [B, Hkv, S]."""
+    s = scores.shape[-1]
+    out = torch.empty(scores.shape, dtype=torch.bool)
+    idx = torch.arange(s)
+    for j0 in range(0, s, block):
+        j = idx[j0:j0 + block]
+        larger = (scores.unsqueeze(-2) > scores[..., j].unsqueeze(-1)) & (idx.unsqueeze(0) < j.unsqueeze(1))
+        out[..., j0:j0 + block] = larger.sum(-1) < fraction * (j + 1)
+    return out
+
+
+def oracle_keep_mask(a2: torch.Tensor, fraction: float) -> torch.Tensor:
+    """Exact top-k of A² per (batch, KV head): a2 [B, Hkv, S] -> bool [B, Hkv, S], k = round(f*S)."""
+    k = int(round(fraction * a2.shape[-1]))
+    keep = torch.zeros(a2.shape, dtype=torch.bool)
+    if k:
+        keep.scatter_(-1, a2.topk(k, dim=-1).indices, True)
+    return keep
+
+
+def value_keep_mask(attn: torch.Tensor, kv_heads: int, policy: ValuePolicyConfig,
+                    value_cfg: QuantConfig) -> torch.Tensor:
+    """The policy's keep mask bool [B, Hkv, S] from the dense attention [B, Hq, S, S]."""
+    fraction = policy.fraction_for(value_cfg.bits)
+    if policy.mode == "oracle":
+        return oracle_keep_mask(a2_weights(attn, kv_heads), fraction)
+    return online_keep_mask(online_scores(attn, kv_heads, value_cfg), fraction)
+
+
+def mixed_fake_quantize(v: torch.Tensor, value_cfg: QuantConfig, keep: torch.Tensor,
+                        high_bits: int) -> torch.Tensor:
+    """v [B, Hkv, S, d] quantized at ``high_bits`` where ``keep`` [B, Hkv, S] else at the
+    quantizer's bits (16 = kept exact). Each precision uses the quantizer's own layout."""
+    low = fake_quantize(v, value_cfg)
+    if high_bits == 16:
+        high = v
+    else:
+        high = fake_quantize(v, QuantConfig(bits=high_bits, axis=value_cfg.axis,
+                                            group_size=value_cfg.group_size, residual=value_cfg.residual))
+    return torch.where(keep.unsqueeze(-1), high, low)
+
+
+class OnlineA2:
+    """Step-by-step online policy for a decode loop (same rule as :func:`online_keep_mask`).
+
+    Each step: :meth:`observe` the step's attention, then :meth:`decide` every token whose leave
+    step it is (``schedule.leave_step``), in position order.
+    """
+
+    def __init__(self, kv_heads: int, fraction: float) -> None:
+        if not 0.0 <= fraction <= 1.0:
+            raise ValueError(f"fraction: must lie in [0, 1], got {fraction!r}")
+        self.kv_heads, self.fraction = kv_heads, fraction
+        self.running: torch.Tensor | None = None  # float64 [B, Hkv, S_seen]
+        self.final: list[torch.Tensor] = []  # frozen scores [B, Hkv] of decided tokens, in order
+
+    def observe(self, attn: torch.Tensor) -> None:
+        """Add one step's attention attn [B, Hq, q, S_now] (S_now grows by the new tokens)."""
+        add = a2_weights(attn, self.kv_heads)
+        if self.running is not None:
+            add[..., : self.running.shape[-1]] += self.running
+        self.running = add
+
+    def decide(self, position: int) -> torch.Tensor:
+        """Freeze token ``position``'s score and return its keep decision bool [B, Hkv]."""
+        if position != len(self.final) or self.running is None or position >= self.running.shape[-1]:
+            raise ValueError(f"position: tokens are decided in order once seen; next is {len(self.final)}")
+        score = self.running[..., position].clone()
+        earlier = torch.stack(self.final, -1) if self.final else score.new_zeros(*score.shape, 0)
+        self.final.append(score)
+        return online_keep_decision(score, earlier, position, self.fraction)

@@ -1,0 +1,121 @@
+"""Every metric against the loop-by-loop float64 reference, and the properties METHOD.md states."""
+
+import pytest
+import torch
+
+from headq_core.config import QuantConfig
+from headq_core.metrics import HeadMetrics, allowed_mask, layer_metrics
+from headq_core.quant import fake_quantize
+from headq_core.schedule import decode_mask
+from tests.core.refs import reference_metrics, reference_tensor_mse
+
+GQA = [(2, 2), (6, 2), (4, 1)]  # (q_heads, kv_heads): ratios 1, 3, 4
+
+
+def random_case(seed, b, hq, hkv, t, s, d, noise=0.3):
+    gen = torch.Generator().manual_seed(seed)
+    q = torch.randn(b, hq, t, d, generator=gen) * 1.5
+    k = torch.randn(b, hkv, s, d, generator=gen)
+    k_hat = k + noise * torch.randn(b, hkv, s, d, generator=gen)
+    v = torch.randn(b, hkv, s, d, generator=gen)
+    v_hat = v + noise * torch.randn(b, hkv, s, d, generator=gen)
+    return q, k, k_hat, v, v_hat
+
+
+def logits(q, k, tau):
+    g = q.shape[1] // k.shape[1]
+    return tau * q @ k.repeat_interleave(g, dim=1).transpose(-1, -2)
+
+
+def assert_close(got, want, rtol=2e-4, atol=1e-9):
+    torch.testing.assert_close(got, torch.tensor(want, dtype=torch.float64), rtol=rtol, atol=atol)
+
+
+@pytest.mark.parametrize(("hq", "hkv"), GQA)
+@pytest.mark.parametrize(("b", "t", "s", "offset"), [(1, 9, 9, 0), (2, 5, 11, 6), (2, 12, 12, 0)])
+def test_all_metrics_match_reference(hq, hkv, b, t, s, offset):
+    d, tau = 8, 8 ** -0.5
+    q, k, k_hat, v, v_hat = random_case(hq * 100 + t, b, hq, hkv, t, s, d)
+    vmask = decode_mask(t, s, QuantConfig(bits=2, axis="per_token", group_size=4, residual=2),
+                        offset=offset)
+    got = layer_metrics(q, k, k_hat, tau, v=v, v_hat=v_hat, value_mask=vmask, offset=offset, block=4)
+    allowed = allowed_mask(t, s, None, offset)
+    want = reference_metrics(logits(q, k, tau), logits(q, k_hat, tau), allowed, v_hat - v, vmask)
+    for name, ref in want.items():
+        assert_close(got[name], ref)
+    assert_close(got["key_mse"], reference_tensor_mse(k, k_hat, hq))
+    assert_close(got["value_mse"], reference_tensor_mse(v, v_hat, hq))
+
+
+@pytest.mark.parametrize(("hq", "hkv"), GQA)
+def test_bool_and_additive_masks_and_empty_rows(hq, hkv):
+    b, t, s, d = 2, 6, 7, 4
+    q, k, k_hat, v, v_hat = random_case(7 + hq, b, hq, hkv, t, s, d, noise=1.0)
+    gen = torch.Generator().manual_seed(3)
+    allowed = torch.rand(t, s, generator=gen) > 0.4
+    allowed[2] = False  # a row with nothing allowed is skipped
+    allowed[0, 0] = True
+    s_d, s_h = logits(q, k, 0.5), logits(q, k_hat, 0.5)
+    want = reference_metrics(s_d, s_h, allowed, v_hat - v)
+    for mask in (allowed, torch.zeros(t, s).masked_fill(~allowed, float("-inf")),
+                 torch.zeros(1, 1, t, s).masked_fill(~allowed, torch.finfo(torch.float32).min)):
+        acc = HeadMetrics(hq, hkv)
+        acc.add_logits(s_d, s_h, mask=mask, eps=v_hat - v)
+        got = acc.result()
+        for name, ref in want.items():
+            assert_close(got[name], ref)
+
+
+def test_row_constant_invariance():
+    q, k, k_hat, _, _ = random_case(1, 2, 4, 2, 10, 10, 8)
+    s_d, s_h = logits(q, k, 0.3), logits(q, k_hat, 0.3)
+    shift = torch.randn(2, 4, 10, 1) * 5
+    base, moved = HeadMetrics(4, 2), HeadMetrics(4, 2)
+    base.add_logits(s_d, s_h)
+    moved.add_logits(s_d, s_h + shift)
+    r0, r1 = base.result(), moved.result()
+    for name in ("fisher", "attn_kl", "route_flip", "entropy"):
+        torch.testing.assert_close(r0[name], r1[name], rtol=1e-4, atol=1e-7)
+    assert (r1["score_mse"] > r0["score_mse"]).all()
+
+
+def test_kl_matches_fisher_for_small_errors_at_8_bits():
+    gen = torch.Generator().manual_seed(5)
+    b, hq, hkv, s, d = 1, 4, 2, 256, 32
+    q = torch.randn(b, hq, s, d, generator=gen) * 2
+    k = torch.randn(b, hkv, s, d, generator=gen)
+    k8 = fake_quantize(k, QuantConfig(bits=8, axis="per_channel", group_size=32))
+    out = layer_metrics(q, k, k8, d ** -0.5)
+    ratio = out["attn_kl"] / out["fisher"]
+    assert ((ratio - 1).abs() < 0.05).all(), ratio
+    assert (out["fisher"] > 0).all()
+
+
+def test_long_context_stability():
+    """4096 keys with sharp logits: finite metrics, KL still agrees with a float64 evaluation."""
+    gen = torch.Generator().manual_seed(9)
+    s_n, d = 4096, 16
+    q = torch.randn(1, 1, 4, d, generator=gen) * 6
+    k = torch.randn(1, 1, s_n, d, generator=gen)
+    k_hat = k + 1e-3 * torch.randn(1, 1, s_n, d, generator=gen)
+    s_d, s_h = logits(q, k, 1.0), logits(q, k_hat, 1.0)
+    acc = HeadMetrics(1, 1)
+    acc.add_logits(s_d, s_h, offset=s_n - 4)
+    got = acc.result()["attn_kl"]
+    lp, lph = s_d.double().log_softmax(-1), s_h.double().log_softmax(-1)
+    want = (lp.exp() * (lp - lph)).sum(-1).mean()
+    torch.testing.assert_close(got, want.reshape(1), rtol=2e-2, atol=0)
+
+
+def test_bad_inputs_raise():
+    acc = HeadMetrics(4, 2)
+    with pytest.raises(ValueError, match="s_hat"):
+        acc.add_logits(torch.zeros(1, 4, 3, 3), torch.zeros(1, 4, 3, 4))
+    bad = torch.zeros(1, 4, 3, 3)
+    bad[0, 0, 1, 0] = float("nan")
+    with pytest.raises(ValueError, match="s"):
+        acc.add_logits(bad, torch.zeros(1, 4, 3, 3))
+    with pytest.raises(ValueError, match="mask"):
+        acc.add_logits(torch.zeros(1, 4, 3, 3), torch.zeros(1, 4, 3, 3), mask=torch.ones(2, 2, dtype=torch.bool))
+    with pytest.raises(ValueError, match="kv_heads"):
+        HeadMetrics(4, 3)
