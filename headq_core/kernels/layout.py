@@ -1,0 +1,89 @@
+"""The storage layout the kernels read and write: :class:`EncodedKV` (see docs/contracts.md).
+
+One layer's quantized tokens: keys per_channel (groups of ``key_group`` tokens), values per_token
+(groups of ``value_group`` channels), both bit-packed along head_dim, plus the optional HeadQ side
+code. Shapes are validated once here so the kernels can trust them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+KERNEL_BITS = (1, 2, 4, 8)  # widths whose codes never straddle a byte: the Triton paths
+SIDE_QMAX = {8: 127, 4: 7}
+
+
+def _require(ok: bool, field_name: str, message: str) -> None:
+    if not ok:
+        raise ValueError(f"{field_name}: {message}")
+
+
+def packed_width(n: int, bits: int) -> int:
+    """Bytes of a little-endian bitstream holding ``n`` codes of ``bits`` bits."""
+    return (n * bits + 7) // 8
+
+
+@dataclass(frozen=True)
+class EncodedKV:
+    """Quantized keys/values of ``N`` tokens of one layer, ``[B, Hkv, N, ...]`` (docs/contracts.md).
+
+    ``k_codes`` uint8 ``[B, Hkv, N, d*kb/8]``; ``k_scale``/``k_zero`` fp16 ``[B, Hkv, N/Gk, d]``;
+    ``v_codes`` uint8 ``[B, Hkv, N, d*vb/8]``; ``v_scale``/``v_zero`` fp16 ``[B, Hkv, N, d/Gv]``;
+    ``side`` int8 ``[B, Hkv, N, r]`` / uint8 ``[..., r/2]`` (4 bits) / fp16 ``[..., r]`` (16 bits) or
+    None; ``side_scale`` fp16 ``[B, Hkv, N]`` (None for 16-bit or absent side codes).
+    """
+
+    k_codes: torch.Tensor
+    k_scale: torch.Tensor
+    k_zero: torch.Tensor
+    v_codes: torch.Tensor
+    v_scale: torch.Tensor
+    v_zero: torch.Tensor
+    key_bits: int
+    key_group: int
+    value_bits: int
+    value_group: int
+    head_dim: int
+    side: torch.Tensor | None = None
+    side_scale: torch.Tensor | None = None
+    side_bits: int = 8
+    rank: int = 0
+
+    def __post_init__(self) -> None:
+        b, h, n, _ = self.k_codes.shape
+        d = self.head_dim
+        _require(n % self.key_group == 0, "k_codes", f"{n} tokens is not a whole number of key groups "
+                 f"of {self.key_group}")
+        _require(d % self.value_group == 0, "value_group", f"{self.value_group} does not divide head_dim {d}")
+        expect = {
+            "k_codes": ((b, h, n, packed_width(d, self.key_bits)), torch.uint8),
+            "k_scale": ((b, h, n // self.key_group, d), torch.float16),
+            "k_zero": ((b, h, n // self.key_group, d), torch.float16),
+            "v_codes": ((b, h, n, packed_width(d, self.value_bits)), torch.uint8),
+            "v_scale": ((b, h, n, d // self.value_group), torch.float16),
+            "v_zero": ((b, h, n, d // self.value_group), torch.float16),
+        }
+        if self.side is not None:
+            _require(self.side_bits in (4, 8, 16), "side_bits", f"must be 4, 8 or 16, got {self.side_bits!r}")
+            side_dtype = {4: torch.uint8, 8: torch.int8, 16: torch.float16}[self.side_bits]
+            width = packed_width(self.rank, 4) if self.side_bits == 4 else self.rank
+            expect["side"] = ((b, h, n, width), side_dtype)
+            if self.side_bits != 16:
+                expect["side_scale"] = ((b, h, n), torch.float16)
+        for name, (shape, dtype) in expect.items():
+            t = getattr(self, name)
+            _require(t is not None and tuple(t.shape) == shape and t.dtype == dtype, name,
+                     f"expected {dtype} {list(shape)}, got "
+                     f"{None if t is None else (t.dtype, list(t.shape))}")
+
+    @property
+    def tokens(self) -> int:
+        return self.k_codes.shape[2]
+
+    def nbytes(self) -> int:
+        """Bytes held by every tensor of this encoding."""
+        parts = [self.k_codes, self.k_scale, self.k_zero, self.v_codes, self.v_scale, self.v_zero,
+                 self.side, self.side_scale]
+        return sum(t.numel() * t.element_size() for t in parts if t is not None)

@@ -1,0 +1,198 @@
+"""Triton decode attention over the packed cache (split-K / flash-decoding).
+
+Grid ``(B*Hkv, S)``: the quantized tokens are cut into ``S - 1`` (or ``S``) splits, and one more
+program reads the full-precision residual window. Every program serves all query heads of its KV
+head (grouped-query attention, rows padded to ``GP >= 16`` for ``tl.dot``), unpacks 2/4-bit codes
+in registers, dequantizes with the fp16 scales/zeros, adds the HeadQ correction
+``sign * <U^T q, c^>`` and keeps an online softmax; it writes a normalised partial output and its
+log-sum-exp. :func:`_combine_kernel` merges the splits. Logits are in base 2 (``q`` is pre-scaled by
+``scale * log2(e)``).
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from headq_core.kernels.layout import EncodedKV
+
+LOG2E = 1.4426950408889634
+
+
+@triton.jit
+def unpack_rows(packed, ROWS: tl.constexpr, D: tl.constexpr, BITS: tl.constexpr):
+    """uint8 [ROWS, D*BITS/8] -> float32 codes [ROWS, D] (little-endian bitstream along D)."""
+    PER: tl.constexpr = 8 // BITS
+    shifts = (tl.arange(0, PER) * BITS).to(tl.uint8)
+    planes = (packed[:, :, None] >> shifts[None, None, :]) & ((1 << BITS) - 1)
+    return tl.reshape(planes, (ROWS, D)).to(tl.float32)
+
+
+@triton.jit
+def _online_update(m, l, acc, s, vals):
+    """One online-softmax step: s [GP, BN] base-2 logits, vals [BN, D] float32."""
+    m_new = tl.maximum(m, tl.max(s, axis=1))
+    m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
+    alpha = tl.exp2(m - m_safe)
+    p = tl.exp2(s - m_safe[:, None])
+    l = l * alpha + tl.sum(p, axis=1)
+    acc = acc * alpha[:, None] + tl.dot(p, vals)
+    return m_new, l, acc
+
+
+@triton.jit
+def _decode_kernel(q_ptr, kc_ptr, ks_ptr, kz_ptr, vc_ptr, vs_ptr, vz_ptr, sc_ptr, ss_ptr, u_ptr,
+                   kr_ptr, vr_ptr, o_ptr, lse_ptr,
+                   s_kc, s_ks, s_vc, s_vs, s_sc, s_ss, s_kr, s_vr,  # strides of the token-major (b, h) rows
+                   H, N, R, RANK, TOK_PER_SPLIT, N_QSPLITS, S, sign,
+                   GROUP: tl.constexpr, GP: tl.constexpr, D: tl.constexpr, GK: tl.constexpr,
+                   KBITS: tl.constexpr, GV: tl.constexpr, VBITS: tl.constexpr, RP: tl.constexpr,
+                   SIDE_BITS: tl.constexpr, HAS_SIDE: tl.constexpr, BN: tl.constexpr):
+    bh = tl.program_id(0).to(tl.int64)
+    split = tl.program_id(1)
+    h = bh % H
+    rows = tl.arange(0, GP)
+    cols = tl.arange(0, D)
+    qrow = bh * GROUP + rows  # query head row in [B*Hq]
+    rvalid = rows < GROUP
+    q = tl.load(q_ptr + qrow[:, None] * D + cols[None, :], mask=rvalid[:, None], other=0.0)  # pre-scaled
+    m = tl.full((GP,), float("-inf"), tl.float32)
+    l = tl.zeros((GP,), tl.float32)
+    acc = tl.zeros((GP, D), tl.float32)
+    if split < N_QSPLITS:
+        if HAS_SIDE:
+            rc = tl.arange(0, RP)
+            u = tl.load(u_ptr + (h * D + cols[:, None]) * RANK + rc[None, :], mask=rc[None, :] < RANK,
+                        other=0.0)
+            qu = tl.dot(q, u, input_precision="ieee") * sign  # [GP, RP]
+        KW: tl.constexpr = D * KBITS // 8
+        VW: tl.constexpr = D * VBITS // 8
+        start = split * TOK_PER_SPLIT
+        end = tl.minimum(start + TOK_PER_SPLIT, N)
+        for n0 in range(start, end, BN):
+            tok = n0 + tl.arange(0, BN)
+            tv = tok < end
+            tm = tv[:, None]
+            kb = tl.load(kc_ptr + bh * s_kc + tok[:, None] * KW + tl.arange(0, KW)[None, :], mask=tm, other=0)
+            goff = bh * s_ks + (tok // GK)[:, None] * D + cols[None, :]
+            kh = unpack_rows(kb, BN, D, KBITS) * tl.load(ks_ptr + goff, mask=tm, other=0.0).to(tl.float32) \
+                + tl.load(kz_ptr + goff, mask=tm, other=0.0).to(tl.float32)
+            s = tl.dot(q, tl.trans(kh))  # [GP, BN]
+            if HAS_SIDE:
+                if SIDE_BITS == 16:
+                    cs = tl.load(sc_ptr + bh * s_sc + tok[:, None] * RANK + rc[None, :],
+                                 mask=tm & (rc[None, :] < RANK), other=0.0).to(tl.float32)
+                else:
+                    sscale = tl.load(ss_ptr + bh * s_ss + tok, mask=tv, other=0.0).to(tl.float32)
+                    if SIDE_BITS == 8:
+                        cc = tl.load(sc_ptr + bh * s_sc + tok[:, None] * RANK + rc[None, :],
+                                     mask=tm & (rc[None, :] < RANK), other=0).to(tl.float32)
+                    else:
+                        wc = tl.arange(0, RP // 2)
+                        sb = tl.load(sc_ptr + bh * s_sc + tok[:, None] * ((RANK + 1) // 2) + wc[None, :],
+                                     mask=tm & (wc[None, :] < (RANK + 1) // 2), other=0)
+                        nib = unpack_rows(sb, BN, RP, 4)
+                        cc = tl.where(nib >= 8.0, nib - 16.0, nib)
+                    cs = cc * sscale[:, None]
+                s += tl.dot(qu, tl.trans(cs), input_precision="ieee")
+            s = tl.where(tv[None, :], s, float("-inf"))
+            vb = tl.load(vc_ptr + bh * s_vc + tok[:, None] * VW + tl.arange(0, VW)[None, :], mask=tm, other=0)
+            voff = bh * s_vs + tok[:, None] * (D // GV) + (cols // GV)[None, :]
+            vh = unpack_rows(vb, BN, D, VBITS) * tl.load(vs_ptr + voff, mask=tm, other=0.0).to(tl.float32) \
+                + tl.load(vz_ptr + voff, mask=tm, other=0.0).to(tl.float32)
+            m, l, acc = _online_update(m, l, acc, s, vh)
+    else:
+        for n0 in range(0, R, BN):
+            tok = n0 + tl.arange(0, BN)
+            tv = tok < R
+            tm = tv[:, None]
+            kr = tl.load(kr_ptr + bh * s_kr + tok[:, None] * D + cols[None, :], mask=tm, other=0.0)
+            s = tl.dot(q, tl.trans(kr.to(tl.float32)))
+            s = tl.where(tv[None, :], s, float("-inf"))
+            vr = tl.load(vr_ptr + bh * s_vr + tok[:, None] * D + cols[None, :], mask=tm, other=0.0)
+            m, l, acc = _online_update(m, l, acc, s, vr.to(tl.float32))
+    l_safe = tl.where(l == 0.0, 1.0, l)
+    out_rows = qrow * S + split
+    tl.store(o_ptr + out_rows[:, None] * D + cols[None, :], acc / l_safe[:, None], mask=rvalid[:, None])
+    tl.store(lse_ptr + out_rows, tl.where(l == 0.0, float("-inf"), m + tl.log2(l_safe)), mask=rvalid)
+
+
+@triton.jit
+def _combine_kernel(o_ptr, lse_ptr, out_ptr, S, D: tl.constexpr, SP: tl.constexpr):
+    """out[row] = sum_s 2^(lse_s - max) o_s / sum_s 2^(lse_s - max), one program per query row."""
+    row = tl.program_id(0)
+    sp = tl.arange(0, SP)
+    cols = tl.arange(0, D)
+    lse = tl.load(lse_ptr + row * S + sp, mask=sp < S, other=float("-inf"))
+    w = tl.exp2(lse - tl.max(lse, axis=0))
+    o = tl.load(o_ptr + (row * S + sp)[:, None] * D + cols[None, :], mask=(sp < S)[:, None], other=0.0)
+    out = tl.sum(w[:, None] * o, axis=0) / tl.sum(w, axis=0)
+    tl.store(out_ptr + row * D + cols, out.to(out_ptr.dtype.element_ty))
+
+
+def _rows(t: torch.Tensor, heads: int) -> tuple[torch.Tensor, int]:
+    """(t, stride between (b, h) blocks) for t [B, H, n, w]; copies only if t is not (b, h)-uniform
+    with contiguous rows (a token-slice of a preallocated buffer needs no copy)."""
+    if t.stride(-1) != 1 or t.stride(2) != t.shape[3] or t.stride(0) != heads * t.stride(1):
+        t = t.contiguous()
+    return t, t.stride(1)
+
+
+def default_splits(batch_heads: int, tokens: int, block: int, device: torch.device) -> int:
+    """Quantized-token splits so that about four programs run per multiprocessor."""
+    sms = torch.cuda.get_device_properties(device).multi_processor_count if device.type == "cuda" else 4
+    return max(1, min(triton.cdiv(4 * sms, batch_heads), triton.cdiv(tokens, block)))
+
+
+def decode_attention_triton(q: torch.Tensor, enc: EncodedKV | None, k_res: torch.Tensor | None,
+                            v_res: torch.Tensor | None, basis: torch.Tensor | None, scale: float,
+                            sign: int, num_splits: int | None = None, block: int = 64) -> torch.Tensor:
+    """Triton path of :func:`headq_core.kernels.decode_attention` (inputs already validated):
+    q [B, Hq, 1, d] -> [B, Hq, 1, d]."""
+    b, hq, _, d = q.shape
+    ref = enc.k_codes if enc is not None else k_res
+    assert ref is not None
+    h = ref.shape[1]
+    group = hq // h
+    n = enc.tokens if enc is not None else 0
+    r_len = k_res.shape[2] if k_res is not None else 0
+    n_q = 0
+    if n:
+        n_q = num_splits or default_splits(b * h, n, block, q.device)
+    tok_per_split = triton.cdiv(triton.cdiv(n, max(n_q, 1)), block) * block if n else block
+    n_q = triton.cdiv(n, tok_per_split) if n else 0
+    splits = n_q + (1 if r_len else 0)
+    qs = (q.reshape(b * hq, d).float() * (scale * LOG2E)).contiguous()
+    o_part = torch.empty(b * hq, splits, d, dtype=torch.float32, device=q.device)
+    lse = torch.empty(b * hq, splits, dtype=torch.float32, device=q.device)
+    dummy = qs
+    tensors = {}
+    if enc is not None:
+        for name in ("k_codes", "k_scale", "k_zero", "v_codes", "v_scale", "v_zero"):
+            tensors[name] = _rows(getattr(enc, name), h)
+    if enc is not None and enc.side is not None:
+        tensors["side"] = _rows(enc.side, h)
+        if enc.side_scale is not None:
+            tensors["side_scale"] = _rows(enc.side_scale.unsqueeze(-1), h)
+    if r_len:
+        tensors["k_res"], tensors["v_res"] = _rows(k_res, h), _rows(v_res, h)  # type: ignore[arg-type]
+    t = {k: v[0] for k, v in tensors.items()}
+    st = {k: v[1] for k, v in tensors.items()}
+    rank = enc.rank if enc is not None and enc.side is not None else 0
+    u = basis.to(device=q.device, dtype=torch.float32).contiguous() if rank else dummy
+    _decode_kernel[(b * h, splits)](
+        qs, t.get("k_codes", dummy), t.get("k_scale", dummy), t.get("k_zero", dummy), t.get("v_codes", dummy),
+        t.get("v_scale", dummy), t.get("v_zero", dummy), t.get("side", dummy), t.get("side_scale", dummy), u,
+        t.get("k_res", dummy), t.get("v_res", dummy), o_part, lse,
+        st.get("k_codes", 0), st.get("k_scale", 0), st.get("v_codes", 0), st.get("v_scale", 0),
+        st.get("side", 0), st.get("side_scale", 0), st.get("k_res", 0), st.get("v_res", 0),
+        h, n, r_len, max(rank, 1), tok_per_split, n_q, splits, float(sign),
+        GROUP=group, GP=max(16, triton.next_power_of_2(group)), D=d,
+        GK=enc.key_group if enc is not None else 1, KBITS=enc.key_bits if enc is not None else 8,
+        GV=enc.value_group if enc is not None else 1, VBITS=enc.value_bits if enc is not None else 8,
+        RP=max(16, triton.next_power_of_2(max(rank, 1))), SIDE_BITS=enc.side_bits if enc is not None else 8,
+        HAS_SIDE=rank > 0, BN=block, num_warps=4)
+    out = torch.empty(b * hq, d, dtype=q.dtype, device=q.device)
+    _combine_kernel[(b * hq,)](o_part, lse, out, splits, D=d, SP=max(2, triton.next_power_of_2(splits)))
+    return out.reshape(b, hq, 1, d)

@@ -1,0 +1,102 @@
+"""Triton kernels (run by Triton's CPU interpreter) against the torch reference on small shapes.
+
+``TRITON_INTERPRET=1`` is set before anything imports the kernel modules, so in this process the
+kernels are interpreted; tests/kernels/test_gpu.py skips itself when it finds them so.
+"""
+
+from __future__ import annotations
+
+import os
+
+os.environ["TRITON_INTERPRET"] = "1"
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+from headq_core.kernels import decode_attention, encode  # noqa: E402
+from headq_core.kernels.layout import EncodedKV  # noqa: E402
+from headq_core.kernels.reference import dequantize_side  # noqa: E402
+from tests.kernels.helpers import configs, random_basis, random_kv  # noqa: E402
+
+FIELDS = ("k_codes", "k_scale", "k_zero", "v_codes", "v_scale", "v_zero", "side", "side_scale")
+
+
+@pytest.mark.parametrize("kbits,vbits,side_bits", [(2, 2, 8), (4, 2, 4), (2, 4, 16), (1, 8, 8)])
+def test_encode_matches_reference_bit_for_bit(kbits, vbits, side_bits):
+    gen = torch.Generator().manual_seed(kbits * 100 + vbits * 10 + side_bits)
+    k, v = random_kv(2, 2, 48, 32, gen, dtype=torch.bfloat16)
+    u = random_basis(2, 32, 5, gen)
+    kc, vc = configs(kbits, 16, vbits, 8)
+    got = encode(k, v, kc, vc, basis=u, side_bits=side_bits, backend="triton")
+    ref = encode(k, v, kc, vc, basis=u, side_bits=side_bits, backend="reference")
+    for name in FIELDS:
+        a, b = getattr(got, name), getattr(ref, name)
+        assert (a is None) == (b is None), name
+        if a is not None and name != "side":
+            assert torch.equal(a, b), name
+    # side codes: the two paths sum U^T rho in different orders, so a code may move by one step at a
+    # rounding tie, never more, and almost never
+    if side_bits == 16:
+        assert torch.allclose(got.side.float(), ref.side.float(), rtol=1e-3, atol=1e-3)
+    else:
+        step = ref.side_scale.float().unsqueeze(-1)
+        diff = (dequantize_side(got) - dequantize_side(ref)).abs()
+        assert torch.all(diff <= step * 1.001) and (diff > 0).float().mean() < 0.01
+
+def _case(gen, n, r_len, side_bits, kbits=2, vbits=2, hq=6, dtype=torch.bfloat16):
+    k, v = random_kv(2, 2, n, 32, gen, dtype)
+    kr, vr = random_kv(2, 2, r_len, 32, gen, dtype)
+    q = torch.randn(2, hq, 1, 32, generator=gen).to(dtype)
+    u = random_basis(2, 32, 4, gen)
+    kc, vc = configs(kbits, 16, vbits, 8)
+    enc = encode(k, v, kc, vc, basis=u if side_bits else None, side_bits=side_bits or 8, backend="reference")
+    return q, enc, kr, vr, u
+
+
+@pytest.mark.parametrize("n,r_len,side_bits,splits,sign", [
+    (64, 5, 8, 1, 1), (64, 5, 8, 3, -1), (80, 0, 4, 2, 1), (48, 21, 16, None, 1), (32, 3, 0, 2, 1),
+])
+def test_decode_matches_reference(n, r_len, side_bits, splits, sign):
+    gen = torch.Generator().manual_seed(n + r_len + side_bits)
+    q, enc, kr, vr, u = _case(gen, n, r_len, side_bits)
+    kw = {"basis": u, "scale": 0.2, "sign": sign}
+    got = decode_attention(q, enc, kr, vr, backend="triton", num_splits=splits, **kw)
+    ref = decode_attention(q, enc, kr, vr, backend="reference", **kw)
+    assert got.shape == ref.shape and got.dtype == q.dtype
+    assert torch.allclose(got.float(), ref.float(), atol=2e-2, rtol=2e-2)
+
+
+@pytest.mark.parametrize("kbits,vbits", [(4, 4), (8, 1)])
+def test_decode_other_widths_and_gqa_group_of_one(kbits, vbits):
+    gen = torch.Generator().manual_seed(kbits + vbits)
+    q, enc, kr, vr, u = _case(gen, 32, 4, 8, kbits, vbits, hq=2, dtype=torch.float32)
+    got = decode_attention(q, enc, kr, vr, basis=u, backend="triton", num_splits=2)
+    ref = decode_attention(q, enc, kr, vr, basis=u, backend="reference")
+    assert torch.allclose(got, ref, atol=1e-4, rtol=1e-4)
+
+
+def test_decode_residual_only_and_quantized_only():
+    gen = torch.Generator().manual_seed(7)
+    q, enc, kr, vr, u = _case(gen, 32, 9, 8, dtype=torch.float32)
+    for args in ((None, kr, vr), (enc, None, None)):
+        got = decode_attention(q, *args, basis=u, backend="triton")
+        assert torch.allclose(got, decode_attention(q, *args, basis=u, backend="reference"), atol=1e-4)
+
+
+def test_decode_reads_token_slices_of_preallocated_buffers():
+    """The cache may hand the kernel views of larger buffers: [B, H, :N] slices, no copies."""
+    gen = torch.Generator().manual_seed(8)
+    q, enc, kr, vr, u = _case(gen, 64, 6, 8, dtype=torch.float32)
+    views = {}
+    for name in ("k_codes", "k_scale", "k_zero", "v_codes", "v_scale", "v_zero", "side", "side_scale"):
+        t = getattr(enc, name)
+        big = torch.full((t.shape[0], t.shape[1], t.shape[2] * 2, *t.shape[3:]), 77, dtype=t.dtype)
+        big[:, :, : t.shape[2]] = t
+        views[name] = big[:, :, : t.shape[2]]
+    sliced = EncodedKV(**{**enc.__dict__, **views})
+    kbig = torch.randn(2, 2, 16, 32, generator=gen)
+    kbig[:, :, :6] = kr
+    vbig = torch.randn(2, 2, 16, 32, generator=gen)
+    vbig[:, :, :6] = vr
+    got = decode_attention(q, sliced, kbig[:, :, :6], vbig[:, :, :6], basis=u, backend="triton", num_splits=2)
+    assert torch.allclose(got, decode_attention(q, enc, kr, vr, basis=u, backend="reference"), atol=1e-4)
