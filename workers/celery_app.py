@@ -1,0 +1,55 @@
+"""The Celery application of ``headq worker``: one task, ``headq.run_job(job_id)``.
+
+The worker's main process stays torch-free (it forks its pool children: CUDA must never be
+initialised in a forking parent); each pool child pins ``CUDA_VISIBLE_DEVICES`` to one GPU, chosen
+by its pool index, which a recycled child inherits from the one it replaces. ``celery -A
+workers.celery_app ...`` finds :data:`app`, configured from ``HEADQ_*`` at import.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import MutableMapping
+
+from celery import Celery
+from celery.signals import worker_process_init
+from celery.utils.log import current_process_index
+
+from app.executors.celery_config import TASK_NAME, celery_config
+from app.executors.gpus import gpu_ids
+from app.executors.settings import ExecutorSettings
+from app.settings import get_settings
+
+
+def make_celery(broker_url: str, options: ExecutorSettings) -> Celery:
+    """A Celery app with the shared JSON / late-ack configuration and the run_job task."""
+    celery = Celery("headq")
+    celery.conf.update(celery_config(broker_url, queue=options.queue, max_tasks_per_child=options.worker_max_tasks))
+    celery.task(name=TASK_NAME, ignore_result=True)(_run_job_task)
+    return celery
+
+
+def _run_job_task(job_id: str) -> None:
+    """Run one job by id (the message carries data, never code)."""
+    # Imported here so the forking parent never loads torch (workers.pipeline does).
+    from workers.run_job import run_job
+
+    run_job(job_id)
+
+
+def pin_gpu(index: int | None, devices: list[str], environ: MutableMapping[str, str]) -> str | None:
+    """Give pool child ``index`` one device of ``devices`` (None on a CPU-only host)."""
+    if not devices or index is None:
+        return None
+    device = devices[index % len(devices)]
+    environ["CUDA_VISIBLE_DEVICES"] = device
+    return device
+
+
+@worker_process_init.connect
+def _pin_child_gpu(**_: object) -> None:
+    pin_gpu(current_process_index(base=0), _DEVICES, os.environ)
+
+
+_DEVICES = gpu_ids()  # read once in the parent, before any child is forked
+app = make_celery(get_settings().broker_url, ExecutorSettings())

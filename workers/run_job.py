@@ -1,0 +1,149 @@
+"""``run_job(job_id)``: the one function both executors call to run a stored job.
+
+Claim an attempt (or take the one a local dispatcher claimed), beat a heartbeat from a thread,
+run the spec through ``workers.pipeline.execute`` with progress and cancellation wired to the job
+row, store the results keyed by ``(job, attempt)`` and finish the attempt. Idempotent: a job that is
+not queued (already running elsewhere, succeeded, failed, cancelled) is left alone, and every write
+is guarded by the attempt so a worker that was given up on can no longer change the row.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import time
+from functools import lru_cache
+from typing import Any
+
+from sqlalchemy.orm import Session, sessionmaker
+
+from app.executors.settings import ExecutorSettings
+from app.settings import Settings, get_settings
+from app.store import (
+    JobNotFound,
+    JobRow,
+    JobStateError,
+    finish,
+    get_job,
+    heartbeat,
+    load_calibration_artifact,
+    make_engine,
+    make_session_factory,
+    mark_running,
+    save_results,
+    session_scope,
+    update_progress,
+)
+from headq_core.errors import Cancelled
+from workers.heartbeat import Heartbeat
+from workers.pipeline import ModelCache, execute
+
+log = logging.getLogger(__name__)
+PROGRESS_EVERY_S = 0.5
+MODEL_CACHE = ModelCache()  # one per process: the next job on the same model reuses it (ADR 0002)
+
+
+@lru_cache(maxsize=4)
+def _sessions(database_url: str) -> sessionmaker[Session]:
+    return make_session_factory(make_engine(database_url))
+
+
+def worker_name() -> str:
+    """``host:pid`` of this process, recorded on the job row it runs."""
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+def claim(session: Session, job_id: str, attempt: int | None) -> JobRow | None:
+    """The job row this process may run: a queued job claimed now (``attempt`` None), or the running
+    attempt a dispatcher claimed for it; None when there is nothing to do."""
+    try:
+        job = get_job(session, job_id)
+    except JobNotFound:
+        log.warning("job %s: not found, nothing to run", job_id)
+        return None
+    if attempt is not None:
+        return job if job.status == "running" and job.attempts == attempt else None
+    if job.status != "queued":
+        log.info("job %s is %s: not run again", job_id, job.status)
+        return None
+    return mark_running(session, job_id, f"{worker_name()}")
+
+
+class _Progress:
+    """The ``progress(fraction, stage)`` callback: writes to the row, at most every 0.5 s unless the
+    stage changes or the work is done."""
+
+    def __init__(self, factory: sessionmaker[Session], job_id: str, attempt: int) -> None:
+        self._factory, self._job_id, self._attempt = factory, job_id, attempt
+        self._last: tuple[float, str] = (float("-inf"), "")
+
+    def __call__(self, fraction: float, stage: str) -> None:
+        now = time.monotonic()
+        if stage == self._last[1] and fraction < 1.0 and now - self._last[0] < PROGRESS_EVERY_S:
+            return
+        self._last = (now, stage)
+        with session_scope(self._factory) as session:
+            update_progress(session, self._job_id, min(max(float(fraction), 0.0), 1.0), stage, self._attempt)
+
+
+def _calibration_blob(session: Session, spec: dict[str, Any]) -> bytes | None:
+    """The calibration artifact an evaluation names (``calibration_job``), if any."""
+    calibration_job = spec.get("calibration_job") if spec.get("kind") == "evaluation" else None
+    if not calibration_job:
+        return None
+    try:
+        return load_calibration_artifact(session, calibration_job)
+    except (JobNotFound, JobStateError) as exc:
+        raise ValueError(f"calibration_job: {exc}") from exc
+
+
+def _execute(factory: sessionmaker[Session], job: JobRow, settings: Settings, should_stop: Any) -> tuple[str, str | None]:
+    """Run the pipeline and store its results; the final ``(status, error)`` of the attempt."""
+    try:
+        with session_scope(factory) as session:
+            blob = _calibration_blob(session, job.spec)
+        document, artifact = execute(
+            job.spec, calibration_blob=blob, progress=_Progress(factory, job.id, job.attempts),
+            should_stop=should_stop, model_cache=MODEL_CACHE,
+            allowed_model_dirs=[str(d) for d in settings.allowed_model_dirs],
+            trust_remote_code=settings.trust_remote_code)
+        with session_scope(factory) as session:
+            current = get_job(session, job.id)
+            if current.status != "running" or current.attempts != job.attempts:
+                return "failed", "attempt superseded before its results were stored"
+            save_results(session, job.id, job.attempts, document, artifact)
+    except Cancelled:
+        return "cancelled", "cancelled on request"
+    except Exception as exc:  # noqa: BLE001 - any failure ends the attempt with its reason
+        log.exception("job %s attempt %d failed", job.id, job.attempts)
+        return "failed", f"{type(exc).__name__}: {exc}"
+    return "succeeded", None
+
+
+def run_job(job_id: str, *, attempt: int | None = None, settings: Settings | None = None,
+            options: ExecutorSettings | None = None) -> str | None:
+    """Run one job; returns the attempt's final status, or None when there was nothing to run.
+
+    ``attempt``: the attempt a local dispatcher already claimed (None: claim a queued job here).
+    """
+    settings = settings or get_settings()
+    options = options or ExecutorSettings()
+    factory = _sessions(settings.database_url)
+    with session_scope(factory) as session:
+        job = claim(session, job_id, attempt)
+    if job is None:
+        return None
+    log.info("job %s attempt %d: running in %s", job_id, job.attempts, worker_name())
+
+    def beat() -> bool:
+        with session_scope(factory) as session:
+            return heartbeat(session, job_id, job.attempts)
+
+    with Heartbeat(beat, options.heartbeat_s) as pulse:
+        status, error = _execute(factory, job, settings, pulse.should_stop)
+    with session_scope(factory) as session:
+        if not finish(session, job_id, status, error, attempt=job.attempts):
+            log.warning("job %s attempt %d: no longer current, outcome %s dropped", job_id, job.attempts, status)
+            return None
+    return status
