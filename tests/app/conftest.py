@@ -8,10 +8,13 @@ import uuid
 from collections.abc import Iterator
 
 import pytest
+from fastapi.testclient import TestClient
 from sqlalchemy import Engine, create_engine, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session
 
+from app.main import create_app
+from app.settings import Settings
 from app.store import make_engine, make_session_factory, migrate
 from app.store.models import Base
 
@@ -64,3 +67,20 @@ def session(clean_engine: Engine) -> Iterator[Session]:
     factory = make_session_factory(clean_engine)
     with factory() as s:
         yield s
+
+
+def make_settings(database_url: str, **overrides: object) -> Settings:
+    """Settings for a test app: no executor (jobs stay queued), no dashboard, unless overridden."""
+    values: dict[str, object] = {"database_url": database_url, "executor": "none", "dashboard": False}
+    return Settings(**{**values, **overrides})  # type: ignore[arg-type]
+
+
+@pytest.fixture
+def api(clean_engine: Engine, database_url: str) -> Iterator[TestClient]:
+    """A test client of the real app on an empty database (no token, no executor)."""
+    with TestClient(create_app(make_settings(database_url))) as client:
+        yield client
+
+
+EVAL_SPEC = {"kind": "evaluation", "model": {"id": "org/model"},
+             "runs": [{"name": "k2", "key": {"bits": 2, "axis": "per_channel", "group_size": 32}}]}

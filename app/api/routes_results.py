@@ -1,0 +1,80 @@
+"""Results: read a job's results document (JSON, or its head rows as CSV / Parquet) and import
+finished documents or bundles as succeeded jobs."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+from typing import Annotated, Any, Literal
+
+from fastapi import APIRouter, Body, Query, Response
+from pydantic import Discriminator, Tag
+
+from app import store
+from app.api.deps import SessionDep, WriteAccess
+from app.api.schemas import Bundle, BundleItem, Job, JobItems, ResultsDocument
+from app.api.tables import to_csv, to_parquet
+
+router = APIRouter(tags=["results"])
+
+
+def _payload_kind(value: Any) -> str:
+    return "bundle" if isinstance(value, dict) and "jobs" in value else "document"
+
+
+ImportPayload = Annotated[Annotated[ResultsDocument, Tag("document")] | Annotated[Bundle, Tag("bundle")],
+                          Discriminator(_payload_kind)]
+
+
+@router.get("/jobs/{job_id}/results", responses={
+    200: {"content": {"application/json": {}, "text/csv": {}, "application/vnd.apache.parquet": {}},
+          "description": "the results document, or its head rows as CSV / Parquet"},
+    404: {"description": "unknown job id"}, 409: {"description": "the job has not succeeded"}})
+def get_results(job_id: str, session: SessionDep,
+                format: Annotated[Literal["json", "csv", "parquet"], Query()] = "json") -> Any:
+    """The results document of the latest successful attempt; ``format=csv|parquet`` for head rows."""
+    document = store.load_results(session, job_id)
+    if format == "csv":
+        return Response(to_csv(document["heads"]), media_type="text/csv",
+                        headers={"Content-Disposition": f'attachment; filename="{job_id}.csv"'})
+    if format == "parquet":
+        return Response(to_parquet(document["heads"]), media_type="application/vnd.apache.parquet",
+                        headers={"Content-Disposition": f'attachment; filename="{job_id}.parquet"'})
+    return document
+
+
+def _spec_from_document(doc: dict[str, Any]) -> dict[str, Any]:
+    """A job spec describing an imported document whose original spec was not sent."""
+    calibration = doc.get("calibration") if isinstance(doc.get("calibration"), dict) else {}
+    model = doc["model"]
+    return {"kind": doc["kind"], "label": doc.get("label"),
+            "model": {"id": model["id"], "revision": model.get("revision")},
+            "dataset": doc.get("dataset"), "calibration_job": calibration.get("job_id"),
+            "runs": [run["spec"] for run in doc.get("runs", []) if isinstance(run.get("spec"), dict)],
+            "seed": doc.get("seed", 0)}
+
+
+def _artifact(item: BundleItem, index: int) -> bytes | None:
+    if item.artifact_base64 is None:
+        return None
+    try:
+        return base64.b64decode(item.artifact_base64, validate=True)
+    except (binascii.Error, ValueError) as exc:
+        raise ValueError(f"jobs.{index}.artifact_base64: not valid base64") from exc
+
+
+@router.post("/results/import", status_code=201, response_model=JobItems, dependencies=[WriteAccess])
+def import_results(payload: Annotated[ImportPayload, Body()], session: SessionDep) -> JobItems:
+    """Store finished results documents as succeeded jobs (one document, or a bundle of several)."""
+    items = payload.jobs if isinstance(payload, Bundle) else [BundleItem(results=payload)]
+    jobs = []
+    for index, item in enumerate(items):
+        document = item.results.model_dump(mode="json")
+        spec = item.spec.model_dump(mode="json") if item.spec else _spec_from_document(document)
+        described = (document["kind"], document["model"]["id"])
+        if item.spec and (item.spec.kind, item.spec.model.id) != described:
+            raise ValueError(f"jobs.{index}.spec: kind and model.id must match the results document")
+        label = spec.get("label") or document.get("label")
+        jobs.append(store.import_document(session, document, spec, label=label,
+                                          artifact_bytes=_artifact(item, index)))
+    return JobItems(items=[Job.model_validate(job) for job in jobs])
