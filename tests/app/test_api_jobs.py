@@ -81,7 +81,8 @@ BAD_SPECS: list[tuple[str, dict[str, Any]]] = [
 ]
 
 
-@pytest.mark.parametrize(("field", "change"), BAD_SPECS, ids=[f"{f}-{i}" for i, (f, _) in enumerate(BAD_SPECS)])
+@pytest.mark.parametrize(("field", "change"), BAD_SPECS,
+                         ids=[f"{f}-{i}" for i, (f, _) in enumerate(BAD_SPECS)])
 def test_invalid_specs_name_the_field(api: TestClient, field: str, change: dict[str, Any]) -> None:
     response = _post(api, _spec(**change))
     assert response.status_code == 422, response.text
@@ -107,7 +108,8 @@ def test_calibration_job_must_run_on_a_calibration_of_the_same_model(api: TestCl
     assert ok.status_code == 201 and ok.json()["spec"]["calibration_job"] == cal["id"]
 
 
-def test_local_model_paths_only_under_allowed_dirs(clean_engine: Engine, database_url: str, tmp_path: Path) -> None:
+def test_local_model_paths_only_under_allowed_dirs(clean_engine: Engine, database_url: str,
+                                                   tmp_path: Path) -> None:
     allowed = tmp_path / "models"
     settings = make_settings(database_url, allowed_model_dirs=[allowed])
     with TestClient(create_app(settings)) as api:
@@ -148,8 +150,9 @@ def test_list_filters_and_pagination(api: TestClient, clean_engine: Engine) -> N
     assert ids_of(kind="calibration") == {ids[5]}
     assert ids_of(status="running") == {ids[0]}
     assert ids_of(status="queued", model="org/m1", kind="evaluation") == {ids[1], ids[3]}
-    for params, field in (({"limit": 201}, "limit"), ({"offset": -1}, "offset"), ({"status": "done"}, "status"),
-                          ({"kind": "x"}, "kind")):
+    bad_params = (({"limit": 201}, "limit"), ({"offset": -1}, "offset"), ({"status": "done"}, "status"),
+                  ({"kind": "x"}, "kind"))
+    for params, field in bad_params:
         bad = api.get(f"{API}/jobs", params=params)
         assert bad.status_code == 422 and bad.json()["errors"][0]["field"] == field
 
