@@ -11,18 +11,14 @@ from dataclasses import dataclass
 
 import torch
 
+from headq_core.packing import packed_size
+
 KERNEL_BITS = (1, 2, 4, 8)  # widths whose codes never straddle a byte: the Triton paths
-SIDE_QMAX = {8: 127, 4: 7}
 
 
 def _require(ok: bool, field_name: str, message: str) -> None:
     if not ok:
         raise ValueError(f"{field_name}: {message}")
-
-
-def packed_width(n: int, bits: int) -> int:
-    """Bytes of a little-endian bitstream holding ``n`` codes of ``bits`` bits."""
-    return (n * bits + 7) // 8
 
 
 @dataclass(frozen=True)
@@ -58,17 +54,17 @@ class EncodedKV:
                  f"of {self.key_group}")
         _require(d % self.value_group == 0, "value_group", f"{self.value_group} does not divide head_dim {d}")
         expect = {
-            "k_codes": ((b, h, n, packed_width(d, self.key_bits)), torch.uint8),
+            "k_codes": ((b, h, n, packed_size(d, self.key_bits)), torch.uint8),
             "k_scale": ((b, h, n // self.key_group, d), torch.float16),
             "k_zero": ((b, h, n // self.key_group, d), torch.float16),
-            "v_codes": ((b, h, n, packed_width(d, self.value_bits)), torch.uint8),
+            "v_codes": ((b, h, n, packed_size(d, self.value_bits)), torch.uint8),
             "v_scale": ((b, h, n, d // self.value_group), torch.float16),
             "v_zero": ((b, h, n, d // self.value_group), torch.float16),
         }
         if self.side is not None:
             _require(self.side_bits in (4, 8, 16), "side_bits", f"must be 4, 8 or 16, got {self.side_bits!r}")
             side_dtype = {4: torch.uint8, 8: torch.int8, 16: torch.float16}[self.side_bits]
-            width = packed_width(self.rank, 4) if self.side_bits == 4 else self.rank
+            width = packed_size(self.rank, 4) if self.side_bits == 4 else self.rank
             expect["side"] = ((b, h, n, width), side_dtype)
             if self.side_bits != 16:
                 expect["side_scale"] = ((b, h, n), torch.float16)

@@ -11,39 +11,15 @@ from __future__ import annotations
 import torch
 
 from headq_core.config import QuantConfig
-from headq_core.kernels.layout import SIDE_QMAX, EncodedKV
-from headq_core.packing import pack_bits, unpack_bits
+from headq_core.headq import SideCode, decode_side, encode_side
+from headq_core.kernels.layout import EncodedKV
 from headq_core.quant import Packed, dequantize, quantize
-
-
-def quantize_side(c: torch.Tensor, side_bits: int) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """Side code c [..., r] float -> (codes, scale fp16 [...]) per docs/contracts.md.
-
-    8 bits: int8 [..., r]; 4 bits: uint8 [..., r/2] (packed two's-complement nibbles); 16: fp16, no scale.
-    """
-    if side_bits == 16:
-        return c.half(), None
-    qmax = SIDE_QMAX[side_bits]
-    scale = (c.abs().amax(-1) / qmax).half()
-    scale = torch.where(scale == 0, torch.ones_like(scale), scale)
-    codes = torch.round(c / scale.float().unsqueeze(-1)).clamp_(-qmax, qmax).to(torch.int8)
-    if side_bits == 8:
-        return codes, scale
-    return pack_bits((codes & 15).to(torch.uint8), 4), scale
 
 
 def dequantize_side(enc: EncodedKV) -> torch.Tensor:
     """Side code c^ float32 [B, Hkv, N, r] of an encoding that has one."""
     assert enc.side is not None
-    if enc.side_bits == 16:
-        return enc.side.float()
-    if enc.side_bits == 8:
-        codes = enc.side.float()
-    else:
-        nib = unpack_bits(enc.side, 4, enc.rank).to(torch.int16)
-        codes = torch.where(nib >= 8, nib - 16, nib).float()
-    assert enc.side_scale is not None
-    return codes * enc.side_scale.float().unsqueeze(-1)
+    return decode_side(SideCode(codes=enc.side, scale=enc.side_scale, bits=enc.side_bits, rank=enc.rank))
 
 
 def _packed(codes: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor, bits: int, axis: str,
@@ -74,8 +50,8 @@ def encode_reference(k: torch.Tensor, v: torch.Tensor, key_cfg: QuantConfig, val
     if basis is not None:
         rank = basis.shape[-1]
         resid = k.float() - dequantize(kp)
-        c = torch.einsum("bhnd,hdr->bhnr", resid, basis.float())
-        side, side_scale = quantize_side(c, side_bits)
+        code = encode_side(resid, basis, side_bits)
+        side, side_scale = code.codes, code.scale
     return EncodedKV(k_codes=kp.codes, k_scale=kp.scale, k_zero=kp.zero, v_codes=vp.codes,
                      v_scale=vp.scale, v_zero=vp.zero, key_bits=key_cfg.bits, key_group=key_cfg.group_size,
                      value_bits=value_cfg.bits, value_group=value_cfg.group_size, head_dim=d, side=side,

@@ -12,7 +12,8 @@ import torch
 import triton
 import triton.language as tl
 
-from headq_core.kernels.layout import SIDE_QMAX, EncodedKV, packed_width
+from headq_core.kernels.layout import EncodedKV
+from headq_core.packing import packed_size
 
 
 @triton.jit
@@ -108,19 +109,19 @@ def encode_triton(k: torch.Tensor, v: torch.Tensor, key_bits: int, key_group: in
     b, h, n, d = k.shape
     k, v = k.contiguous(), v.contiguous()
     dev = k.device
-    kc = torch.empty(b, h, n, packed_width(d, key_bits), dtype=torch.uint8, device=dev)
+    kc = torch.empty(b, h, n, packed_size(d, key_bits), dtype=torch.uint8, device=dev)
     ks = torch.empty(b, h, n // key_group, d, dtype=torch.float16, device=dev)
     kz = torch.empty_like(ks)
-    vc = torch.empty(b, h, n, packed_width(d, value_bits), dtype=torch.uint8, device=dev)
+    vc = torch.empty(b, h, n, packed_size(d, value_bits), dtype=torch.uint8, device=dev)
     vs = torch.empty(b, h, n, d // value_group, dtype=torch.float16, device=dev)
     vz = torch.empty_like(vs)
     rank = 0 if basis is None else basis.shape[-1]
     side = side_scale = None
     if basis is not None:
         basis = basis.to(device=dev, dtype=torch.float32).contiguous()
-        side = torch.empty(b, h, n, packed_width(rank, 4) if side_bits == 4 else rank, device=dev,
+        side = torch.empty(b, h, n, packed_size(rank, 4) if side_bits == 4 else rank, device=dev,
                            dtype={4: torch.uint8, 8: torch.int8, 16: torch.float16}[side_bits])
-        if side_bits in SIDE_QMAX:
+        if side_bits != 16:
             side_scale = torch.empty(b, h, n, dtype=torch.float16, device=dev)
     if n:
         _encode_kernel[(b * h, n // key_group)](
