@@ -3,8 +3,6 @@ plain formulas of METHOD.md, written without the library's vectorisation or stab
 
 import math
 
-import torch
-
 
 def softmax_row(x, allowed):
     vals = [x[j] for j in range(len(x)) if allowed[j]]

@@ -138,7 +138,8 @@ def test_logit_correction_matches_loops():
                 want = -0.5 * float((u[h // 2].T @ q[0, h, i]) @ c[0, h // 2, j]) if mask[i, j] else 0.0
                 assert abs(float(got[0, h, i, j]) - want) < 1e-5
     keys = correction_keys(u, c, sign=-1)
-    torch.testing.assert_close(tau_logits(q, keys, 0.5), logit_correction(q, u, c, 0.5, -1), atol=1e-5, rtol=0)
+    want = logit_correction(q, u, c, 0.5, -1)
+    torch.testing.assert_close(tau_logits(q, keys, 0.5), want, atol=1e-5, rtol=0)
 
 
 def tau_logits(q, k, tau):

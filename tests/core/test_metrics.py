@@ -116,6 +116,7 @@ def test_bad_inputs_raise():
     with pytest.raises(ValueError, match="s"):
         acc.add_logits(bad, torch.zeros(1, 4, 3, 3))
     with pytest.raises(ValueError, match="mask"):
-        acc.add_logits(torch.zeros(1, 4, 3, 3), torch.zeros(1, 4, 3, 3), mask=torch.ones(2, 2, dtype=torch.bool))
+        acc.add_logits(torch.zeros(1, 4, 3, 3), torch.zeros(1, 4, 3, 3),
+                       mask=torch.ones(2, 2, dtype=torch.bool))
     with pytest.raises(ValueError, match="kv_heads"):
         HeadMetrics(4, 3)
