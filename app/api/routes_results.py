@@ -67,7 +67,7 @@ def _artifact(item: BundleItem, index: int) -> bytes | None:
 def import_results(payload: Annotated[ImportPayload, Body()], session: SessionDep) -> JobItems:
     """Store finished results documents as succeeded jobs (one document, or a bundle of several)."""
     items = payload.jobs if isinstance(payload, Bundle) else [BundleItem(results=payload)]
-    jobs = []
+    prepared = []
     for index, item in enumerate(items):
         document = item.results.model_dump(mode="json")
         spec = item.spec.model_dump(mode="json") if item.spec else _spec_from_document(document)
@@ -75,6 +75,6 @@ def import_results(payload: Annotated[ImportPayload, Body()], session: SessionDe
         if item.spec and (item.spec.kind, item.spec.model.id) != described:
             raise ValueError(f"jobs.{index}.spec: kind and model.id must match the results document")
         label = spec.get("label") or document.get("label")
-        jobs.append(store.import_document(session, document, spec, label=label,
-                                          artifact_bytes=_artifact(item, index)))
+        prepared.append((document, spec, label, _artifact(item, index)))
+    jobs = store.import_documents(session, prepared)
     return JobItems(items=[Job.model_validate(job) for job in jobs])

@@ -21,7 +21,7 @@ from app.store.jobs import (
 )
 from app.store.models import FINISHED_STATUSES, HEAD_METRICS, JOB_KINDS, JOB_STATUSES, JobRow
 from app.store.results import (
-    import_document,
+    import_documents,
     load_calibration_artifact,
     load_head_rows,
     load_results,
@@ -31,7 +31,7 @@ from app.store.results import (
 __all__ = [
     "FINISHED_STATUSES", "HEAD_METRICS", "JOB_KINDS", "JOB_STATUSES", "IdempotencyConflict", "JobNotFound",
     "JobRow", "JobStateError", "cancel_job", "claim_next_queued", "create_job", "finish", "get_job",
-    "heartbeat", "import_document", "is_cancel_requested", "list_jobs", "load_calibration_artifact",
+    "heartbeat", "import_documents", "is_cancel_requested", "list_jobs", "load_calibration_artifact",
     "load_head_rows", "load_results", "make_engine", "make_session_factory", "mark_running", "migrate",
     "note_error", "ping", "requeue_or_fail_stale", "save_results", "session_scope", "update_progress",
 ]

@@ -93,23 +93,31 @@ def save_results(session: Session, job_id: str, attempt: int, document: dict[str
         raise
 
 
-def import_document(session: Session, document: dict[str, Any], spec: dict[str, Any], *, label: str | None,
-                    artifact_bytes: bytes | None = None) -> JobRow:
-    """Store a finished results document as a new succeeded job (attempt 1), in one transaction."""
+ImportItem = tuple[dict[str, Any], dict[str, Any], str | None, bytes | None]
+
+
+def import_documents(session: Session, items: list[ImportItem]) -> list[JobRow]:
+    """Store finished results documents as new succeeded jobs (attempt 1), all or none.
+
+    Each item is ``(document, spec, label, artifact_bytes or None)``.
+    """
     now = utcnow()
-    job = JobRow(id=str(uuid.uuid4()), kind=str(document["kind"]), label=label, spec=finite_or_none(spec),
-                 model_id=str(document["model"]["id"]), status="succeeded", stage="imported", progress=1.0,
-                 cancel_requested=False, attempts=1, max_attempts=1, created_at=now, started_at=now,
-                 finished_at=now)
-    session.add(job)
+    jobs = []
     try:
-        session.flush()
-        _write(session, job.id, 1, document, artifact_bytes)
+        for document, spec, label, artifact_bytes in items:
+            job = JobRow(id=str(uuid.uuid4()), kind=str(document["kind"]), label=label,
+                         spec=finite_or_none(spec), model_id=str(document["model"]["id"]), status="succeeded",
+                         stage="imported", progress=1.0, cancel_requested=False, attempts=1, max_attempts=1,
+                         created_at=now, started_at=now, finished_at=now)
+            session.add(job)
+            session.flush()
+            _write(session, job.id, 1, document, artifact_bytes)
+            jobs.append(job)
         session.commit()
     except BaseException:
         session.rollback()
         raise
-    return job
+    return jobs
 
 
 def _latest_attempt(session: Session, job_id: str) -> int:

@@ -83,9 +83,14 @@ def test_calibration_artifact_round_trip(session: Session) -> None:
         store.load_calibration_artifact(session, "missing")
 
 
-def test_import_document_creates_a_succeeded_job(session: Session) -> None:
+def test_import_documents_creates_succeeded_jobs_all_or_none(session: Session) -> None:
     doc = make_document(seed=5)
-    job = store.import_document(session, doc, {"kind": "evaluation"}, label="published")
+    broken = make_document(seed=6)
+    broken["heads"][3]["layer"] = "x"
+    with pytest.raises(ValueError, match=r"heads\.3\.layer"):
+        store.import_documents(session, [(doc, {}, None, None), (broken, {}, None, None)])
+    assert store.list_jobs(session)[1] == 0
+    [job] = store.import_documents(session, [(doc, {"kind": "evaluation"}, "published", None)])
     row = store.get_job(session, job.id)
     assert (row.status, row.kind, row.model_id, row.label, row.attempts) == (
         "succeeded", "evaluation", doc["model"]["id"], "published", 1)
