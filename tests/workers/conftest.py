@@ -1,0 +1,138 @@
+"""Fixtures: a migrated database per backend (SQLite file, PostgreSQL database made for the session),
+a tiny Llama under an allowed model folder, job specs on it, settings with short timeouts, and
+process bookkeeping so no worker outlives its test."""
+
+from __future__ import annotations
+
+import os
+import signal
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sqlalchemy import create_engine, text
+from sqlalchemy.engine import make_url
+from sqlalchemy.orm import Session
+
+from app.executors.settings import ExecutorSettings
+from app.settings import Settings
+from app.store import create_job, make_engine, make_session_factory, migrate, session_scope
+from app.store.models import Base, JobRow
+from tests.workers.tinymodel import save_tiny_llama, write_corpus
+
+PG_URL = os.environ.get("HEADQ_TEST_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
+HEARTBEAT_TIMEOUT_S = 20.0
+
+
+@pytest.fixture(scope="session", params=["sqlite", "postgresql"])
+def database_url(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A migrated, empty database of each backend for the session."""
+    if request.param == "sqlite":
+        url = f"sqlite:///{tmp_path_factory.mktemp('db') / 'headq.db'}"
+        engine = make_engine(url)
+        migrate(engine)
+        engine.dispose()
+        yield url
+        return
+    admin = create_engine(PG_URL, isolation_level="AUTOCOMMIT")
+    name = f"headq_workers_{uuid.uuid4().hex[:12]}"
+    try:
+        with admin.connect() as conn:
+            conn.execute(text(f'CREATE DATABASE "{name}"'))
+    except Exception as exc:  # noqa: BLE001 - the service is absent on this machine
+        admin.dispose()
+        pytest.skip(f"PostgreSQL not reachable at {PG_URL}: {exc}")
+    url = make_url(PG_URL).set(database=name).render_as_string(hide_password=False)
+    engine = make_engine(url)
+    migrate(engine)
+    engine.dispose()
+    try:
+        yield url
+    finally:
+        with admin.connect() as conn:
+            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()
+
+
+@pytest.fixture
+def sessions(database_url: str) -> Iterator[Callable[[], Any]]:
+    """``with sessions() as s:`` on an emptied database."""
+    engine = make_engine(database_url)
+    with engine.begin() as conn:
+        for table in reversed(Base.metadata.sorted_tables):
+            conn.execute(table.delete())
+    factory = make_session_factory(engine)
+    yield lambda: session_scope(factory)
+    engine.dispose()
+
+
+@pytest.fixture(scope="session")
+def models_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The allowed model folder of the test server."""
+    return tmp_path_factory.mktemp("models")
+
+
+@pytest.fixture(scope="session")
+def corpus(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return write_corpus(tmp_path_factory.mktemp("text") / "corpus.txt")
+
+
+@pytest.fixture(scope="session")
+def tiny_model(models_root: Path, corpus: Path) -> Path:
+    """A 2-layer random-weight Llama saved as safetensors under the allowed model folder."""
+    return save_tiny_llama(models_root / "tiny-llama", corpus)
+
+
+@pytest.fixture
+def make_spec(tiny_model: Path, corpus: Path) -> Callable[..., dict[str, Any]]:
+    """An evaluation (or calibration) spec on the tiny model and the test corpus."""
+    def make(kind: str = "evaluation", *, max_tokens: int = 256, window: int = 32, runs: int = 1,
+             model_id: str | None = None, calibration_job: str | None = None) -> dict[str, Any]:
+        spec: dict[str, Any] = {
+            "kind": kind, "model": {"id": model_id or str(tiny_model), "device": "cpu"},
+            "dataset": {"source": "files", "files": [str(corpus)], "window": window, "max_tokens": max_tokens},
+            "seed": 0}
+        if kind == "calibration":
+            spec["calibration"] = {"rank": 4}
+        else:
+            spec["runs"] = [{"name": f"k{bits}", "key": {"bits": bits, "axis": "per_channel", "group_size": 8}}
+                            for bits in (2, 4, 8, 3, 1)[:runs]]
+            if calibration_job:
+                spec["calibration_job"] = calibration_job
+        return spec
+    return make
+
+
+@pytest.fixture
+def settings(database_url: str, models_root: Path) -> Settings:
+    return Settings(database_url=database_url, allowed_model_dirs=[models_root],
+                    heartbeat_timeout_s=HEARTBEAT_TIMEOUT_S, dashboard=False, executor="local")
+
+
+@pytest.fixture
+def options() -> ExecutorSettings:
+    """Fast polling and heartbeats; a unique Celery queue so parallel sessions never share messages."""
+    return ExecutorSettings(heartbeat_s=1.0, poll_s=0.2, cancel_grace_s=5.0, worker_concurrency=1,
+                            queue=f"headq-test-{uuid.uuid4().hex[:8]}")
+
+
+def add_job(session: Session, spec: dict[str, Any], max_attempts: int = 3) -> JobRow:
+    """Insert a queued job the way the API does."""
+    job, _ = create_job(session, kind=spec["kind"], spec=spec, model_id=spec["model"]["id"],
+                        max_attempts=max_attempts)
+    return job
+
+
+@pytest.fixture
+def reap() -> Iterator[Callable[[int], None]]:
+    """Register process ids (process-group leaders) to SIGKILL when the test ends."""
+    pids: list[int] = []
+    yield pids.append
+    for pid in pids:
+        for kill in (os.killpg, os.kill):
+            try:
+                kill(pid, signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
+                pass
