@@ -71,3 +71,31 @@ def test_dockerfile_targets_run_as_non_root_with_healthcheck(target):
     stage = text.split(f" AS {target}\n", 1)[1].split("\nFROM ", 1)[0]
     assert "\nUSER 10001" in stage and "HEALTHCHECK" in stage
     assert "TOKEN" not in stage and "PASSWORD" not in stage
+
+
+def _env_example() -> dict[str, str]:
+    lines = (ROOT / ".env.example").read_text().splitlines()
+    return dict(line.split("=", 1) for line in lines if line and not line.startswith("#"))
+
+
+def test_env_example_lists_every_server_setting_and_parses():
+    from app.settings import Settings
+
+    env = _env_example()
+    expected = {f"HEADQ_{name.upper()}" for name in Settings.model_fields}
+    listed = {key for key in env if key.startswith("HEADQ_")} - {"HEADQ_MODELS_DIR"}  # compose only
+    assert expected - listed == set(), "settings missing from .env.example"
+    assert listed - expected == set(), ".env.example names settings that do not exist"
+    settings = Settings(_env_file=None, **{k[len("HEADQ_"):].lower(): v for k, v in env.items()
+                                           if k in expected})
+    assert settings.allowed_model_dirs == [Path("/models")]
+
+
+def test_compose_environment_names_only_real_settings():
+    from app.settings import Settings
+
+    compose = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
+    known = {f"HEADQ_{name.upper()}" for name in Settings.model_fields}
+    for name, service in compose["services"].items():
+        for key in service.get("environment", {}):
+            assert not key.startswith("HEADQ_") or key in known, f"{name}: unknown setting {key}"
