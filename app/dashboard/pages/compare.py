@@ -1,0 +1,101 @@
+"""Compare page: two configurations (of one job or of two jobs) side by side, and B − A.
+
+Deep link: ``/compare?job=..&run=..&job_b=..&run_b=..&metric=..``.
+"""
+
+from __future__ import annotations
+
+import dash
+from dash import Input, Output, callback, dcc, html
+
+from app.dashboard import figures
+from app.dashboard import results as R
+from app.dashboard.common import (
+    GRID,
+    NO_RESULTS,
+    ROW,
+    empty_state,
+    error_banner,
+    evaluation_jobs,
+    load_results,
+    pick,
+    picker,
+)
+
+dash.register_page(__name__, path="/compare", name="Compare", title="HeadQ Lab · Compare")
+
+
+def _runs(job) -> list[str]:
+    doc, _ = load_results(job)
+    return R.run_names(doc) if doc else []
+
+
+def layout(job=None, run=None, job_b=None, run_b=None, metric=None, **_query) -> html.Div:
+    options, error = evaluation_jobs()
+    if error or not options:
+        return html.Div([html.H2("Compare"), error_banner(error) if error else empty_state(NO_RESULTS)])
+    job_a, job_b = pick(job, options), pick(job_b or job, options)
+    runs_a, runs_b = _runs(job_a), _runs(job_b)
+    run_a = pick(run, [{"value": r} for r in runs_a])
+    run_b = pick(run_b, [{"value": r} for r in runs_b if r != run_a] or [{"value": r} for r in runs_b])
+    doc, _ = load_results(job_a)
+    metrics = R.metric_names(doc) if doc else []
+    return html.Div(
+        [
+            html.H2("Compare"),
+            html.Div(
+                [
+                    picker("cmp-job-a", options, job_a, "job A"),
+                    picker("cmp-run-a", runs_a, run_a, "configuration A"),
+                    picker("cmp-job-b", options, job_b, "job B"),
+                    picker("cmp-run-b", runs_b, run_b, "configuration B"),
+                    picker("cmp-metric", metrics, pick(metric, [{"value": m} for m in metrics]), "metric"),
+                    dcc.Checklist(id="cmp-log", options=[{"label": "log", "value": "log"}], value=[]),
+                ],
+                style=ROW,
+            ),
+            html.Div(id="cmp-message"),
+            html.Div([dcc.Graph(id="cmp-a"), dcc.Graph(id="cmp-b"), dcc.Graph(id="cmp-diff")], style=GRID),
+        ]
+    )
+
+
+@callback(Output("cmp-run-a", "options"), Input("cmp-job-a", "value"), prevent_initial_call=True)
+def runs_a(job):
+    return _runs(job)
+
+
+@callback(Output("cmp-run-b", "options"), Input("cmp-job-b", "value"), prevent_initial_call=True)
+def runs_b(job):
+    return _runs(job)
+
+
+@callback(
+    Output("cmp-a", "figure"),
+    Output("cmp-b", "figure"),
+    Output("cmp-diff", "figure"),
+    Output("cmp-message", "children"),
+    Input("cmp-job-a", "value"),
+    Input("cmp-run-a", "value"),
+    Input("cmp-job-b", "value"),
+    Input("cmp-run-b", "value"),
+    Input("cmp-metric", "value"),
+    Input("cmp-log", "value"),
+)
+def draw(job_a, run_a, job_b, run_b, metric, log):
+    doc_a, err_a = load_results(job_a)
+    doc_b, err_b = load_results(job_b)
+    try:
+        if doc_a is None or doc_b is None or not (run_a and run_b and metric):
+            raise ValueError(err_a or err_b or "Choose two configurations and a metric.")
+        a, b = R.head_matrix(doc_a, run_a, metric), R.head_matrix(doc_b, run_b, metric)
+        figs = [
+            figures.heatmap_figure(a, metric, bool(log)),
+            figures.heatmap_figure(b, metric, bool(log)),
+            figures.difference_figure(a, b, metric, bool(log)),
+        ]
+    except ValueError as exc:
+        return *[figures.empty_figure(str(exc))] * 3, error_banner(str(exc))
+    figs[0].update_layout(title_text=f"A: {run_a} · {metric}")
+    figs[1].update_layout(title_text=f"B: {run_b} · {metric}")
+    return *figs, None

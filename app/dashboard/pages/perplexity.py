@@ -1,0 +1,71 @@
+"""Perplexity page: every configuration's perplexity, excess, share of excess removed by HeadQ and
+effective key/value bits, as a sortable table (CSV export) and a bar chart."""
+
+from __future__ import annotations
+
+import dash
+from dash import Input, Output, callback, dash_table, dcc, html
+
+from app.dashboard import figures
+from app.dashboard import results as R
+from app.dashboard.common import (
+    NO_RESULTS,
+    ROW,
+    empty_state,
+    error_banner,
+    evaluation_jobs,
+    load_results,
+    pick,
+    picker,
+)
+
+dash.register_page(__name__, path="/perplexity", name="Perplexity", title="HeadQ Lab · Perplexity")
+
+COLUMNS = [
+    ("run", "configuration", "text"),
+    ("perplexity", "perplexity", "numeric"),
+    ("excess", "excess perplexity", "numeric"),
+    ("excess_removed", "share of excess removed", "numeric"),
+    ("key_bits", "effective key bits", "numeric"),
+    ("value_bits", "effective value bits", "numeric"),
+    ("tokens", "tokens", "numeric"),
+]
+
+
+def layout(job=None, **_query) -> html.Div:
+    options, error = evaluation_jobs()
+    if error or not options:
+        return html.Div([html.H2("Perplexity"), error_banner(error) if error else empty_state(NO_RESULTS)])
+    return html.Div(
+        [
+            html.H2("Perplexity"),
+            html.Div([picker("ppl-job", options, pick(job, options), "job")], style=ROW),
+            html.Div(id="ppl-message"),
+            dash_table.DataTable(
+                id="ppl-table",
+                columns=[
+                    {"id": c, "name": n, "type": t, "format": {"specifier": ".4~g"}} for c, n, t in COLUMNS
+                ],
+                data=[],
+                sort_action="native",
+                export_format="csv",
+                style_cell={"font-family": "sans-serif"},
+            ),
+            dcc.Graph(id="ppl-bars"),
+        ]
+    )
+
+
+@callback(
+    Output("ppl-table", "data"),
+    Output("ppl-bars", "figure"),
+    Output("ppl-message", "children"),
+    Input("ppl-job", "value"),
+)
+def draw(job):
+    doc, error = load_results(job)
+    if doc is None:
+        message = error or "Choose a job."
+        return [], figures.empty_figure(message), error_banner(message)
+    rows = R.perplexity_rows(doc)
+    return rows, figures.perplexity_figure(rows), None

@@ -1,0 +1,94 @@
+"""Predictor check: does ``fisher`` predict ``attn_kl`` better than ``key_mse``? (METHOD.md's first claim)
+
+Scatter of per-head ``attn_kl`` against each predictor over all heads of the chosen
+configurations (log axes), with Spearman's rank correlation (scipy.stats.spearmanr).
+"""
+
+from __future__ import annotations
+
+import dash
+from dash import Input, Output, callback, dcc, html
+
+from app.dashboard import figures
+from app.dashboard import results as R
+from app.dashboard.common import (
+    GRID,
+    NO_RESULTS,
+    ROW,
+    empty_state,
+    error_banner,
+    evaluation_jobs,
+    load_results,
+    pick,
+    picker,
+)
+
+dash.register_page(__name__, path="/predictor", name="Predictor check", title="HeadQ Lab · Predictor check")
+
+
+def layout(job=None, **_query) -> html.Div:
+    options, error = evaluation_jobs()
+    if error or not options:
+        return html.Div(
+            [html.H2("Predictor check"), error_banner(error) if error else empty_state(NO_RESULTS)]
+        )
+    job = pick(job, options)
+    doc, error = load_results(job)
+    runs = R.run_names(doc) if doc else []
+    return html.Div(
+        [
+            html.H2("Predictor check"),
+            html.P(
+                "Across heads, the score-space error (fisher) should rank heads by attention KL far better "
+                "than key MSE. Heads with a zero or missing value (e.g. the dense reference) are left out."
+            ),
+            html.Div(
+                [
+                    picker("pred-job", options, job, "job"),
+                    picker("pred-runs", runs, runs, "configurations", multi=True),
+                ],
+                style=ROW,
+            ),
+            html.Div(error_banner(error) if error else None, id="pred-message"),
+            html.Div(id="pred-summary", style={"font-size": "16px", "margin": "8px 0"}),
+            html.Div([dcc.Graph(id="pred-fisher"), dcc.Graph(id="pred-key_mse")], style=GRID),
+        ]
+    )
+
+
+@callback(
+    Output("pred-runs", "options"),
+    Output("pred-runs", "value"),
+    Input("pred-job", "value"),
+    prevent_initial_call=True,
+)
+def choose_job(job):
+    doc, _ = load_results(job)
+    runs = R.run_names(doc) if doc else []
+    return runs, runs
+
+
+@callback(
+    Output("pred-fisher", "figure"),
+    Output("pred-key_mse", "figure"),
+    Output("pred-summary", "children"),
+    Input("pred-job", "value"),
+    Input("pred-runs", "value"),
+)
+def draw(job, runs):
+    doc, error = load_results(job)
+    if doc is None:
+        message = error or "Choose a job."
+        return figures.empty_figure(message), figures.empty_figure(message), error_banner(message)
+    points = R.predictor_points(doc, list(runs or []))
+    rho = R.rank_correlations(points)
+    figs = [
+        figures.predictor_figure(points[m], points["attn_kl"], points["run"], m, rho[m])
+        for m in ("fisher", "key_mse")
+    ]
+    fmt = {m: "n/a (fewer than 3 heads)" if rho[m] is None else f"{rho[m]:.3f}" for m in rho}
+    summary = (
+        f"Spearman ρ(attn_kl, fisher) = {fmt['fisher']}   ·   ρ(attn_kl, key_mse) = {fmt['key_mse']}"
+        f"   ·   {len(points['attn_kl'])} heads"
+    )
+    return figs[0], figs[1], html.Span(summary, id="pred-rho")

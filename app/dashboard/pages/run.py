@@ -1,0 +1,202 @@
+"""Run page: layer × head heatmaps of one configuration side by side, and a head's detail.
+
+Deep link: ``/run?job=<id>&run=<name>&layer=<i>&head=<j>``. Clicking a cell in any panel selects
+that head in every panel (an outline drawn on each figure) and fills the detail panel.
+"""
+
+from __future__ import annotations
+
+import dash
+from dash import ALL, Input, Output, State, callback, ctx, dcc, html
+
+from app.dashboard import figures
+from app.dashboard import results as R
+from app.dashboard.common import (
+    GRID,
+    NO_RESULTS,
+    ROW,
+    as_index,
+    empty_state,
+    error_banner,
+    evaluation_jobs,
+    load_results,
+    page_link,
+    pick,
+    picker,
+)
+
+dash.register_page(__name__, path="/run", name="Run", title="HeadQ Lab · Run")
+
+PANELS = list(R.MAIN_METRICS) + ["extra"]
+
+
+def _graph(panel: str) -> dcc.Graph:
+    return dcc.Graph(
+        id={"type": "run-heat", "panel": panel}, config={"displaylogo": False}, className="run-heatmap"
+    )
+
+
+def layout(job=None, run=None, layer=None, head=None, **_query) -> html.Div:
+    options, error = evaluation_jobs()
+    if error:
+        return html.Div([html.H2("Run"), error_banner(error)])
+    if not options:
+        return html.Div([html.H2("Run"), empty_state(NO_RESULTS)])
+    try:
+        selected = {"layer": as_index(layer, "layer"), "head": as_index(head, "head")}
+    except ValueError as exc:
+        return html.Div([html.H2("Run"), error_banner(f"Bad link: {exc}")])
+    job = pick(job, options)
+    doc, error = load_results(job)
+    runs = R.run_names(doc) if doc else []
+    extra = [m for m in R.metric_names(doc) if m not in R.MAIN_METRICS] if doc else []
+    run = run if run in runs else (R.default_run(doc) if doc else None)
+    return html.Div(
+        [
+            html.H2("Run"),
+            html.Div(
+                [
+                    picker("run-job", options, job, "job"),
+                    picker("run-run", runs, run, "configuration"),
+                    picker("run-extra", extra, extra[0] if extra else None, "other metric"),
+                    dcc.Checklist(
+                        id="run-log", options=[{"label": "log colour scale", "value": "log"}], value=[]
+                    ),
+                ],
+                style=ROW,
+            ),
+            html.Div(error_banner(error) if error else None, id="run-message"),
+            dcc.Store(id="run-selected", data=selected if None not in selected.values() else None),
+            html.Div([_graph(p) for p in PANELS], style=GRID),
+            html.Div(
+                id="run-detail",
+                children=empty_state("Click a head in any panel to see its detail."),
+                style={"border-top": "1px solid #ddd", "margin-top": "12px"},
+            ),
+        ]
+    )
+
+
+@callback(
+    Output("run-run", "options"),
+    Output("run-run", "value"),
+    Output("run-extra", "options"),
+    Output("run-extra", "value"),
+    Input("run-job", "value"),
+    State("run-run", "value"),
+    State("run-extra", "value"),
+    prevent_initial_call=True,
+)
+def choose_job(job, run, extra):
+    doc, _ = load_results(job)
+    if doc is None:
+        return [], None, [], None
+    runs = R.run_names(doc)
+    metrics = [m for m in R.metric_names(doc) if m not in R.MAIN_METRICS]
+    return (
+        runs,
+        run if run in runs else R.default_run(doc),
+        metrics,
+        pick(extra, [{"value": m} for m in metrics]),
+    )
+
+
+def _selected_tuple(selected: dict | None) -> tuple[int, int] | None:
+    return (selected["layer"], selected["head"]) if selected else None
+
+
+@callback(
+    Output({"type": "run-heat", "panel": ALL}, "figure"),
+    Output("run-message", "children"),
+    Input("run-job", "value"),
+    Input("run-run", "value"),
+    Input("run-extra", "value"),
+    Input("run-log", "value"),
+    Input("run-selected", "data"),
+)
+def draw_heatmaps(job, run, extra, log, selected):
+    doc, error = load_results(job)
+    if doc is None or run is None:
+        message = error or "Choose a job and a configuration."
+        return [figures.empty_figure(message)] * len(PANELS), error_banner(message) if error else None
+    sel, present = _selected_tuple(selected), R.metric_names(doc)
+    figs = []
+    for panel in PANELS:
+        metric = extra if panel == "extra" else panel
+        if metric is None or metric not in present:
+            figs.append(figures.empty_figure(f"{metric or 'no other metric'}: not in these results"))
+        else:
+            figs.append(figures.heatmap_figure(R.head_matrix(doc, run, metric), metric, bool(log), sel))
+    return figs, None
+
+
+@callback(
+    Output("run-selected", "data"),
+    Input({"type": "run-heat", "panel": ALL}, "clickData"),
+    prevent_initial_call=True,
+)
+def select_head(_clicks):
+    point = (ctx.triggered[0]["value"] or {}).get("points", [None])[0] if ctx.triggered else None
+    if not point:
+        return dash.no_update
+    return {"layer": int(point["y"]), "head": int(point["x"])}
+
+
+@callback(
+    Output("run-detail", "children"),
+    Input("run-selected", "data"),
+    Input("run-job", "value"),
+    Input("run-run", "value"),
+)
+def show_detail(selected, job, run):
+    if not selected or not run:
+        return empty_state("Click a head in any panel to see its detail.")
+    doc, error = load_results(job)
+    if doc is None:
+        return error_banner(error or "No results.")
+    layer, head = selected["layer"], selected["head"]
+    layers, heads = R.model_shape(doc)
+    if layer >= layers or head >= heads:
+        return error_banner(f"head: layer {layer}, head {head} is outside this model ({layers} × {heads})")
+    kv = R.kv_head_of(doc, head)
+    a2 = R.a2_weights(doc, run, layer, kv)
+    spectrum = R.query_spectrum(doc, layer, kv)
+    across = R.head_across_runs(doc, layer, head)
+    title = f"layer {layer}, head {head} (KV head {kv})"
+    return html.Div(
+        [
+            html.H3(title, id="run-detail-title"),
+            dcc.Link(
+                "link to this head",
+                href=page_link("/run", job=job, run=run, layer=layer, head=head),
+                id="run-detail-link",
+            ),
+            html.Div(
+                [
+                    dcc.Graph(
+                        id="run-detail-a2",
+                        figure=figures.a2_figure(a2, f"A² weights, {run}")
+                        if a2
+                        else figures.empty_figure("no A² weights stored for this run"),
+                    ),
+                    dcc.Graph(
+                        id="run-detail-spectrum",
+                        figure=figures.spectrum_figure(
+                            spectrum, R.run_rank(doc, run), "query eigenvalue spectrum"
+                        )
+                        if spectrum
+                        else figures.empty_figure("no query spectrum stored"),
+                    ),
+                    dcc.Graph(
+                        id="run-detail-runs",
+                        figure=figures.head_runs_figure(
+                            across,
+                            [m for m in R.MAIN_METRICS if m in R.metric_names(doc)],
+                            "this head across configurations",
+                        ),
+                    ),
+                ],
+                style=GRID,
+            ),
+        ]
+    )

@@ -1,0 +1,167 @@
+"""Pure views of a results document (docs/contracts.md): matrices, rows and points for figures.
+
+No I/O and no Dash here; every function takes the parsed JSON document and returns plain Python or
+numpy values, so tests can check each against a direct computation.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+
+KEY_FIELDS = ("run", "layer", "head", "kv_head")
+MAIN_METRICS = ("fisher", "attn_kl", "key_mse", "value_a2")
+METRIC_LABELS = {
+    "fisher": "score-space error (fisher)",
+    "attn_kl": "attention KL (attn_kl)",
+    "key_mse": "key MSE (key_mse)",
+    "value_a2": "value A² distortion (value_a2)",
+    "score_mse": "score MSE",
+    "entropy": "attention entropy",
+    "route_flip": "route flip rate",
+    "value_mse": "value MSE",
+    "readout_err": "readout error",
+}
+
+
+def run_names(doc: dict) -> list[str]:
+    """Configuration names in document order."""
+    return [r["name"] for r in doc.get("runs", [])]
+
+
+def default_run(doc: dict) -> str | None:
+    """The first quantized configuration (the dense reference has nothing to show), else the first."""
+    runs = doc.get("runs", [])
+    for r in runs:
+        spec = r.get("spec") or {}
+        if spec.get("key") or spec.get("value"):
+            return r["name"]
+    return runs[0]["name"] if runs else None
+
+
+def metric_names(doc: dict) -> list[str]:
+    """Every per-head metric present in ``doc['heads']``, main metrics first, then alphabetical."""
+    seen: set[str] = set()
+    for row in doc.get("heads", []):
+        seen.update(k for k, v in row.items() if k not in KEY_FIELDS and _is_number(v))
+    return [m for m in MAIN_METRICS if m in seen] + sorted(seen - set(MAIN_METRICS))
+
+
+def model_shape(doc: dict) -> tuple[int, int]:
+    """``(layers, query heads)`` of the evaluated model."""
+    model = doc.get("model") or {}
+    layers, heads = model.get("layers"), model.get("heads")
+    if not isinstance(layers, int) or not isinstance(heads, int) or layers < 1 or heads < 1:
+        raise ValueError("model: the results document needs positive integer 'layers' and 'heads'")
+    return layers, heads
+
+
+def head_matrix(doc: dict, run: str, metric: str) -> np.ndarray:
+    """``float64 [layers, heads]`` of one metric for one run; NaN where a head has no value."""
+    layers, heads = model_shape(doc)
+    if run not in run_names(doc):
+        raise ValueError(f"run: {run!r} is not a configuration of this job")
+    out = np.full((layers, heads), np.nan)
+    for row in doc.get("heads", []):
+        if row.get("run") == run and _is_number(row.get(metric)):
+            layer, head = row["layer"], row["head"]
+            if 0 <= layer < layers and 0 <= head < heads:
+                out[layer, head] = float(row[metric])
+    return out
+
+
+def kv_head_of(doc: dict, head: int) -> int:
+    """KV head read by query ``head`` (``head // (heads // kv_heads)``, the repeat_kv order)."""
+    model = doc["model"]
+    kv = model.get("kv_heads") or model["heads"]
+    return head // (model["heads"] // kv)
+
+
+def head_across_runs(doc: dict, layer: int, head: int) -> dict[str, dict[str, float]]:
+    """``{run: {metric: value}}`` for one query head across every configuration."""
+    out: dict[str, dict[str, float]] = {}
+    for row in doc.get("heads", []):
+        if row.get("layer") == layer and row.get("head") == head:
+            out[row["run"]] = {k: float(v) for k, v in row.items() if k not in KEY_FIELDS and _is_number(v)}
+    return {r: out[r] for r in run_names(doc) if r in out}
+
+
+def a2_weights(doc: dict, run: str, layer: int, kv_head: int) -> list[float] | None:
+    """A² weight per window position for one KV head, or None when the job did not store it."""
+    table = ((doc.get("arrays") or {}).get("a2_weights") or {}).get(run)
+    try:
+        return list(table[layer][kv_head]) if table is not None else None
+    except (IndexError, TypeError):
+        return None
+
+
+def query_spectrum(doc: dict, layer: int, kv_head: int) -> list[float] | None:
+    """Descending eigenvalues of the query second moment of one KV head group, or None."""
+    table = (doc.get("arrays") or {}).get("query_spectrum")
+    try:
+        return list(table[layer][kv_head]) if table is not None else None
+    except (IndexError, TypeError):
+        return None
+
+
+def run_rank(doc: dict, run: str) -> int | None:
+    """The HeadQ rank of a run (None when the run has no HeadQ correction)."""
+    for r in doc.get("runs", []):
+        if r["name"] == run:
+            return ((r.get("spec") or {}).get("headq") or {}).get("rank")
+    return None
+
+
+def perplexity_rows(doc: dict) -> list[dict[str, Any]]:
+    """One row per configuration: perplexity, excess, share of excess removed, effective bits."""
+    rows = []
+    for r in doc.get("runs", []):
+        bits = r.get("effective_bits") or {}
+        rows.append(
+            {
+                "run": r["name"],
+                "perplexity": r.get("perplexity"),
+                "excess": r.get("excess_perplexity"),
+                "excess_removed": r.get("excess_removed"),
+                "key_bits": bits.get("key"),
+                "value_bits": bits.get("value"),
+                "tokens": r.get("tokens"),
+            }
+        )
+    return rows
+
+
+def predictor_points(doc: dict, runs: list[str] | None = None) -> dict[str, np.ndarray]:
+    """Per-head ``fisher``, ``key_mse``, ``attn_kl`` (and ``run`` labels) over the chosen runs.
+
+    Keeps heads where all three are finite and positive: the log axes need it, and a dense
+    reference (all zero) carries no information about the predictor.
+    """
+    cols: dict[str, list] = {"fisher": [], "key_mse": [], "attn_kl": [], "run": [], "layer": [], "head": []}
+    for row in doc.get("heads", []):
+        if runs is not None and row.get("run") not in runs:
+            continue
+        vals = [row.get(m) for m in ("fisher", "key_mse", "attn_kl")]
+        if all(_is_number(v) and v > 0 for v in vals):
+            for name, v in zip(("fisher", "key_mse", "attn_kl"), vals, strict=True):
+                cols[name].append(float(v))
+            for name in ("run", "layer", "head"):
+                cols[name].append(row[name])
+    return {k: np.asarray(v) for k, v in cols.items()}
+
+
+def _is_number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def rank_correlations(points: dict[str, np.ndarray]) -> dict[str, float | None]:
+    """Spearman rho of ``attn_kl`` against ``fisher`` and against ``key_mse`` (None if < 3 points)."""
+    from scipy.stats import spearmanr
+
+    out: dict[str, float | None] = {}
+    for predictor in ("fisher", "key_mse"):
+        x, y = points[predictor], points["attn_kl"]
+        out[predictor] = float(spearmanr(x, y).statistic) if len(x) >= 3 else None
+    return out

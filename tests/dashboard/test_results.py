@@ -1,0 +1,111 @@
+"""Views of a results document, each checked against a direct computation on the document."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from app.dashboard import results as R
+from tests.dashboard.synthetic import make_results
+
+
+@pytest.fixture(scope="module")
+def doc() -> dict:
+    return make_results(layers=3, heads=4, kv_heads=2, head_dim=8, window=10, n_runs=5)
+
+
+def _ranks(x: np.ndarray) -> np.ndarray:
+    """Average ranks (ties share the mean rank), computed directly."""
+    order = np.argsort(x, kind="stable")
+    ranks = np.empty(len(x))
+    ranks[order] = np.arange(1, len(x) + 1)
+    for v in np.unique(x):
+        tie = x == v
+        ranks[tie] = ranks[tie].mean()
+    return ranks
+
+
+def test_head_matrix_matches_rows(doc):
+    m = R.head_matrix(doc, "k2", "fisher")
+    assert m.shape == (3, 4)
+    for row in doc["heads"]:
+        if row["run"] == "k2":
+            assert m[row["layer"], row["head"]] == row["fisher"]
+
+
+def test_head_matrix_missing_values_are_nan(doc):
+    edited = {
+        **doc,
+        "heads": [r for r in doc["heads"] if not (r["run"] == "k2" and r["layer"] == 1 and r["head"] == 2)],
+    }
+    m = R.head_matrix(edited, "k2", "attn_kl")
+    assert math.isnan(m[1, 2]) and np.isfinite(np.delete(m.ravel(), 1 * 4 + 2)).all()
+
+
+def test_head_matrix_rejects_unknown_run_and_bad_model(doc):
+    with pytest.raises(ValueError, match="run"):
+        R.head_matrix(doc, "nope", "fisher")
+    with pytest.raises(ValueError, match="model"):
+        R.head_matrix({**doc, "model": {"layers": 0, "heads": 4}}, "k2", "fisher")
+
+
+def test_metric_names_main_first(doc):
+    names = R.metric_names(doc)
+    assert names[:4] == list(R.MAIN_METRICS)
+    assert set(names) == {k for k in doc["heads"][0] if k not in R.KEY_FIELDS}
+
+
+def test_default_run_skips_dense(doc):
+    assert R.run_names(doc)[0] == "dense" and R.default_run(doc) == "k2"
+    assert R.default_run({"runs": []}) is None
+
+
+def test_kv_head_of_follows_repeat_kv(doc):
+    assert [R.kv_head_of(doc, h) for h in range(4)] == [0, 0, 1, 1]
+
+
+def test_head_across_runs(doc):
+    across = R.head_across_runs(doc, 2, 3)
+    assert list(across) == R.run_names(doc)
+    for row in doc["heads"]:
+        if row["layer"] == 2 and row["head"] == 3:
+            assert across[row["run"]]["attn_kl"] == row["attn_kl"]
+
+
+def test_arrays(doc):
+    assert R.a2_weights(doc, "k2", 1, 1) == doc["arrays"]["a2_weights"]["k2"][1][1]
+    assert R.a2_weights(doc, "k2", 9, 0) is None and R.a2_weights(doc, "none", 0, 0) is None
+    assert R.query_spectrum(doc, 2, 0) == doc["arrays"]["query_spectrum"][2][0]
+    assert R.query_spectrum({"arrays": {}}, 0, 0) is None
+    assert R.run_rank(doc, "k2-headq-r8") == 8 and R.run_rank(doc, "k2") is None
+
+
+def test_perplexity_rows(doc):
+    rows = R.perplexity_rows(doc)
+    assert [r["run"] for r in rows] == R.run_names(doc)
+    for row, run in zip(rows, doc["runs"], strict=True):
+        assert row["perplexity"] == run["perplexity"] and row["excess"] == run["excess_perplexity"]
+        assert (
+            row["key_bits"] == run["effective_bits"]["key"] and row["excess_removed"] == run["excess_removed"]
+        )
+
+
+def test_predictor_points_keep_positive_finite(doc):
+    pts = R.predictor_points(doc)
+    expected = [r for r in doc["heads"] if all(r[m] > 0 for m in ("fisher", "key_mse", "attn_kl"))]
+    assert len(pts["attn_kl"]) == len(expected) and "dense" not in set(pts["run"].tolist())
+    only = R.predictor_points(doc, ["k2"])
+    assert set(only["run"].tolist()) == {"k2"} and len(only["fisher"]) == 12
+
+
+def test_rank_correlations_match_direct_spearman(doc):
+    pts = R.predictor_points(doc)
+    rho = R.rank_correlations(pts)
+    for predictor in ("fisher", "key_mse"):
+        direct = np.corrcoef(_ranks(pts[predictor]), _ranks(pts["attn_kl"]))[0, 1]
+        assert rho[predictor] == pytest.approx(direct, abs=1e-12)
+    assert rho["fisher"] > rho["key_mse"]  # the synthetic data carries the paper's claim
+    few = {k: v[:2] for k, v in pts.items()}
+    assert R.rank_correlations(few) == {"fisher": None, "key_mse": None}
