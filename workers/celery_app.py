@@ -19,6 +19,7 @@ from app.executors.celery_config import TASK_NAME, celery_config
 from app.executors.gpus import gpu_ids
 from app.executors.settings import ExecutorSettings
 from app.settings import get_settings
+from workers.run_job import run_job
 
 
 def make_celery(broker_url: str, options: ExecutorSettings) -> Celery:
@@ -31,9 +32,6 @@ def make_celery(broker_url: str, options: ExecutorSettings) -> Celery:
 
 def _run_job_task(job_id: str) -> None:
     """Run one job by id (the message carries data, never code)."""
-    # Imported here so the forking parent never loads torch (workers.pipeline does).
-    from workers.run_job import run_job
-
     run_job(job_id)
 
 

@@ -5,6 +5,8 @@ run the spec through ``workers.pipeline.execute`` with progress and cancellation
 row, store the results keyed by ``(job, attempt)`` and finish the attempt. Idempotent: a job that is
 not queued (already running elsewhere, succeeded, failed, cancelled) is left alone, and every write
 is guarded by the attempt so a worker that was given up on can no longer change the row.
+torch is imported only after the claim and the first heartbeat (it takes seconds to load), so this
+module is light enough for the Celery parent process, which forks its pool and must never load it.
 """
 
 from __future__ import annotations
@@ -35,13 +37,18 @@ from app.store import (
     session_scope,
     update_progress,
 )
-from headq_core.errors import Cancelled
 from workers.heartbeat import Heartbeat
-from workers.pipeline import ModelCache, execute
 
 log = logging.getLogger(__name__)
 PROGRESS_EVERY_S = 0.5
-MODEL_CACHE = ModelCache()  # one per process: the next job on the same model reuses it (ADR 0002)
+
+
+@lru_cache(maxsize=1)
+def model_cache() -> Any:
+    """This process's model cache: the next job on the same model reuses the loaded model (ADR 0002)."""
+    from workers.pipeline import ModelCache
+
+    return ModelCache()
 
 
 @lru_cache(maxsize=4)
@@ -100,12 +107,17 @@ def _calibration_blob(session: Session, spec: dict[str, Any]) -> bytes | None:
 
 def _execute(factory: sessionmaker[Session], job: JobRow, settings: Settings, should_stop: Any) -> tuple[str, str | None]:
     """Run the pipeline and store its results; the final ``(status, error)`` of the attempt."""
+    # Imported only now, after the claim and the first heartbeat: loading torch takes seconds, and
+    # the forking parent of a Celery pool must never load it.
+    from headq_core.errors import Cancelled
+    from workers.pipeline import execute
+
     try:
         with session_scope(factory) as session:
             blob = _calibration_blob(session, job.spec)
         document, artifact = execute(
             job.spec, calibration_blob=blob, progress=_Progress(factory, job.id, job.attempts),
-            should_stop=should_stop, model_cache=MODEL_CACHE,
+            should_stop=should_stop, model_cache=model_cache(),
             allowed_model_dirs=[str(d) for d in settings.allowed_model_dirs],
             trust_remote_code=settings.trust_remote_code)
         with session_scope(factory) as session:
