@@ -5,8 +5,8 @@ program reads the full-precision residual window. Every program serves all query
 head (grouped-query attention, rows padded to ``GP >= 16`` for ``tl.dot``), unpacks 2/4-bit codes
 in registers, dequantizes with the fp16 scales/zeros, adds the HeadQ correction
 ``sign * <U^T q, c^>`` and keeps an online softmax; it writes a normalised partial output and its
-log-sum-exp. :func:`_combine_kernel` merges the splits. Logits are in base 2 (``q`` is pre-scaled by
-``scale * log2(e)``).
+log-sum-exp. :func:`_combine_kernel` merges the splits. Logits are in base 2 (``q`` is scaled by
+``scale * log2(e)`` on load).
 """
 
 from __future__ import annotations
@@ -45,7 +45,7 @@ def _online_update(m, l, acc, s, vals):
 def _decode_kernel(q_ptr, kc_ptr, ks_ptr, kz_ptr, vc_ptr, vs_ptr, vz_ptr, sc_ptr, ss_ptr, u_ptr,
                    kr_ptr, vr_ptr, o_ptr, lse_ptr,
                    s_kc, s_ks, s_vc, s_vs, s_sc, s_ss, s_kr, s_vr,  # strides of the token-major (b, h) rows
-                   H, N, R, RANK, TOK_PER_SPLIT, N_QSPLITS, S, sign,
+                   H, N, R, RANK, TOK_PER_SPLIT, N_QSPLITS, S, qk_scale, sign,
                    GROUP: tl.constexpr, GP: tl.constexpr, D: tl.constexpr, GK: tl.constexpr,
                    KBITS: tl.constexpr, GV: tl.constexpr, VBITS: tl.constexpr, RP: tl.constexpr,
                    SIDE_BITS: tl.constexpr, HAS_SIDE: tl.constexpr, BN: tl.constexpr):
@@ -56,7 +56,8 @@ def _decode_kernel(q_ptr, kc_ptr, ks_ptr, kz_ptr, vc_ptr, vs_ptr, vz_ptr, sc_ptr
     cols = tl.arange(0, D)
     qrow = bh * GROUP + rows  # query head row in [B*Hq]
     rvalid = rows < GROUP
-    q = tl.load(q_ptr + qrow[:, None] * D + cols[None, :], mask=rvalid[:, None], other=0.0)  # pre-scaled
+    q = tl.load(q_ptr + qrow[:, None] * D + cols[None, :], mask=rvalid[:, None], other=0.0)
+    q = q.to(tl.float32) * qk_scale  # base-2 logits
     m = tl.full((GP,), float("-inf"), tl.float32)
     l = tl.zeros((GP,), tl.float32)
     acc = tl.zeros((GP, D), tl.float32)
@@ -147,9 +148,10 @@ def default_splits(batch_heads: int, tokens: int, block: int, device: torch.devi
 
 def decode_attention_triton(q: torch.Tensor, enc: EncodedKV | None, k_res: torch.Tensor | None,
                             v_res: torch.Tensor | None, basis: torch.Tensor | None, scale: float,
-                            sign: int, num_splits: int | None = None, block: int = 64) -> torch.Tensor:
+                            sign: int, num_splits: int | None = None, block: int = 64,
+                            num_warps: int = 4) -> torch.Tensor:
     """Triton path of :func:`headq_core.kernels.decode_attention` (inputs already validated):
-    q [B, Hq, 1, d] -> [B, Hq, 1, d]."""
+    q [B, Hq, 1, d] -> [B, Hq, 1, d]; ``block`` tokens per loop step, ``num_warps`` per program."""
     b, hq, _, d = q.shape
     ref = enc.k_codes if enc is not None else k_res
     assert ref is not None
@@ -163,7 +165,7 @@ def decode_attention_triton(q: torch.Tensor, enc: EncodedKV | None, k_res: torch
     tok_per_split = triton.cdiv(triton.cdiv(n, max(n_q, 1)), block) * block if n else block
     n_q = triton.cdiv(n, tok_per_split) if n else 0
     splits = n_q + (1 if r_len else 0)
-    qs = (q.reshape(b * hq, d).float() * (scale * LOG2E)).contiguous()
+    qs = q.reshape(b * hq, d).contiguous()
     o_part = torch.empty(b * hq, splits, d, dtype=torch.float32, device=q.device)
     lse = torch.empty(b * hq, splits, dtype=torch.float32, device=q.device)
     dummy = qs
@@ -187,12 +189,12 @@ def decode_attention_triton(q: torch.Tensor, enc: EncodedKV | None, k_res: torch
         t.get("k_res", dummy), t.get("v_res", dummy), o_part, lse,
         st.get("k_codes", 0), st.get("k_scale", 0), st.get("v_codes", 0), st.get("v_scale", 0),
         st.get("side", 0), st.get("side_scale", 0), st.get("k_res", 0), st.get("v_res", 0),
-        h, n, r_len, max(rank, 1), tok_per_split, n_q, splits, float(sign),
+        h, n, r_len, max(rank, 1), tok_per_split, n_q, splits, scale * LOG2E, float(sign),
         GROUP=group, GP=max(16, triton.next_power_of_2(group)), D=d,
         GK=enc.key_group if enc is not None else 1, KBITS=enc.key_bits if enc is not None else 8,
         GV=enc.value_group if enc is not None else 1, VBITS=enc.value_bits if enc is not None else 8,
         RP=max(16, triton.next_power_of_2(max(rank, 1))), SIDE_BITS=enc.side_bits if enc is not None else 8,
-        HAS_SIDE=rank > 0, BN=block, num_warps=4)
+        HAS_SIDE=rank > 0, BN=block, num_warps=num_warps)
     out = torch.empty(b * hq, d, dtype=q.dtype, device=q.device)
     _combine_kernel[(b * hq,)](o_part, lse, out, splits, D=d, SP=max(2, triton.next_power_of_2(splits)))
     return out.reshape(b, hq, 1, d)
