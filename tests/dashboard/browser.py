@@ -1,0 +1,46 @@
+"""Helpers the browser tests share: wait for Dash to settle, read Plotly figures, click a heatmap cell."""
+
+from __future__ import annotations
+
+from tests.dashboard.conftest import SCREENSHOTS
+
+TIMEOUT_MS = 30_000
+
+
+def open_page(console, url: str) -> None:
+    """Navigate and wait until the network is idle (Dash callbacks done)."""
+    console.page.goto(url)
+    console.page.wait_for_load_state("networkidle", timeout=TIMEOUT_MS)
+
+
+def wait_for_graphs(page, selector: str, count: int) -> None:
+    """Wait until ``count`` Plotly graphs under ``selector`` hold data."""
+    page.wait_for_function(
+        """([sel, n]) => { const g = [...document.querySelectorAll(sel + ' .js-plotly-plot')];
+             return g.length === n && g.every(x => x.data && x.data.length > 0); }""",
+        arg=[selector, count], timeout=TIMEOUT_MS)
+
+
+def figures(page, selector: str) -> list[dict]:
+    """``[{data, shapes, title}]`` of the Plotly graphs under ``selector``, in page order."""
+    return page.evaluate(
+        """sel => [...document.querySelectorAll(sel + ' .js-plotly-plot')].map(g => ({
+             data: g.data.map(t => ({type: t.type, z: t.z, x: t.x, y: t.y})),
+             shapes: (g.layout.shapes || []).map(s => ({x0: s.x0, y0: s.y0})),
+             title: g.layout.title && g.layout.title.text }))""", selector)
+
+
+def click_cell(page, graph_selector: str, layer: int, head: int) -> None:
+    """Click the heatmap cell ``(layer, head)`` of the first graph matching ``graph_selector``."""
+    graph = page.locator(graph_selector + " .js-plotly-plot").first
+    box = graph.bounding_box()
+    x, y = graph.evaluate(
+        """(g, [h, l]) => { const L = g._fullLayout;
+             return [L.xaxis._offset + L.xaxis.l2p(h), L.yaxis._offset + L.yaxis.l2p(l)]; }""", [head, layer])
+    page.mouse.click(box["x"] + x, box["y"] + y)
+
+
+def screenshot(page, name: str) -> None:
+    """Save a full-page PNG under docs/screenshots/."""
+    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(SCREENSHOTS / f"{name}.png"), full_page=True)

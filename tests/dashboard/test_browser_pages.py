@@ -1,0 +1,105 @@
+"""Every page in headless Chromium against the real server: loads without console errors, draws
+what the API holds (checked against direct computations), submits a job, shows empty and error states."""
+
+from __future__ import annotations
+
+import re
+
+import httpx
+import numpy as np
+import pytest
+from fastapi import FastAPI
+from scipy.stats import spearmanr
+
+from app.dashboard import results as R
+from app.dashboard.mount import mount_dashboard
+from tests.dashboard.browser import figures, open_page, screenshot, wait_for_graphs
+from tests.dashboard.conftest import LiveServer, free_port, start_api
+
+pytestmark = pytest.mark.browser
+PAGES = {"jobs": ("", 0), "run": ("run", 5), "predictor": ("predictor", 2), "perplexity": ("perplexity", 1),
+         "compare": ("compare", 3)}
+
+
+@pytest.mark.parametrize("name", list(PAGES))
+def test_each_page_loads_without_console_errors(server, job_id, page, name):
+    path, graphs = PAGES[name]
+    open_page(page, f"{server.url}/dashboard/{path}?job={job_id}")
+    if graphs:
+        wait_for_graphs(page.page, "main", graphs)
+    assert page.page.locator("[role=alert]").count() == 0
+    screenshot(page.page, name)
+    assert page.errors == []
+
+
+def test_jobs_page_lists_jobs_and_submits_through_the_api(server, job_id, page):
+    open_page(page, f"{server.url}/dashboard/")
+    assert job_id[:8] in page.page.inner_text("#jobs-list")
+    page.page.fill("#form-label", "from-the-browser")
+    page.page.click("#form-submit")  # HeadQ is on and no calibration is chosen: the API refuses
+    alert = page.page.wait_for_selector("#form-result [role=alert]", timeout=30_000).inner_text()
+    assert "422" in alert and "calibration_job" in alert
+    page.page.click("#form-headq input[type=checkbox]")  # HeadQ off: a plain 2-bit key evaluation
+    page.page.click("#form-submit")
+    created = page.page.wait_for_selector("#form-created", timeout=30_000).inner_text()
+    new_id = re.search(r"Created job ([0-9a-f-]{36})", created).group(1)
+    listed = httpx.get(f"{server.url}/api/v1/jobs", timeout=30).json()["items"]
+    (job,) = [j for j in listed if j["id"] == new_id]
+    assert job["label"] == "from-the-browser" and job["status"] == "queued"
+    assert [r["name"] for r in job["spec"]["runs"]] == ["dense", "k2"]
+    page.page.wait_for_selector(f"#jobs-list :text('{new_id[:8]}')", timeout=30_000)  # live refresh
+    assert page.errors == []
+
+
+def test_predictor_prints_spearman_of_the_heads(server, job_id, document, page):
+    open_page(page, f"{server.url}/dashboard/predictor?job={job_id}")
+    text = page.page.wait_for_selector("#pred-rho", timeout=30_000).inner_text()
+    rows = [r for r in document["heads"] if all(r[m] > 0 for m in ("fisher", "key_mse", "attn_kl"))]
+    kl = [r["attn_kl"] for r in rows]
+    for name in ("fisher", "key_mse"):
+        rho = spearmanr([r[name] for r in rows], kl).statistic
+        assert f"ρ(attn_kl, {name}) = {rho:.3f}" in text
+    assert f"{len(rows)} heads" in text
+    assert page.errors == []
+
+
+def test_perplexity_table_sorts_and_exports(server, job_id, document, page):
+    open_page(page, f"{server.url}/dashboard/perplexity?job={job_id}")
+    cells = page.page.locator("#ppl-table td[data-dash-column=run]")
+    assert cells.all_inner_texts() == R.run_names(document)
+    page.page.click("#ppl-table th[data-dash-column=perplexity] .column-header--sort")
+    page.page.wait_for_function("() => document.querySelector('#ppl-table td[data-dash-column=run]')"
+                                ".innerText === 'dense'")
+    by_ppl = [r["name"] for r in sorted(document["runs"], key=lambda r: r["perplexity"])]
+    assert cells.all_inner_texts() == by_ppl
+    assert page.page.locator("#ppl-table button.export").count() == 1
+    assert page.errors == []
+
+
+def test_compare_difference_is_b_minus_a(server, job_id, document, page):
+    open_page(page, f"{server.url}/dashboard/compare?job={job_id}&run=k2&run_b=k2-headq-r8&metric=attn_kl")
+    wait_for_graphs(page.page, "main", 3)
+    diff = np.array(figures(page.page, "#cmp-diff")[0]["data"][0]["z"], dtype=float)
+    expected = R.head_matrix(document, "k2-headq-r8", "attn_kl") - R.head_matrix(document, "k2", "attn_kl")
+    np.testing.assert_allclose(diff, expected, rtol=1e-12)
+    assert page.errors == []
+
+
+def test_empty_state_when_no_results(tmp_path, page):
+    with start_api(tmp_path) as empty:
+        for path in ("", "run", "predictor"):
+            open_page(page, f"{empty.url}/dashboard/{path}")
+            assert page.page.locator(".headq-empty").count() >= 1
+        screenshot(page.page, "empty-state")
+    assert page.errors == []
+
+
+def test_unreachable_api_is_a_readable_error(page):
+    alone = FastAPI()
+    mount_dashboard(alone, f"http://127.0.0.1:{free_port()}")  # no API listens there
+    with LiveServer(alone, free_port()) as live:
+        for path in ("", "run", "perplexity"):
+            open_page(page, f"{live.url}/dashboard/{path}")
+            assert "cannot be reached" in page.page.inner_text("[role=alert]")
+        screenshot(page.page, "api-unreachable")
+    assert page.errors == []
