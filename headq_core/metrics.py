@@ -21,8 +21,6 @@ dtype's minimum are disallowed). Rows with nothing allowed are skipped.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import torch
 
 from headq_core.values import a2_weights
@@ -147,21 +145,14 @@ class HeadMetrics:
         return out
 
 
-def logit_blocks(q: torch.Tensor, k: torch.Tensor, tau: float,
-                 block: int | None = None) -> Iterator[tuple[int, torch.Tensor]]:
-    """Yield (t0, tau * q[:, :, t0:t0+block] k^T [B, Hq, block, S]) with GQA, q [B, Hq, T, d],
-    k [B, Hkv, S, d]. Default block keeps a logit block near 2**24 elements."""
+def grouped_logits(q: torch.Tensor, k: torch.Tensor, tau: float) -> torch.Tensor:
+    """tau * q k^T with GQA: q [B, Hq, T, d], k [B, Hkv, S, d] -> float32 [B, Hq, T, S]."""
     b, hq, t, d = q.shape
     hkv, s = k.shape[1], k.shape[2]
     if hkv < 1 or hq % hkv:
         raise ValueError(f"k: KV heads {hkv} must divide query heads {hq}")
     g = hq // hkv
-    block = block or max(1, (1 << 24) // max(1, b * hq * s))
-    kt = k.float().transpose(-1, -2)
-    for t0 in range(0, t, block):
-        qb = q[:, :, t0:t0 + block].float()
-        tb = qb.shape[2]
-        yield t0, (tau * (qb.reshape(b, hkv, g * tb, d) @ kt)).reshape(b, hq, tb, s)
+    return (tau * (q.float().reshape(b, hkv, g * t, d) @ k.float().transpose(-1, -2))).reshape(b, hq, t, s)
 
 
 def layer_metrics(q: torch.Tensor, k: torch.Tensor, k_eff: torch.Tensor, tau: float, *,
@@ -173,25 +164,35 @@ def layer_metrics(q: torch.Tensor, k: torch.Tensor, k_eff: torch.Tensor, tau: fl
 
     ``key_mask`` / ``value_mask`` bool [T, S] (``schedule.decode_mask``): where query t reads key /
     value j in quantized form (default: everywhere; ``k_eff`` equals ``k`` on tokens never
-    quantized). Causal mask with queries at ``offset + t``. ``track_a2`` adds ``a2_weights``
-    float64 [B, Hkv, S] (A² over all rows, the oracle weights).
+    quantized). Causal, with queries at ``offset + t``: a block of rows only reads the keys it may
+    see, and a block holds about 2**24 logits unless ``block`` rows are given. ``track_a2`` adds
+    ``a2_weights`` float64 [B, Hkv, S] (A² over all rows, the oracle weights).
     """
-    acc = HeadMetrics(q.shape[1], k.shape[1])
+    b, hq, t, _ = q.shape
+    hkv, s = k.shape[1], k.shape[2]
+    if offset < 0 or offset + t > s:
+        raise ValueError(f"offset: queries {offset}..{offset + t - 1} must lie inside the {s} keys")
+    acc = HeadMetrics(hq, hkv)
     acc.add_tensor_error("key_mse", k, k_eff)
     eps = None
     if v is not None and v_hat is not None:
         acc.add_tensor_error("value_mse", v, v_hat)
         eps = v_hat.float() - v.float()
-    a2 = None
-    blocks = zip(logit_blocks(q, k, tau, block), logit_blocks(q, k_eff, tau, block), strict=True)
-    for (t0, s), (_, s_eff) in blocks:
-        rows = slice(t0, t0 + s.shape[2])
-        s_hat = s_eff if key_mask is None else torch.where(key_mask[rows], s_eff, s)
-        vm = None if value_mask is None else value_mask[rows]
-        a = acc.add_logits(s, s_hat, offset=offset + t0, eps=eps, value_mask=vm)
-        if track_a2:
-            blk = a2_weights(a, k.shape[1])
-            a2 = blk if a2 is None else a2 + blk
+    a2 = torch.zeros(b, hkv, s, dtype=torch.float64) if track_a2 else None
+    block = block or max(1, (1 << 24) // max(1, b * hq * s))
+    for t0 in range(0, t, block):
+        t1 = min(t, t0 + block)
+        end = offset + t1  # keys visible to the last row of the block
+        qb = q[:, :, t0:t1]
+        dense = grouped_logits(qb, k[:, :, :end], tau)
+        s_hat = grouped_logits(qb, k_eff[:, :, :end], tau)
+        if key_mask is not None:
+            s_hat = torch.where(key_mask[t0:t1, :end], s_hat, dense)
+        vm = None if value_mask is None else value_mask[t0:t1, :end]
+        e = None if eps is None else eps[:, :, :end]
+        a = acc.add_logits(dense, s_hat, offset=offset + t0, eps=e, value_mask=vm)
+        if a2 is not None:
+            a2[..., :end] += a2_weights(a, hkv)
     out = acc.result()
     if a2 is not None:
         out["a2_weights"] = a2

@@ -120,3 +120,15 @@ def test_bad_inputs_raise():
                        mask=torch.ones(2, 2, dtype=torch.bool))
     with pytest.raises(ValueError, match="kv_heads"):
         HeadMetrics(4, 3)
+
+
+def test_layer_metrics_a2_and_offset_match_direct():
+    hq, hkv, b, t, s, d = 4, 2, 2, 6, 10, 4
+    q, k, k_hat, _, _ = random_case(11, b, hq, hkv, t, s, d)
+    got = layer_metrics(q, k, k_hat, 0.7, offset=s - t, block=4, track_a2=True)
+    allowed = allowed_mask(t, s, None, s - t)
+    attn = logits(q, k, 0.7).double().masked_fill(~allowed, float("-inf")).softmax(-1)
+    want = attn.square().reshape(b, hkv, hq // hkv, t, s).sum((2, 3))
+    torch.testing.assert_close(got["a2_weights"], want, rtol=1e-5, atol=1e-7)
+    with pytest.raises(ValueError, match="offset"):
+        layer_metrics(q, k, k_hat, 0.7, offset=s - t + 1)
