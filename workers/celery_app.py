@@ -25,7 +25,8 @@ from workers.run_job import run_job
 def make_celery(broker_url: str, options: ExecutorSettings) -> Celery:
     """A Celery app with the shared JSON / late-ack configuration and the run_job task."""
     celery = Celery("headq")
-    celery.conf.update(celery_config(broker_url, queue=options.queue, max_tasks_per_child=options.worker_max_tasks))
+    celery.conf.update(celery_config(broker_url, queue=options.queue,
+                                     max_tasks_per_child=options.worker_max_tasks))
     celery.task(name=TASK_NAME, ignore_result=True)(_run_job_task)
     return celery
 

@@ -14,7 +14,7 @@ from collections.abc import Callable, Sequence
 
 from workers.commands import core, jobs, service
 
-REGISTRARS: tuple[Callable[[argparse._SubParsersAction], None], ...] = (  # type: ignore[type-arg]
+REGISTRARS: tuple[Callable[[argparse._SubParsersAction], None], ...] = (
     service.register,  # serve, worker
     jobs.register,     # submit, status, cancel, results
     core.register,     # calibrate, eval (workers/commands/core.py)

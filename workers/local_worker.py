@@ -15,7 +15,8 @@ from workers.run_job import run_job
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m workers.local_worker", description=__doc__)
     parser.add_argument("job_id")
-    parser.add_argument("--attempt", type=int, help="the attempt the dispatcher claimed (default: claim here)")
+    parser.add_argument("--attempt", type=int,
+                        help="the attempt the dispatcher claimed (default: claim a queued job here)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     status = run_job(args.job_id, attempt=args.attempt)

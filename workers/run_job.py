@@ -15,6 +15,7 @@ import logging
 import os
 import socket
 import time
+from collections.abc import Callable
 from functools import lru_cache
 from typing import Any
 
@@ -105,13 +106,15 @@ def _calibration_blob(session: Session, spec: dict[str, Any]) -> bytes | None:
         raise ValueError(f"calibration_job: {exc}") from exc
 
 
-def _execute(factory: sessionmaker[Session], job: JobRow, settings: Settings, should_stop: Any) -> tuple[str, str | None]:
+def _execute(factory: sessionmaker[Session], job: JobRow, settings: Settings,
+             should_stop: Callable[[], bool]) -> tuple[str, str | None]:
     """Run the pipeline and store its results; the final ``(status, error)`` of the attempt."""
-    # Imported only now, after the claim and the first heartbeat: loading torch takes seconds, and
-    # the forking parent of a Celery pool must never load it.
-    from headq_core.errors import Cancelled
-    from workers.pipeline import execute
-
+    try:  # imported only now, after the claim and the first heartbeat: loading torch takes seconds,
+        # and the forking parent of a Celery pool must never load it
+        from headq_core.errors import Cancelled
+        from workers.pipeline import execute
+    except ImportError as exc:
+        return "failed", f"the worker cannot load the core: {type(exc).__name__}: {exc}"
     try:
         with session_scope(factory) as session:
             blob = _calibration_blob(session, job.spec)
@@ -156,6 +159,7 @@ def run_job(job_id: str, *, attempt: int | None = None, settings: Settings | Non
         status, error = _execute(factory, job, settings, pulse.should_stop)
     with session_scope(factory) as session:
         if not finish(session, job_id, status, error, attempt=job.attempts):
-            log.warning("job %s attempt %d: no longer current, outcome %s dropped", job_id, job.attempts, status)
+            log.warning("job %s attempt %d: no longer current, outcome %s dropped", job_id, job.attempts,
+                        status)
             return None
     return status

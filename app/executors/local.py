@@ -111,7 +111,8 @@ class LocalExecutor:
         try:
             proc = spawn_worker(job.id, job.attempts, self._env, device, self.log_dir)
         except OSError as exc:
-            finish(session, job.id, "failed", f"could not start a worker process: {exc}", attempt=job.attempts)
+            finish(session, job.id, "failed", f"could not start a worker process: {exc}",
+                   attempt=job.attempts)
             return
         self._children[job.id] = _Child(proc, job.attempts, device)
         log.info("job %s attempt %d: worker pid %d on %s", job.id, job.attempts, proc.pid, device or "cpu")
@@ -146,9 +147,13 @@ class LocalExecutor:
         session.commit()
         for changed_id, status in requeue_or_fail_stale(session, timeout):
             if changed_id == job_id:
-                note_error(session, job_id, f"worker process {child.proc.pid} exited with code {code}; "
-                                            f"{get_job(session, job_id).error or status}")
-                log.warning("job %s: worker pid %d exited with %d, now %s", job_id, child.proc.pid, code, status)
+                job = get_job(session, job_id)
+                outcome = {"queued": f"requeued (attempt {job.attempts} of {job.max_attempts})",
+                           "failed": f"gave up after {job.attempts} attempts"}.get(status, status)
+                note_error(session, job_id, f"worker process {child.proc.pid} exited with code {code} "
+                                            f"before finishing; {outcome}")
+                log.warning("job %s: worker pid %d exited with %d, now %s", job_id, child.proc.pid, code,
+                            status)
 
 
 def _kill(proc: subprocess.Popen[bytes]) -> None:

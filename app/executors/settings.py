@@ -16,12 +16,12 @@ class ExecutorSettings(BaseSettings):
 
     model_config = SettingsConfigDict(env_prefix="HEADQ_", extra="ignore")
 
-    queue: str = Field("headq", min_length=1, max_length=200)  # celery queue name
-    heartbeat_s: float = Field(5.0, gt=0)
-    cancel_grace_s: float = Field(30.0, ge=0)
-    poll_s: float = Field(1.0, gt=0)
-    worker_concurrency: int | None = Field(None, ge=1)  # None: one per GPU (1 without GPUs)
-    worker_max_tasks: int = Field(1, ge=0)  # celery: tasks per worker process, 0 = unlimited
+    queue: str = Field(default="headq", min_length=1, max_length=200)  # celery queue name
+    heartbeat_s: float = Field(default=5.0, gt=0)
+    cancel_grace_s: float = Field(default=30.0, ge=0)
+    poll_s: float = Field(default=1.0, gt=0)
+    worker_concurrency: int | None = Field(default=None, ge=1)  # None: one per GPU (1 without GPUs)
+    worker_max_tasks: int = Field(default=1, ge=0)  # celery: tasks per worker process, 0 = unlimited
 
 
 def check_timing(options: ExecutorSettings, heartbeat_timeout_s: float) -> None:

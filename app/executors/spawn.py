@@ -51,7 +51,8 @@ def spawn_worker(job_id: str, attempt: int, env: dict[str, str], device: str | N
         log_dir.mkdir(parents=True, exist_ok=True)
         out = open(log_dir / f"{job_id}.{attempt}.log", "ab")  # noqa: SIM115 - the child owns it
     try:
-        return subprocess.Popen([sys.executable, "-m", "workers.local_worker", job_id, "--attempt", str(attempt)],
+        argv = [sys.executable, "-m", "workers.local_worker", job_id, "--attempt", str(attempt)]
+        return subprocess.Popen(argv,
                                 env=child_env, stdout=out, stderr=subprocess.STDOUT if out else None,
                                 start_new_session=True)
     finally:

@@ -4,6 +4,7 @@ process bookkeeping so no worker outlives its test."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import uuid
@@ -92,12 +93,14 @@ def make_spec(tiny_model: Path, corpus: Path) -> Callable[..., dict[str, Any]]:
              model_id: str | None = None, calibration_job: str | None = None) -> dict[str, Any]:
         spec: dict[str, Any] = {
             "kind": kind, "model": {"id": model_id or str(tiny_model), "device": "cpu"},
-            "dataset": {"source": "files", "files": [str(corpus)], "window": window, "max_tokens": max_tokens},
+            "dataset": {"source": "files", "files": [str(corpus)], "window": window,
+                        "max_tokens": max_tokens},
             "seed": 0}
         if kind == "calibration":
             spec["calibration"] = {"rank": 4}
         else:
-            spec["runs"] = [{"name": f"k{bits}", "key": {"bits": bits, "axis": "per_channel", "group_size": 8}}
+            spec["runs"] = [{"name": f"k{bits}",
+                             "key": {"bits": bits, "axis": "per_channel", "group_size": 8}}
                             for bits in (2, 4, 8, 3, 1)[:runs]]
             if calibration_job:
                 spec["calibration_job"] = calibration_job
@@ -132,7 +135,5 @@ def reap() -> Iterator[Callable[[int], None]]:
     yield pids.append
     for pid in pids:
         for kill in (os.killpg, os.kill):
-            try:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
                 kill(pid, signal.SIGKILL)
-            except (ProcessLookupError, PermissionError):
-                pass

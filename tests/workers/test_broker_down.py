@@ -85,7 +85,8 @@ def test_submit_with_broker_down_keeps_the_job_and_a_reconciler_sends_it(
     assert drain(up.broker_url, options.queue, timeout=1.5) == []
 
 
-def test_api_answers_503_and_the_job_is_still_queued(settings, options, sessions, monkeypatch, make_spec) -> None:
+def test_api_answers_503_and_the_job_is_still_queued(settings, options, sessions, monkeypatch,
+                                                     make_spec) -> None:
     monkeypatch.setenv("HEADQ_QUEUE", options.queue)
     down = settings.model_copy(update={"executor": "celery",
                                        "broker_url": BROKERS["rabbitmq"].format(port=closed_port())})

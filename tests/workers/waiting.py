@@ -45,12 +45,14 @@ def wait_status(sessions: Callable[[], Any], job_id: str, statuses: tuple[str, .
     return wait_for(check, timeout, f"job {job_id} to become one of {statuses}", logs)
 
 
-def wait_started(sessions: Callable[[], Any], job_id: str, timeout: float, logs: Path | None = None) -> JobRow:
+def wait_started(sessions: Callable[[], Any], job_id: str, timeout: float,
+                 logs: Path | None = None) -> JobRow:
     """Until the worker is inside the job (it reported progress past loading)."""
     def check() -> JobRow | None:
         row = job_row(sessions, job_id)
         if row.status in FINISHED:
-            raise AssertionError(f"job {job_id} ended ({row.status}: {row.error}) before it could be interrupted")
+            raise AssertionError(f"job {job_id} ended ({row.status}: {row.error}) before it could be "
+                                 "interrupted")
         return row if row.status == "running" and row.progress > 0 else None
     return wait_for(check, timeout, f"job {job_id} to make progress", logs)
 

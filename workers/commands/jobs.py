@@ -94,7 +94,7 @@ def _api_errors(command: Callable[[argparse.Namespace], int]) -> Callable[[argpa
     return run
 
 
-def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+def register(subparsers: argparse._SubParsersAction) -> None:
     """Add ``submit``, ``status``, ``cancel`` and ``results``."""
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--url", default=os.environ.get("HEADQ_URL", DEFAULT_URL), help="server URL")

@@ -56,7 +56,7 @@ def worker(args: argparse.Namespace) -> int:
     return 0
 
 
-def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+def register(subparsers: argparse._SubParsersAction) -> None:
     """Add ``serve`` and ``worker``."""
     p = subparsers.add_parser("serve", help="run the API, the dashboard and the local executor")
     p.add_argument("--host", help="address to bind (default HEADQ_HOST or 127.0.0.1)")
