@@ -7,8 +7,8 @@ For one layer, per query head, over the evaluated query rows (batch x positions)
   have zero error. ``value_mse`` likewise for values. Both come from the KV head of the query head.
 - ``score_mse`` mean over allowed (t, j) of ``(s^_tj - s_tj)²`` (raw, not centred).
 - ``fisher`` mean_t F_t/2, ``F_t = sum_j a_tj (delta_tj - dbar_t)²`` (the predicted KL).
-- ``attn_kl`` mean_t KL(a_t ‖ a^_t), exact: ``log E_a[exp(delta - dbar)]`` (log1p/expm1 for small
-  errors, logsumexp otherwise, so neither cancellation nor overflow bites at long context).
+- ``attn_kl`` mean_t KL(a_t ‖ a^_t), exact: ``log E_a[exp(delta - dbar)]`` (log1p/expm1 unless an
+  error is huge, then logsumexp, so neither cancellation nor overflow bites at long context).
 - ``entropy`` mean_t H(a_t); ``route_flip`` share of rows whose argmax changes.
 - ``value_a2`` ``sum_{t,j} a_tj² ‖eps_j‖² / n_rows`` for this query head (the METHOD figure pools the
   group: it is the mean of this over the group's heads), ``readout_err`` mean_t ‖sum_j a_tj eps_j‖²,
@@ -27,7 +27,9 @@ from headq_core.values import a2_weights
 
 SCORE_METRICS = ("score_mse", "fisher", "attn_kl", "entropy", "route_flip")
 VALUE_METRICS = ("value_a2", "readout_err")
-SMALL_X = 0.5  # |delta - dbar| below this: the log1p/expm1 form of the KL
+# Rows with |delta - dbar| < SMALL_X use the log1p/expm1 form of the KL (no cancellation for tiny
+# KL; a term a_j exp(x_j) that underflows in a_j is below e**-80); other rows use logsumexp.
+SMALL_X = 20.0
 
 
 def allowed_mask(q_len: int, kv_len: int, mask: torch.Tensor | None = None,

@@ -132,3 +132,15 @@ def test_layer_metrics_a2_and_offset_match_direct():
     torch.testing.assert_close(got["a2_weights"], want, rtol=1e-5, atol=1e-7)
     with pytest.raises(ValueError, match="offset"):
         layer_metrics(q, k, k_hat, 0.7, offset=s - t + 1)
+
+
+def test_value_a2_is_the_expected_readout_error():
+    """For independent zero-mean value errors E[readout_err] = value_a2 (Monte Carlo: the draws
+    are the batch, which the metrics average over)."""
+    gen = torch.Generator().manual_seed(12)
+    hq, hkv, t, d, draws = 4, 2, 8, 4, 2000
+    q, k, _, v, _ = random_case(12, 1, hq, hkv, t, t, d)
+    q, k, v = q.expand(draws, -1, -1, -1), k.expand(draws, -1, -1, -1), v.expand(draws, -1, -1, -1)
+    sigma = torch.linspace(0.1, 1.0, t).view(1, 1, t, 1)  # per-token error scale
+    out = layer_metrics(q, k, k, 0.5, v=v, v_hat=v + sigma * torch.randn(draws, hkv, t, d, generator=gen))
+    torch.testing.assert_close(out["readout_err"], out["value_a2"], rtol=0.05, atol=0)
