@@ -10,10 +10,24 @@ from headq_core.config import (
     RunSpec,
     ValuePolicyConfig,
 )
+from headq_core.headq import (
+    QueryStats,
+    SideCode,
+    correction_keys,
+    decode_side,
+    encode_side,
+    logit_correction,
+    make_basis,
+)
+from headq_core.intervention import perturb_keys
+from headq_core.metrics import HeadMetrics, layer_metrics
 from headq_core.packing import pack_bits, unpack_bits
 from headq_core.quant import Packed, dequantize, fake_quantize, quantize
 from headq_core.schedule import decode_mask, quantized_count
+from headq_core.values import OnlineA2, a2_weights, mixed_fake_quantize, value_keep_mask
 
-__all__ = ["HeadQConfig", "InterventionConfig", "Packed", "QuantConfig", "RunSpec", "ValuePolicyConfig",
-           "decode_mask", "dequantize", "effective_bits", "fake_quantize", "pack_bits", "quantize",
-           "quantized_count", "unpack_bits"]
+__all__ = ["HeadMetrics", "HeadQConfig", "InterventionConfig", "OnlineA2", "Packed", "QuantConfig",
+           "QueryStats", "RunSpec", "SideCode", "ValuePolicyConfig", "a2_weights", "correction_keys",
+           "decode_mask", "decode_side", "dequantize", "effective_bits", "encode_side", "fake_quantize",
+           "layer_metrics", "logit_correction", "make_basis", "mixed_fake_quantize", "pack_bits",
+           "perturb_keys", "quantize", "quantized_count", "unpack_bits", "value_keep_mask"]
