@@ -73,30 +73,45 @@ def test_dockerfile_targets_run_as_non_root_with_healthcheck(target):
     assert "TOKEN" not in stage and "PASSWORD" not in stage
 
 
-def _env_example() -> dict[str, str]:
-    lines = (ROOT / ".env.example").read_text().splitlines()
-    return dict(line.split("=", 1) for line in lines if line and not line.startswith("#"))
+def _env_example() -> dict[str, str | None]:
+    """Settings in .env.example; a commented ``#HEADQ_X=...`` line documents a setting left unset."""
+    env: dict[str, str | None] = {}
+    for line in (ROOT / ".env.example").read_text().splitlines():
+        if line.startswith("#HEADQ_"):
+            env[line[1:].split("=", 1)[0]] = None
+        elif line and not line.startswith("#"):
+            key, value = line.split("=", 1)
+            env[key] = value
+    return env
+
+
+def _setting_names() -> set[str]:
+    """Every HEADQ_ variable the server and the executors read."""
+    from app.executors.settings import ExecutorSettings
+    from app.settings import Settings
+
+    return {f"HEADQ_{name.upper()}" for cls in (Settings, ExecutorSettings) for name in cls.model_fields}
 
 
 def test_env_example_lists_every_server_setting_and_parses(monkeypatch):
+    from app.executors.settings import ExecutorSettings
     from app.settings import Settings
 
     env = _env_example()
-    expected = {f"HEADQ_{name.upper()}" for name in Settings.model_fields}
+    expected = _setting_names()
     listed = {key for key in env if key.startswith("HEADQ_")} - {"HEADQ_MODELS_DIR"}  # compose only
     assert expected - listed == set(), "settings missing from .env.example"
     assert listed - expected == set(), ".env.example names settings that do not exist"
     for key in expected:
-        monkeypatch.setenv(key, env[key])
-    settings = Settings()
+        if env[key] is not None:
+            monkeypatch.setenv(key, env[key])
+    settings, _ = Settings(), ExecutorSettings()
     assert settings.allowed_model_dirs == [Path("/models")]
 
 
 def test_compose_environment_names_only_real_settings():
-    from app.settings import Settings
-
     compose = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
-    known = {f"HEADQ_{name.upper()}" for name in Settings.model_fields}
+    known = _setting_names()
     for name, service in compose["services"].items():
         for key in service.get("environment", {}):
             assert not key.startswith("HEADQ_") or key in known, f"{name}: unknown setting {key}"
