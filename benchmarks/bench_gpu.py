@@ -38,6 +38,7 @@ KEY = QuantConfig(bits=2, axis="per_channel", group_size=32, residual=128)
 VALUE = QuantConfig(bits=2, axis="per_token", group_size=32, residual=128)
 HEADQ = HeadQConfig(rank=8, side_bits=8)
 GIB = 1 << 30
+KINDS = ("headq", "sdpa_gqa", "sdpa_folded", "triton_bf16")
 TUNE = ((32, 4), (64, 4), (64, 8), (128, 4), (128, 8))
 BACKENDS = (
     SDPBackend.FLASH_ATTENTION,
@@ -96,21 +97,22 @@ class Layers:
             self.v.append(v)
             self.u.append(u)
 
-    def sdpa(self, i: int, q: torch.Tensor | None = None) -> torch.Tensor:
-        return F.scaled_dot_product_attention(
-            self.q[i] if q is None else q, self.k[i], self.v[i], enable_gqa=True
-        )
+    def attn(self, kind: str, i: int, q: torch.Tensor) -> torch.Tensor:
+        """Attention of q [B, Hq, 1, d] over layer ``i``: the HeadQ cache or a bf16 baseline."""
+        if kind == "headq":
+            return decode_attention(q, self.enc[i], self.kr[i], self.vr[i], basis=self.u[i])
+        if kind == "triton_bf16":  # the same split-K kernel reading the bf16 cache
+            return decode_attention(q, None, self.k[i], self.v[i])
+        if kind == "sdpa_gqa":
+            return F.scaled_dot_product_attention(q, self.k[i], self.v[i], enable_gqa=True)
+        b = q.shape[0]  # sdpa_folded: the query heads of a KV head as query positions (no mask)
+        out = F.scaled_dot_product_attention(q.view(b, HKV, HQ // HKV, D), self.k[i], self.v[i])
+        return out.view(b, HQ, 1, D)
 
-    def quant(self, i: int, q: torch.Tensor | None = None) -> torch.Tensor:
-        return decode_attention(
-            self.q[i] if q is None else q, self.enc[i], self.kr[i], self.vr[i], basis=self.u[i]
-        )
-
-    def bytes_quant(self, i: int) -> int:
-        return self.enc[i].nbytes() + nbytes(self.kr[i], self.vr[i], self.q[i], self.q[i])
-
-    def bytes_bf16(self, i: int) -> int:
-        return nbytes(self.k[i], self.v[i], self.q[i], self.q[i])
+    def bytes(self, kind: str) -> int:
+        if kind == "headq":
+            return self.enc[0].nbytes() + nbytes(self.kr[0], self.vr[0], self.q[0], self.q[0])
+        return nbytes(self.k[0], self.v[0], self.q[0], self.q[0])
 
 
 def layer_count(batch: int, ctx: int, device: str, cap_gib: float) -> int:
@@ -122,8 +124,26 @@ def modes(device: str) -> tuple[str, ...]:
     return ("eager", "graph") if device == "cuda" else ("eager",)
 
 
+def time_kind(lay: Layers, kind: str, n: int, device: str, graph: bool) -> tuple[float, str]:
+    """(ms per layer, SDPA backend or '') of the fastest way to run ``kind``."""
+    if not kind.startswith("sdpa"):
+        return median_ms(lambda: [lay.attn(kind, i, lay.q[i]) for i in range(n)], device, graph) / n, ""
+    found: dict[str, float] = {}
+    for backend in BACKENDS:
+        if backend == SDPBackend.MATH and found:
+            continue  # the unfused fallback only when no fused backend runs
+        try:
+            with sdpa_kernel(backend):
+                fn = lambda: [lay.attn(kind, i, lay.q[i]) for i in range(n)]  # noqa: E731
+                found[backend.name] = median_ms(fn, device, graph) / n
+        except RuntimeError:
+            continue
+    best = min(found, key=found.get)
+    return found[best], best
+
+
 def decode_row(batch: int, ctx: int, device: str, copy_gbs: float, cap_gib: float) -> dict:
-    """Decode attention over ``n`` layers: every SDPA backend that runs vs the Triton kernel."""
+    """Decode attention over ``n`` layers: HeadQ kernel vs three bf16 baselines."""
     n = layer_count(batch, ctx, device, cap_gib)
     lay = Layers(batch, ctx, n, device)
     row = {
@@ -131,58 +151,38 @@ def decode_row(batch: int, ctx: int, device: str, copy_gbs: float, cap_gib: floa
         "context": ctx,
         "layers_timed": n,
         "quantized_tokens": lay.n_q,
-        "byte_ratio": lay.bytes_bf16(0) / lay.bytes_quant(0),
+        "byte_ratio": lay.bytes("sdpa_gqa") / lay.bytes("headq"),
         "copy_GBps": copy_gbs,
     }
-    backends = BACKENDS
     for mode in modes(device):
-        graph = mode == "graph"
-        by_backend = {}
-        for backend in backends:
-            if backend == SDPBackend.MATH and by_backend:
-                continue  # the unfused fallback only when no fused backend runs
-            try:
-                with sdpa_kernel(backend):
-                    by_backend[backend] = (
-                        median_ms(lambda: [lay.sdpa(i) for i in range(n)], device, graph) / n
-                    )
-            except RuntimeError:
-                continue
-        backends = tuple(by_backend)
-        best = min(by_backend, key=by_backend.get)
-        t_sdpa = by_backend[best]
-        t_q = median_ms(lambda: [lay.quant(i) for i in range(n)], device, graph) / n
+        t = {kind: time_kind(lay, kind, n, device, mode == "graph") for kind in KINDS}
+        best_bf16 = min(KINDS[1:], key=lambda k: t[k][0])
         row[mode] = {
-            "sdpa_ms": t_sdpa,
-            "sdpa_backend": best.name,
-            "sdpa_ms_by_backend": {k.name: v for k, v in by_backend.items()},
-            "headq_ms": t_q,
-            "speedup": t_sdpa / t_q,
-            "sdpa_GBps": lay.bytes_bf16(0) / t_sdpa / 1e6,
-            "headq_GBps": lay.bytes_quant(0) / t_q / 1e6,
+            "ms": {k: v[0] for k, v in t.items()},
+            "sdpa_backend": {k: v[1] for k, v in t.items() if v[1]},
+            "GBps": {k: lay.bytes(k) / v[0] / 1e6 for k, v in t.items()},
+            "speedup_vs_sdpa_gqa": t["sdpa_gqa"][0] / t["headq"][0],
+            "best_bf16": best_bf16,
+            "speedup_vs_best_bf16": t[best_bf16][0] / t["headq"][0],
         }
     return row
 
 
-def bench_encode(shapes, device: str, copy_gbs: float) -> list[dict]:
-    rows = []
-    for batch, n_tok in shapes:
-        n = 4 if device == "cuda" else 1
-        ks = [torch.randn(batch, HKV, n_tok, D, device=device).bfloat16() for _ in range(n)]
-        vs = [torch.randn(batch, HKV, n_tok, D, device=device).bfloat16() for _ in range(n)]
-        u = torch.linalg.qr(torch.randn(HKV, D, HEADQ.rank, device=device))[0]
-        ms = median_ms(lambda: [encode(ks[i], vs[i], KEY, VALUE, basis=u) for i in range(n)], device) / n  # noqa: B023
-        moved = nbytes(ks[0], vs[0]) + encode(ks[0], vs[0], KEY, VALUE, basis=u).nbytes()
-        rows.append(
-            {
-                "batch": batch,
-                "tokens": n_tok,
-                "ms": ms,
-                "GBps": moved / ms / 1e6,
-                "fraction_of_copy": moved / ms / 1e6 / copy_gbs,
-            }
-        )
-    return rows
+def encode_row(batch: int, n_tok: int, device: str, copy_gbs: float) -> dict:
+    """Encode throughput: bytes read (bf16 K, V) plus bytes written (the encoding) per second."""
+    n = 4 if device == "cuda" else 1
+    ks = [torch.randn(batch, HKV, n_tok, D, device=device).bfloat16() for _ in range(n)]
+    vs = [torch.randn(batch, HKV, n_tok, D, device=device).bfloat16() for _ in range(n)]
+    u = torch.linalg.qr(torch.randn(HKV, D, HEADQ.rank, device=device))[0]
+    ms = median_ms(lambda: [encode(ks[i], vs[i], KEY, VALUE, basis=u) for i in range(n)], device) / n
+    moved = nbytes(ks[0], vs[0]) + encode(ks[0], vs[0], KEY, VALUE, basis=u).nbytes()
+    return {
+        "batch": batch,
+        "tokens": n_tok,
+        "ms": ms,
+        "GBps": moved / ms / 1e6,
+        "fraction_of_copy": moved / ms / 1e6 / copy_gbs,
+    }
 
 
 def tune_row(batch: int, ctx: int, device: str, cap_gib: float) -> dict:
@@ -196,25 +196,20 @@ def tune_row(batch: int, ctx: int, device: str, cap_gib: float) -> dict:
 
         def run(block=block, warps=warps):
             for i in range(n):
-                decode_attention_triton(
-                    lay.q[i],
-                    lay.enc[i],
-                    lay.kr[i],
-                    lay.vr[i],
-                    lay.u[i],
-                    D**-0.5,
-                    1,
-                    block=block,
-                    num_warps=warps,
-                )
+                args = (lay.q[i], lay.enc[i], lay.kr[i], lay.vr[i], lay.u[i], D**-0.5, 1)
+                decode_attention_triton(*args, block=block, num_warps=warps)
 
-        row["ms"][f"block{block}_warps{warps}"] = median_ms(run, device, graph=True) / n
+        try:
+            row["ms"][f"block{block}_warps{warps}"] = median_ms(run, device, graph=True) / n
+        except Exception as exc:  # noqa: BLE001 - a variant that does not fit is reported, not fatal
+            row["ms"][f"block{block}_warps{warps}"] = None
+            row.setdefault("errors", []).append(f"{block}/{warps}: {type(exc).__name__}")
     return row
 
 
-def block_row(batch: int, ctx: int, device: str, cap_gib: float, sdpa_backend: str) -> dict:
+def block_row(batch: int, ctx: int, device: str, cap_gib: float, bf16: str, backend: str) -> dict:
     """One attention block per layer (qkv projection, RoPE on q, attention, o projection) over ``n``
-    layers with their own weights; the bf16 side uses ``sdpa_backend``."""
+    layers with their own weights; the bf16 side runs baseline ``bf16`` (SDPA ``backend``)."""
     n = layer_count(batch, ctx, device, cap_gib)
     lay = Layers(batch, ctx, n, device)
     wqkv = [torch.randn(HIDDEN + 2 * HKV * D, HIDDEN, device=device).bfloat16() * 0.02 for _ in range(n)]
@@ -223,26 +218,27 @@ def block_row(batch: int, ctx: int, device: str, cap_gib: float, sdpa_backend: s
     ang = torch.arange(D // 2, device=device) * 1e-3 * ctx
     cos, sin = ang.cos().repeat(2).bfloat16(), ang.sin().repeat(2).bfloat16()
 
-    def step(attn):
+    def step(kind):
         x = x0
         for i in range(n):
             q = (x @ wqkv[i].T)[..., :HIDDEN].view(batch, 1, HQ, D).transpose(1, 2)
             q = q * cos + torch.cat([-q[..., D // 2 :], q[..., : D // 2]], -1) * sin
-            x = attn(i, q).transpose(1, 2).reshape(batch, 1, HIDDEN) @ wo[i].T
+            x = lay.attn(kind, i, q).transpose(1, 2).reshape(batch, 1, HIDDEN) @ wo[i].T
         return x
 
     row = {
         "batch": batch,
         "context": ctx,
         "layers_timed": n,
-        "sdpa_backend": sdpa_backend,
+        "bf16_baseline": bf16,
+        "sdpa_backend": backend,
         "note": "attention block of each layer, not a full model step (no HeadQCache measured)",
     }
     for mode in modes(device):
         graph = mode == "graph"
-        with sdpa_kernel(getattr(SDPBackend, sdpa_backend)):
-            t_b = median_ms(lambda: step(lay.sdpa), device, graph) / n
-        t_q = median_ms(lambda: step(lay.quant), device, graph) / n
+        with sdpa_kernel(getattr(SDPBackend, backend or "MATH")):
+            t_b = median_ms(lambda: step(bf16), device, graph) / n
+        t_q = median_ms(lambda: step("headq"), device, graph) / n
         row[mode] = {"bf16_ms": t_b, "headq_ms": t_q, "time_ratio": t_q / t_b}
     return row
 
@@ -280,44 +276,44 @@ def bench_memory(device: str, ctx: int, budget_gib: float) -> dict:
     }
 
 
-def print_table(res: dict) -> None:
-    print(f"\n{res['device']}  copy {res['copy_GBps']:.0f} GB/s")
-    for r in res["decode"]:
-        for m in ("eager", "graph"):
-            if m in r:
-                e = r[m]
-                print(
-                    f"decode B={r['batch']:>2} ctx={r['context']:>6} {m:5}: sdpa[{e['sdpa_backend'][:5]}] "
-                    f"{e['sdpa_ms'] * 1e3:8.1f} us "
-                    f"headq {e['headq_ms'] * 1e3:8.1f} us  x{e['speedup']:.2f}  ({e['headq_GBps']:.0f} vs "
-                    f"{e['sdpa_GBps']:.0f} GB/s; byte ratio {r['byte_ratio']:.2f})"
-                )
-    for r in res["encode"]:
+def show(section: str, r: dict) -> None:
+    """Print one result row as soon as it is measured."""
+    us = 1e3
+    if section == "decode":
+        for m in modes("cuda" if "graph" in r else "cpu"):
+            e = r[m]
+            times = "  ".join(f"{k} {v * us:.1f}" for k, v in e["ms"].items())
+            print(
+                f"decode B={r['batch']:>2} ctx={r['context']:>6} {m:5} us: {times} | "
+                f"x{e['speedup_vs_sdpa_gqa']:.2f} "
+                f"vs sdpa_gqa, x{e['speedup_vs_best_bf16']:.2f} vs {e['best_bf16']} | headq "
+                f"{e['GBps']['headq']:.0f} GB/s of {r['copy_GBps']:.0f} copy; bytes x{r['byte_ratio']:.2f}"
+            )
+    elif section == "encode":
         print(
-            f"encode B={r['batch']} N={r['tokens']}: {r['ms'] * 1e3:.1f} us {r['GBps']:.0f} GB/s "
+            f"encode B={r['batch']} N={r['tokens']}: {r['ms'] * us:.1f} us {r['GBps']:.0f} GB/s "
             f"= {100 * r['fraction_of_copy']:.0f}% of copy"
         )
-    for r in res["block"]:
-        for m in ("eager", "graph"):
-            if m in r:
-                e = r[m]
-                print(
-                    f"block  B={r['batch']} ctx={r['context']:>6} {m:5}: bf16 {e['bf16_ms'] * 1e3:8.1f} us "
-                    f"headq {e['headq_ms'] * 1e3:8.1f} us  time ratio {e['time_ratio']:.2f}"
-                )
-    for r in res.get("tune", []):
-        best = min(r["ms"], key=r["ms"].get)
+    elif section == "block":
+        for m in modes("cuda" if "graph" in r else "cpu"):
+            e = r[m]
+            print(
+                f"block  B={r['batch']} ctx={r['context']:>6} {m:5}: "
+                f"{r['bf16_baseline']} {e['bf16_ms'] * us:.1f} us, "
+                f"headq {e['headq_ms'] * us:.1f} us, time ratio {e['time_ratio']:.2f}"
+            )
+    elif section == "tune":
         print(
             f"tune   B={r['batch']} ctx={r['context']}: "
-            + ", ".join(f"{k} {v * 1e3:.1f}" for k, v in r["ms"].items())
-            + f" us; best {best}"
+            + ", ".join(f"{k} {'-' if v is None else f'{v * us:.1f}'}" for k, v in r["ms"].items())
+            + " us"
         )
-    m = res["memory"]
-    print(
-        f"memory ctx={m['context']}: allocated/formula {m['allocated_over_formula']:.3f}; "
-        f"max context in {m['budget_gib_all_layers']} GiB: {m['max_context_headq']} vs {m['max_context_bf16']} "
-        f"(x{m['context_ratio']:.2f})"
-    )
+    else:
+        print(
+            f"memory ctx={r['context']}: allocated/formula {r['allocated_over_formula']:.3f}; max context in "
+            f"{r['budget_gib_all_layers']} GiB: {r['max_context_headq']} vs {r['max_context_bf16']} "
+            f"(x{r['context_ratio']:.2f})"
+        )
 
 
 def main() -> None:
@@ -350,16 +346,25 @@ def main() -> None:
         import triton
 
         res["triton"] = triton.__version__
-    res["decode"] = [decode_row(b, c, dev, copy_gbs, args.cap_gib) for b, c in decode_shapes]
-    res["encode"] = bench_encode([(1, 32768), (8, 32768)] if gpu else [(1, 1024)], dev, copy_gbs)
-    best = {r["context"]: r["eager"]["sdpa_backend"] for r in res["decode"] if r["batch"] == 1}
-    res["block"] = [block_row(1, c, dev, args.cap_gib, best[c]) for c in ((4096, 32768) if gpu else (1024,))]
-    if gpu:
-        res["tune"] = [tune_row(b, c, dev, args.cap_gib) for b, c in ((1, 32768), (8, 32768))]
-    res["memory"] = bench_memory(dev, 32768 if gpu else 4096, 16.0)
-    print_table(res)
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(res, indent=1))
+
+    def record(section: str, row: dict) -> dict:
+        res.setdefault(section, []).append(row)
+        show(section, row)
+        args.out.write_text(json.dumps(res, indent=1))
+        return row
+
+    for b, c in decode_shapes:
+        record("decode", decode_row(b, c, dev, copy_gbs, args.cap_gib))
+    for b, c in [(1, 32768), (8, 32768)] if gpu else [(1, 1024)]:
+        record("encode", encode_row(b, c, dev, copy_gbs))
+    for r in [r for r in res["decode"] if r["batch"] == 1][:: 1 if gpu else 2][:2]:
+        e = r["eager"]
+        kind = e["best_bf16"]
+        record("block", block_row(1, r["context"], dev, args.cap_gib, kind, e["sdpa_backend"].get(kind, "")))
+    for b, c in ((1, 32768), (8, 32768)) if gpu else ():
+        record("tune", tune_row(b, c, dev, args.cap_gib))
+    record("memory", bench_memory(dev, 32768 if gpu else 4096, 16.0))
 
 
 if __name__ == "__main__":

@@ -7,7 +7,7 @@ code. Shapes are validated once here so the kernels can trust them.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 
@@ -77,6 +77,12 @@ class EncodedKV:
     @property
     def tokens(self) -> int:
         return self.k_codes.shape[2]
+
+    def to(self, device: torch.device | str) -> EncodedKV:
+        """The same encoding with every tensor on ``device``."""
+        names = ("k_codes", "k_scale", "k_zero", "v_codes", "v_scale", "v_zero", "side", "side_scale")
+        moved = {n: getattr(self, n).to(device) for n in names if getattr(self, n) is not None}
+        return replace(self, **moved)
 
     def nbytes(self) -> int:
         """Bytes held by every tensor of this encoding."""

@@ -1,12 +1,12 @@
 """Triton decode attention over the packed cache (split-K / flash-decoding).
 
-Grid ``(B*Hkv, S)``: the quantized tokens are cut into ``S - 1`` (or ``S``) splits, and one more
-program reads the full-precision residual window. Every program serves all query heads of its KV
-head (grouped-query attention, rows padded to ``GP >= 16`` for ``tl.dot``), unpacks 2/4-bit codes
-in registers, dequantizes with the fp16 scales/zeros, adds the HeadQ correction
-``sign * <U^T q, c^>`` and keeps an online softmax; it writes a normalised partial output and its
-log-sum-exp. :func:`_combine_kernel` merges the splits. Logits are in base 2 (``q`` is scaled by
-``scale * log2(e)`` on load).
+Grid ``(B*Hkv, S)``: the quantized tokens and then the full-precision residual window are cut into
+splits of the same number of tokens, one program each (a bf16-only cache runs as residual alone).
+Every program serves all query heads of its KV head (grouped-query attention, rows padded to
+``GP >= 16`` for ``tl.dot``), unpacks the bit-packed codes in registers, dequantizes them with the
+fp16 scales/zeros, adds the HeadQ correction ``sign * <U^T q, c^>`` and keeps an online softmax; it
+writes a normalised partial output and its log-sum-exp. :func:`_combine_kernel` merges the splits.
+Logits are in base 2 (``q`` is scaled by ``scale * log2(e)`` on load).
 """
 
 from __future__ import annotations
@@ -104,9 +104,11 @@ def _decode_kernel(q_ptr, kc_ptr, ks_ptr, kz_ptr, vc_ptr, vs_ptr, vz_ptr, sc_ptr
                 + tl.load(vz_ptr + voff, mask=tm, other=0.0).to(tl.float32)
             m, l, acc = _online_update(m, l, acc, s, vh)
     else:
-        for n0 in range(0, R, BN):
+        start = (split - N_QSPLITS) * TOK_PER_SPLIT
+        end = tl.minimum(start + TOK_PER_SPLIT, R)
+        for n0 in range(start, end, BN):
             tok = n0 + tl.arange(0, BN)
-            tv = tok < R
+            tv = tok < end
             tm = tv[:, None]
             kr = tl.load(kr_ptr + bh * s_kr + tok[:, None] * D + cols[None, :], mask=tm, other=0.0)
             s = tl.dot(q, tl.trans(kr.to(tl.float32)))
@@ -141,7 +143,7 @@ def _rows(t: torch.Tensor, heads: int) -> tuple[torch.Tensor, int]:
 
 
 def default_splits(batch_heads: int, tokens: int, block: int, device: torch.device) -> int:
-    """Quantized-token splits so that about four programs run per multiprocessor."""
+    """Token splits so that about four programs run per multiprocessor."""
     sms = torch.cuda.get_device_properties(device).multi_processor_count if device.type == "cuda" else 4
     return max(1, min(triton.cdiv(4 * sms, batch_heads), triton.cdiv(tokens, block)))
 
@@ -159,12 +161,10 @@ def decode_attention_triton(q: torch.Tensor, enc: EncodedKV | None, k_res: torch
     group = hq // h
     n = enc.tokens if enc is not None else 0
     r_len = k_res.shape[2] if k_res is not None else 0
-    n_q = 0
-    if n:
-        n_q = num_splits or default_splits(b * h, n, block, q.device)
-    tok_per_split = triton.cdiv(triton.cdiv(n, max(n_q, 1)), block) * block if n else block
-    n_q = triton.cdiv(n, tok_per_split) if n else 0
-    splits = n_q + (1 if r_len else 0)
+    target = num_splits or default_splits(b * h, n + r_len, block, q.device)
+    tok_per_split = triton.cdiv(triton.cdiv(n + r_len, target), block) * block
+    n_q = triton.cdiv(n, tok_per_split)
+    splits = n_q + triton.cdiv(r_len, tok_per_split)
     qs = q.reshape(b * hq, d).contiguous()
     o_part = torch.empty(b * hq, splits, d, dtype=torch.float32, device=q.device)
     lse = torch.empty(b * hq, splits, dtype=torch.float32, device=q.device)

@@ -43,7 +43,8 @@ def test_encode_matches_reference_on_gpu(kbits, vbits, side_bits):
     q, k, v, *_rest, u = _inputs(4, 8, 4096, 0, 8)
     kc, vc = configs(kbits, 32, vbits, 32)
     got = encode(k, v, kc, vc, basis=u, side_bits=side_bits)
-    ref = encode(k, v, kc, vc, basis=u, side_bits=side_bits, backend="reference")
+    ref = encode(k.cpu(), v.cpu(), kc, vc, basis=u.cpu(), side_bits=side_bits, backend="reference")
+    got = got.to("cpu")
     for name in FIELDS:
         a, b = getattr(got, name), getattr(ref, name)
         assert (a is None) == (b is None), name
@@ -63,12 +64,14 @@ def test_decode_matches_reference_on_gpu(b, n, r_len, side_bits, kbits, vbits, s
     kc, vc = configs(kbits, 32, vbits, 32)
     enc = encode(k, v, kc, vc, basis=u, side_bits=side_bits)
     args = (q, enc, kr if r_len else None, vr if r_len else None)
-    got = decode_attention(*args, basis=u, sign=sign)
-    ref = decode_attention(*args, basis=u, sign=sign, backend="reference")
+    got = decode_attention(*args, basis=u, sign=sign).cpu()
+    cpu = [None if t is None else t.cpu() for t in args]
+    cpu[1] = enc.to("cpu")
+    ref = decode_attention(*cpu, basis=u.cpu(), sign=sign, backend="reference")
     assert got.dtype == torch.bfloat16 and torch.isfinite(got).all()
     assert _rel(got, ref) < 1e-2
-    # the correction matters at this size: without it the output moves by more than the tolerance
-    plain = decode_attention(q, enc, *args[2:], basis=u, sign=-sign, backend="reference")
+    # the correction matters at this size: with the wrong sign the output moves well past the tolerance
+    plain = decode_attention(*cpu, basis=u.cpu(), sign=-sign, backend="reference")
     assert _rel(plain, ref) > 2 * _rel(got, ref)
 
 
@@ -80,4 +83,12 @@ def test_decode_on_views_of_preallocated_buffers_gpu():
     vbig = torch.randn(2, 8, 256, 128, device="cuda").bfloat16()
     kbig[:, :, :64], vbig[:, :, :64] = kr, vr
     got = decode_attention(q, enc, kbig[:, :, :64], vbig[:, :, :64], basis=u)
-    assert _rel(got, decode_attention(q, enc, kr, vr, basis=u, backend="reference")) < 1e-2
+    ref = decode_attention(q.cpu(), enc.to("cpu"), kr.cpu(), vr.cpu(), basis=u.cpu(), backend="reference")
+    assert _rel(got.cpu(), ref) < 1e-2
+
+
+def test_bf16_only_cache_is_split_across_programs_gpu():
+    q, k, v, *_ = _inputs(1, 8, 20000, 0, 8)
+    got = decode_attention(q, None, k, v).cpu()
+    ref = decode_attention(q.cpu(), None, k.cpu(), v.cpu(), backend="reference")
+    assert _rel(got, ref) < 1e-2
