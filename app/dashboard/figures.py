@@ -1,7 +1,9 @@
-"""Figures of the dashboard, built by pure functions (numbers in, ``plotly`` figure out).
+"""Figures of the dashboard, built by pure functions: numbers in, a plotly figure dict out.
 
-Heatmaps are ``[layers, heads]`` matrices drawn as ONE ``go.Heatmap`` trace per metric (never a
-trace per head); a selected head is marked by a layout shape so every panel can show it.
+Figures are plain ``{"data": [...], "layout": {...}}`` dicts (what ``dcc.Graph`` takes), which
+skips plotly's per-property validation (about 75 ms a heatmap here). Heatmaps are
+``[layers, heads]`` matrices drawn as ONE heatmap trace per metric (never a trace per head); a
+selected head is marked by a layout shape so every panel can show it.
 """
 
 from __future__ import annotations
@@ -9,7 +11,6 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 
 import numpy as np
-import plotly.graph_objects as go
 
 from app.dashboard.results import METRIC_LABELS
 
@@ -31,7 +32,12 @@ def log_values(matrix: np.ndarray) -> np.ndarray:
 
 
 def _nan_to_none(m: np.ndarray) -> list:
-    return [[None if not np.isfinite(v) else float(v) for v in row] for row in m]
+    """JSON-ready nested lists; NaN/inf become None (a gap in the heatmap)."""
+    return np.where(np.isfinite(m), m, None).tolist()
+
+
+def _layout(title: str, height: int, **extra) -> dict:
+    return {"title": {"text": title, "font": {"size": 13}}, "margin": _MARGIN, "height": height, **extra}
 
 
 def selection_shapes(selected: tuple[int, int] | None) -> list[dict]:
@@ -53,21 +59,20 @@ def selection_shapes(selected: tuple[int, int] | None) -> list[dict]:
     ]
 
 
-def _head_axes(fig: go.Figure, title: str, selected: tuple[int, int] | None) -> go.Figure:
-    fig.update_layout(
-        title={"text": title, "font": {"size": 13}},
-        margin=_MARGIN,
+def _head_figure(trace: dict, title: str, selected: tuple[int, int] | None) -> dict:
+    layout = _layout(
+        title,
+        360,
         shapes=selection_shapes(selected),
-        height=360,
+        xaxis={"title": {"text": "head"}},
+        yaxis={"title": {"text": "layer"}, "autorange": "reversed"},
     )
-    fig.update_xaxes(title_text="head")
-    fig.update_yaxes(title_text="layer", autorange="reversed")
-    return fig
+    return {"data": [trace], "layout": layout}
 
 
 def heatmap_figure(
     matrix: np.ndarray, metric: str, log: bool = False, selected: tuple[int, int] | None = None
-) -> go.Figure:
+) -> dict:
     """Layer × head heatmap of one metric, ``matrix``: ``float [layers, heads]`` (NaN = missing).
 
     With ``log`` the colour is ``log10(value)``; hover always shows the raw value.
@@ -75,22 +80,20 @@ def heatmap_figure(
     m = np.asarray(matrix, dtype=float)
     if m.ndim != 2:
         raise ValueError(f"matrix: must be 2-D [layers, heads], got shape {m.shape}")
-    z = log_values(m) if log else m
-    trace = go.Heatmap(
-        z=_nan_to_none(z),
-        customdata=_nan_to_none(m),
-        colorscale="Viridis",
-        colorbar={"title": {"text": "log10" if log else ""}, "thickness": 12},
-        hovertemplate="layer %{y}, head %{x}<br>" + metric + " = %{customdata:.4g}<extra></extra>",
-        xgap=1,
-        ygap=1,
-    )
-    return _head_axes(go.Figure(trace), label(metric) + (" (log)" if log else ""), selected)
+    trace = {
+        "type": "heatmap",
+        "z": _nan_to_none(log_values(m) if log else m),
+        "customdata": _nan_to_none(m),
+        "colorscale": "Viridis",
+        "colorbar": {"title": {"text": "log10" if log else ""}, "thickness": 12},
+        "hovertemplate": "layer %{y}, head %{x}<br>" + metric + " = %{customdata:.4g}<extra></extra>",
+    }
+    return _head_figure(trace, label(metric) + (" (log)" if log else ""), selected)
 
 
 def difference_figure(
     a: np.ndarray, b: np.ndarray, metric: str, log: bool = False, selected: tuple[int, int] | None = None
-) -> go.Figure:
+) -> dict:
     """Heatmap of ``b - a`` (or ``log10 b - log10 a`` with ``log``), diverging around zero.
 
     ``a``, ``b``: ``float [layers, heads]`` of the same shape.
@@ -101,139 +104,163 @@ def difference_figure(
     diff = (log_values(b) - log_values(a)) if log else (b - a)
     finite = diff[np.isfinite(diff)]
     bound = float(np.abs(finite).max()) if finite.size else 1.0
-    trace = go.Heatmap(
-        z=_nan_to_none(diff),
-        colorscale="RdBu_r",
-        zmid=0.0,
-        zmin=-bound,
-        zmax=bound,
-        colorbar={"thickness": 12},
-        hovertemplate="layer %{y}, head %{x}<br>Δ = %{z:.4g}<extra></extra>",
-        xgap=1,
-        ygap=1,
-    )
-    title = f"B − A: {label(metric)}" + (" (log10 ratio)" if log else "")
-    return _head_axes(go.Figure(trace), title, selected)
+    trace = {
+        "type": "heatmap",
+        "z": _nan_to_none(diff),
+        "colorscale": "RdBu",
+        "reversescale": True,
+        "zmid": 0.0,
+        "zmin": -bound,
+        "zmax": bound,
+        "colorbar": {"thickness": 12},
+        "hovertemplate": "layer %{y}, head %{x}<br>Δ = %{z:.4g}<extra></extra>",
+    }
+    return _head_figure(trace, f"B − A: {label(metric)}" + (" (log10 ratio)" if log else ""), selected)
 
 
-def a2_figure(weights: Sequence[float], title: str) -> go.Figure:
+def a2_figure(weights: Sequence[float], title: str) -> dict:
     """A² weight per token position of one KV head (``weights``: ``[window]``), log y axis."""
-    fig = go.Figure(
-        go.Scatter(
-            x=list(range(len(weights))),
-            y=list(weights),
-            mode="lines",
-            name="A²",
-            hovertemplate="position %{x}: %{y:.4g}<extra></extra>",
-        )
-    )
-    fig.update_layout(title={"text": title, "font": {"size": 13}}, margin=_MARGIN, height=300)
-    fig.update_xaxes(title_text="token position")
-    fig.update_yaxes(title_text="A² weight", type="log")
-    return fig
+    trace = {
+        "type": "scatter",
+        "mode": "lines",
+        "name": "A²",
+        "x": list(range(len(weights))),
+        "y": list(weights),
+        "hovertemplate": "position %{x}: %{y:.4g}<extra></extra>",
+    }
+    return {
+        "data": [trace],
+        "layout": _layout(
+            title,
+            300,
+            xaxis={"title": {"text": "token position"}},
+            yaxis={"title": {"text": "A² weight"}, "type": "log"},
+        ),
+    }
 
 
-def spectrum_figure(eigenvalues: Sequence[float], rank: int | None, title: str) -> go.Figure:
+def spectrum_figure(eigenvalues: Sequence[float], rank: int | None, title: str) -> dict:
     """Query eigenvalue spectrum (``[head_dim]``, descending) with the HeadQ rank marked."""
-    idx = list(range(1, len(eigenvalues) + 1))
-    fig = go.Figure(
-        go.Scatter(
-            x=idx,
-            y=list(eigenvalues),
-            mode="lines+markers",
-            name="eigenvalue",
-            hovertemplate="#%{x}: %{y:.4g}<extra></extra>",
-        )
-    )
+    trace = {
+        "type": "scatter",
+        "mode": "lines+markers",
+        "name": "eigenvalue",
+        "x": list(range(1, len(eigenvalues) + 1)),
+        "y": list(eigenvalues),
+        "hovertemplate": "#%{x}: %{y:.4g}<extra></extra>",
+    }
+    shapes, notes = [], []
     if rank is not None:
-        fig.add_vline(
-            x=rank + 0.5,
-            line={"color": "red", "dash": "dash"},
-            annotation_text=f"rank {rank}",
-            annotation_position="top right",
-        )
-    fig.update_layout(title={"text": title, "font": {"size": 13}}, margin=_MARGIN, height=300)
-    fig.update_xaxes(title_text="eigenvector index")
-    fig.update_yaxes(title_text="eigenvalue", type="log")
-    return fig
+        shapes = [
+            {
+                "type": "line",
+                "xref": "x",
+                "yref": "paper",
+                "x0": rank + 0.5,
+                "x1": rank + 0.5,
+                "y0": 0,
+                "y1": 1,
+                "line": {"color": "red", "dash": "dash"},
+            }
+        ]
+        notes = [
+            {
+                "text": f"rank {rank}",
+                "xref": "x",
+                "yref": "paper",
+                "x": rank + 0.5,
+                "y": 1,
+                "xanchor": "left",
+                "showarrow": False,
+            }
+        ]
+    layout = _layout(
+        title,
+        300,
+        shapes=shapes,
+        annotations=notes,
+        xaxis={"title": {"text": "eigenvector index"}},
+        yaxis={"title": {"text": "eigenvalue"}, "type": "log"},
+    )
+    return {"data": [trace], "layout": layout}
 
 
-def head_runs_figure(
-    across: Mapping[str, Mapping[str, float]], metrics: Sequence[str], title: str
-) -> go.Figure:
+def head_runs_figure(across: Mapping[str, Mapping[str, float]], metrics: Sequence[str], title: str) -> dict:
     """One head's metrics across configurations: one bar trace per metric, runs on x, log y."""
     runs = list(across)
-    fig = go.Figure([go.Bar(name=m, x=runs, y=[across[r].get(m) for r in runs]) for m in metrics])
-    fig.update_layout(
-        title={"text": title, "font": {"size": 13}},
-        barmode="group",
-        margin=_MARGIN,
-        height=300,
-        legend={"orientation": "h", "y": -0.3},
+    data = [{"type": "bar", "name": m, "x": runs, "y": [across[r].get(m) for r in runs]} for m in metrics]
+    layout = _layout(
+        title, 300, barmode="group", legend={"orientation": "h", "y": -0.3}, yaxis={"type": "log"}
     )
-    fig.update_yaxes(type="log")
-    return fig
+    return {"data": data, "layout": layout}
 
 
 def predictor_figure(
     x: np.ndarray, y: np.ndarray, runs: np.ndarray, x_metric: str, rho: float | None
-) -> go.Figure:
+) -> dict:
     """Scatter of ``attn_kl`` (``y``) against a predictor (``x``) over heads, log-log, one trace."""
-    runs = np.asarray(runs)
-    names = sorted(set(runs.tolist()))
-    colour = [names.index(r) for r in runs.tolist()]
-    fig = go.Figure(
-        go.Scatter(
-            x=np.asarray(x).tolist(),
-            y=np.asarray(y).tolist(),
-            mode="markers",
-            text=runs.tolist(),
-            marker={"size": 5, "opacity": 0.6, "color": colour, "colorscale": "Turbo"},
-            hovertemplate="%{text}<br>" + x_metric + " %{x:.3g}<br>attn_kl %{y:.3g}<extra></extra>",
-        )
-    )
+    runs = np.asarray(runs).tolist()
+    names = sorted(set(runs))
+    trace = {
+        "type": "scatter",
+        "mode": "markers",
+        "x": np.asarray(x).tolist(),
+        "y": np.asarray(y).tolist(),
+        "text": runs,
+        "marker": {"size": 5, "opacity": 0.6, "color": [names.index(r) for r in runs], "colorscale": "Turbo"},
+        "hovertemplate": "%{text}<br>" + x_metric + " %{x:.3g}<br>attn_kl %{y:.3g}<extra></extra>",
+    }
     rho_text = "n/a" if rho is None else f"{rho:.3f}"
-    fig.update_layout(
-        title={"text": f"attn_kl vs {x_metric}: Spearman ρ = {rho_text}", "font": {"size": 13}},
-        margin=_MARGIN,
-        height=380,
+    layout = _layout(
+        f"attn_kl vs {x_metric}: Spearman ρ = {rho_text}",
+        380,
+        xaxis={"title": {"text": label(x_metric)}, "type": "log"},
+        yaxis={"title": {"text": label("attn_kl")}, "type": "log"},
     )
-    fig.update_xaxes(title_text=label(x_metric), type="log")
-    fig.update_yaxes(title_text=label("attn_kl"), type="log")
-    return fig
+    return {"data": [trace], "layout": layout}
 
 
-def perplexity_figure(rows: Sequence[Mapping]) -> go.Figure:
-    """Bar chart of perplexity per configuration; hover adds excess and effective bits."""
-    runs = [r["run"] for r in rows]
-    hover = [
-        f"excess {r.get('excess')}<br>removed {r.get('excess_removed')}<br>"
-        f"key bits {r.get('key_bits')}, value bits {r.get('value_bits')}"
-        for r in rows
+def _bar_label(row: Mapping) -> str:
+    """``+6.00`` or ``+0.70 (88% removed)``: the excess perplexity over the dense model."""
+    if row.get("excess") is None:
+        return ""
+    removed = row.get("excess_removed")
+    return f"+{row['excess']:.2f}" + ("" if removed is None else f" ({removed:.0%} removed)")
+
+
+def _bits(value: float | None) -> str:
+    return "–" if value is None else f"{value:g}"
+
+
+def perplexity_figure(rows: Sequence[Mapping]) -> dict:
+    """Bar chart of perplexity per configuration (one trace); each bar is labelled with its excess
+    and share of excess removed, each tick with its effective key/value bits."""
+    ticks = [
+        f"{r['run']}<br>K {_bits(r.get('key_bits'))} / V {_bits(r.get('value_bits'))} bits" for r in rows
     ]
-    fig = go.Figure(
-        go.Bar(
-            x=runs,
-            y=[r.get("perplexity") for r in rows],
-            text=hover,
-            hovertemplate="%{x}: ppl %{y:.3f}<br>%{text}<extra></extra>",
-        )
-    )
-    fig.update_layout(
-        title={"text": "perplexity per configuration", "font": {"size": 13}}, margin=_MARGIN, height=360
-    )
-    fig.update_yaxes(title_text="perplexity")
-    return fig
+    trace = {
+        "type": "bar",
+        "x": ticks,
+        "y": [r.get("perplexity") for r in rows],
+        "text": [_bar_label(r) for r in rows],
+        "textposition": "outside",
+        "hovertemplate": "%{x}<br>perplexity %{y:.3f}<br>excess %{text}<extra></extra>",
+    }
+    return {
+        "data": [trace],
+        "layout": _layout("perplexity per configuration", 400, yaxis={"title": {"text": "perplexity"}}),
+    }
 
 
-def empty_figure(message: str) -> go.Figure:
+def empty_figure(message: str) -> dict:
     """A blank figure carrying a visible message (the empty state of a panel)."""
-    fig = go.Figure()
-    fig.update_layout(
-        annotations=[{"text": message, "showarrow": False, "font": {"size": 14}}],
-        xaxis={"visible": False},
-        yaxis={"visible": False},
-        height=300,
-        margin=_MARGIN,
-    )
-    return fig
+    return {
+        "data": [],
+        "layout": _layout(
+            "",
+            300,
+            annotations=[{"text": message, "showarrow": False, "font": {"size": 14}}],
+            xaxis={"visible": False},
+            yaxis={"visible": False},
+        ),
+    }

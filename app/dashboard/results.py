@@ -42,10 +42,10 @@ def default_run(doc: dict) -> str | None:
 
 
 def metric_names(doc: dict) -> list[str]:
-    """Every per-head metric present in ``doc['heads']``, main metrics first, then alphabetical."""
-    seen: set[str] = set()
-    for row in doc.get("heads", []):
-        seen.update(k for k, v in row.items() if k not in KEY_FIELDS and _is_number(v))
+    """Every per-head metric with a number in ``doc['heads']``, main metrics first, then alphabetical."""
+    heads = doc.get("heads", [])
+    keys = set().union(*(row.keys() for row in heads)) - set(KEY_FIELDS)
+    seen = {k for k in keys if any(_is_number(row.get(k)) for row in heads)}
     return [m for m in MAIN_METRICS if m in seen] + sorted(seen - set(MAIN_METRICS))
 
 

@@ -18,7 +18,9 @@ def wait_for_graphs(page, selector: str, count: int) -> None:
     page.wait_for_function(
         """([sel, n]) => { const g = [...document.querySelectorAll(sel + ' .js-plotly-plot')];
              return g.length === n && g.every(x => x.data && x.data.length > 0); }""",
-        arg=[selector, count], timeout=TIMEOUT_MS)
+        arg=[selector, count],
+        timeout=TIMEOUT_MS,
+    )
 
 
 def figures(page, selector: str) -> list[dict]:
@@ -27,7 +29,9 @@ def figures(page, selector: str) -> list[dict]:
         """sel => [...document.querySelectorAll(sel + ' .js-plotly-plot')].map(g => ({
              data: g.data.map(t => ({type: t.type, z: t.z, x: t.x, y: t.y})),
              shapes: (g.layout.shapes || []).map(s => ({x0: s.x0, y0: s.y0})),
-             title: g.layout.title && g.layout.title.text }))""", selector)
+             title: g.layout.title && g.layout.title.text }))""",
+        selector,
+    )
 
 
 def click_cell(page, graph_selector: str, layer: int, head: int) -> None:
@@ -36,7 +40,9 @@ def click_cell(page, graph_selector: str, layer: int, head: int) -> None:
     box = graph.bounding_box()
     x, y = graph.evaluate(
         """(g, [h, l]) => { const L = g._fullLayout;
-             return [L.xaxis._offset + L.xaxis.l2p(h), L.yaxis._offset + L.yaxis.l2p(l)]; }""", [head, layer])
+             return [L.xaxis._offset + L.xaxis.l2p(h), L.yaxis._offset + L.yaxis.l2p(l)]; }""",
+        [head, layer],
+    )
     page.mouse.click(box["x"] + x, box["y"] + y)
 
 

@@ -17,8 +17,13 @@ from tests.dashboard.browser import figures, open_page, screenshot, wait_for_gra
 from tests.dashboard.conftest import LiveServer, free_port, start_api
 
 pytestmark = pytest.mark.browser
-PAGES = {"jobs": ("", 0), "run": ("run", 5), "predictor": ("predictor", 2), "perplexity": ("perplexity", 1),
-         "compare": ("compare", 3)}
+PAGES = {
+    "jobs": ("", 0),
+    "run": ("run", 5),
+    "predictor": ("predictor", 2),
+    "perplexity": ("perplexity", 1),
+    "compare": ("compare", 3),
+}
 
 
 @pytest.mark.parametrize("name", list(PAGES))
@@ -68,8 +73,9 @@ def test_perplexity_table_sorts_and_exports(server, job_id, document, page):
     cells = page.page.locator("#ppl-table td[data-dash-column=run]")
     assert cells.all_inner_texts() == R.run_names(document)
     page.page.click("#ppl-table th[data-dash-column=perplexity] .column-header--sort")
-    page.page.wait_for_function("() => document.querySelector('#ppl-table td[data-dash-column=run]')"
-                                ".innerText === 'dense'")
+    page.page.wait_for_function(
+        "() => document.querySelector('#ppl-table td[data-dash-column=run]').innerText === 'dense'"
+    )
     by_ppl = [r["name"] for r in sorted(document["runs"], key=lambda r: r["perplexity"])]
     assert cells.all_inner_texts() == by_ppl
     assert page.page.locator("#ppl-table button.export").count() == 1

@@ -32,7 +32,9 @@ def test_click_selects_head_in_every_panel_and_opens_detail(server, job_id, docu
     page.page.wait_for_selector("#run-detail-title:has-text('layer 2, head 3')", timeout=30_000)
     page.page.wait_for_function(
         """() => [...document.querySelectorAll('.run-heatmap .js-plotly-plot')]
-                 .every(g => (g.layout.shapes || []).some(s => s.x0 === 2.5 && s.y0 === 1.5))""", timeout=30_000)
+                 .every(g => (g.layout.shapes || []).some(s => s.x0 === 2.5 && s.y0 === 1.5))""",
+        timeout=30_000,
+    )
     assert "KV head 1" in page.page.inner_text("#run-detail-title")  # head 3 of 6 reads KV head 1 of 2
     wait_for_graphs(page.page, "#run-detail", 3)
     a2, spectrum, across = figures(page.page, "#run-detail")

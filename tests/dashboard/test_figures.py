@@ -1,10 +1,12 @@
-"""Figure builders: one trace per figure (never per head), values and marks checked directly."""
+"""Figure builders: one trace per figure (never per head), values and marks checked directly,
+and every figure accepted by plotly's own validator."""
 
 from __future__ import annotations
 
 import math
 
 import numpy as np
+import plotly.graph_objects as go
 import pytest
 
 from app.dashboard import figures as F
@@ -18,22 +20,28 @@ def matrix() -> np.ndarray:
     return m
 
 
+def _valid(fig: dict) -> dict:
+    go.Figure(fig)  # raises ValueError on any property plotly does not know
+    return fig
+
+
+def _z(fig: dict) -> np.ndarray:
+    return np.array(fig["data"][0]["z"], dtype=float)
+
+
 def test_heatmap_is_one_trace_with_the_matrix(matrix):
-    fig = F.heatmap_figure(matrix, "fisher")
-    assert len(fig.data) == 1 and fig.data[0].type == "heatmap"
-    z = fig.data[0].z
-    assert len(z) == 3 and len(z[0]) == 4
-    assert z[1][2] is None and z[2][3] == pytest.approx(1.2) and z[0][0] == 0.0
-    assert fig.layout.yaxis.autorange == "reversed"
-    assert "fisher" in fig.layout.title.text
+    fig = _valid(F.heatmap_figure(matrix, "fisher"))
+    assert len(fig["data"]) == 1 and fig["data"][0]["type"] == "heatmap"
+    np.testing.assert_array_equal(_z(fig), matrix)
+    assert fig["data"][0]["z"][1][2] is None
+    assert fig["layout"]["yaxis"]["autorange"] == "reversed" and "fisher" in fig["layout"]["title"]["text"]
 
 
 def test_heatmap_log_colours_hover_raw(matrix):
-    fig = F.heatmap_figure(matrix, "attn_kl", log=True)
-    z, raw = fig.data[0].z, fig.data[0].customdata
+    fig = _valid(F.heatmap_figure(matrix, "attn_kl", log=True))
+    z, raw = fig["data"][0]["z"], fig["data"][0]["customdata"]
     assert z[0][0] is None  # log of zero is not drawn
-    assert z[2][1] == pytest.approx(math.log10(matrix[2, 1]))
-    assert raw[2][1] == pytest.approx(matrix[2, 1])
+    assert z[2][1] == pytest.approx(math.log10(matrix[2, 1])) and raw[2][1] == pytest.approx(matrix[2, 1])
 
 
 def test_heatmap_rejects_non_matrix():
@@ -42,47 +50,51 @@ def test_heatmap_rejects_non_matrix():
 
 
 def test_selection_outline_marks_the_cell(matrix):
-    fig = F.heatmap_figure(matrix, "fisher", selected=(2, 1))
-    (shape,) = fig.layout.shapes
-    assert (shape.x0, shape.x1, shape.y0, shape.y1) == (0.5, 1.5, 1.5, 2.5)
+    (shape,) = F.heatmap_figure(matrix, "fisher", selected=(2, 1))["layout"]["shapes"]
+    assert (shape["x0"], shape["x1"], shape["y0"], shape["y1"]) == (0.5, 1.5, 1.5, 2.5)
     assert F.selection_shapes(None) == []
 
 
 def test_difference_is_b_minus_a(matrix):
     b = matrix * 3
-    fig = F.difference_figure(matrix, b, "key_mse")
-    z = np.array([[np.nan if v is None else v for v in row] for row in fig.data[0].z])
-    np.testing.assert_allclose(z, b - matrix, equal_nan=True)
-    assert fig.data[0].zmid == 0 and fig.data[0].zmax == pytest.approx(np.nanmax(np.abs(b - matrix)))
-    logfig = F.difference_figure(matrix, b, "key_mse", log=True)
-    assert logfig.data[0].z[2][2] == pytest.approx(math.log10(3))
+    fig = _valid(F.difference_figure(matrix, b, "key_mse"))
+    np.testing.assert_allclose(_z(fig), b - matrix, equal_nan=True)
+    assert fig["data"][0]["zmid"] == 0 and fig["data"][0]["zmax"] == pytest.approx(
+        np.nanmax(np.abs(b - matrix))
+    )
+    assert _z(F.difference_figure(matrix, b, "key_mse", log=True))[2, 2] == pytest.approx(math.log10(3))
     with pytest.raises(ValueError, match="shape"):
         F.difference_figure(matrix, matrix[:2], "key_mse")
 
 
 def test_detail_figures():
-    a2 = F.a2_figure([0.5, 0.25, 0.125], "A²")
-    assert len(a2.data) == 1 and list(a2.data[0].y) == [0.5, 0.25, 0.125] and a2.layout.yaxis.type == "log"
-    spec = F.spectrum_figure([4.0, 2.0, 1.0, 0.5], 2, "spectrum")
-    assert list(spec.data[0].x) == [1, 2, 3, 4]
-    (line,) = spec.layout.shapes
-    assert line.x0 == 2.5 and "rank 2" in spec.layout.annotations[0].text
-    assert F.spectrum_figure([1.0], None, "s").layout.shapes == ()
+    a2 = _valid(F.a2_figure([0.5, 0.25, 0.125], "A²"))
+    assert a2["data"][0]["y"] == [0.5, 0.25, 0.125] and a2["layout"]["yaxis"]["type"] == "log"
+    spec = _valid(F.spectrum_figure([4.0, 2.0, 1.0, 0.5], 2, "spectrum"))
+    assert spec["data"][0]["x"] == [1, 2, 3, 4]
+    (line,) = spec["layout"]["shapes"]
+    assert line["x0"] == 2.5 and spec["layout"]["annotations"][0]["text"] == "rank 2"
+    assert _valid(F.spectrum_figure([1.0], None, "s"))["layout"]["shapes"] == []
     across = {"k2": {"fisher": 0.1, "attn_kl": 0.2}, "k2-headq": {"fisher": 0.01, "attn_kl": 0.02}}
-    runs = F.head_runs_figure(across, ["fisher", "attn_kl"], "t")
-    assert [t.name for t in runs.data] == ["fisher", "attn_kl"]
-    assert list(runs.data[1].x) == ["k2", "k2-headq"] and list(runs.data[1].y) == [0.2, 0.02]
+    runs = _valid(F.head_runs_figure(across, ["fisher", "attn_kl"], "t"))
+    assert [t["name"] for t in runs["data"]] == ["fisher", "attn_kl"]
+    assert runs["data"][1]["x"] == ["k2", "k2-headq"] and runs["data"][1]["y"] == [0.2, 0.02]
 
 
 def test_predictor_and_perplexity_figures():
-    fig = F.predictor_figure(np.array([1.0, 2.0]), np.array([3.0, 4.0]), np.array(["a", "b"]), "fisher", 0.5)
-    assert len(fig.data) == 1 and list(fig.data[0].y) == [3.0, 4.0]
-    assert fig.layout.xaxis.type == "log" and "0.500" in fig.layout.title.text
-    assert (
-        "n/a"
-        in F.predictor_figure(np.array([]), np.array([]), np.array([]), "key_mse", None).layout.title.text
+    fig = _valid(
+        F.predictor_figure(np.array([1.0, 2.0]), np.array([3.0, 4.0]), np.array(["a", "b"]), "fisher", 0.5)
     )
-    rows = [{"run": "dense", "perplexity": 20.0}, {"run": "k2", "perplexity": 26.0, "excess": 6.0}]
-    bars = F.perplexity_figure(rows)
-    assert len(bars.data) == 1 and list(bars.data[0].y) == [20.0, 26.0]
-    assert F.empty_figure("nothing here").layout.annotations[0].text == "nothing here"
+    assert len(fig["data"]) == 1 and fig["data"][0]["y"] == [3.0, 4.0]
+    assert fig["layout"]["xaxis"]["type"] == "log" and "0.500" in fig["layout"]["title"]["text"]
+    none = F.predictor_figure(np.array([]), np.array([]), np.array([]), "key_mse", None)
+    assert "n/a" in none["layout"]["title"]["text"]
+    rows = [
+        {"run": "dense", "perplexity": 20.0, "key_bits": 16.0, "value_bits": 16.0},
+        {"run": "k2h", "perplexity": 20.6, "excess": 0.6, "excess_removed": 0.9, "key_bits": 4.0},
+    ]
+    bars = _valid(F.perplexity_figure(rows))
+    assert len(bars["data"]) == 1 and bars["data"][0]["y"] == [20.0, 20.6]
+    assert bars["data"][0]["text"] == ["", "+0.60 (90% removed)"]
+    assert bars["data"][0]["x"][1] == "k2h<br>K 4 / V – bits"
+    assert _valid(F.empty_figure("nothing here"))["layout"]["annotations"][0]["text"] == "nothing here"

@@ -96,6 +96,6 @@ def draw(job_a, run_a, job_b, run_b, metric, log):
         ]
     except ValueError as exc:
         return *[figures.empty_figure(str(exc))] * 3, error_banner(str(exc))
-    figs[0].update_layout(title_text=f"A: {run_a} · {metric}")
-    figs[1].update_layout(title_text=f"B: {run_b} · {metric}")
+    figs[0]["layout"]["title"]["text"] = f"A: {run_a} · {metric}"
+    figs[1]["layout"]["title"]["text"] = f"B: {run_b} · {metric}"
     return *figs, None

@@ -1,13 +1,13 @@
 """Run page: layer × head heatmaps of one configuration side by side, and a head's detail.
 
 Deep link: ``/run?job=<id>&run=<name>&layer=<i>&head=<j>``. Clicking a cell in any panel selects
-that head in every panel (an outline drawn on each figure) and fills the detail panel.
+that head in every panel (an outline patched onto each drawn figure) and fills the detail panel.
 """
 
 from __future__ import annotations
 
 import dash
-from dash import ALL, Input, Output, State, callback, ctx, dcc, html
+from dash import ALL, Input, Output, Patch, State, callback, ctx, dcc, html
 
 from app.dashboard import figures
 from app.dashboard import results as R
@@ -67,6 +67,7 @@ def layout(job=None, run=None, layer=None, head=None, **_query) -> html.Div:
             ),
             html.Div(error_banner(error) if error else None, id="run-message"),
             dcc.Store(id="run-selected", data=selected if None not in selected.values() else None),
+            dcc.Store(id="run-drawn", data=False),
             html.Div([_graph(p) for p in PANELS], style=GRID),
             html.Div(
                 id="run-detail",
@@ -108,17 +109,18 @@ def _selected_tuple(selected: dict | None) -> tuple[int, int] | None:
 @callback(
     Output({"type": "run-heat", "panel": ALL}, "figure"),
     Output("run-message", "children"),
+    Output("run-drawn", "data"),
     Input("run-job", "value"),
     Input("run-run", "value"),
     Input("run-extra", "value"),
     Input("run-log", "value"),
-    Input("run-selected", "data"),
+    State("run-selected", "data"),
 )
 def draw_heatmaps(job, run, extra, log, selected):
     doc, error = load_results(job)
     if doc is None or run is None:
         message = error or "Choose a job and a configuration."
-        return [figures.empty_figure(message)] * len(PANELS), error_banner(message) if error else None
+        return [figures.empty_figure(message)] * len(PANELS), error_banner(message) if error else None, True
     sel, present = _selected_tuple(selected), R.metric_names(doc)
     figs = []
     for panel in PANELS:
@@ -127,7 +129,7 @@ def draw_heatmaps(job, run, extra, log, selected):
             figs.append(figures.empty_figure(f"{metric or 'no other metric'}: not in these results"))
         else:
             figs.append(figures.heatmap_figure(R.head_matrix(doc, run, metric), metric, bool(log), sel))
-    return figs, None
+    return figs, None, True
 
 
 @callback(
@@ -140,6 +142,21 @@ def select_head(_clicks):
     if not point:
         return dash.no_update
     return {"layer": int(point["y"]), "head": int(point["x"])}
+
+
+@callback(
+    Output({"type": "run-heat", "panel": ALL}, "figure", allow_duplicate=True),
+    Input("run-selected", "data"),
+    State("run-drawn", "data"),
+    prevent_initial_call=True,
+)
+def mark_head(selected, drawn):
+    """Move the selection outline on every drawn panel (a patch: the heatmap data stays put)."""
+    if not drawn:  # the page is being inserted; draw_heatmaps draws the outline itself
+        return [dash.no_update] * len(PANELS)
+    patch = Patch()
+    patch["layout"]["shapes"] = figures.selection_shapes(_selected_tuple(selected))
+    return [patch] * len(PANELS)
 
 
 @callback(
