@@ -1,0 +1,112 @@
+"""Text corpora: the built-in State of the Union addresses, any Hugging Face dataset, local files.
+
+A corpus is read as a list of documents, tokenised, concatenated with EOS separators and cut into
+windows of ``window`` tokens (the remainder is dropped), capped at ``max_tokens``.
+"""
+
+from __future__ import annotations
+
+import gzip
+import importlib.resources
+from dataclasses import asdict, dataclass
+from typing import Any, Literal
+
+import torch
+
+SOURCES = ("builtin", "hf", "files")
+BUILTIN_SPLITS = {
+    "calibration": "calibration",
+    "calib": "calibration",
+    "train": "calibration",
+    "eval": "evaluation",
+    "evaluation": "evaluation",
+    "test": "evaluation",
+}
+_SEPARATOR = "\n\f\n"
+
+
+@dataclass(frozen=True)
+class CorpusSpec:
+    """Where text comes from. ``builtin``: ``name='sotu'``, split ``calibration`` or ``eval``;
+    ``hf``: ``datasets.load_dataset(name, config, split=split)``; ``files``: local text files."""
+
+    source: Literal["builtin", "hf", "files"] = "builtin"
+    name: str | None = "sotu"
+    split: str = "eval"
+    config: str | None = None
+    files: tuple[str, ...] | None = None
+    text_field: str = "text"
+
+    def __post_init__(self) -> None:
+        if self.source not in SOURCES:
+            raise ValueError(f"dataset.source: must be one of {SOURCES}, got {self.source!r}")
+        if self.source == "builtin" and (self.name != "sotu" or self.split not in BUILTIN_SPLITS):
+            raise ValueError(
+                f"dataset.name/split: the built-in corpus is name='sotu' with split in "
+                f"{sorted(BUILTIN_SPLITS)}, got name={self.name!r} split={self.split!r}"
+            )
+        if self.source == "hf" and not self.name:
+            raise ValueError("dataset.name: a Hugging Face dataset needs a name")
+        if self.source == "files" and not self.files:
+            raise ValueError("dataset.files: source 'files' needs at least one file")
+        if self.files is not None:
+            object.__setattr__(self, "files", tuple(str(f) for f in self.files))
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["files"] = list(self.files) if self.files else None
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> CorpusSpec:
+        """Build from a job spec's ``dataset`` block (``window`` / ``max_tokens`` are ignored here)."""
+        known = {"source", "name", "split", "config", "files", "text_field"}
+        return cls(**{k: v for k, v in data.items() if k in known and v is not None})
+
+
+def load_texts(spec: CorpusSpec) -> list[str]:
+    """The corpus as a list of non-empty documents."""
+    if spec.source == "builtin":
+        resource = (
+            importlib.resources.files("headq_core.data") / "sotu" / f"{BUILTIN_SPLITS[spec.split]}.txt.gz"
+        )
+        return gzip.decompress(resource.read_bytes()).decode("utf-8").split(_SEPARATOR)
+    import datasets
+
+    if spec.source == "files":
+        dataset = datasets.load_dataset(
+            "text", data_files=list(spec.files or ()), split="train", sample_by="document"
+        )
+    else:
+        dataset = datasets.load_dataset(spec.name, spec.config, split=spec.split)
+    if spec.text_field not in dataset.column_names:
+        raise ValueError(
+            f"dataset.text_field: {spec.text_field!r} is not a column (columns: {dataset.column_names})"
+        )
+    return [t for t in dataset[spec.text_field] if t and t.strip()]
+
+
+def token_windows(tokenizer, texts: list[str], window: int, max_tokens: int) -> torch.Tensor:
+    """Tokenise and concatenate ``texts`` (EOS between documents) into int64 [n_windows, window],
+    ``n_windows = min(max_tokens, available) // window``."""
+    if not isinstance(window, int) or window < 2:
+        raise ValueError(f"window: must be an integer >= 2, got {window!r}")
+    if not isinstance(max_tokens, int) or max_tokens < window:
+        raise ValueError(f"max_tokens: must be an integer >= window ({window}), got {max_tokens!r}")
+    eos = tokenizer.eos_token_id
+    ids: list[int] = []
+    for text in texts:
+        ids.extend(tokenizer(text, add_special_tokens=False)["input_ids"])
+        if eos is not None:
+            ids.append(eos)
+        if len(ids) >= max_tokens:
+            break
+    n_windows = min(len(ids), max_tokens) // window
+    if n_windows == 0:
+        raise ValueError(f"dataset: only {len(ids)} tokens of text, fewer than one window of {window}")
+    return torch.tensor(ids[: n_windows * window], dtype=torch.long).view(n_windows, window)
+
+
+def corpus_windows(tokenizer, spec: CorpusSpec, window: int, max_tokens: int) -> torch.Tensor:
+    """``token_windows`` of ``load_texts(spec)``."""
+    return token_windows(tokenizer, load_texts(spec), window, max_tokens)

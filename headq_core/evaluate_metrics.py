@@ -1,0 +1,79 @@
+"""Per-head metrics of one run accumulated over windows (engineer A's ``metrics.HeadMetrics`` per
+layer) and turned into the results document's head rows; optionally the run's A² profile."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from headq_core.evaluate_run import LayerView
+from headq_core.metrics import HeadMetrics
+from headq_core.values import a2_weights
+
+HEAD_METRICS = (
+    "key_mse",
+    "score_mse",
+    "fisher",
+    "attn_kl",
+    "entropy",
+    "route_flip",
+    "value_mse",
+    "value_a2",
+    "readout_err",
+)
+
+
+class HeadAccumulator:
+    """Sums of one run over all windows: per layer a ``HeadMetrics``; ``keep_a2`` also sums the
+    dense attention's A² weights per (layer, KV head, window position)."""
+
+    def __init__(self, layers: int, heads: int, kv_heads: int, keep_a2: bool = False) -> None:
+        self.layers = [HeadMetrics(heads, kv_heads) for _ in range(layers)]
+        self.heads, self.kv_heads, self.keep_a2 = heads, kv_heads, keep_a2
+        self.a2: list[torch.Tensor | None] = [None] * layers
+        self.windows = [0] * layers
+
+    def _metrics(self, layer: int, device: torch.device) -> HeadMetrics:
+        """The layer's ``HeadMetrics``, its running sums kept on ``device`` (no per-layer transfers)."""
+        acc = self.layers[layer]
+        if acc.rows.device != device:
+            acc.sums = {k: v.to(device) for k, v in acc.sums.items()}
+            acc.tensor_err = {k: v.to(device) for k, v in acc.tensor_err.items()}
+            acc.rows, acc.pairs = acc.rows.to(device), acc.pairs.to(device)
+        return acc
+
+    def add(self, view: LayerView) -> None:
+        """Sink for :class:`~headq_core.evaluate_run.RunAttention`: one layer of one window."""
+        call = view.call
+        acc = self._metrics(call.layer, call.query.device)
+        acc.add_tensor_error("key_mse", call.key, view.key_eff)
+        eps = None
+        if view.value_hat is not None:
+            acc.add_tensor_error("value_mse", call.value, view.value_hat)
+            eps = view.value_hat - call.value.float()
+        a = acc.add_logits(view.raw_dense, view.raw, call.mask, eps=eps, value_mask=view.value_mask)
+        if self.keep_a2:
+            a2 = a2_weights(a, self.kv_heads).sum(0).cpu()  # [hkv, L], summed over the batch
+            layer = call.layer
+            self.a2[layer] = a2 if self.a2[layer] is None else self.a2[layer] + a2
+            self.windows[layer] += call.query.shape[0]
+
+    def rows(self, run: str) -> list[dict[str, Any]]:
+        """Head rows of docs/contracts.md (value metrics 0 when values are dense)."""
+        groups = self.heads // self.kv_heads
+        out = []
+        for layer, acc in enumerate(self.layers):
+            result = {k: v.cpu() for k, v in acc.result().items()}
+            if not result:
+                continue
+            for head in range(self.heads):
+                row: dict[str, Any] = {"run": run, "layer": layer, "head": head, "kv_head": head // groups}
+                for name in HEAD_METRICS:
+                    row[name] = float(result[name][head]) if name in result else 0.0
+                out.append(row)
+        return out
+
+    def a2_profile(self) -> list[list[list[float]]]:
+        """Mean A² weight per window position: [layer][kv_head][position]."""
+        return [[] if a2 is None else (a2 / n).tolist() for a2, n in zip(self.a2, self.windows, strict=True)]

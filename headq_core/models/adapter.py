@@ -1,0 +1,177 @@
+"""The one module that knows transformers internals.
+
+It registers an attention implementation named ``headq`` through the public transformers 5
+``AttentionInterface`` (with the eager additive mask through ``AttentionMaskInterface``) and
+switches a model to it inside a context manager that always restores the previous implementation.
+While active, every attention call is handed to a *handler* as an :class:`AttentionCall` holding the
+post-RoPE query ``[batch, q_heads, q_len, d]``, key / value ``[batch, kv_heads, kv_len, d]``, the
+model's own logit scale (``module.scaling``), additive mask (causal, padding, sliding window) and
+logit softcap. The handler returns the attention output ``[batch, q_heads, q_len, d]``.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+import torch
+
+IMPLEMENTATION = "headq"
+SUPPORTED_MODEL_TYPES = ("llama", "mistral", "qwen2", "qwen3", "gpt_neox", "gpt2")
+
+_state = threading.local()
+
+
+@dataclass
+class AttentionCall:
+    """One attention call of one layer (shapes in the module docstring)."""
+
+    layer: int
+    query: torch.Tensor
+    key: torch.Tensor
+    value: torch.Tensor
+    mask: torch.Tensor | None  # additive, [batch, 1, q_len, kv_len]
+    scaling: float
+    softcap: float | None = None
+
+    @property
+    def groups(self) -> int:
+        """Query heads per KV head."""
+        return self.query.shape[1] // self.key.shape[1]
+
+    def expand(self, x: torch.Tensor) -> torch.Tensor:
+        """[batch, kv_heads, n, d] -> [batch, q_heads, n, d] (transformers ``repeat_kv`` order)."""
+        return x.repeat_interleave(self.groups, dim=1)
+
+    def raw_scores(self, key: torch.Tensor | None = None) -> torch.Tensor:
+        """``scaling * <q_t, k_j>`` in float32: [batch, q_heads, q_len, kv_len]."""
+        k = self.key if key is None else key
+        return self.scaling * (self.query.float() @ self.expand(k.float()).transpose(-1, -2))
+
+    def cap(self, raw: torch.Tensor) -> torch.Tensor:
+        """Apply the model's logit softcap, if any."""
+        if self.softcap is None:
+            return raw
+        return torch.tanh(raw / self.softcap) * self.softcap
+
+    def finish(self, raw: torch.Tensor) -> torch.Tensor:
+        """Apply the model's softcap and mask to raw logits (quantization never touches these)."""
+        raw = self.cap(raw)
+        if self.mask is not None:
+            raw = raw + self.mask.float()
+        return raw
+
+    def allowed(self) -> torch.Tensor:
+        """bool [batch, 1 or q_heads, q_len, kv_len]: True where a query may read a key."""
+        if self.mask is None:
+            q_len, kv_len = self.query.shape[-2], self.key.shape[-2]
+            full = torch.ones(q_len, kv_len, dtype=torch.bool, device=self.query.device)
+            return torch.tril(full, diagonal=kv_len - q_len)[None, None]
+        return self.mask > torch.finfo(self.mask.dtype).min / 2
+
+
+def dense_attention(
+    call: AttentionCall, logits: torch.Tensor | None = None, value: torch.Tensor | None = None
+) -> torch.Tensor:
+    """Softmax attention in float32 -> [batch, q_heads, q_len, d] in the query's dtype."""
+    logits = call.finish(call.raw_scores()) if logits is None else logits
+    probs = torch.softmax(logits, dim=-1)
+    v = call.value if value is None else value
+    return (probs @ call.expand(v.float())).to(call.query.dtype)
+
+
+Handler = Callable[[AttentionCall], torch.Tensor]
+
+
+def _headq_attention(
+    module, query, key, value, attention_mask, scaling=None, dropout=0.0, softcap=None, **kwargs
+):
+    """The registered attention function: dispatch to the active handler (dense if none)."""
+    handler: Handler | None = getattr(_state, "handler", None)
+    call = AttentionCall(
+        layer=int(module.layer_idx),
+        query=query,
+        key=key,
+        value=value,
+        mask=attention_mask,
+        scaling=float(scaling if scaling is not None else query.shape[-1] ** -0.5),
+        softcap=softcap,
+    )
+    out = handler(call) if handler is not None else dense_attention(call)
+    return out.transpose(1, 2).contiguous(), None
+
+
+def _register() -> None:
+    from transformers import AttentionInterface
+    from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, AttentionMaskInterface
+
+    AttentionInterface.register(IMPLEMENTATION, _headq_attention)
+    AttentionMaskInterface.register(IMPLEMENTATION, ALL_MASK_ATTENTION_FUNCTIONS["eager"])
+
+
+def architecture_of(model) -> str:
+    """The model's ``model_type`` if supported; otherwise a ValueError naming the supported ones."""
+    model_type = getattr(model.config, "model_type", None)
+    if model_type not in SUPPORTED_MODEL_TYPES:
+        raise ValueError(
+            f"model: architecture {model_type!r} is not supported; supported model types: "
+            f"{', '.join(SUPPORTED_MODEL_TYPES)}"
+        )
+    return model_type
+
+
+def attention_modules(model) -> dict[int, torch.nn.Module]:
+    """layer index -> self-attention module (the ones carrying ``layer_idx`` and ``scaling``)."""
+    found = {}
+    for module in model.modules():
+        if (
+            hasattr(module, "layer_idx")
+            and hasattr(module, "scaling")
+            and type(module).__name__.endswith("Attention")
+            and not getattr(module, "is_cross_attention", False)
+        ):
+            found[int(module.layer_idx)] = module
+    return dict(sorted(found.items()))
+
+
+def model_geometry(model) -> tuple[int, int, int, int, float]:
+    """(layers, q_heads, kv_heads, head_dim, logit scale of layer 0) of a supported model."""
+    architecture_of(model)
+    cfg = model.config
+    heads = cfg.num_attention_heads
+    kv_heads = getattr(cfg, "num_key_value_heads", None) or heads
+    head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // heads
+    modules = attention_modules(model)
+    return cfg.num_hidden_layers, heads, kv_heads, head_dim, float(modules[0].scaling)
+
+
+@contextmanager
+def attention_handler(model, handler: Handler) -> Iterator[None]:
+    """Route every attention call of ``model`` through ``handler``; always restores the model."""
+    architecture_of(model)
+    _register()
+    previous_impl = model.config._attn_implementation
+    previous_handler = getattr(_state, "handler", None)
+    model.set_attn_implementation(IMPLEMENTATION)
+    _state.handler = handler
+    try:
+        yield
+    finally:
+        _state.handler = previous_handler
+        model.set_attn_implementation(previous_impl)
+
+
+@contextmanager
+def capture(
+    model, on_layer: Callable[[int, torch.Tensor, torch.Tensor, torch.Tensor], None]
+) -> Iterator[None]:
+    """Call ``on_layer(layer, q, k, v)`` with the post-RoPE tensors of every layer; attention stays dense."""
+
+    def handler(call: AttentionCall) -> torch.Tensor:
+        on_layer(call.layer, call.query.detach(), call.key.detach(), call.value.detach())
+        return dense_attention(call)
+
+    with attention_handler(model, handler):
+        yield

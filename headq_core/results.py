@@ -1,0 +1,74 @@
+"""The results document of docs/contracts.md: versions, run rows (perplexity, excess, share of
+excess removed), head rows and arrays, assembled from the evaluator's sums."""
+
+from __future__ import annotations
+
+import math
+import platform
+from importlib import metadata
+from typing import Any
+
+from headq_core.config import RunSpec
+
+SCHEMA_VERSION = 1
+
+
+def versions() -> dict[str, str]:
+    """Versions of headq-lab, torch, transformers and Python."""
+
+    def version(name: str) -> str:
+        try:
+            return metadata.version(name)
+        except metadata.PackageNotFoundError:
+            return "unknown"
+
+    return {
+        "headq_lab": version("headq-lab"),
+        "torch": version("torch"),
+        "transformers": version("transformers"),
+        "python": platform.python_version(),
+    }
+
+
+def base_run_name(run: RunSpec, runs: list[RunSpec]) -> str | None:
+    """Name of the run with the same key/value quantizers and value policy but no HeadQ, nor
+    intervention (the reference for ``excess_removed``), or None."""
+    for other in runs:
+        if (
+            other.headq is None
+            and other.intervention is None
+            and other.key == run.key
+            and other.value == run.value
+            and other.value_policy == run.value_policy
+        ):
+            return other.name
+    return None
+
+
+def run_rows(
+    runs: list[RunSpec], nll_sums: dict[str, float], tokens: int, effective_bits: dict[str, dict[str, float]]
+) -> list[dict[str, Any]]:
+    """One row per run. ``excess_perplexity`` needs a dense run; ``excess_removed`` is set on HeadQ
+    runs whose base run (:func:`base_run_name`) is present and has a non-zero excess."""
+    ppl = {r.name: math.exp(nll_sums[r.name] / tokens) for r in runs}
+    dense = next((r.name for r in runs if r.is_dense), None)
+    excess = {name: (p - ppl[dense]) if dense else None for name, p in ppl.items()}
+    rows = []
+    for run in runs:
+        removed = None
+        base = base_run_name(run, runs) if run.headq is not None else None
+        if base is not None and excess[base]:
+            removed = 1.0 - excess[run.name] / excess[base]
+        rows.append(
+            {
+                "name": run.name,
+                "spec": run.to_dict(),
+                "effective_bits": effective_bits[run.name],
+                "perplexity": ppl[run.name],
+                "nll": nll_sums[run.name] / tokens,
+                "tokens": tokens,
+                "excess_perplexity": excess[run.name],
+                "excess_removed": removed,
+            }
+        )
+    return rows

@@ -1,0 +1,92 @@
+"""The adapter: the ``headq`` attention reproduces each family's own attention, hands the handler
+post-RoPE q/k/v (checked against the keys transformers' own cache stores), the model's own scale and
+mask, and always restores the model."""
+
+import pytest
+import torch
+
+from headq_core.models.adapter import (
+    SUPPORTED_MODEL_TYPES,
+    AttentionCall,
+    attention_handler,
+    attention_modules,
+    capture,
+    dense_attention,
+    model_geometry,
+)
+from tests.models.tiny import FAMILIES, build
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_dense_handler_matches_model_and_captures_cached_keys(family):
+    model = build(family)
+    ids = torch.randint(3, 90, (2, 11))
+    with torch.no_grad():
+        ref = model(ids, use_cache=True)
+        seen = {}
+        with capture(model, lambda layer, q, k, v: seen.__setitem__(layer, (q, k, v))):
+            out = model(ids, use_cache=False).logits
+    torch.testing.assert_close(out, ref.logits, atol=1e-5, rtol=1e-5)
+    layers, heads, kv_heads, head_dim, _ = model_geometry(model)
+    assert sorted(seen) == list(range(layers))
+    for layer, (q, k, v) in seen.items():
+        assert q.shape == (2, heads, 11, head_dim) and k.shape == (2, kv_heads, 11, head_dim)
+        cached = ref.past_key_values.layers[layer]
+        torch.testing.assert_close(k, cached.keys)  # post-RoPE keys, exactly what a cache holds
+        torch.testing.assert_close(v, cached.values)
+
+
+def test_handler_sees_module_scaling_gpt2_inverse_layer_idx():
+    model = build("gpt2", scale_attn_by_inverse_layer_idx=True)
+    scales = {}
+
+    def handler(call: AttentionCall) -> torch.Tensor:
+        scales[call.layer] = call.scaling
+        return dense_attention(call)
+
+    with torch.no_grad(), attention_handler(model, handler):
+        model(torch.randint(3, 90, (1, 5)))
+    assert scales == {0: pytest.approx(8**-0.5), 1: pytest.approx(8**-0.5 / 2)}
+    assert {i: m.scaling for i, m in attention_modules(model).items()} == pytest.approx(scales)
+
+
+def test_sliding_window_mask_is_the_models_own():
+    model = build("mistral", sliding_window=3)
+    model.set_attn_implementation("eager")
+    ids = torch.randint(3, 90, (1, 9))
+    with torch.no_grad():
+        ref = model(ids).logits
+        allowed = []
+
+        def handler(call):
+            allowed.append(call.allowed()[0, 0])
+            return dense_attention(call)
+
+        with attention_handler(model, handler):
+            out = model(ids).logits
+    torch.testing.assert_close(out, ref, atol=1e-5, rtol=1e-5)
+    t = torch.arange(9)
+    expect = (t[None] <= t[:, None]) & (t[:, None] - t[None] < 3)
+    assert torch.equal(allowed[0], expect)
+
+
+def test_model_restored_even_when_handler_raises():
+    model = build("llama")
+    before = model.config._attn_implementation
+
+    def boom(call):
+        raise RuntimeError("boom")
+
+    with pytest.raises(RuntimeError, match="boom"), attention_handler(model, boom):
+        model(torch.randint(3, 90, (1, 4)))
+    assert model.config._attn_implementation == before
+    model(torch.randint(3, 90, (1, 4)))  # plain forward works again
+
+
+def test_unsupported_architecture_names_supported_ones():
+    from transformers import BloomConfig, BloomForCausalLM
+
+    model = BloomForCausalLM(BloomConfig(vocab_size=64, hidden_size=16, n_layer=1, n_head=2))
+    match = "bloom.*not supported.*" + ", ".join(SUPPORTED_MODEL_TYPES)
+    with pytest.raises(ValueError, match=match), attention_handler(model, dense_attention):
+        pass

@@ -1,0 +1,87 @@
+"""Corpus: the built-in State of the Union split, local files through ``datasets``, windows."""
+
+import json
+from importlib import resources
+
+import pytest
+import torch
+
+from headq_core.corpus import CorpusSpec, corpus_windows, load_texts, token_windows
+from tests.models.tiny import CharTokenizer
+
+
+def test_builtin_splits_match_index():
+    index = json.loads((resources.files("headq_core.data") / "sotu" / "index.json").read_text())
+    cal = load_texts(CorpusSpec(split="calibration"))
+    ev = load_texts(CorpusSpec(split="eval"))
+    years = {
+        s: [a["year"] for a in index["addresses"] if a["split"] == s] for s in ("calibration", "evaluation")
+    }
+    assert len(cal) == len(years["calibration"]) and len(ev) == len(years["evaluation"])
+    assert max(years["calibration"]) <= 2001 and min(years["evaluation"]) == 2002
+    assert ev[-1].startswith("Thank you.")  # 2021 address
+    assert all(len(t) > 1000 for t in cal + ev)
+
+
+def test_token_windows_concatenate_with_eos_and_cap():
+    tok = CharTokenizer()
+    out = token_windows(tok, ["abc", "de", "fghij"], window=4, max_tokens=100)
+    ids = (
+        [3 + b % 93 for b in b"abc"]
+        + [2]
+        + [3 + b % 93 for b in b"de"]
+        + [2]
+        + [3 + b % 93 for b in b"fghij"]
+        + [2]
+    )
+    assert torch.equal(out, torch.tensor(ids[:12]).view(3, 4))
+    assert token_windows(tok, ["abcdefghij"], window=4, max_tokens=5).shape == (1, 4)
+
+
+def test_local_files_through_datasets(tmp_path):
+    a, b = tmp_path / "a.txt", tmp_path / "b.txt"
+    a.write_text("first document\nsecond line")
+    b.write_text("another file")
+    texts = load_texts(CorpusSpec(source="files", name=None, files=(str(a), str(b))))
+    assert texts == ["first document\nsecond line", "another file"]
+    windows = corpus_windows(CharTokenizer(), CorpusSpec(source="files", name=None, files=[str(a)]), 4, 8)
+    assert windows.shape == (2, 4)
+
+
+@pytest.mark.parametrize(
+    "kwargs, field",
+    [
+        ({"source": "web"}, "dataset.source"),
+        ({"split": "valid"}, "dataset.name/split"),
+        ({"source": "hf", "name": None}, "dataset.name"),
+        ({"source": "files", "name": None}, "dataset.files"),
+    ],
+)
+def test_bad_spec_names_the_field(kwargs, field):
+    with pytest.raises(ValueError, match=field):
+        CorpusSpec(**kwargs)
+
+
+def test_bad_window_and_too_little_text():
+    tok = CharTokenizer()
+    with pytest.raises(ValueError, match="window"):
+        token_windows(tok, ["abc"], window=1, max_tokens=8)
+    with pytest.raises(ValueError, match="max_tokens"):
+        token_windows(tok, ["abc"], window=8, max_tokens=4)
+    with pytest.raises(ValueError, match="dataset: only 4 tokens"):
+        token_windows(tok, ["abc"], window=8, max_tokens=16)
+
+
+def test_from_dict_ignores_window_fields():
+    spec = CorpusSpec.from_dict(
+        {
+            "source": "builtin",
+            "name": "sotu",
+            "split": "eval",
+            "window": 1024,
+            "max_tokens": 10,
+            "files": None,
+        }
+    )
+    assert spec == CorpusSpec()
+    assert CorpusSpec.from_dict(spec.to_dict()) == spec

@@ -1,0 +1,131 @@
+"""Evaluator: perplexity against a real token-by-token decode loop, per-head
+metrics of layer 0 against a direct computation, HeadQ sanity, errors."""
+
+import math
+
+import pytest
+import torch
+
+from headq_core.config import HeadQConfig, QuantConfig, RunSpec
+from headq_core.corpus import CorpusSpec, corpus_windows
+from headq_core.errors import Cancelled
+from headq_core.evaluate import evaluate
+from headq_core.evaluate_run import quantized_view
+from headq_core.models.adapter import attention_handler, dense_attention
+from headq_core.quant import fake_quantize
+from tests.models.tiny import loaded
+
+SPEC = CorpusSpec(split="eval")
+K2 = QuantConfig(bits=2, axis="per_channel", group_size=4, residual=2)
+V2 = QuantConfig(bits=2, axis="per_token", group_size=4, residual=3)
+
+
+def _decode_loop_nll(lm, ids, key_cfg, value_cfg):
+    """Sum of NLL from a real token-by-token decode loop (transformers' DynamicCache holds exact
+    keys/values; at each step the attention reads the leading ``quantized_count(n)`` of the n cached
+    tokens in quantized form, the decode state of a quantized cache)."""
+    from transformers import DynamicCache
+
+    def handler(call):
+        k = call.key if key_cfg is None else quantized_view(call.key, key_cfg)
+        v = call.value if value_cfg is None else quantized_view(call.value, value_cfg)
+        return dense_attention(call, logits=call.finish(call.raw_scores(k)), value=v)
+
+    total, cache = 0.0, DynamicCache(config=lm.model.config)
+    with torch.no_grad(), attention_handler(lm.model, handler):
+        for t in range(ids.shape[0] - 1):
+            logits = lm.model(ids[None, t : t + 1], past_key_values=cache, use_cache=True).logits[0, -1]
+            total -= torch.log_softmax(logits.double(), -1)[ids[t + 1]].item()
+    return total
+
+
+@pytest.mark.parametrize("family", ["llama", "gpt_neox"])
+def test_perplexity_is_decode_exact(family):
+    lm = loaded(family)
+    runs = [RunSpec("dense"), RunSpec("k2", key=K2), RunSpec("kv2", key=K2, value=V2)]
+    doc = evaluate(lm, SPEC, runs, window=12, max_tokens=24)
+    windows = corpus_windows(lm.tokenizer, SPEC, 12, 24)
+    rows = {r["name"]: r for r in doc["runs"]}
+    for run in runs:
+        nll = sum(_decode_loop_nll(lm, w, run.key, run.value) for w in windows) / (2 * 11)
+        assert rows[run.name]["nll"] == pytest.approx(nll, rel=1e-5)
+        assert rows[run.name]["perplexity"] == pytest.approx(math.exp(nll), rel=1e-5)
+    assert rows["kv2"]["excess_perplexity"] == pytest.approx(
+        rows["kv2"]["perplexity"] - rows["dense"]["perplexity"]
+    )
+    assert doc["dataset"]["tokens"] == 24 and doc["dataset"]["windows"] == 2
+
+
+def test_layer0_metrics_match_direct_computation():
+    lm = loaded("llama")
+    cfg = QuantConfig(bits=2, axis="per_channel", group_size=4, residual=0)
+    doc = evaluate(lm, SPEC, [RunSpec("k2", key=cfg)], window=12, max_tokens=12)
+    ids = corpus_windows(lm.tokenizer, SPEC, 12, 12)
+    seen = {}
+    from headq_core.models.adapter import capture
+
+    with torch.no_grad(), capture(lm.model, lambda n, q, k, v: seen.setdefault(n, (q, k))):
+        lm.model(ids, use_cache=False)
+    q, k = seen[0]  # layer 0 sees the same inputs in every run
+    k_hat = fake_quantize(k, cfg)
+    tau = lm.info.logit_scale
+    rows = {r["head"]: r for r in doc["heads"] if r["layer"] == 0}
+    for head in range(4):
+        kv = head // 2
+        kl, mse, n_pairs, score = 0.0, 0.0, 0, 0.0
+        for t in range(12):
+            n_q = (t + 1) // 4 * 4  # keys in complete groups of 4 (R = 0) are read quantized
+            keys = torch.cat([k_hat[0, kv, :n_q], k[0, kv, n_q : t + 1]]).double()
+            s = tau * (k[0, kv, : t + 1].double() @ q[0, head, t].double())
+            s_hat = tau * (keys @ q[0, head, t].double())
+            a, a_hat = torch.softmax(s, 0), torch.softmax(s_hat, 0)
+            kl += float((a * (a.log() - a_hat.log())).sum())
+            score += float(((s_hat - s) ** 2).sum())
+            n_pairs += t + 1
+        mse = float(((k_hat[0, kv] - k[0, kv]).double() ** 2).sum() / (12 * 8))
+        assert rows[head]["attn_kl"] == pytest.approx(kl / 12, rel=1e-3)
+        assert rows[head]["score_mse"] == pytest.approx(score / n_pairs, rel=1e-3)
+        assert rows[head]["key_mse"] == pytest.approx(mse, rel=1e-4)
+        assert rows[head]["kv_head"] == kv and rows[head]["value_mse"] == 0.0
+
+
+def test_full_rank_headq_recovers_dense_and_wrong_sign_hurts():
+    lm = loaded("qwen2")
+    full = HeadQConfig(rank=8, basis="random", side_bits=16)
+    runs = [
+        RunSpec("dense"),
+        RunSpec("k2", key=K2),
+        RunSpec("k2_h", key=K2, headq=full),
+        RunSpec("k2_neg", key=K2, headq=HeadQConfig(rank=8, basis="random", side_bits=16, sign=-1)),
+        RunSpec("k2_kp", key=K2, headq=HeadQConfig(rank=2, basis="key_pca")),
+    ]
+    doc = evaluate(lm, SPEC, runs, window=16, max_tokens=32)
+    rows = {r["name"]: r for r in doc["runs"]}
+    assert rows["k2_h"]["perplexity"] == pytest.approx(rows["dense"]["perplexity"], rel=1e-3)
+    assert rows["k2_h"]["excess_removed"] == pytest.approx(
+        1 - rows["k2_h"]["excess_perplexity"] / rows["k2"]["excess_perplexity"]
+    )
+    assert rows["k2"]["excess_removed"] is None
+    assert rows["k2_h"]["effective_bits"]["key"] > rows["k2"]["effective_bits"]["key"]
+
+    def mean(run, metric):
+        vals = [h[metric] for h in doc["heads"] if h["run"] == run]
+        return sum(vals) / len(vals)
+
+    assert mean("k2_neg", "attn_kl") > mean("k2", "attn_kl") > mean("k2_h", "attn_kl")
+    assert mean("k2_h", "key_mse") < 1e-5 < mean("k2", "key_mse")
+
+
+def test_errors_and_cancel():
+    lm = loaded("llama")
+    hq = RunSpec("h", key=K2, headq=HeadQConfig(rank=2))
+    with pytest.raises(ValueError, match="calibration: run 'h' needs a calibration"):
+        evaluate(lm, SPEC, [hq], window=8, max_tokens=8)
+    with pytest.raises(ValueError, match="runs: names must be unique"):
+        evaluate(lm, SPEC, [RunSpec("a"), RunSpec("a")], window=8, max_tokens=8)
+    with pytest.raises(ValueError, match="runs"):
+        evaluate(lm, SPEC, [], window=8, max_tokens=8)
+    with pytest.raises(ValueError, match="head_windows"):
+        evaluate(lm, SPEC, [RunSpec("a")], window=8, max_tokens=8, head_windows=0)
+    with pytest.raises(Cancelled):
+        evaluate(lm, SPEC, [RunSpec("a")], window=8, max_tokens=8, should_stop=lambda: True)

@@ -1,0 +1,51 @@
+"""load_model: local folders, the built-in SmolLM2 (converted once), clear errors."""
+
+import time
+
+import pytest
+
+from headq_core.models.loading import BUILTIN_SMOLLM2, DEFAULT_CACHE_DIR, builtin_gguf_path, load_model
+from tests.models.tiny import build
+
+
+def test_local_folder_roundtrip(tmp_path):
+    from tokenizers import Tokenizer, models
+    from transformers import PreTrainedTokenizerFast
+
+    model = build("llama")
+    model.save_pretrained(tmp_path)
+    vocab = {f"t{i}": i for i in range(96)}
+    PreTrainedTokenizerFast(
+        tokenizer_object=Tokenizer(models.WordLevel(vocab, unk_token="t0")), eos_token="t2"
+    ).save_pretrained(tmp_path)
+    loaded = load_model(str(tmp_path), device="cpu")
+    assert loaded.info.architecture == "LlamaForCausalLM"
+    assert (loaded.info.layers, loaded.info.heads, loaded.info.kv_heads, loaded.info.head_dim) == (2, 4, 2, 8)
+    assert loaded.info.logit_scale == pytest.approx(8**-0.5)
+    assert not loaded.model.training
+
+
+@pytest.mark.parametrize("kwargs, field", [({"dtype": "float8"}, "dtype"), ({"device": "tpu9"}, "device")])
+def test_bad_arguments_name_the_field(tmp_path, kwargs, field):
+    with pytest.raises(ValueError, match=field):
+        load_model(str(tmp_path), **kwargs)
+
+
+def test_unknown_builtin_and_missing_path():
+    with pytest.raises(ValueError, match="model_id: unknown built-in"):
+        load_model("builtin:gpt-5")
+    with pytest.raises(ValueError, match="model_id"):
+        load_model("/nonexistent/folder/for/sure")
+
+
+def test_builtin_smollm2_loads_from_the_converted_cache():
+    assert builtin_gguf_path().name.endswith(".gguf")
+    load_model(BUILTIN_SMOLLM2, device="cpu")  # converts once into DEFAULT_CACHE_DIR if needed
+    assert (DEFAULT_CACHE_DIR / "smollm2-135m-instruct" / "model.safetensors").is_file()
+    start = time.perf_counter()
+    loaded = load_model(BUILTIN_SMOLLM2, device="cpu")
+    elapsed = time.perf_counter() - start
+    info = loaded.info
+    assert (info.layers, info.heads, info.kv_heads, info.head_dim) == (30, 9, 3, 64)
+    assert loaded.tokenizer.eos_token_id is not None
+    print(f"cached load {elapsed:.2f}s")
