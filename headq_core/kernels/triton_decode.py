@@ -168,7 +168,11 @@ def decode_attention_triton(q: torch.Tensor, enc: EncodedKV | None, k_res: torch
     qs = q.reshape(b * hq, d).contiguous()
     o_part = torch.empty(b * hq, splits, d, dtype=torch.float32, device=q.device)
     lse = torch.empty(b * hq, splits, dtype=torch.float32, device=q.device)
-    dummy = qs
+    # pointers of absent parts still need their dtypes: both branches of the kernel are compiled
+    byte = torch.empty(1, dtype=torch.uint8, device=q.device)
+    half = torch.empty(1, dtype=torch.float16, device=q.device)
+    dummy = {"k_codes": byte, "v_codes": byte, "side": byte.view(torch.int8), "k_scale": half, "k_zero": half,
+             "v_scale": half, "v_zero": half, "side_scale": half, "k_res": qs, "v_res": qs}
     tensors = {}
     if enc is not None:
         for name in ("k_codes", "k_scale", "k_zero", "v_codes", "v_scale", "v_zero"):
@@ -182,11 +186,11 @@ def decode_attention_triton(q: torch.Tensor, enc: EncodedKV | None, k_res: torch
     t = {k: v[0] for k, v in tensors.items()}
     st = {k: v[1] for k, v in tensors.items()}
     rank = enc.rank if enc is not None and enc.side is not None else 0
-    u = basis.to(device=q.device, dtype=torch.float32).contiguous() if rank else dummy
+    u = basis.to(device=q.device, dtype=torch.float32).contiguous() if rank else o_part
     _decode_kernel[(b * h, splits)](
-        qs, t.get("k_codes", dummy), t.get("k_scale", dummy), t.get("k_zero", dummy), t.get("v_codes", dummy),
-        t.get("v_scale", dummy), t.get("v_zero", dummy), t.get("side", dummy), t.get("side_scale", dummy), u,
-        t.get("k_res", dummy), t.get("v_res", dummy), o_part, lse,
+        qs, *(t.get(name, dummy[name]) for name in ("k_codes", "k_scale", "k_zero", "v_codes", "v_scale",
+                                                     "v_zero", "side", "side_scale")), u,
+        t.get("k_res", dummy["k_res"]), t.get("v_res", dummy["v_res"]), o_part, lse,
         st.get("k_codes", 0), st.get("k_scale", 0), st.get("v_codes", 0), st.get("v_scale", 0),
         st.get("side", 0), st.get("side_scale", 0), st.get("k_res", 0), st.get("v_res", 0),
         h, n, r_len, max(rank, 1), tok_per_split, n_q, splits, scale * LOG2E, float(sign),

@@ -18,10 +18,11 @@ from headq_core.packing import packed_size
 
 @triton.jit
 def round_half_even(y):
-    """torch.round for float32 tensors (ties to even)."""
-    r = tl.floor(y + 0.5)
-    tie = (r - y) == 0.5
-    return tl.where(tie & ((r - 2.0 * tl.floor(r * 0.5)) != 0.0), r - 1.0, r)
+    """torch.round for float32 tensors (ties to even), exact: ``y - floor(y)`` has no rounding error."""
+    r = tl.floor(y)
+    frac = y - r
+    odd = (r - 2.0 * tl.floor(r * 0.5)) != 0.0
+    return tl.where((frac > 0.5) | ((frac == 0.5) & odd), r + 1.0, r)
 
 
 @triton.jit

@@ -12,10 +12,13 @@ os.environ["TRITON_INTERPRET"] = "1"
 
 import pytest  # noqa: E402
 import torch  # noqa: E402
+import triton  # noqa: E402
+import triton.language as tl  # noqa: E402
 
 from headq_core.kernels import decode_attention, encode  # noqa: E402
 from headq_core.kernels.layout import EncodedKV  # noqa: E402
 from headq_core.kernels.reference import dequantize_side  # noqa: E402
+from headq_core.kernels.triton_encode import round_half_even  # noqa: E402
 from tests.kernels.helpers import configs, random_basis, random_kv  # noqa: E402
 
 FIELDS = ("k_codes", "k_scale", "k_zero", "v_codes", "v_scale", "v_zero", "side", "side_scale")
@@ -100,3 +103,18 @@ def test_decode_reads_token_slices_of_preallocated_buffers():
     vbig[:, :, :6] = vr
     got = decode_attention(q, sliced, kbig[:, :, :6], vbig[:, :, :6], basis=u, backend="triton", num_splits=2)
     assert torch.allclose(got, decode_attention(q, enc, kr, vr, basis=u, backend="reference"), atol=1e-4)
+
+
+@triton.jit
+def _apply_round(x_ptr, o_ptr, N: tl.constexpr):
+    i = tl.arange(0, N)
+    tl.store(o_ptr + i, round_half_even(tl.load(x_ptr + i)))
+
+
+def test_round_half_even_matches_torch_round_at_the_edges():
+    below_half = torch.nextafter(torch.tensor(0.5), torch.tensor(0.0)).item()
+    edges = [below_half, 0.5, 1.5, 2.5, 3.5, -0.5, -1.5, -2.5, 2.5 - 2.4e-7, 254.5, -126.5, 7.0, 0.0, -0.49]
+    x = torch.cat([torch.tensor(edges), torch.randn(1024 - len(edges)) * 50]).float()
+    out = torch.empty_like(x)
+    _apply_round[(1,)](x, out, N=1024)
+    assert torch.equal(out, torch.round(x))
