@@ -11,10 +11,13 @@ its allowed model directories (the spec alone cannot know them).
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import re
-from typing import Any, Literal
+import types
+import typing
+from typing import Any, Literal, Union
 
 from pydantic import BaseModel, ConfigDict, Field, field_serializer, field_validator, model_validator
 
@@ -38,7 +41,7 @@ def model_location(model_id: str) -> ModelLocation:
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)
 
 
 class ModelSpec(_Strict):
@@ -112,7 +115,19 @@ class JobSpec(_Strict):
     calibration_job: str | None = Field(default=None, min_length=1, max_length=64)
     calibration: CalibrationOptions | None = None
     runs: list[RunSpec] = Field(default_factory=list, max_length=256)
-    seed: int = Field(default=0, ge=0, le=2**32 - 1)
+    seed: int = Field(default=0, ge=0, le=2**32 - 1, strict=True)
+
+    # not strict as a whole: pydantic's strict mode wants RunSpec instances, not dicts; run dicts get
+    # the same JSON type check by _runs_json_types, the scalars here are strict one by one.
+    model_config = ConfigDict(extra="forbid", strict=False)
+
+    @field_validator("runs", mode="before")
+    @classmethod
+    def _runs_json_types(cls, runs: Any) -> Any:
+        if isinstance(runs, list):
+            for index, run in enumerate(runs):
+                _check_json_types(run, RunSpec, str(index))
+        return runs
 
     @model_validator(mode="before")
     @classmethod
@@ -156,6 +171,28 @@ class JobSpec(_Strict):
     def fingerprint(self) -> str:
         """SHA-256 of :meth:`canonical_json` (idempotent submission compares these)."""
         return hashlib.sha256(self.canonical_json().encode()).hexdigest()
+
+
+def _check_json_types(value: Any, annotation: Any, path: str) -> None:
+    """Raise ``ValueError`` naming ``path`` when a JSON value does not have the type a dataclass field
+    declares (no ``true`` for an integer, no ``"2"`` for a number); the dataclass checks the rest."""
+    origin, args = typing.get_origin(annotation), typing.get_args(annotation)
+    if origin in (Union, types.UnionType):
+        if value is None and type(None) in args:
+            return
+        annotation = next(a for a in args if a is not type(None))
+        origin, args = typing.get_origin(annotation), typing.get_args(annotation)
+    if dataclasses.is_dataclass(annotation) and isinstance(value, dict):
+        hints = typing.get_type_hints(annotation)
+        for name, item in value.items():
+            if name in hints and name != "extra":
+                _check_json_types(item, hints[name], f"{path}.{name}")
+        return
+    expected = type(args[0]) if origin is Literal else annotation
+    ok = {int: lambda v: type(v) is int, float: lambda v: type(v) in (int, float),
+          str: lambda v: isinstance(v, str)}.get(expected, lambda v: True)
+    if not ok(value):
+        raise ValueError(f"{path}: must be of type {expected.__name__}, got {value!r}")
 
 
 def _find_keys(data: Any, keys: tuple[str, ...], path: str = "") -> str | None:

@@ -6,10 +6,10 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 
 from app.api.deps import ExecutorDep
-from app.api.schemas import Status
+from app.api.schemas import Status, problems
 from app.store import ping
 
-router = APIRouter(tags=["health"])
+router = APIRouter(tags=["health"], responses=problems(413))
 
 
 @router.get("/health", response_model=Status)

@@ -12,14 +12,15 @@ from app import store
 from app.api.checks import check_calibration_reference, check_model_path
 from app.api.deps import ExecutorDep, SessionDep, SettingsDep, WriteAccess
 from app.api.errors import ApiError
-from app.api.schemas import Job, JobItems, JobKind, JobPage, JobStatus
+from app.api.schemas import Job, JobItems, JobKind, JobPage, JobStatus, problems
 from headq_spec.jobs import JobSpec
 
 log = logging.getLogger(__name__)
-router = APIRouter(tags=["jobs"])
+router = APIRouter(tags=["jobs"], responses=problems(400, 413, 422))
 
 
-@router.post("/jobs", status_code=201, response_model=Job, dependencies=[WriteAccess])
+@router.post("/jobs", status_code=201, response_model=Job, dependencies=[WriteAccess],
+             responses=problems(401, 409, 503))
 def submit_job(spec: JobSpec, session: SessionDep, settings: SettingsDep, executor: ExecutorDep,
                response: Response,
                idempotency_key: Annotated[str | None, Header(max_length=200)] = None) -> Job:
@@ -52,14 +53,14 @@ def list_jobs(session: SessionDep, status: JobStatus | None = None, kind: JobKin
     return JobPage(items=[Job.model_validate(j) for j in items], total=total)
 
 
-@router.get("/jobs/{job_id}", response_model=Job, responses={404: {"description": "unknown job id"}})
+@router.get("/jobs/{job_id}", response_model=Job, responses=problems(404))
 def get_job(job_id: str, session: SessionDep) -> Job:
     """One job: status, stage, progress, timestamps, attempts, worker, error."""
     return Job.model_validate(store.get_job(session, job_id))
 
 
 @router.post("/jobs/{job_id}/cancel", status_code=202, response_model=Job, dependencies=[WriteAccess],
-             responses={404: {"description": "unknown job id"}, 409: {"description": "already finished"}})
+             responses=problems(401, 404, 409))
 def cancel_job(job_id: str, session: SessionDep, executor: ExecutorDep) -> Job:
     """Queued: cancelled at once. Running: ``cancel_requested`` is set and the runner stops itself.
     Finished: 409."""

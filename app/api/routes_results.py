@@ -12,10 +12,10 @@ from pydantic import Discriminator, Tag
 
 from app import store
 from app.api.deps import SessionDep, WriteAccess
-from app.api.schemas import Bundle, BundleItem, Job, JobItems, ResultsDocument
+from app.api.schemas import Bundle, BundleItem, Job, JobItems, ResultsDocument, problems
 from app.api.tables import to_csv, to_parquet
 
-router = APIRouter(tags=["results"])
+router = APIRouter(tags=["results"], responses=problems(400, 413, 422))
 
 
 def _payload_kind(value: Any) -> str:
@@ -28,8 +28,7 @@ ImportPayload = Annotated[Annotated[ResultsDocument, Tag("document")] | Annotate
 
 @router.get("/jobs/{job_id}/results", responses={
     200: {"content": {"application/json": {}, "text/csv": {}, "application/vnd.apache.parquet": {}},
-          "description": "the results document, or its head rows as CSV / Parquet"},
-    404: {"description": "unknown job id"}, 409: {"description": "the job has not succeeded"}})
+          "description": "the results document, or its head rows as CSV / Parquet"}, **problems(404, 409)})
 def get_results(job_id: str, session: SessionDep,
                 format: Annotated[Literal["json", "csv", "parquet"], Query()] = "json") -> Any:
     """The results document of the latest successful attempt; ``format=csv|parquet`` for head rows."""
@@ -63,7 +62,8 @@ def _artifact(item: BundleItem, index: int) -> bytes | None:
         raise ValueError(f"jobs.{index}.artifact_base64: not valid base64") from exc
 
 
-@router.post("/results/import", status_code=201, response_model=JobItems, dependencies=[WriteAccess])
+@router.post("/results/import", status_code=201, response_model=JobItems, dependencies=[WriteAccess],
+             responses=problems(401))
 def import_results(payload: Annotated[ImportPayload, Body()], session: SessionDep) -> JobItems:
     """Store finished results documents as succeeded jobs (one document, or a bundle of several)."""
     items = payload.jobs if isinstance(payload, Bundle) else [BundleItem(results=payload)]

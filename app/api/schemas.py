@@ -14,6 +14,35 @@ JobStatus = Literal["queued", "running", "succeeded", "failed", "cancelled"]
 JobKind = Literal["calibration", "evaluation"]
 
 
+class Problem(BaseModel):
+    """Every error answer: what went wrong, in words."""
+
+    detail: str
+
+
+class FieldProblem(BaseModel):
+    """One invalid field: its dotted path (``runs.0.key.bits``) and why."""
+
+    field: str
+    message: str
+
+
+class ValidationProblem(Problem):
+    """A 422 answer: ``detail`` names every field, ``errors`` lists them one by one."""
+
+    errors: list[FieldProblem]
+
+
+def problems(*codes: int) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI ``responses`` entries for the given error status codes."""
+    words = {400: "body could not be parsed", 401: "missing or wrong bearer token", 404: "unknown job id",
+             409: "wrong state or conflict",
+             413: "request body too large", 422: "invalid input (the fields are named)",
+             503: "executor or broker unavailable"}
+    return {code: {"model": ValidationProblem if code == 422 else Problem, "description": words[code]}
+            for code in codes}
+
+
 class Job(BaseModel):
     """A job as the API shows it."""
 
@@ -61,7 +90,7 @@ class Status(BaseModel):
 class HeadRowIn(BaseModel):
     """One per-head row of a results document; metrics are numbers or null, other keys are kept."""
 
-    model_config = ConfigDict(extra="allow")
+    model_config = ConfigDict(extra="allow", strict=True)
 
     run: str = Field(min_length=1, max_length=200)
     layer: int = Field(ge=0)
@@ -81,7 +110,7 @@ class HeadRowIn(BaseModel):
 class ModelInfo(BaseModel):
     """The ``model`` block of a results document (``id`` is required; other keys are kept)."""
 
-    model_config = ConfigDict(extra="allow")
+    model_config = ConfigDict(extra="allow", strict=True)
 
     id: str = Field(min_length=1, max_length=500)
 
@@ -90,7 +119,7 @@ class ResultsDocument(BaseModel):
     """A results document (docs/contracts.md). Required: ``schema_version``, ``kind``, ``model.id``;
     every other key is kept as sent."""
 
-    model_config = ConfigDict(extra="allow")
+    model_config = ConfigDict(extra="allow", strict=True)
 
     schema_version: Literal[1]
     kind: JobKind
@@ -103,7 +132,7 @@ class BundleItem(BaseModel):
     """One finished job of a bundle: its spec (optional, validated when given), its results, and
     for a calibration optionally the artifact bytes (base64)."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)
 
     spec: JobSpec | None = None
     results: ResultsDocument
@@ -113,6 +142,6 @@ class BundleItem(BaseModel):
 class Bundle(BaseModel):
     """Several finished jobs to import at once."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)
 
     jobs: list[BundleItem] = Field(min_length=1, max_length=1000)

@@ -62,15 +62,16 @@ def _head_row_values(job_id: str, attempt: int, index: int, row: Any) -> dict[st
 
 
 def _write(session: Session, job_id: str, attempt: int, document: dict[str, Any],
-           artifact_bytes: bytes | None) -> None:
-    """Replace whatever (job, attempt) held by ``document`` (+ artifact); the caller commits."""
+           artifact_bytes: bytes | None, replace: bool = True) -> None:
+    """Write ``document`` (+ artifact) for (job, attempt), replacing what it held unless the job is
+    new (``replace=False``); the caller commits."""
     if not isinstance(document, dict):
         raise ValueError("document: must be a JSON object")
     heads = document.get("heads") or []
     if not isinstance(heads, list):
         raise ValueError("heads: must be a list")
     rows = [_head_row_values(job_id, attempt, i, row) for i, row in enumerate(heads)]
-    for table in (HeadRow, ResultRow, CalibrationArtifactRow):
+    for table in (HeadRow, ResultRow, CalibrationArtifactRow) if replace else ():
         session.execute(delete(table).where(table.job_id == job_id, table.attempt == attempt))
     body = finite_or_none({k: v for k, v in document.items() if k != "heads"})
     session.add(ResultRow(job_id=job_id, attempt=attempt, document=body, created_at=utcnow()))
@@ -102,17 +103,15 @@ def import_documents(session: Session, items: list[ImportItem]) -> list[JobRow]:
     Each item is ``(document, spec, label, artifact_bytes or None)``.
     """
     now = utcnow()
-    jobs = []
+    jobs = [JobRow(id=str(uuid.uuid4()), kind=str(document["kind"]), label=label, spec=finite_or_none(spec),
+                   model_id=str(document["model"]["id"]), status="succeeded", stage="imported", progress=1.0,
+                   cancel_requested=False, attempts=1, max_attempts=1, created_at=now, started_at=now,
+                   finished_at=now) for document, spec, label, _ in items]
     try:
-        for document, spec, label, artifact_bytes in items:
-            job = JobRow(id=str(uuid.uuid4()), kind=str(document["kind"]), label=label,
-                         spec=finite_or_none(spec), model_id=str(document["model"]["id"]), status="succeeded",
-                         stage="imported", progress=1.0, cancel_requested=False, attempts=1, max_attempts=1,
-                         created_at=now, started_at=now, finished_at=now)
-            session.add(job)
-            session.flush()
-            _write(session, job.id, 1, document, artifact_bytes)
-            jobs.append(job)
+        session.add_all(jobs)
+        session.flush()
+        for job, (document, _, _, artifact_bytes) in zip(jobs, items, strict=True):
+            _write(session, job.id, 1, document, artifact_bytes, replace=False)
         session.commit()
     except BaseException:
         session.rollback()
