@@ -42,6 +42,10 @@ def field_errors(errors: Iterable[dict[str, Any]]) -> list[dict[str, str]]:
     out = []
     for error in errors:
         loc = [str(part) for part in error.get("loc", ())]
+        if error.get("type") == "json_invalid":  # the location is a character offset
+            position = (error.get("ctx") or {}).get("error", "invalid JSON")
+            out.append({"field": "body", "message": f"invalid JSON ({position}) at character {loc[-1]}"})
+            continue
         if loc and loc[0] in _LOCATION_ROOTS:
             loc = loc[1:]
         loc = [part for part in loc if part not in _UNION_TAGS]

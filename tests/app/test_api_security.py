@@ -119,3 +119,10 @@ def test_malformed_bodies_are_4xx(api: TestClient, body: bytes, path: str) -> No
         response = api.post(f"{API}{path}", content=body, headers={"Content-Type": content_type})
         assert 400 <= response.status_code < 500, (body[:80], response.status_code, response.text[:300])
         assert isinstance(response.json()["detail"], str)
+
+
+def test_invalid_json_names_the_body(api: TestClient) -> None:
+    response = api.post(f"{API}/jobs", content=b'{"kind": ', headers={"Content-Type": "application/json"})
+    assert response.status_code == 422
+    [error] = response.json()["errors"]
+    assert error == {"field": "body", "message": "invalid JSON (Expecting value) at character 9"}

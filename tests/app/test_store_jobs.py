@@ -7,11 +7,13 @@ import threading
 from datetime import timedelta
 
 import pytest
+from alembic.autogenerate import compare_metadata
+from alembic.migration import MigrationContext
 from sqlalchemy import Engine, update
 from sqlalchemy.orm import Session
 
 from app import store
-from app.store.models import JobRow, utcnow
+from app.store.models import Base, JobRow, utcnow
 
 
 def _new(session: Session, kind: str = "evaluation", model: str = "m/a", **kw: object) -> JobRow:
@@ -146,3 +148,9 @@ def test_requeue_or_fail_stale(session: Session) -> None:
     _age(session, retry.id, 600)
     assert store.requeue_or_fail_stale(session, heartbeat_timeout=60) == [(retry.id, "failed")]
     assert not store.finish(session, retry.id, "succeeded", attempt=2)  # the lost worker cannot finish
+
+
+def test_migrations_match_the_models(engine: Engine) -> None:
+    with engine.connect() as conn:
+        diff = compare_metadata(MigrationContext.configure(conn), Base.metadata)
+    assert diff == []
