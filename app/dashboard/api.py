@@ -56,7 +56,11 @@ _RESULTS = ResultsCache()
 
 
 class ApiClient:
-    """The calls the pages make; ``base_url`` is the server root or its ``/api/v1`` URL."""
+    """The calls the pages make; ``base_url`` is the server root or its ``/api/v1`` URL.
+
+    ``token`` goes with reads only. A write (:meth:`submit`) carries the token the user typed, so
+    the dashboard never lends the server's own token to whoever can open the page.
+    """
 
     def __init__(self, base_url: str, token: str | None = None) -> None:
         if not isinstance(base_url, str) or not base_url.startswith(("http://", "https://")):
@@ -64,9 +68,9 @@ class ApiClient:
         self.base_url = base_url.rstrip("/")
         self.token = token
 
-    def _call(self, fn: Callable[[HeadQClient], T]) -> T:
+    def _call(self, fn: Callable[[HeadQClient], T], token: str | None = None) -> T:
         try:
-            with HeadQClient(self.base_url, token=self.token, timeout=TIMEOUT_S) as api:
+            with HeadQClient(self.base_url, token=token, timeout=TIMEOUT_S) as api:
                 return fn(api)
         except HeadQAPIError as exc:
             raise ApiError(str(exc), exc.status_code) from exc
@@ -75,22 +79,22 @@ class ApiClient:
 
     def jobs(self, status: str | None = None, kind: str | None = None, limit: int = 200) -> list[dict]:
         """Jobs, newest first (``GET /jobs``), as JSON dicts."""
-        page = self._call(lambda api: api.list(status=status, kind=kind, limit=limit))
+        page = self._call(lambda api: api.list(status=status, kind=kind, limit=limit), self.token)
         return [j.model_dump(mode="json") for j in page.items]
 
     def calibrations(self) -> list[dict]:
         """Succeeded calibration jobs (``GET /calibrations``)."""
-        return [j.model_dump(mode="json") for j in self._call(lambda api: api.calibrations())]
+        return [j.model_dump(mode="json") for j in self._call(lambda api: api.calibrations(), self.token)]
 
-    def submit(self, spec: dict[str, Any]) -> dict:
-        """``POST /jobs``; the created Job."""
-        return self._call(lambda api: api.submit(spec)).model_dump(mode="json")
+    def submit(self, spec: dict[str, Any], user_token: str | None = None) -> dict:
+        """``POST /jobs`` with the user's own token (if any); the created Job."""
+        return self._call(lambda api: api.submit(spec), user_token or None).model_dump(mode="json")
 
     def results(self, job_id: str) -> dict:
         """The results document of a finished job (cached: it never changes once written)."""
         key = (self.base_url, job_id)
         doc = _RESULTS.get(key)
         if doc is None:
-            doc = self._call(lambda api: api.results(job_id))
+            doc = self._call(lambda api: api.results(job_id), self.token)
             _RESULTS.put(key, doc)
         return doc

@@ -82,6 +82,14 @@ def load_results(job_id: str | None) -> tuple[dict | None, str | None]:
         return None, f"Results of job {job_id}: {exc}"
 
 
+def linked_job(job: str | None, options: list[dict]) -> tuple[str | None, str | None]:
+    """The linked job when it is a finished evaluation, else the newest one and a readable note."""
+    chosen = pick(job, options)
+    if job and chosen != job:
+        return chosen, f"job: {job} is not a succeeded evaluation job; showing the newest one instead."
+    return chosen, None
+
+
 def pick(value: Any, options: list[dict]) -> Any:
     """``value`` when it is one of ``options``, else the first option's value (or None)."""
     values = [o["value"] for o in options]

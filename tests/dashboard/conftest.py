@@ -65,11 +65,16 @@ class LiveServer:
         self.thread.join(timeout=10)
 
 
-def start_api(tmp: Path) -> LiveServer:
-    """A real HeadQ Lab server (no executor: submitted jobs stay queued) on a free port."""
+def start_api(tmp: Path, token: str | None = None) -> LiveServer:
+    """A real HeadQ Lab server (no executor: submitted jobs stay queued) on a free port;
+    writes need ``token`` when one is given."""
     port = free_port()
     settings = Settings(
-        database_url=f"sqlite:///{tmp / 'headq.db'}", port=port, executor="none", dashboard=True
+        database_url=f"sqlite:///{tmp / 'headq.db'}",
+        port=port,
+        executor="none",
+        dashboard=True,
+        api_token=token,
     )
     return LiveServer(create_app(settings), port)
 

@@ -56,6 +56,27 @@ def test_jobs_page_lists_jobs_and_submits_through_the_api(server, job_id, page):
     assert page.errors == []
 
 
+def test_writes_need_the_users_own_token(tmp_path, page):
+    with start_api(tmp_path, token="s3cret") as guarded:
+        open_page(page, f"{guarded.url}/dashboard/")
+        page.page.click("#form-headq input[type=checkbox]")
+        page.page.click("#form-submit")  # the server has a token, the dashboard lends it to nobody
+        alert = page.page.wait_for_selector("#form-result [role=alert]", timeout=30_000).inner_text()
+        assert "401" in alert
+        page.page.fill("#form-api_token", "s3cret")
+        page.page.click("#form-submit")
+        created = page.page.wait_for_selector("#form-created", timeout=30_000).inner_text()
+        assert "Created job" in created
+        assert len(httpx.get(f"{guarded.url}/api/v1/jobs", timeout=30).json()["items"]) == 1
+    assert page.errors == []
+
+
+def test_unknown_job_in_a_link_is_said(server, job_id, page):
+    open_page(page, f"{server.url}/dashboard/run?job=no-such-job")
+    assert "job: no-such-job is not a succeeded evaluation job" in page.page.inner_text("[role=alert]")
+    assert page.errors == []
+
+
 def test_predictor_prints_spearman_of_the_heads(server, job_id, document, page):
     open_page(page, f"{server.url}/dashboard/predictor?job={job_id}")
     text = page.page.wait_for_selector("#pred-rho", timeout=30_000).inner_text()

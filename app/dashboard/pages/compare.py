@@ -17,6 +17,7 @@ from app.dashboard.common import (
     empty_state,
     error_banner,
     evaluation_jobs,
+    linked_job,
     load_results,
     pick,
     picker,
@@ -34,7 +35,7 @@ def layout(job=None, run=None, job_b=None, run_b=None, metric=None, **_query) ->
     options, error = evaluation_jobs()
     if error or not options:
         return html.Div([html.H2("Compare"), error_banner(error) if error else empty_state(NO_RESULTS)])
-    job_a, job_b = pick(job, options), pick(job_b or job, options)
+    (job_a, note), job_b = linked_job(job, options), pick(job_b or job, options)
     runs_a, runs_b = _runs(job_a), _runs(job_b)
     run_a = pick(run, [{"value": r} for r in runs_a])
     run_b = pick(run_b, [{"value": r} for r in runs_b if r != run_a] or [{"value": r} for r in runs_b])
@@ -54,6 +55,7 @@ def layout(job=None, run=None, job_b=None, run_b=None, metric=None, **_query) ->
                 ],
                 style=ROW,
             ),
+            html.Div(error_banner(note) if note else None, id="cmp-note"),
             html.Div(id="cmp-message"),
             html.Div([dcc.Graph(id="cmp-a"), dcc.Graph(id="cmp-b"), dcc.Graph(id="cmp-diff")], style=GRID),
         ]

@@ -62,6 +62,12 @@ def _form() -> html.Div:
                         "calibration_job",
                         dcc.Dropdown(id="form-calibration_job", options=[], placeholder="none"),
                     ),
+                    _field(
+                        "api_token",
+                        dcc.Input(
+                            id="form-api_token", type="password", placeholder="if the server needs one"
+                        ),
+                    ),
                 ],
                 style=ROW,
             ),
@@ -180,14 +186,16 @@ def load_calibrations(_id):
 @callback(
     Output("form-result", "children"),
     Input("form-submit", "n_clicks"),
+    State("form-api_token", "value"),
     [State(f"form-{name}", "value") for name in FORM_FIELDS],
     prevent_initial_call=True,
 )
-def submit(_clicks, *values):
+def submit(_clicks, token, *values):
+    """POST the spec with the token the user typed (the dashboard lends none of its own)."""
     form = dict(zip(FORM_FIELDS, values, strict=True))
     form["headq"], form["baselines"] = bool(form["headq"]), bool(form["baselines"])
     try:
-        job = client().submit(build_spec(form))
+        job = client().submit(build_spec(form), user_token=token)
     except (ApiError, ValueError) as exc:
         return error_banner(f"Not submitted: {exc}")
     return html.Div(

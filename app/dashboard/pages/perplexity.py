@@ -14,8 +14,8 @@ from app.dashboard.common import (
     empty_state,
     error_banner,
     evaluation_jobs,
+    linked_job,
     load_results,
-    pick,
     picker,
 )
 
@@ -36,10 +36,12 @@ def layout(job=None, **_query) -> html.Div:
     options, error = evaluation_jobs()
     if error or not options:
         return html.Div([html.H2("Perplexity"), error_banner(error) if error else empty_state(NO_RESULTS)])
+    job, note = linked_job(job, options)
     return html.Div(
         [
             html.H2("Perplexity"),
-            html.Div([picker("ppl-job", options, pick(job, options), "job")], style=ROW),
+            html.Div([picker("ppl-job", options, job, "job")], style=ROW),
+            html.Div(error_banner(note) if note else None, id="ppl-note"),
             html.Div(id="ppl-message"),
             dash_table.DataTable(
                 id="ppl-table",

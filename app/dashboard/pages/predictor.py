@@ -18,8 +18,8 @@ from app.dashboard.common import (
     empty_state,
     error_banner,
     evaluation_jobs,
+    linked_job,
     load_results,
-    pick,
     picker,
 )
 
@@ -32,8 +32,9 @@ def layout(job=None, **_query) -> html.Div:
         return html.Div(
             [html.H2("Predictor check"), error_banner(error) if error else empty_state(NO_RESULTS)]
         )
-    job = pick(job, options)
+    job, note = linked_job(job, options)
     doc, error = load_results(job)
+    error = error or note
     runs = R.run_names(doc) if doc else []
     return html.Div(
         [

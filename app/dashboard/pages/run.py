@@ -19,6 +19,7 @@ from app.dashboard.common import (
     empty_state,
     error_banner,
     evaluation_jobs,
+    linked_job,
     load_results,
     page_link,
     pick,
@@ -46,7 +47,7 @@ def layout(job=None, run=None, layer=None, head=None, **_query) -> html.Div:
         selected = {"layer": as_index(layer, "layer"), "head": as_index(head, "head")}
     except ValueError as exc:
         return html.Div([html.H2("Run"), error_banner(f"Bad link: {exc}")])
-    job = pick(job, options)
+    job, note = linked_job(job, options)
     doc, error = load_results(job)
     runs = R.run_names(doc) if doc else []
     extra = [m for m in R.metric_names(doc) if m not in R.MAIN_METRICS] if doc else []
@@ -65,6 +66,7 @@ def layout(job=None, run=None, layer=None, head=None, **_query) -> html.Div:
                 ],
                 style=ROW,
             ),
+            html.Div(error_banner(note) if note else None, id="run-note"),
             html.Div(error_banner(error) if error else None, id="run-message"),
             dcc.Store(id="run-selected", data=selected if None not in selected.values() else None),
             dcc.Store(id="run-drawn", data=False),
