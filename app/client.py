@@ -9,7 +9,7 @@ API's own pydantic models. The ``headq`` CLI and the dashboard use it.
 from __future__ import annotations
 
 import builtins
-from typing import Any, Literal
+from typing import Any, Literal, overload
 
 import httpx
 
@@ -77,6 +77,12 @@ class HeadQClient:
     def cancel(self, job_id: str) -> Job:
         """Cancel a queued job, or ask a running one to stop."""
         return Job.model_validate(self._request("POST", f"/jobs/{job_id}/cancel").json())
+
+    @overload
+    def results(self, job_id: str, format: Literal["json"] = "json") -> dict[str, Any]: ...
+
+    @overload
+    def results(self, job_id: str, format: Literal["csv", "parquet"]) -> bytes: ...
 
     def results(self, job_id: str,
                 format: Literal["json", "csv", "parquet"] = "json") -> dict[str, Any] | bytes:

@@ -44,7 +44,8 @@ def get_results(job_id: str, session: SessionDep,
 
 def _spec_from_document(doc: dict[str, Any]) -> dict[str, Any]:
     """A job spec describing an imported document whose original spec was not sent."""
-    calibration = doc.get("calibration") if isinstance(doc.get("calibration"), dict) else {}
+    calibration = doc.get("calibration")
+    calibration = calibration if isinstance(calibration, dict) else {}
     model = doc["model"]
     return {"kind": doc["kind"], "label": doc.get("label"),
             "model": {"id": model["id"], "revision": model.get("revision")},

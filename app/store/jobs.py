@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import CursorResult, Select, func, select, update
+from sqlalchemy import CursorResult, func, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -79,7 +79,7 @@ def get_job(session: Session, job_id: str) -> JobRow:
 def list_jobs(session: Session, *, status: str | None = None, kind: str | None = None,
               model_id: str | None = None, limit: int = 50, offset: int = 0) -> tuple[list[JobRow], int]:
     """Jobs matching the filters, newest first, one page of them, and the total count."""
-    query: Select[tuple[JobRow]] = select(JobRow)
+    query = select(JobRow)
     for column, value in ((JobRow.status, status), (JobRow.kind, kind), (JobRow.model_id, model_id)):
         if value is not None:
             query = query.where(column == value)

@@ -56,7 +56,7 @@ def test_client_round_trip(server: str) -> None:
         assert api.results(imported[0].id) == doc
         csv_text = api.results(imported[0].id, "csv")
         assert isinstance(csv_text, bytes) and csv_text.count(b"\n") == len(doc["heads"]) + 1
-        table = pq.read_table(io.BytesIO(api.results(imported[0].id, "parquet")))  # type: ignore[arg-type]
+        table = pq.read_table(io.BytesIO(api.results(imported[0].id, "parquet")))
         assert table.num_rows == len(doc["heads"])
         assert [j.id for j in api.calibrations()] == [imported[1].id]
         assert api.calibrations(model="nobody/else") == []
