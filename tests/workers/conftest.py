@@ -24,7 +24,8 @@ from app.store.models import Base, JobRow
 from tests.workers.tinymodel import save_tiny_llama, write_corpus
 
 PG_URL = os.environ.get("HEADQ_TEST_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
-HEARTBEAT_TIMEOUT_S = 20.0
+HEARTBEAT_TIMEOUT_S = 10.0  # the runner beats before it loads torch, so this can be short
+LONG_JOB = {"max_tokens": 1280, "window": 64, "runs": 3}  # 20 windows x 3 runs: long enough to interrupt
 
 
 @pytest.fixture(scope="session", params=["sqlite", "postgresql"])

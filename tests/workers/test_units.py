@@ -130,3 +130,13 @@ def test_worker_argv_one_process_per_gpu(monkeypatch: pytest.MonkeyPatch) -> Non
     assert "--concurrency=3" in argv and "--queues=jobs" in argv and "--pool=prefork" in argv
     args.concurrency = 1
     assert "--concurrency=1" in worker_argv(args, ExecutorSettings())
+
+
+def test_server_side_never_imports_torch(tmp_path) -> None:
+    """The API process (``headq serve`` with an executor) and the Celery parent stay torch-free."""
+    code = ("import sys; import workers.cli, workers.celery_app; from app.main import create_app;"
+            "from app.settings import Settings;"
+            f"create_app(Settings(database_url='sqlite:///{tmp_path}/t.db', executor='local'));"
+            "print(sorted({m.split('.')[0] for m in sys.modules} & {'torch', 'transformers', 'headq_core'}))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"

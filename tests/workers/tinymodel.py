@@ -10,7 +10,9 @@ import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
-WORDS = ["the", "nation", "union", "state", "people", "congress", "year", "world", "war", "peace", "law", "work", "energy", "health", "school", "children", "family", "freedom", "future", "economy", "tax", "budget", "defense", "security", "justice"]
+WORDS = ("the", "nation", "union", "state", "people", "congress", "year", "world", "war", "peace", "law",
+         "work", "energy", "health", "school", "children", "family", "freedom", "future", "economy", "tax",
+         "budget", "defense", "security", "justice")
 
 
 def write_corpus(path: Path, words: int = 6000, seed: int = 0) -> Path:
