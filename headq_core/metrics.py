@@ -49,12 +49,18 @@ def _expand(x: torch.Tensor, q_heads: int) -> torch.Tensor:
     return x.repeat_interleave(q_heads // x.shape[-1], dim=-1)
 
 
+def _rowdot(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """sum_j x_j y_j over the last dim without a full-size temporary."""
+    return torch.einsum("...j,...j->...", x, y)
+
+
 def kl_rows(logp: torch.Tensor, x: torch.Tensor, a: torch.Tensor) -> torch.Tensor:
     """KL(a ‖ a^) per row = log sum_j a_j exp(x_j), x = delta - dbar (0 where disallowed)."""
-    small = x.abs().amax(-1) < SMALL_X
-    series = torch.log1p((a * torch.expm1(x.clamp(max=SMALL_X))).sum(-1))
-    exact = torch.logsumexp(logp + x, -1)
-    return torch.where(small, series, exact).clamp(min=0)
+    small = (x.amax(-1) < SMALL_X) & (x.amin(-1) > -SMALL_X)
+    if small.all():
+        return torch.log1p(_rowdot(a, torch.expm1(x))).clamp(min=0)
+    kl = torch.log1p(_rowdot(a, torch.expm1(x.clamp(max=SMALL_X))))
+    return torch.where(small, kl, torch.logsumexp(logp + x, -1)).clamp(min=0)
 
 
 class HeadMetrics:
@@ -88,34 +94,46 @@ class HeadMetrics:
         if s.shape != s_hat.shape or s.dim() != 4 or s.shape[1] != self.q_heads:
             raise ValueError(f"s_hat: expected two [B, {self.q_heads}, T, S] tensors, got "
                              f"{tuple(s.shape)} and {tuple(s_hat.shape)}")
-        t, kv = s.shape[-2:]
-        allowed = allowed_mask(t, kv, mask, offset)
         dt = torch.promote_types(s.dtype, torch.float32)
         s, s_hat = s.to(dt), s_hat.to(dt)
         if mask is not None and mask.dtype != torch.bool:
             s, s_hat = s + mask.to(dt), s_hat + mask.to(dt)
-        allowed = allowed.expand_as(s)
-        if not (torch.isfinite(s) | ~allowed).all() or not (torch.isfinite(s_hat) | ~allowed).all():
+        allowed = allowed_mask(s.shape[-2], s.shape[-1], mask, offset)  # broadcast over [B, Hq]
+        s_m = s + torch.zeros((), dtype=dt).masked_fill(~allowed, float("-inf"))
+        delta = torch.where(allowed, s_hat - s, 0.0)
+        return self.add_logit_error(s_m, delta, allowed, eps=eps, value_mask=value_mask)
+
+    def add_logit_error(self, s_m: torch.Tensor, delta: torch.Tensor, allowed: torch.Tensor,
+                        eps: torch.Tensor | None = None,
+                        value_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """Core of :meth:`add_logits`, taking ownership of (and overwriting) its inputs: s_m dense
+        logits [B, Hq, T, S] at -inf where not ``allowed`` (bool [..., T, S]), delta the logit
+        error (finite, 0 where not allowed). Returns the dense attention."""
+        b, hq, t, _ = s_m.shape
+        dt = s_m.dtype
+        valid = allowed.any(-1).expand(b, hq, t)  # rows with something allowed
+        if not valid.all():
+            s_m.masked_fill_(~valid.unsqueeze(-1), 0.0)  # empty rows: any finite row, excluded below
+        logp = torch.log_softmax(s_m, -1)
+        a = logp.exp()
+        if not valid.all():
+            a.masked_fill_(~valid.unsqueeze(-1), 0.0)
+        score = _rowdot(delta, delta)
+        if not (torch.isfinite(score) | ~valid).all():
             raise ValueError("s: logits contain NaN or inf at allowed positions")
-        valid = allowed.any(-1)  # [B, Hq, T]
-        neg = torch.tensor(float("-inf"), dtype=dt)
-        logp = torch.log_softmax(torch.where(allowed, s, neg), -1)
-        logp = torch.where(valid.unsqueeze(-1), logp, torch.zeros((), dtype=dt))
-        a = torch.where(allowed, logp.exp(), torch.zeros((), dtype=dt))
-        delta = torch.where(allowed, s_hat - s, torch.zeros((), dtype=dt))
-        x = torch.where(allowed, delta - (a * delta).sum(-1, keepdim=True), torch.zeros((), dtype=dt))
-        flips = torch.where(allowed, s, neg).argmax(-1) != torch.where(allowed, s_hat, neg).argmax(-1)
+        flips = s_m.argmax(-1) != (s_m + delta).argmax(-1)
+        x = delta.sub_(_rowdot(a, delta).unsqueeze(-1)).mul_(allowed.to(dt))  # delta - dbar, 0 off
         per_row = {
-            "score_mse": delta.square().sum(-1),
-            "fisher": 0.5 * (a * x.square()).sum(-1),
+            "score_mse": score,
+            "fisher": 0.5 * _rowdot(a * x, x),
             "attn_kl": kl_rows(logp, x, a),
-            "entropy": -(a * torch.where(allowed, logp, torch.zeros((), dtype=dt))).sum(-1),
+            "entropy": -_rowdot(a, logp.clamp_(min=torch.finfo(dt).min)),
             "route_flip": flips.to(dt),
         }
         for name, val in per_row.items():
             self.sums[name] += (val * valid).sum((0, 2)).to(torch.float64)
         self.rows += valid.sum((0, 2)).to(torch.float64)
-        self.pairs += allowed.sum((0, 2, 3)).to(torch.float64)
+        self.pairs += allowed.sum(-1).expand(b, hq, t).sum((0, 2)).to(torch.float64)
         if eps is not None:
             self._add_values(a, eps, value_mask)
         return a
@@ -182,17 +200,19 @@ def layer_metrics(q: torch.Tensor, k: torch.Tensor, k_eff: torch.Tensor, tau: fl
         eps = v_hat.float() - v.float()
     a2 = torch.zeros(b, hkv, s, dtype=torch.float64) if track_a2 else None
     block = block or max(1, (1 << 24) // max(1, b * hq * s))
+    diff = k_eff.float() - k.float()
     for t0 in range(0, t, block):
         t1 = min(t, t0 + block)
         end = offset + t1  # keys visible to the last row of the block
         qb = q[:, :, t0:t1]
-        dense = grouped_logits(qb, k[:, :, :end], tau)
-        s_hat = grouped_logits(qb, k_eff[:, :, :end], tau)
-        if key_mask is not None:
-            s_hat = torch.where(key_mask[t0:t1, :end], s_hat, dense)
+        allowed = allowed_mask(t1 - t0, end, None, offset + t0)
+        bias = torch.zeros(allowed.shape).masked_fill_(~allowed, float("-inf"))
+        s_m = grouped_logits(qb, k[:, :, :end], tau).add_(bias)
+        keep = allowed if key_mask is None else allowed & key_mask[t0:t1, :end]
+        delta = grouped_logits(qb, diff[:, :, :end], tau).mul_(keep.float())
         vm = None if value_mask is None else value_mask[t0:t1, :end]
         e = None if eps is None else eps[:, :, :end]
-        a = acc.add_logits(dense, s_hat, offset=offset + t0, eps=e, value_mask=vm)
+        a = acc.add_logit_error(s_m, delta, allowed, eps=e, value_mask=vm)
         if a2 is not None:
             a2[..., :end] += a2_weights(a, hkv)
     out = acc.result()
