@@ -184,8 +184,9 @@ def layer_metrics(q: torch.Tensor, k: torch.Tensor, k_eff: torch.Tensor, tau: fl
 
     ``key_mask`` / ``value_mask`` bool [T, S] (``schedule.decode_mask``): where query t reads key /
     value j in quantized form (default: everywhere; ``k_eff`` equals ``k`` on tokens never
-    quantized). Causal, with queries at ``offset + t``: a block of rows only reads the keys it may
-    see, and a block holds about 2**24 logits unless ``block`` rows are given. ``track_a2`` adds
+    quantized). The logit error is ``tau q (k_eff - k)^T`` where keys are read quantized (one
+    matmul, no cancellation). Causal, with queries at ``offset + t``: a block of rows reads only the
+    keys it may see, and holds about 2**24 logits unless ``block`` rows are given. ``track_a2`` adds
     ``a2_weights`` float64 [B, Hkv, S] (A² over all rows, the oracle weights).
     """
     b, hq, t, _ = q.shape
