@@ -39,7 +39,7 @@ VALUE = QuantConfig(bits=2, axis="per_token", group_size=32, residual=128)
 HEADQ = HeadQConfig(rank=8, side_bits=8)
 GIB = 1 << 30
 KINDS = ("headq", "sdpa_gqa", "sdpa_folded", "triton_bf16")
-TUNE = ((32, 4), (64, 4), (64, 8), (128, 4), (128, 8))
+TUNE = ((4, 2), (4, 3), (2, 2), (8, 2))  # decode (num_warps, num_stages) variants
 BACKENDS = (
     SDPBackend.FLASH_ATTENTION,
     SDPBackend.EFFICIENT_ATTENTION,
@@ -186,24 +186,30 @@ def encode_row(batch: int, n_tok: int, device: str, copy_gbs: float) -> dict:
 
 
 def tune_row(batch: int, ctx: int, device: str, cap_gib: float) -> dict:
-    """Graph-replay time of the decode kernel per (tokens per loop step, warps) variant."""
+    """Graph-replay time of the decode kernel per (warps, pipeline stages) variant, and eager time of
+    the encode kernel (one layer) per warp count."""
     from headq_core.kernels.triton_decode import decode_attention_triton
+    from headq_core.kernels.triton_encode import encode_triton
 
     n = layer_count(batch, ctx, device, cap_gib)
     lay = Layers(batch, ctx, n, device)
     row = {"batch": batch, "context": ctx, "ms": {}}
-    for block, warps in TUNE:
+    for warps, stages in TUNE:
 
-        def run(block=block, warps=warps):
+        def run(warps=warps, stages=stages):
             for i in range(n):
                 args = (lay.q[i], lay.enc[i], lay.kr[i], lay.vr[i], lay.u[i], D**-0.5, 1)
-                decode_attention_triton(*args, block=block, num_warps=warps)
+                decode_attention_triton(*args, num_warps=warps, num_stages=stages)
 
         try:
-            row["ms"][f"block{block}_warps{warps}"] = median_ms(run, device, graph=True) / n
+            row["ms"][f"decode_warps{warps}_stages{stages}"] = median_ms(run, device, graph=True) / n
         except Exception as exc:  # noqa: BLE001 - a variant that does not fit is reported, not fatal
-            row["ms"][f"block{block}_warps{warps}"] = None
-            row.setdefault("errors", []).append(f"{block}/{warps}: {type(exc).__name__}")
+            row["ms"][f"decode_warps{warps}_stages{stages}"] = None
+            row.setdefault("errors", []).append(f"{warps}/{stages}: {type(exc).__name__}")
+    k, v = lay.k[0][:, :, : lay.n_q], lay.v[0][:, :, : lay.n_q]
+    for warps in (1, 2, 4, 8):
+        ms = median_ms(lambda w=warps: encode_triton(k, v, 2, 32, 2, 32, lay.u[0], 8, num_warps=w), device)
+        row["ms"][f"encode_warps{warps}"] = ms
     return row
 
 

@@ -31,14 +31,32 @@ def unpack_rows(packed, ROWS: tl.constexpr, D: tl.constexpr, BITS: tl.constexpr)
 
 @triton.jit
 def _online_update(m, l, acc, s, vals):
-    """One online-softmax step: s [GP, BN] base-2 logits, vals [BN, D] float32."""
+    """One online-softmax step: s [GP, BN] base-2 logits, vals [BN, D] fp16."""
     m_new = tl.maximum(m, tl.max(s, axis=1))
     m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
     alpha = tl.exp2(m - m_safe)
     p = tl.exp2(s - m_safe[:, None])
     l = l * alpha + tl.sum(p, axis=1)
-    acc = acc * alpha[:, None] + tl.dot(p, vals)
+    acc = acc * alpha[:, None] + tl.dot(p.to(tl.float16), vals)
     return m_new, l, acc
+
+
+@triton.jit
+def _side_logits(qu, sc_ptr, ss_ptr, tok, RANK, GK: tl.constexpr, RP: tl.constexpr, SIDE_BITS: tl.constexpr):
+    """<sign * U^T q, c^_j> [GP, GK] for the GK tokens ``tok`` (side code row pointers at sc_ptr)."""
+    rc = tl.arange(0, RP)
+    if SIDE_BITS == 4:
+        wc = tl.arange(0, RP // 2)
+        width = (RANK + 1) // 2
+        sb = tl.load(sc_ptr + tok[:, None] * width + wc[None, :], mask=wc[None, :] < width, other=0)
+        nib = unpack_rows(sb, GK, RP, 4)
+        cs = tl.where(nib >= 8.0, nib - 16.0, nib)
+    else:
+        cs = tl.load(sc_ptr + tok[:, None] * RANK + rc[None, :], mask=rc[None, :] < RANK, other=0)
+        cs = cs.to(tl.float32)
+    if SIDE_BITS != 16:
+        cs = cs * tl.load(ss_ptr + tok).to(tl.float32)[:, None]
+    return tl.dot(qu, tl.trans(cs))
 
 
 @triton.jit
@@ -57,7 +75,7 @@ def _decode_kernel(q_ptr, kc_ptr, ks_ptr, kz_ptr, vc_ptr, vs_ptr, vz_ptr, sc_ptr
     qrow = bh * GROUP + rows  # query head row in [B*Hq]
     rvalid = rows < GROUP
     q = tl.load(q_ptr + qrow[:, None] * D + cols[None, :], mask=rvalid[:, None], other=0.0)
-    q = q.to(tl.float32) * qk_scale  # base-2 logits
+    q16 = q.to(tl.float16)  # dot operands are fp16 (keys are fp16-range by construction); logits fp32
     m = tl.full((GP,), float("-inf"), tl.float32)
     l = tl.zeros((GP,), tl.float32)
     acc = tl.zeros((GP, D), tl.float32)
@@ -66,43 +84,28 @@ def _decode_kernel(q_ptr, kc_ptr, ks_ptr, kz_ptr, vc_ptr, vs_ptr, vz_ptr, sc_ptr
             rc = tl.arange(0, RP)
             u = tl.load(u_ptr + (h * D + cols[:, None]) * RANK + rc[None, :], mask=rc[None, :] < RANK,
                         other=0.0)
-            qu = tl.dot(q, u, input_precision="ieee") * sign  # [GP, RP]
+            qu = tl.dot(q.to(tl.float32), u, input_precision="ieee") * sign  # [GP, RP]
         KW: tl.constexpr = D * KBITS // 8
         VW: tl.constexpr = D * VBITS // 8
+        NG: tl.constexpr = D // GV
         start = split * TOK_PER_SPLIT
         end = tl.minimum(start + TOK_PER_SPLIT, N)
-        for n0 in range(start, end, BN):
-            tok = n0 + tl.arange(0, BN)
-            tv = tok < end
-            tm = tv[:, None]
-            kb = tl.load(kc_ptr + bh * s_kc + tok[:, None] * KW + tl.arange(0, KW)[None, :], mask=tm, other=0)
-            goff = bh * s_ks + (tok // GK)[:, None] * D + cols[None, :]
-            kh = unpack_rows(kb, BN, D, KBITS) * tl.load(ks_ptr + goff, mask=tm, other=0.0).to(tl.float32) \
-                + tl.load(kz_ptr + goff, mask=tm, other=0.0).to(tl.float32)
-            s = tl.dot(q, tl.trans(kh))  # [GP, BN]
+        # one key group per step: every token is valid (splits hold whole groups), scales are [D] rows
+        for n0 in range(start, end, GK):
+            tok = n0 + tl.arange(0, GK)
+            kb = tl.load(kc_ptr + bh * s_kc + tok[:, None] * KW + tl.arange(0, KW)[None, :])
+            g = bh * s_ks + (n0 // GK) * D + cols
+            kh = unpack_rows(kb, GK, D, KBITS) * tl.load(ks_ptr + g).to(tl.float32)[None, :] \
+                + tl.load(kz_ptr + g).to(tl.float32)[None, :]
+            s = tl.dot(q16, tl.trans(kh.to(tl.float16)))  # [GP, GK]
             if HAS_SIDE:
-                if SIDE_BITS == 16:
-                    cs = tl.load(sc_ptr + bh * s_sc + tok[:, None] * RANK + rc[None, :],
-                                 mask=tm & (rc[None, :] < RANK), other=0.0).to(tl.float32)
-                else:
-                    sscale = tl.load(ss_ptr + bh * s_ss + tok, mask=tv, other=0.0).to(tl.float32)
-                    if SIDE_BITS == 8:
-                        cc = tl.load(sc_ptr + bh * s_sc + tok[:, None] * RANK + rc[None, :],
-                                     mask=tm & (rc[None, :] < RANK), other=0).to(tl.float32)
-                    else:
-                        wc = tl.arange(0, RP // 2)
-                        sb = tl.load(sc_ptr + bh * s_sc + tok[:, None] * ((RANK + 1) // 2) + wc[None, :],
-                                     mask=tm & (wc[None, :] < (RANK + 1) // 2), other=0)
-                        nib = unpack_rows(sb, BN, RP, 4)
-                        cc = tl.where(nib >= 8.0, nib - 16.0, nib)
-                    cs = cc * sscale[:, None]
-                s += tl.dot(qu, tl.trans(cs), input_precision="ieee")
-            s = tl.where(tv[None, :], s, float("-inf"))
-            vb = tl.load(vc_ptr + bh * s_vc + tok[:, None] * VW + tl.arange(0, VW)[None, :], mask=tm, other=0)
-            voff = bh * s_vs + tok[:, None] * (D // GV) + (cols // GV)[None, :]
-            vh = unpack_rows(vb, BN, D, VBITS) * tl.load(vs_ptr + voff, mask=tm, other=0.0).to(tl.float32) \
-                + tl.load(vz_ptr + voff, mask=tm, other=0.0).to(tl.float32)
-            m, l, acc = _online_update(m, l, acc, s, vh)
+                s += _side_logits(qu, sc_ptr + bh * s_sc, ss_ptr + bh * s_ss, tok, RANK, GK, RP, SIDE_BITS)
+            vb = tl.load(vc_ptr + bh * s_vc + tok[:, None] * VW + tl.arange(0, VW)[None, :])
+            voff = bh * s_vs + tok[:, None] * NG + tl.arange(0, NG)[None, :]
+            vs = tl.load(vs_ptr + voff).to(tl.float32)[:, :, None]  # [GK, NG, 1]
+            vz = tl.load(vz_ptr + voff).to(tl.float32)[:, :, None]
+            v3 = tl.reshape(unpack_rows(vb, GK, D, VBITS), (GK, NG, GV)) * vs + vz
+            m, l, acc = _online_update(m, l, acc, s * qk_scale, tl.reshape(v3, (GK, D)).to(tl.float16))
     else:
         start = (split - N_QSPLITS) * TOK_PER_SPLIT
         end = tl.minimum(start + TOK_PER_SPLIT, R)
@@ -111,10 +114,10 @@ def _decode_kernel(q_ptr, kc_ptr, ks_ptr, kz_ptr, vc_ptr, vs_ptr, vz_ptr, sc_ptr
             tv = tok < end
             tm = tv[:, None]
             kr = tl.load(kr_ptr + bh * s_kr + tok[:, None] * D + cols[None, :], mask=tm, other=0.0)
-            s = tl.dot(q, tl.trans(kr.to(tl.float32)))
+            s = tl.dot(q16, tl.trans(kr.to(tl.float16))) * qk_scale
             s = tl.where(tv[None, :], s, float("-inf"))
             vr = tl.load(vr_ptr + bh * s_vr + tok[:, None] * D + cols[None, :], mask=tm, other=0.0)
-            m, l, acc = _online_update(m, l, acc, s, vr.to(tl.float32))
+            m, l, acc = _online_update(m, l, acc, s, vr.to(tl.float16))
     l_safe = tl.where(l == 0.0, 1.0, l)
     out_rows = qrow * S + split
     tl.store(o_ptr + out_rows[:, None] * D + cols[None, :], acc / l_safe[:, None], mask=rvalid[:, None])
@@ -151,7 +154,7 @@ def default_splits(batch_heads: int, tokens: int, block: int, device: torch.devi
 def decode_attention_triton(q: torch.Tensor, enc: EncodedKV | None, k_res: torch.Tensor | None,
                             v_res: torch.Tensor | None, basis: torch.Tensor | None, scale: float,
                             sign: int, num_splits: int | None = None, block: int = 64,
-                            num_warps: int = 4) -> torch.Tensor:
+                            num_warps: int = 4, num_stages: int = 2) -> torch.Tensor:
     """Triton path of :func:`headq_core.kernels.decode_attention` (inputs already validated):
     q [B, Hq, 1, d] -> [B, Hq, 1, d]; ``block`` tokens per loop step, ``num_warps`` per program."""
     b, hq, _, d = q.shape
@@ -162,7 +165,8 @@ def decode_attention_triton(q: torch.Tensor, enc: EncodedKV | None, k_res: torch
     n = enc.tokens if enc is not None else 0
     r_len = k_res.shape[2] if k_res is not None else 0
     target = num_splits or default_splits(b * h, n + r_len, block, q.device)
-    tok_per_split = triton.cdiv(triton.cdiv(n + r_len, target), block) * block
+    step = max(block, enc.key_group if enc is not None else 1)
+    tok_per_split = triton.cdiv(triton.cdiv(n + r_len, target), step) * step
     n_q = triton.cdiv(n, tok_per_split)
     splits = n_q + triton.cdiv(r_len, tok_per_split)
     qs = q.reshape(b * hq, d).contiguous()
@@ -198,7 +202,7 @@ def decode_attention_triton(q: torch.Tensor, enc: EncodedKV | None, k_res: torch
         GK=enc.key_group if enc is not None else 1, KBITS=enc.key_bits if enc is not None else 8,
         GV=enc.value_group if enc is not None else 1, VBITS=enc.value_bits if enc is not None else 8,
         RP=max(16, triton.next_power_of_2(max(rank, 1))), SIDE_BITS=enc.side_bits if enc is not None else 8,
-        HAS_SIDE=rank > 0, BN=block, num_warps=num_warps)
+        HAS_SIDE=rank > 0, BN=block, num_warps=num_warps, num_stages=num_stages)
     out = torch.empty(b * hq, d, dtype=q.dtype, device=q.device)
     _combine_kernel[(b * hq,)](o_part, lse, out, splits, D=d, SP=max(2, triton.next_power_of_2(splits)))
     return out.reshape(b, hq, 1, d)

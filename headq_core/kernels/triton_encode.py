@@ -28,7 +28,7 @@ def round_half_even(y):
 @triton.jit
 def fp16_scale(span, QMAX: tl.constexpr):
     """fp16-rounded ``span / QMAX`` as float32, 1 where it rounds to 0."""
-    s = (span / QMAX).to(tl.float16).to(tl.float32)
+    s = tl.math.div_rn(span, tl.full(span.shape, QMAX, tl.float32)).to(tl.float16).to(tl.float32)
     return tl.where(s == 0.0, 1.0, s)
 
 
@@ -104,7 +104,8 @@ def _encode_kernel(k_ptr, v_ptr, u_ptr, kc_ptr, ks_ptr, kz_ptr, vc_ptr, vs_ptr, 
 
 
 def encode_triton(k: torch.Tensor, v: torch.Tensor, key_bits: int, key_group: int, value_bits: int,
-                  value_group: int, basis: torch.Tensor | None, side_bits: int) -> EncodedKV:
+                  value_group: int, basis: torch.Tensor | None, side_bits: int,
+                  num_warps: int = 4) -> EncodedKV:
     """Triton path of :func:`headq_core.kernels.encode` (inputs already validated; k, v
     [B, Hkv, N, d] with power-of-two d, key_group >= 16 and value_group, bits dividing 8)."""
     b, h, n, d = k.shape
@@ -130,7 +131,7 @@ def encode_triton(k: torch.Tensor, v: torch.Tensor, key_bits: int, key_group: in
             side if side is not None else kc, side_scale if side_scale is not None else ks,
             h, n, rank, D=d, GK=key_group, KBITS=key_bits, GV=value_group, VBITS=value_bits,
             RP=max(16, triton.next_power_of_2(max(rank, 1))), SIDE_BITS=side_bits,
-            HAS_SIDE=basis is not None, num_warps=4)
+            HAS_SIDE=basis is not None, num_warps=num_warps)
     return EncodedKV(k_codes=kc, k_scale=ks, k_zero=kz, v_codes=vc, v_scale=vs, v_zero=vz, key_bits=key_bits,
                      key_group=key_group, value_bits=value_bits, value_group=value_group, head_dim=d,
                      side=side, side_scale=side_scale, side_bits=side_bits, rank=rank)

@@ -1,7 +1,8 @@
 """Triton kernels (run by Triton's CPU interpreter) against the torch reference on small shapes.
 
 ``TRITON_INTERPRET=1`` is set before anything imports the kernel modules, so in this process the
-kernels are interpreted; tests/kernels/test_gpu.py skips itself when it finds them so.
+kernels are interpreted; tests/kernels/test_gpu.py skips itself when it finds them so. The decode
+kernel multiplies fp16 operands (fp32 accumulation), hence the ~1e-3 tolerances on float32 inputs.
 """
 
 from __future__ import annotations
@@ -75,7 +76,7 @@ def test_decode_other_widths_and_gqa_group_of_one(kbits, vbits):
     q, enc, kr, vr, u = _case(gen, 32, 4, 8, kbits, vbits, hq=2, dtype=torch.float32)
     got = decode_attention(q, enc, kr, vr, basis=u, backend="triton", num_splits=2)
     ref = decode_attention(q, enc, kr, vr, basis=u, backend="reference")
-    assert torch.allclose(got, ref, atol=1e-4, rtol=1e-4)
+    assert torch.allclose(got, ref, atol=3e-3, rtol=3e-3)
 
 
 def test_decode_residual_only_and_quantized_only():
@@ -83,7 +84,7 @@ def test_decode_residual_only_and_quantized_only():
     q, enc, kr, vr, u = _case(gen, 32, 150, 8, dtype=torch.float32)
     for args in ((None, kr, vr), (enc, None, None)):
         got = decode_attention(q, *args, basis=u, backend="triton", num_splits=3)
-        assert torch.allclose(got, decode_attention(q, *args, basis=u, backend="reference"), atol=1e-4)
+        assert torch.allclose(got, decode_attention(q, *args, basis=u, backend="reference"), atol=3e-3)
 
 
 def test_decode_reads_token_slices_of_preallocated_buffers():
@@ -102,7 +103,7 @@ def test_decode_reads_token_slices_of_preallocated_buffers():
     vbig = torch.randn(2, 2, 16, 32, generator=gen)
     vbig[:, :, :6] = vr
     got = decode_attention(q, sliced, kbig[:, :, :6], vbig[:, :, :6], basis=u, backend="triton", num_splits=2)
-    assert torch.allclose(got, decode_attention(q, enc, kr, vr, basis=u, backend="reference"), atol=1e-4)
+    assert torch.allclose(got, decode_attention(q, enc, kr, vr, basis=u, backend="reference"), atol=3e-3)
 
 
 @triton.jit
