@@ -116,6 +116,11 @@ def make_basis(cfg: HeadQConfig, *, query_moment: torch.Tensor | None = None,
     return random_basis(kv_heads, head_dim, cfg.rank, cfg.seed)
 
 
+def _check_basis(basis: torch.Tensor, kv_heads: int, head_dim: int) -> None:
+    if basis.dim() != 3 or basis.shape[:2] != (kv_heads, head_dim):
+        raise ValueError(f"basis: expected [{kv_heads}, {head_dim}, r], got {tuple(basis.shape)}")
+
+
 @dataclass
 class SideCode:
     """codes: fp16 [B, Hkv, S, r] (16 bits), int8 [B, Hkv, S, r] (8) or uint8 [B, Hkv, S, ceil(r/2)]
@@ -132,6 +137,7 @@ def encode_side(residual: torch.Tensor, basis: torch.Tensor, bits: int) -> SideC
     if bits not in (4, 8, 16):
         raise ValueError(f"side_bits: must be 4, 8 or 16, got {bits!r}")
     check_finite(residual, "residual")
+    _check_basis(basis, residual.shape[1], residual.shape[-1])
     c = torch.einsum("bhsd,hdr->bhsr", residual.float(), basis.float())
     rank = c.shape[-1]
     if bits == 16:
@@ -170,6 +176,9 @@ def logit_correction(q: torch.Tensor, basis: torch.Tensor, c_hat: torch.Tensor, 
     b, hq, t, d = q.shape
     hkv = c_hat.shape[1]
     g = _group_size(hq, hkv)
+    _check_basis(basis, hkv, d)
+    if c_hat.shape[0] != b or c_hat.shape[-1] != basis.shape[-1]:
+        raise ValueError(f"c_hat: expected [{b}, {hkv}, S, {basis.shape[-1]}], got {tuple(c_hat.shape)}")
     qr = torch.einsum("bhgtd,hdr->bhgtr", q.float().reshape(b, hkv, g, t, d), basis.float())
     corr = sign * tau * torch.einsum("bhgtr,bhsr->bhgts", qr, c_hat).reshape(b, hq, t, -1)
     if mask is not None:

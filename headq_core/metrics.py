@@ -171,6 +171,8 @@ def grouped_logits(q: torch.Tensor, k: torch.Tensor, tau: float) -> torch.Tensor
     hkv, s = k.shape[1], k.shape[2]
     if hkv < 1 or hq % hkv:
         raise ValueError(f"k: KV heads {hkv} must divide query heads {hq}")
+    if k.shape[0] != b or k.shape[-1] != d:
+        raise ValueError(f"k: expected [{b}, Hkv, S, {d}] to match q, got {tuple(k.shape)}")
     g = hq // hkv
     return (tau * (q.float().reshape(b, hkv, g * t, d) @ k.float().transpose(-1, -2))).reshape(b, hq, t, s)
 

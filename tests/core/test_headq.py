@@ -122,6 +122,10 @@ def test_side_code_storage_matches_formula(bits):
     assert side.scale.dtype == torch.float16
     with pytest.raises(ValueError, match="side_bits"):
         encode_side(residual, basis, 2)
+    with pytest.raises(ValueError, match="basis"):
+        encode_side(residual, basis[:, :4], bits)
+    with pytest.raises(ValueError, match="c_hat"):
+        logit_correction(torch.zeros(2, 4, 5, 8), basis, got[..., :2], 0.5)
 
 
 def test_logit_correction_matches_loops():

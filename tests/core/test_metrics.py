@@ -120,6 +120,8 @@ def test_bad_inputs_raise():
                        mask=torch.ones(2, 2, dtype=torch.bool))
     with pytest.raises(ValueError, match="kv_heads"):
         HeadMetrics(4, 3)
+    with pytest.raises(ValueError, match="k"):
+        layer_metrics(torch.zeros(1, 4, 3, 8), torch.zeros(1, 2, 3, 4), torch.zeros(1, 2, 3, 4), 1.0)
 
 
 def test_layer_metrics_a2_and_offset_match_direct():
