@@ -10,6 +10,7 @@ from headq_core.config import (
     RunSpec,
     ValuePolicyConfig,
 )
+from headq_core.errors import Cancelled
 from headq_core.headq import (
     QueryStats,
     SideCode,
@@ -26,8 +27,8 @@ from headq_core.quant import Packed, dequantize, fake_quantize, quantize
 from headq_core.schedule import decode_mask, quantized_count
 from headq_core.values import OnlineA2, a2_weights, mixed_fake_quantize, value_keep_mask
 
-__all__ = ["HeadMetrics", "HeadQConfig", "InterventionConfig", "OnlineA2", "Packed", "QuantConfig",
-           "QueryStats", "RunSpec", "SideCode", "ValuePolicyConfig", "a2_weights", "correction_keys",
-           "decode_mask", "decode_side", "dequantize", "effective_bits", "encode_side", "fake_quantize",
-           "layer_metrics", "logit_correction", "make_basis", "mixed_fake_quantize", "pack_bits",
-           "perturb_keys", "quantize", "quantized_count", "unpack_bits", "value_keep_mask"]
+__all__ = ["Cancelled", "HeadMetrics", "HeadQConfig", "InterventionConfig", "OnlineA2", "Packed",
+           "QuantConfig", "QueryStats", "RunSpec", "SideCode", "ValuePolicyConfig", "a2_weights",
+           "correction_keys", "decode_mask", "decode_side", "dequantize", "effective_bits", "encode_side",
+           "fake_quantize", "layer_metrics", "logit_correction", "make_basis", "mixed_fake_quantize",
+           "pack_bits", "perturb_keys", "quantize", "quantized_count", "unpack_bits", "value_keep_mask"]
