@@ -30,6 +30,8 @@ def create_dash(
 
     ``requests_pathname_prefix`` is the URL path the browser sees (``/dashboard/`` when mounted
     in the API, ``/`` standalone); routes are served from ``/`` of the app's own Flask server.
+    ``api_token`` is sent with the dashboard's reads only; a submitted job carries the token the
+    user types in the form, so the server's token is never lent to whoever opens the page.
     Several apps may live in one process: each binds its page callbacks at creation.
     """
     ApiClient(api_base_url)  # validates the URL early (ValueError naming api_base_url)

@@ -32,7 +32,7 @@ class ApiError(RuntimeError):
 class ResultsCache:
     """Thread-safe LRU of results documents keyed by ``(base_url, job_id)``."""
 
-    def __init__(self, size: int = 6) -> None:
+    def __init__(self, size: int) -> None:
         self._size = size
         self._items: OrderedDict[tuple[str, str], dict] = OrderedDict()
         self._lock = threading.Lock()
@@ -52,7 +52,7 @@ class ResultsCache:
                 self._items.popitem(last=False)
 
 
-_RESULTS = ResultsCache()
+_RESULTS = ResultsCache(size=4)  # a 32-layer document is ~100 MB of Python objects
 
 
 class ApiClient:

@@ -15,6 +15,7 @@ import numpy as np
 from app.dashboard.results import METRIC_LABELS
 
 _MARGIN = {"l": 50, "r": 10, "t": 40, "b": 40}
+DIVERGING = [[0.0, "#2166ac"], [0.5, "#f7f7f7"], [1.0, "#b2182b"]]  # blue: B lower, red: B higher
 
 
 def label(metric: str) -> str:
@@ -107,8 +108,7 @@ def difference_figure(
     trace = {
         "type": "heatmap",
         "z": _nan_to_none(diff),
-        "colorscale": "RdBu",
-        "reversescale": True,
+        "colorscale": DIVERGING,
         "zmid": 0.0,
         "zmin": -bound,
         "zmax": bound,

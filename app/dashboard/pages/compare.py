@@ -36,10 +36,12 @@ def layout(job=None, run=None, job_b=None, run_b=None, metric=None, **_query) ->
     if error or not options:
         return html.Div([html.H2("Compare"), error_banner(error) if error else empty_state(NO_RESULTS)])
     (job_a, note), job_b = linked_job(job, options), pick(job_b or job, options)
-    runs_a, runs_b = _runs(job_a), _runs(job_b)
-    run_a = pick(run, [{"value": r} for r in runs_a])
-    run_b = pick(run_b, [{"value": r} for r in runs_b if r != run_a] or [{"value": r} for r in runs_b])
     doc, _ = load_results(job_a)
+    runs_a, runs_b = _runs(job_a), _runs(job_b)
+    run_a = run if run in runs_a else (R.default_run(doc) if doc else None)
+    # B defaults to the configuration after A (e.g. k2 -> k2-headq-r8)
+    after = runs_b[runs_b.index(run_a) + 1 :] if run_a in runs_b else runs_b
+    run_b = pick(run_b, [{"value": r} for r in after] or [{"value": r} for r in runs_b])
     metrics = R.metric_names(doc) if doc else []
     return html.Div(
         [
