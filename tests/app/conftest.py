@@ -84,3 +84,11 @@ def api(clean_engine: Engine, database_url: str) -> Iterator[TestClient]:
 
 EVAL_SPEC = {"kind": "evaluation", "model": {"id": "org/model"},
              "runs": [{"name": "k2", "key": {"bits": 2, "axis": "per_channel", "group_size": 32}}]}
+
+
+@pytest.fixture(scope="session")
+def shared_api(engine: Engine, database_url: str) -> Iterator[TestClient]:
+    """One app per database for tests that only send requests which must not change anything
+    (cheaper than an app per test); such tests compare the job count before and after."""
+    with TestClient(create_app(make_settings(database_url))) as client:
+        yield client

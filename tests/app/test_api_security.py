@@ -114,11 +114,13 @@ MALFORMED = [b"", b"{", b"null", b"[]", b'"text"', b"123", b'{"kind": 5}', b"\xf
 
 @pytest.mark.parametrize("body", MALFORMED, ids=range(len(MALFORMED)))
 @pytest.mark.parametrize("path", ["/jobs", "/results/import"])
-def test_malformed_bodies_are_4xx(api: TestClient, body: bytes, path: str) -> None:
+def test_malformed_bodies_are_4xx(shared_api: TestClient, body: bytes, path: str) -> None:
+    before = shared_api.get(f"{API}/jobs").json()["total"]
     for content_type in ("application/json", "text/plain"):
-        response = api.post(f"{API}{path}", content=body, headers={"Content-Type": content_type})
+        response = shared_api.post(f"{API}{path}", content=body, headers={"Content-Type": content_type})
         assert 400 <= response.status_code < 500, (body[:80], response.status_code, response.text[:300])
         assert isinstance(response.json()["detail"], str)
+    assert shared_api.get(f"{API}/jobs").json()["total"] == before
 
 
 def test_invalid_json_names_the_body(api: TestClient) -> None:
