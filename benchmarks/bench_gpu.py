@@ -155,7 +155,13 @@ def decode_row(batch: int, ctx: int, device: str, copy_gbs: float, cap_gib: floa
         "copy_GBps": copy_gbs,
     }
     for mode in modes(device):
-        t = {kind: time_kind(lay, kind, n, device, mode == "graph") for kind in KINDS}
+        t = {}
+        for kind in KINDS:
+            try:
+                t[kind] = time_kind(lay, kind, n, device, mode == "graph")
+            except Exception as exc:  # noqa: BLE001 - a failing baseline is reported, the run goes on
+                row.setdefault("errors", []).append(f"{mode} {kind}: {type(exc).__name__}: {exc}"[:300])
+                t[kind] = (float("inf"), "")
         best_bf16 = min(KINDS[1:], key=lambda k: t[k][0])
         row[mode] = {
             "ms": {k: v[0] for k, v in t.items()},

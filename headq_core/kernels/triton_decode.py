@@ -199,8 +199,9 @@ def decode_attention_triton(q: torch.Tensor, enc: EncodedKV | None, k_res: torch
         st.get("side", 0), st.get("side_scale", 0), st.get("k_res", 0), st.get("v_res", 0),
         h, n, r_len, max(rank, 1), tok_per_split, n_q, splits, scale * LOG2E, float(sign),
         GROUP=group, GP=max(16, triton.next_power_of_2(group)), D=d,
-        GK=enc.key_group if enc is not None else 1, KBITS=enc.key_bits if enc is not None else 8,
-        GV=enc.value_group if enc is not None else 1, VBITS=enc.value_bits if enc is not None else 8,
+        # without an encoding the quantized branch never runs, but it is compiled: give it legal shapes
+        GK=enc.key_group if enc is not None else 16, KBITS=enc.key_bits if enc is not None else 8,
+        GV=enc.value_group if enc is not None else 16, VBITS=enc.value_bits if enc is not None else 8,
         RP=max(16, triton.next_power_of_2(max(rank, 1))), SIDE_BITS=enc.side_bits if enc is not None else 8,
         HAS_SIDE=rank > 0, BN=block, num_warps=num_warps, num_stages=num_stages)
     out = torch.empty(b * hq, d, dtype=q.dtype, device=q.device)
