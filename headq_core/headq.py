@@ -55,14 +55,15 @@ class QueryStats:
         check_finite(q, "q")
         b, hq, t, d = q.shape
         g = _group_size(hq, self.kv_heads)
-        x = q.to(torch.float64).reshape(b, self.kv_heads, g, t, d)
         n_tok = b * t
         if mask is not None:
             if mask.shape != (b, t) or mask.dtype != torch.bool:
                 raise ValueError(f"mask: expected bool [{b}, {t}], got {mask.dtype} {tuple(mask.shape)}")
-            x = x * mask.view(b, 1, 1, t, 1)
+            q = q * mask.view(b, 1, t, 1)
             n_tok = int(mask.sum())
-        self.sums[layer] += torch.einsum("bhgtd,bhgte->hde", x, x)
+        x = q.to(torch.float64).reshape(b, self.kv_heads, g * t, d).transpose(0, 1)
+        x = x.reshape(self.kv_heads, b * g * t, d)  # every query vector of each KV head's group
+        self.sums[layer] += x.transpose(-1, -2) @ x  # [Hkv, d, d]
         self.counts[layer] += n_tok * g
 
     def second_moment(self) -> torch.Tensor:
