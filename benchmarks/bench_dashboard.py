@@ -91,6 +91,9 @@ def main() -> None:
         resp.raise_for_status()
         import_s = time.perf_counter() - t0
         job = resp.json()["items"][0]["id"]
+        t0 = time.perf_counter()
+        httpx.get(f"{server.url}/api/v1/jobs/{job}/results", timeout=600).raise_for_status()
+        api_get_s = time.perf_counter() - t0
         url = f"{server.url}/dashboard/run?job={job}&run=k2-headq-r8"
         with sync_playwright() as pw:
             browser = pw.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
@@ -120,6 +123,7 @@ def main() -> None:
         "window": args.window,
         "document_mib": round(doc_mb, 2),
         "import_s": round(import_s, 3),
+        "api_results_get_s": round(api_get_s, 3),
         "cold_s": round(cold, 3),
         "warm_median_s": round(statistics.median(warm), 3),
         "warm_s": [round(w, 3) for w in warm],
@@ -137,6 +141,7 @@ def main() -> None:
     rows = [
         ("results document (MiB)", result["document_mib"]),
         ("import via API (s)", result["import_s"]),
+        ("GET /jobs/{id}/results, API alone (s)", result["api_results_get_s"]),
         ("navigation -> 5 heatmaps, cold (s)", result["cold_s"]),
         ("navigation -> 5 heatmaps, warm median (s)", result["warm_median_s"]),
         ("in-app link Perplexity -> Run, median (s)", result["in_app_median_s"]),

@@ -47,7 +47,7 @@ def create_dash(
         requests_pathname_prefix=requests_pathname_prefix,
         routes_pathname_prefix="/",
         suppress_callback_exceptions=True,
-        update_title=None,
+        update_title="",
     )
     app.server.config[CONFIG_KEY] = api_base_url.rstrip("/")
     app.server.config[TOKEN_KEY] = api_token

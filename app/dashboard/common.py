@@ -117,7 +117,7 @@ def page_link(path: str, **query: Any) -> str:
     return dash.get_relative_path(path) + (f"?{urlencode(params)}" if params else "")
 
 
-def picker(id_: str, options: list[dict], value: Any, label: str, **kwargs: Any) -> html.Div:
+def picker(id_: str, options: list, value: Any, label: str, **kwargs: Any) -> html.Div:
     """A labelled dropdown."""
     return html.Div(
         [

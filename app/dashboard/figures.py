@@ -34,7 +34,9 @@ def log_values(matrix: np.ndarray) -> np.ndarray:
 
 def _nan_to_none(m: np.ndarray) -> list:
     """JSON-ready nested lists; NaN/inf become None (a gap in the heatmap)."""
-    return np.where(np.isfinite(m), m, None).tolist()
+    out = np.asarray(m, dtype=object)
+    out[~np.isfinite(m)] = None
+    return out.tolist()
 
 
 def _layout(title: str, height: int, **extra) -> dict:

@@ -144,7 +144,7 @@ def _job_row(job: dict) -> html.Tr:
     return html.Tr([html.Td(c) for c in cells], className="job-row")
 
 
-def _jobs_table() -> html.Div:
+def _jobs_table() -> html.Div | html.Table:
     try:
         jobs = client().jobs()
     except ApiError as exc:

@@ -3,8 +3,11 @@ effective key/value bits, as a sortable table (CSV export) and a bar chart."""
 
 from __future__ import annotations
 
+from typing import Literal
+
 import dash
-from dash import Input, Output, callback, dash_table, dcc, html
+from dash import Input, Output, callback, dcc, html
+from dash.dash_table.DataTable import DataTable
 
 from app.dashboard import figures
 from app.dashboard import results as R
@@ -21,7 +24,7 @@ from app.dashboard.common import (
 
 dash.register_page(__name__, path="/perplexity", name="Perplexity", title="HeadQ Lab · Perplexity")
 
-COLUMNS = [
+COLUMNS: list[tuple[str, str, Literal["text", "numeric"]]] = [
     ("run", "configuration", "text"),
     ("perplexity", "perplexity", "numeric"),
     ("excess", "excess perplexity", "numeric"),
@@ -43,7 +46,7 @@ def layout(job=None, **_query) -> html.Div:
             html.Div([picker("ppl-job", options, job, "job")], style=ROW),
             html.Div(error_banner(note) if note else None, id="ppl-note"),
             html.Div(id="ppl-message"),
-            dash_table.DataTable(
+            DataTable(
                 id="ppl-table",
                 columns=[
                     {"id": c, "name": n, "type": t, "format": {"specifier": ".4~g"}} for c, n, t in COLUMNS
