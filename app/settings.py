@@ -37,7 +37,6 @@ class Settings(BaseSettings):
     broker_url: str = "amqp://guest:guest@127.0.0.1:5672//"
     heartbeat_timeout_s: float = Field(default=120.0, gt=0)
     max_attempts: int = Field(default=3, ge=1, le=100)
-    model_cache_dir: Path = Path("./.headq/models")
     dashboard: bool = True
 
     @property

@@ -24,7 +24,6 @@ from pydantic import BaseModel, ConfigDict, Field, field_serializer, field_valid
 from headq_spec.runs import RunSpec
 
 BUILTIN_MODELS = ("builtin:smollm2-135m",)
-WEIGHT_FORMATS = ("auto", "safetensors", "gguf")
 _HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*(/[A-Za-z0-9][A-Za-z0-9._-]*)?$")
 _FORBIDDEN_KEYS = ("trust_remote_code",)
 

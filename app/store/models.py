@@ -15,9 +15,7 @@ from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 from sqlalchemy.types import TypeDecorator
 
-JOB_STATUSES = ("queued", "running", "succeeded", "failed", "cancelled")
 FINISHED_STATUSES = ("succeeded", "failed", "cancelled")
-JOB_KINDS = ("calibration", "evaluation")
 HEAD_METRICS = ("key_mse", "score_mse", "fisher", "attn_kl", "entropy", "route_flip",
                 "value_mse", "value_a2", "readout_err")
 HEAD_KEYS = ("run", "layer", "head", "kv_head")
