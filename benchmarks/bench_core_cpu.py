@@ -5,7 +5,8 @@ quantize keys (per_channel, G=32, 2-bit, packed) and values (per_token, G=32, 2-
 the query second moment and build the r=8 query basis, encode + decode the 8-bit side code, then
 every per-head metric in query blocks (causal, decode masks). Random anisotropic queries and
 Gaussian keys / values: timings do not depend on the values. ``--layers`` layers are timed (the
-machine is shared, keep it small) and the per-layer mean is scaled to ``--model-layers``.
+machine is shared, keep it small) and the per-layer mean is scaled to ``--model-layers``. Wall and
+process CPU seconds are both reported (on a shared machine the wall time mostly measures waiting).
 
     .venv/bin/python benchmarks/bench_core_cpu.py --layers 1
 """
@@ -14,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import resource
 import time
@@ -42,11 +44,13 @@ def one_layer(args: argparse.Namespace, seed: int) -> dict[str, float]:
     k = torch.randn(1, args.kv_heads, t, d, generator=gen)
     v = torch.randn(1, args.kv_heads, t, d, generator=gen)
     times: dict[str, float] = {}
+    cpu: dict[str, float] = {}
 
     def stage(name, fn):
-        start = time.perf_counter()
+        start, start_cpu = time.perf_counter(), time.process_time()
         out = fn()
         times[name] = time.perf_counter() - start
+        cpu[name] = time.process_time() - start_cpu
         return out
 
     pk = stage("quantize_keys", lambda: quantize(k, KEY))
@@ -66,8 +70,8 @@ def one_layer(args: argparse.Namespace, seed: int) -> dict[str, float]:
     out = stage("metrics", lambda: layer_metrics(q, k, k_eff, d ** -0.5, key_mask=masks[0], v=v, v_hat=v_hat,
                                                  value_mask=masks[1], block=args.block))
     assert all(torch.isfinite(x).all() for x in out.values())
-    times["total"] = sum(times.values())
-    return times
+    times["total"], cpu["total"] = sum(times.values()), sum(cpu.values())
+    return {"wall": times, "cpu": cpu}
 
 
 def main() -> None:
@@ -82,10 +86,12 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "bench_core_cpu.json")
     args = parser.parse_args()
     runs = [one_layer(args, seed) for seed in range(args.layers)]
-    mean = {name: sum(r[name] for r in runs) / len(runs) for name in runs[0]}
-    print(f"{'stage':<24}{'s / layer':>12}{f's x {args.model_layers} layers':>18}")
+    mean = {name: sum(r["wall"][name] for r in runs) / len(runs) for name in runs[0]["wall"]}
+    mean_cpu = {name: sum(r["cpu"][name] for r in runs) / len(runs) for name in runs[0]["cpu"]}
+    n = args.model_layers
+    print(f"{'stage':<24}{'wall s / layer':>15}{f'wall s x {n}':>14}{'CPU s / layer':>15}")
     for name, sec in mean.items():
-        print(f"{name:<24}{sec:>12.3f}{sec * args.model_layers:>18.2f}")
+        print(f"{name:<24}{sec:>15.3f}{sec * n:>14.2f}{mean_cpu[name]:>15.3f}")
     bits = {"key": effective_bits(KEY, args.head_dim, HEADQ), "value": effective_bits(VALUE, args.head_dim)}
     peak_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print(f"effective bits: key {bits['key']:.3f}, value {bits['value']:.3f}; peak RSS {peak_mib:.0f} MiB")
@@ -94,8 +100,9 @@ def main() -> None:
                                                  "tokens": args.tokens, "head_dim": args.head_dim},
         "layers_timed": args.layers, "model_layers": args.model_layers, "block": args.block,
         "configs": {"key": vars(KEY), "value": vars(VALUE), "headq": vars(HEADQ)},
-        "effective_bits": bits, "seconds_per_layer": mean,
-        "seconds_scaled": {n: s * args.model_layers for n, s in mean.items()},
+        "effective_bits": bits, "seconds_per_layer": mean, "cpu_seconds_per_layer": mean_cpu,
+        "seconds_scaled": {name: sec * n for name, sec in mean.items()},
+        "load_average_1m": os.getloadavg()[0], "cpu_count": os.cpu_count(),
         "per_layer_runs": runs, "peak_rss_mib": peak_mib,
         "machine": {"platform": platform.platform(), "processor": platform.processor(),
                     "torch": torch.__version__, "threads": torch.get_num_threads()},
