@@ -39,7 +39,7 @@ VALUE = QuantConfig(bits=2, axis="per_token", group_size=32, residual=128)
 HEADQ = HeadQConfig(rank=8, side_bits=8)
 GIB = 1 << 30
 KINDS = ("headq", "sdpa_gqa", "sdpa_folded", "triton_bf16")
-TUNE = ((4, 2), (4, 3), (2, 2), (8, 2))  # decode (num_warps, num_stages) variants
+TUNE = ((2, 2), (2, 3), (4, 2), (4, 3), (1, 2))  # decode (num_warps, num_stages) variants
 BACKENDS = (
     SDPBackend.FLASH_ATTENTION,
     SDPBackend.EFFICIENT_ATTENTION,

@@ -21,12 +21,13 @@ LOG2E = 1.4426950408889634
 
 
 @triton.jit
-def unpack_rows(packed, ROWS: tl.constexpr, D: tl.constexpr, BITS: tl.constexpr):
-    """uint8 [ROWS, D*BITS/8] -> float32 codes [ROWS, D] (little-endian bitstream along D)."""
+def load_codes(row_ptr, cols, BITS: tl.constexpr):
+    """Codes [ROWS, len(cols)] float32 of the little-endian bitstream rows at ``row_ptr`` [ROWS]:
+    code ``c`` is bits ``(c % per) * BITS`` of byte ``c // per``. Neighbouring columns read the same
+    byte, so each thread loads it once (no shuffles or shared memory to unpack)."""
     PER: tl.constexpr = 8 // BITS
-    shifts = (tl.arange(0, PER) * BITS).to(tl.uint8)
-    planes = (packed[:, :, None] >> shifts[None, None, :]) & ((1 << BITS) - 1)
-    return tl.reshape(planes, (ROWS, D)).to(tl.float32)
+    b = tl.load(row_ptr[:, None] + (cols // PER)[None, :])
+    return ((b >> ((cols % PER) * BITS).to(tl.uint8)[None, :]) & ((1 << BITS) - 1)).to(tl.float32)
 
 
 @triton.jit
@@ -46,10 +47,9 @@ def _side_logits(qu, sc_ptr, ss_ptr, tok, RANK, GK: tl.constexpr, RP: tl.constex
     """<sign * U^T q, c^_j> [GP, GK] for the GK tokens ``tok`` (side code row pointers at sc_ptr)."""
     rc = tl.arange(0, RP)
     if SIDE_BITS == 4:
-        wc = tl.arange(0, RP // 2)
-        width = (RANK + 1) // 2
-        sb = tl.load(sc_ptr + tok[:, None] * width + wc[None, :], mask=wc[None, :] < width, other=0)
-        nib = unpack_rows(sb, GK, RP, 4)
+        b = tl.load(sc_ptr + tok[:, None] * ((RANK + 1) // 2) + (rc // 2)[None, :], mask=rc[None, :] < RANK,
+                    other=0)
+        nib = ((b >> ((rc % 2) * 4).to(tl.uint8)[None, :]) & 15).to(tl.float32)
         cs = tl.where(nib >= 8.0, nib - 16.0, nib)
     else:
         cs = tl.load(sc_ptr + tok[:, None] * RANK + rc[None, :], mask=rc[None, :] < RANK, other=0)
@@ -93,19 +93,16 @@ def _decode_kernel(q_ptr, kc_ptr, ks_ptr, kz_ptr, vc_ptr, vs_ptr, vz_ptr, sc_ptr
         # one key group per step: every token is valid (splits hold whole groups), scales are [D] rows
         for n0 in range(start, end, GK):
             tok = n0 + tl.arange(0, GK)
-            kb = tl.load(kc_ptr + bh * s_kc + tok[:, None] * KW + tl.arange(0, KW)[None, :])
             g = bh * s_ks + (n0 // GK) * D + cols
-            kh = unpack_rows(kb, GK, D, KBITS) * tl.load(ks_ptr + g).to(tl.float32)[None, :] \
-                + tl.load(kz_ptr + g).to(tl.float32)[None, :]
+            kh = load_codes(kc_ptr + bh * s_kc + tok * KW, cols, KBITS) \
+                * tl.load(ks_ptr + g).to(tl.float32)[None, :] + tl.load(kz_ptr + g).to(tl.float32)[None, :]
             s = tl.dot(q16, tl.trans(kh.to(tl.float16)))  # [GP, GK]
             if HAS_SIDE:
                 s += _side_logits(qu, sc_ptr + bh * s_sc, ss_ptr + bh * s_ss, tok, RANK, GK, RP, SIDE_BITS)
-            vb = tl.load(vc_ptr + bh * s_vc + tok[:, None] * VW + tl.arange(0, VW)[None, :])
-            voff = bh * s_vs + tok[:, None] * NG + tl.arange(0, NG)[None, :]
-            vs = tl.load(vs_ptr + voff).to(tl.float32)[:, :, None]  # [GK, NG, 1]
-            vz = tl.load(vz_ptr + voff).to(tl.float32)[:, :, None]
-            v3 = tl.reshape(unpack_rows(vb, GK, D, VBITS), (GK, NG, GV)) * vs + vz
-            m, l, acc = _online_update(m, l, acc, s * qk_scale, tl.reshape(v3, (GK, D)).to(tl.float16))
+            voff = bh * s_vs + tok[:, None] * NG + (cols // GV)[None, :]  # [GK, D], one group per GV columns
+            vh = load_codes(vc_ptr + bh * s_vc + tok * VW, cols, VBITS) \
+                * tl.load(vs_ptr + voff).to(tl.float32) + tl.load(vz_ptr + voff).to(tl.float32)
+            m, l, acc = _online_update(m, l, acc, s * qk_scale, vh.to(tl.float16))
     else:
         start = (split - N_QSPLITS) * TOK_PER_SPLIT
         end = tl.minimum(start + TOK_PER_SPLIT, R)
@@ -154,7 +151,7 @@ def default_splits(batch_heads: int, tokens: int, block: int, device: torch.devi
 def decode_attention_triton(q: torch.Tensor, enc: EncodedKV | None, k_res: torch.Tensor | None,
                             v_res: torch.Tensor | None, basis: torch.Tensor | None, scale: float,
                             sign: int, num_splits: int | None = None, block: int = 64,
-                            num_warps: int = 4, num_stages: int = 2) -> torch.Tensor:
+                            num_warps: int = 2, num_stages: int = 2) -> torch.Tensor:
     """Triton path of :func:`headq_core.kernels.decode_attention` (inputs already validated):
     q [B, Hq, 1, d] -> [B, Hq, 1, d]; ``block`` tokens per loop step, ``num_warps`` per program."""
     b, hq, _, d = q.shape
