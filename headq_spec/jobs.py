@@ -17,6 +17,7 @@ import json
 import re
 import types
 import typing
+from collections.abc import Callable
 from typing import Any, Literal, Union
 
 from pydantic import BaseModel, ConfigDict, Field, field_serializer, field_validator, model_validator
@@ -24,6 +25,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_serializer, field_valid
 from headq_spec.runs import RunSpec
 
 BUILTIN_MODELS = ("builtin:smollm2-135m",)
+MAX_RUN_NAME = 200
 _HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*(/[A-Za-z0-9][A-Za-z0-9._-]*)?$")
 _FORBIDDEN_KEYS = ("trust_remote_code",)
 
@@ -131,9 +133,10 @@ class JobSpec(_Strict):
     @model_validator(mode="before")
     @classmethod
     def _no_forbidden_keys(cls, data: Any) -> Any:
-        found = _find_keys(data, _FORBIDDEN_KEYS)
+        found = find_path(data, lambda key: key in _FORBIDDEN_KEYS, values=False)
         if found:
             raise ValueError(f"{found}: is a server setting, never a request field")
+        check_text(data)
         return data
 
     @model_validator(mode="after")
@@ -151,6 +154,9 @@ class JobSpec(_Strict):
         if not self.runs:
             raise ValueError("runs: an evaluation needs at least one run")
         names = [run.name for run in self.runs]
+        too_long = [i for i, name in enumerate(names) if len(name) > MAX_RUN_NAME]
+        if too_long:
+            raise ValueError(f"runs.{too_long[0]}.name: at most {MAX_RUN_NAME} characters")
         duplicates = sorted({n for n in names if names.count(n) > 1})
         if duplicates:
             raise ValueError(f"runs: duplicate run names {duplicates}")
@@ -194,19 +200,29 @@ def _check_json_types(value: Any, annotation: Any, path: str) -> None:
         raise ValueError(f"{path}: must be of type {expected.__name__}, got {value!r}")
 
 
-def _find_keys(data: Any, keys: tuple[str, ...], path: str = "") -> str | None:
-    """Dotted path of the first of ``keys`` anywhere in nested dicts / lists, or None."""
-    if isinstance(data, dict):
-        for name, value in data.items():
-            here = f"{path}.{name}" if path else str(name)
-            if name in keys:
-                return here
-            found = _find_keys(value, keys, here)
-            if found:
-                return found
-    elif isinstance(data, list):
-        for index, value in enumerate(data):
-            found = _find_keys(value, keys, f"{path}.{index}" if path else str(index))
-            if found:
-                return found
+def find_path(data: Any, match: Callable[[Any], bool], *, keys: bool = True, values: bool = True,
+              path: str = "") -> str | None:
+    """Dotted path of the first dict key (if ``keys``) or leaf value (if ``values``), in nested
+    dicts / lists, for which ``match`` is true; None if there is none."""
+    items = data.items() if isinstance(data, dict) else enumerate(data) if isinstance(data, list) else ()
+    for name, value in items:
+        here = f"{path}.{name}" if path else str(name)
+        key_hit = keys and isinstance(data, dict) and match(name)
+        if key_hit or (values and not isinstance(value, dict | list) and match(value)):
+            return here
+        found = find_path(value, match, keys=keys, values=values, path=here)
+        if found:
+            return found
     return None
+
+
+def has_nul(value: Any) -> bool:
+    """True for text containing a NUL character (which PostgreSQL cannot store)."""
+    return isinstance(value, str) and "\x00" in value
+
+
+def check_text(data: Any) -> None:
+    """Refuse NUL characters anywhere in ``data``: ``ValueError`` naming the path."""
+    found = find_path(data, has_nul)
+    if found:
+        raise ValueError(f"{found}: text must not contain NUL characters")

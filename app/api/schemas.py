@@ -6,9 +6,10 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from headq_spec.jobs import JobSpec
+from app.store import INT32_MAX
+from headq_spec.jobs import JobSpec, check_text
 
 JobStatus = Literal["queued", "running", "succeeded", "failed", "cancelled"]
 JobKind = Literal["calibration", "evaluation"]
@@ -93,9 +94,9 @@ class HeadRowIn(BaseModel):
     model_config = ConfigDict(extra="allow", strict=True)
 
     run: str = Field(min_length=1, max_length=200)
-    layer: int = Field(ge=0)
-    head: int = Field(ge=0)
-    kv_head: int = Field(ge=0)
+    layer: int = Field(ge=0, le=INT32_MAX)
+    head: int = Field(ge=0, le=INT32_MAX)
+    kv_head: int = Field(ge=0, le=INT32_MAX)
     key_mse: float | None = None
     score_mse: float | None = None
     fisher: float | None = None
@@ -126,6 +127,12 @@ class ResultsDocument(BaseModel):
     model: ModelInfo
     runs: list[dict[str, Any]] = Field(default_factory=list)
     heads: list[HeadRowIn] = Field(default_factory=list)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _storable_text(cls, data: Any) -> Any:
+        check_text(data)
+        return data
 
 
 class BundleItem(BaseModel):

@@ -19,7 +19,7 @@ from app.store.jobs import (
     requeue_or_fail_stale,
     update_progress,
 )
-from app.store.models import FINISHED_STATUSES, HEAD_METRICS, JobRow
+from app.store.models import FINISHED_STATUSES, HEAD_METRICS, INT32_MAX, JobRow
 from app.store.results import (
     import_documents,
     load_calibration_artifact,
@@ -29,7 +29,7 @@ from app.store.results import (
 )
 
 __all__ = [
-    "FINISHED_STATUSES", "HEAD_METRICS", "IdempotencyConflict", "JobNotFound",
+    "FINISHED_STATUSES", "HEAD_METRICS", "INT32_MAX", "IdempotencyConflict", "JobNotFound",
     "JobRow", "JobStateError", "cancel_job", "claim_next_queued", "create_job", "finish", "get_job",
     "heartbeat", "import_documents", "is_cancel_requested", "list_jobs", "load_calibration_artifact",
     "load_head_rows", "load_results", "make_engine", "make_session_factory", "mark_running", "migrate",

@@ -17,7 +17,7 @@ from sqlalchemy import CursorResult, func, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from app.store.models import FINISHED_STATUSES, JobRow, utcnow
+from app.store.models import FINISHED_STATUSES, SHORT_TEXT, JobRow, utcnow
 
 
 class JobNotFound(LookupError):
@@ -70,7 +70,7 @@ def _by_idempotency_key(session: Session, key: str, request_hash: str | None) ->
 
 def get_job(session: Session, job_id: str) -> JobRow:
     """The job with this id (fresh from the database), or :class:`JobNotFound`."""
-    job = session.get(JobRow, job_id, populate_existing=True)
+    job = None if "\x00" in job_id else session.get(JobRow, job_id, populate_existing=True)
     if job is None:
         raise JobNotFound(f"job {job_id!r} not found")
     return job
@@ -81,6 +81,8 @@ def list_jobs(session: Session, *, status: str | None = None, kind: str | None =
     """Jobs matching the filters, newest first, one page of them, and the total count."""
     query = select(JobRow)
     for column, value in ((JobRow.status, status), (JobRow.kind, kind), (JobRow.model_id, model_id)):
+        if value is not None and "\x00" in value:  # no stored text holds NUL (PostgreSQL cannot)
+            return [], 0
         if value is not None:
             query = query.where(column == value)
     total = session.scalar(select(func.count()).select_from(query.subquery())) or 0
@@ -143,9 +145,10 @@ def claim_next_queued(session: Session, worker: str) -> JobRow | None:
 def mark_running(session: Session, job_id: str, worker: str) -> JobRow | None:
     """Start an attempt of a queued job for ``worker``; None if it is no longer queued."""
     now = utcnow()
-    if not _guarded_update(session, job_id, [JobRow.status == "queued", JobRow.cancel_requested.is_(False)],
-                           status="running", worker=worker, attempts=JobRow.attempts + 1, started_at=now,
-                           heartbeat_at=now, finished_at=None, progress=0.0, stage="starting"):
+    claimable = [JobRow.status == "queued", JobRow.cancel_requested.is_(False)]
+    if not _guarded_update(session, job_id, claimable, status="running", worker=worker[:SHORT_TEXT],
+                           attempts=JobRow.attempts + 1, started_at=now, heartbeat_at=now, finished_at=None,
+                           progress=0.0, stage="starting"):
         return None
     return get_job(session, job_id)
 
@@ -163,7 +166,7 @@ def update_progress(session: Session, job_id: str, fraction: float, stage: str,
     if not 0.0 <= fraction <= 1.0:
         raise ValueError(f"fraction: must lie in [0, 1], got {fraction!r}")
     return _guarded_update(session, job_id, _attempt_guard(attempt), progress=float(fraction),
-                           stage=stage[:200], heartbeat_at=utcnow())
+                           stage=stage[:SHORT_TEXT], heartbeat_at=utcnow())
 
 
 def is_cancel_requested(session: Session, job_id: str) -> bool:

@@ -19,6 +19,8 @@ from app.store.jobs import JobStateError, get_job
 from app.store.models import (
     HEAD_KEYS,
     HEAD_METRICS,
+    INT32_MAX,
+    SHORT_TEXT,
     CalibrationArtifactRow,
     HeadRow,
     JobRow,
@@ -45,10 +47,11 @@ def _head_row_values(job_id: str, attempt: int, index: int, row: Any) -> dict[st
     values: dict[str, Any] = {"job_id": job_id, "attempt": attempt}
     for key in HEAD_KEYS:
         value = row.get(key)
-        ok = isinstance(value, str) and value != "" if key == "run" else (
-            isinstance(value, int) and not isinstance(value, bool) and value >= 0)
+        ok = isinstance(value, str) and 0 < len(value) <= SHORT_TEXT if key == "run" else (
+            isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= INT32_MAX)
         if not ok:
-            kind = "a non-empty string" if key == "run" else "a non-negative integer"
+            kind = (f"a string of 1 to {SHORT_TEXT} characters" if key == "run"
+                    else f"an integer in [0, {INT32_MAX}]")
             raise ValueError(f"heads.{index}.{key}: must be {kind}, got {value!r}")
         values[key] = value
     for key in HEAD_METRICS:

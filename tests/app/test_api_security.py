@@ -128,3 +128,18 @@ def test_invalid_json_names_the_body(api: TestClient) -> None:
     assert response.status_code == 422
     [error] = response.json()["errors"]
     assert error == {"field": "body", "message": "invalid JSON (Expecting value) at character 9"}
+
+
+def test_text_and_numbers_postgresql_cannot_store_are_refused(api: TestClient) -> None:
+    doc = make_document()
+    cases = [("/jobs", {**EVAL_SPEC, "label": "a\x00b"}, "label"),
+             ("/jobs", {**EVAL_SPEC, "runs": [{"name": "r" * 201, "key": {"bits": 2}}]}, "runs.0.name"),
+             ("/results/import", {**doc, "dataset": {"name": "x\x00"}}, "dataset.name"),
+             ("/results/import", {**doc, "heads": [{**doc["heads"][0], "layer": 2**40}]}, "heads.0.layer")]
+    for path, body, field in cases:
+        response = api.post(f"{API}{path}", json=body)
+        assert response.status_code == 422, (field, response.text)
+        assert response.json()["errors"][0]["field"] == field
+    assert api.get(f"{API}/jobs/a%00b").status_code == 404
+    assert api.get(f"{API}/jobs", params={"model": "a\x00"}).json() == {"items": [], "total": 0}
+    assert api.get(f"{API}/jobs").json()["total"] == 0
