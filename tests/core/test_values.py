@@ -126,3 +126,13 @@ def test_errors():
     state.observe(torch.ones(1, 1, 1, 1))
     with pytest.raises(ValueError, match="position"):
         state.decide(1)
+
+
+def test_online_rule_with_ties():
+    """Equal scores never count as larger: with all-equal scores every token is kept (f > 0)."""
+    scores = torch.randint(0, 3, (2, 2, 25), generator=torch.Generator().manual_seed(0)).double()
+    assert torch.equal(online_keep_mask(scores, 0.3, block=4), brute_force_online(scores, 0.3))
+    assert online_keep_mask(torch.ones(1, 1, 10, dtype=torch.float64), 0.05).all()
+    state = OnlineA2(1, 0.05)
+    state.observe(torch.full((1, 1, 1, 10), 0.5))
+    assert all(bool(state.decide(j)) for j in range(10))
