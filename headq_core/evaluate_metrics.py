@@ -51,7 +51,7 @@ class HeadAccumulator:
         eps = None
         if view.value_hat is not None:
             acc.add_tensor_error("value_mse", call.value, view.value_hat)
-            eps = view.value_hat - call.value.float()
+            eps = view.value_hat - call.value.to(view.value_hat.dtype)
         a = acc.add_logits(view.raw_dense, view.raw, call.mask, eps=eps, value_mask=view.value_mask)
         if self.keep_a2:
             a2 = a2_weights(a, self.kv_heads).sum(0).cpu()  # [hkv, L], summed over the batch

@@ -79,7 +79,7 @@ class RunAttention:
 
     def _keys(self, call: AttentionCall, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(raw logits of the run's keys with the HeadQ term [b, hq, L, L], effective keys [b, hkv, L, d])."""
-        cfg, k = self.run.key, call.key.float()
+        cfg, k = self.run.key, call.key.to(call.work_dtype)
         assert cfg is not None
         k_hat = quantized_view(k, cfg)
         if self.run.intervention is not None:
@@ -103,7 +103,7 @@ class RunAttention:
 
     def _values(self, call: AttentionCall, probs: torch.Tensor) -> torch.Tensor | None:
         """Quantized values [b, hkv, L, d] as read once quantized (None for dense values)."""
-        cfg, v = self.run.value, call.value.float()
+        cfg, v = self.run.value, call.value.to(call.work_dtype)
         if cfg is None:
             return None
         policy = self.run.value_policy
@@ -121,16 +121,17 @@ class RunAttention:
         device = call.query.device
         raw_dense = call.raw_scores()
         k_mask = decode_mask(q_len, kv_len, self.run.key).to(device)
-        raw, key_eff = raw_dense, call.key.float()
+        raw, key_eff = raw_dense, call.key.to(call.work_dtype)
         if self.run.key is not None:
             raw_quant, key_eff = self._keys(call, k_mask)
             raw = torch.where(k_mask, raw_quant, raw_dense)
         probs = torch.softmax(call.finish(raw), dim=-1)
         v_mask = decode_mask(q_len, kv_len, self.run.value).to(device)
         value_hat = self._values(call, probs)
-        out = probs @ call.expand(call.value.float())
+        v = call.value.to(probs.dtype)
+        out = probs @ call.expand(v)
         if value_hat is not None:
-            out = out + (probs * v_mask) @ call.expand(value_hat - call.value.float())
+            out = out + (probs * v_mask) @ call.expand(value_hat.to(probs.dtype) - v)
         if self.sink is not None:
             self.sink(LayerView(call, call.cap(raw_dense), call.cap(raw), k_mask, key_eff, v_mask, value_hat))
         return out.to(call.query.dtype)

@@ -45,10 +45,16 @@ class AttentionCall:
         """[batch, kv_heads, n, d] -> [batch, q_heads, n, d] (transformers ``repeat_kv`` order)."""
         return x.repeat_interleave(self.groups, dim=1)
 
+    @property
+    def work_dtype(self) -> torch.dtype:
+        """float32, or float64 for a float64 model."""
+        return torch.promote_types(self.query.dtype, torch.float32)
+
     def raw_scores(self, key: torch.Tensor | None = None) -> torch.Tensor:
-        """``scaling * <q_t, k_j>`` in float32: [batch, q_heads, q_len, kv_len]."""
+        """``scaling * <q_t, k_j>`` in ``work_dtype``: [batch, q_heads, q_len, kv_len]."""
         k = self.key if key is None else key
-        return self.scaling * (self.query.float() @ self.expand(k.float()).transpose(-1, -2))
+        dt = self.work_dtype
+        return self.scaling * (self.query.to(dt) @ self.expand(k.to(dt)).transpose(-1, -2))
 
     def cap(self, raw: torch.Tensor) -> torch.Tensor:
         """Apply the model's logit softcap, if any."""
@@ -60,7 +66,7 @@ class AttentionCall:
         """Apply the model's softcap and mask to raw logits (quantization never touches these)."""
         raw = self.cap(raw)
         if self.mask is not None:
-            raw = raw + self.mask.float()
+            raw = raw + self.mask.to(raw.dtype)
         return raw
 
     def allowed(self) -> torch.Tensor:
@@ -75,11 +81,11 @@ class AttentionCall:
 def dense_attention(
     call: AttentionCall, logits: torch.Tensor | None = None, value: torch.Tensor | None = None
 ) -> torch.Tensor:
-    """Softmax attention in float32 -> [batch, q_heads, q_len, d] in the query's dtype."""
+    """Softmax attention in ``call.work_dtype`` -> [batch, q_heads, q_len, d] in the query's dtype."""
     logits = call.finish(call.raw_scores()) if logits is None else logits
     probs = torch.softmax(logits, dim=-1)
     v = call.value if value is None else value
-    return (probs @ call.expand(v.float())).to(call.query.dtype)
+    return (probs @ call.expand(v.to(probs.dtype))).to(call.query.dtype)
 
 
 Handler = Callable[[AttentionCall], torch.Tensor]

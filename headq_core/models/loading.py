@@ -14,7 +14,12 @@ import torch
 
 BUILTIN_SMOLLM2 = "builtin:smollm2-135m"
 _SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
-_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+_DTYPES = {
+    "float32": torch.float32,
+    "float16": torch.float16,
+    "bfloat16": torch.bfloat16,
+    "float64": torch.float64,
+}
 DEFAULT_CACHE_DIR = Path.home() / ".cache" / "headq" / "models"
 
 

@@ -1,0 +1,168 @@
+"""A real quantized KV cache for ``model.generate`` on the public transformers Cache API.
+
+:class:`HeadQCache` is a ``transformers.Cache`` of :class:`HeadQCacheLayer` (a ``DynamicLayer``
+subclass overriding only public methods). Each layer keeps, per side (keys / values), packed codes
+with fp16 scales and zero-points (``quant.quantize``) for the tokens the decode rule
+(``schedule.quantized_count``) has quantized, plus the full-precision residual tail; with HeadQ
+also the side codes ``c_j = U^T (k_j - k^_j)`` (``headq.encode_side``). Tokens are quantized
+when they leave the residual window, a complete group of ``G`` keys at a time.
+
+Attention reads the effective keys ``k^_j + sign * U c^_j`` (``headq.correction_keys``): their
+logits equal ``tau <q, k^_j> + sign * tau <U^T q, c^_j>`` exactly, so every attention backend of
+the model applies the HeadQ correction. A prefill of several tokens attends in full precision
+(as quantized caches do); every token decoded after it reads the cache as the decode rule says.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import torch
+from transformers.cache_utils import Cache, DynamicLayer
+
+from headq_core.config import HeadQConfig, QuantConfig
+from headq_core.headq import SideCode, correction_keys, decode_side, encode_side
+from headq_core.quant import Packed, dequantize, quantize
+from headq_core.schedule import quantized_count
+
+
+class _Side:
+    """One side (keys or values) of one layer: packed head + full-precision tail [B, H, n, d]."""
+
+    def __init__(self, cfg: QuantConfig | None) -> None:
+        self.cfg = cfg
+        self.packed: Packed | None = None
+        self.side: SideCode | None = None
+        self.tail: torch.Tensor | None = None
+
+    @property
+    def n_quant(self) -> int:
+        return 0 if self.packed is None else self.packed.n_quant
+
+    def append(self, x: torch.Tensor, basis: torch.Tensor | None, headq: HeadQConfig | None) -> None:
+        """Add tokens x [B, H, s, d]; quantize those the decode rule now wants quantized."""
+        self.tail = x if self.tail is None else torch.cat([self.tail, x], dim=-2)
+        total = self.n_quant + self.tail.shape[-2]
+        move = quantized_count(total, self.cfg) - self.n_quant
+        if move <= 0:
+            return
+        leaving, self.tail = self.tail[..., :move, :], self.tail[..., move:, :]
+        new = quantize(leaving.float().cpu(), self.cfg, n_quant=move)  # type: ignore[arg-type]
+        if basis is not None and headq is not None:
+            residual = leaving.float().cpu() - dequantize(new)
+            side = encode_side(residual, basis.cpu(), headq.side_bits)
+            self.side = side if self.side is None else _cat_side(self.side, side)
+        self.packed = new if self.packed is None else _cat_packed(self.packed, new)
+
+    def read(self, basis: torch.Tensor | None, sign: int, like: torch.Tensor) -> torch.Tensor:
+        """What attention reads: [B, H, n, d] in ``like``'s dtype and device."""
+        parts = []
+        if self.packed is not None:
+            # CUDA path (engineer E): kernels.decode_attention can read self.packed / self.side
+            # directly instead of materialising the dequantized keys here.
+            head = dequantize(self.packed).float()
+            if self.side is not None and basis is not None:
+                head = head + correction_keys(basis.cpu(), decode_side(self.side), sign)
+            parts.append(head.to(like.device, like.dtype))
+        if self.tail is not None:
+            parts.append(self.tail)
+        return torch.cat(parts, dim=-2)
+
+    def nbytes(self) -> int:
+        """Bytes held: codes, scales, zero-points, side codes and the full-precision tail."""
+        tensors = [] if self.tail is None else [self.tail]
+        if self.packed is not None:
+            tensors += [self.packed.codes, self.packed.scale, self.packed.zero]
+        if self.side is not None:
+            tensors += [self.side.codes] + ([] if self.side.scale is None else [self.side.scale])
+        return sum(t.numel() * t.element_size() for t in tensors)
+
+
+def _cat_packed(a: Packed, b: Packed) -> Packed:
+    """Concatenate two packed blocks along the token axis (their groups never straddle)."""
+    shape = (*a.shape[:-2], a.shape[-2] + b.shape[-2], a.shape[-1])
+    return replace(
+        a,
+        codes=torch.cat([a.codes, b.codes], -2),
+        scale=torch.cat([a.scale, b.scale], -2),
+        zero=torch.cat([a.zero, b.zero], -2),
+        shape=shape,
+        tail=torch.cat([a.tail, b.tail], -2),
+    )
+
+
+def _cat_side(a: SideCode, b: SideCode) -> SideCode:
+    scale = None if a.scale is None else torch.cat([a.scale, b.scale], -1)  # type: ignore[list-item]
+    return replace(a, codes=torch.cat([a.codes, b.codes], -2), scale=scale)
+
+
+class HeadQCacheLayer(DynamicLayer):
+    """One layer: quantized keys (``key``), values (``value``), optional HeadQ side code with
+    ``basis`` U [kv_heads, d, rank]. ``None`` keeps that side in full precision."""
+
+    def __init__(
+        self,
+        key: QuantConfig | None,
+        value: QuantConfig | None,
+        headq: HeadQConfig | None = None,
+        basis: torch.Tensor | None = None,
+    ) -> None:
+        super().__init__()
+        if headq is not None and (basis is None or key is None):
+            raise ValueError("headq: needs a key quantizer and a basis [kv_heads, d, rank]")
+        if basis is not None and headq is not None and basis.shape[-1] != headq.rank:
+            raise ValueError(f"basis: rank {basis.shape[-1]} != headq.rank {headq.rank}")
+        self.headq, self.basis = headq, basis
+        self.key_side, self.value_side = _Side(key), _Side(value)
+
+    def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args, **kwargs):
+        """Append [B, kv_heads, s, d] keys/values; return what attention reads ([B, kv_heads, n, d])."""
+        if not self.is_initialized:
+            self.lazy_initialization(key_states, value_states)
+        before = self.get_seq_length()
+        self.key_side.append(key_states, self.basis, self.headq)
+        self.value_side.append(value_states, None, None)
+        sign = self.headq.sign if self.headq is not None else 1
+        keys = self.key_side.read(self.basis, sign, key_states)
+        values = self.value_side.read(None, 1, value_states)
+        if key_states.shape[-2] > 1:  # prefill attends in full precision
+            keys = torch.cat([keys[..., :before, :], key_states], dim=-2)
+            values = torch.cat([values[..., :before, :], value_states], dim=-2)
+        return keys, values
+
+    def get_seq_length(self) -> int:
+        side = self.key_side
+        return side.n_quant + (0 if side.tail is None else side.tail.shape[-2])
+
+    def nbytes(self) -> int:
+        return self.key_side.nbytes() + self.value_side.nbytes()
+
+
+class HeadQCache(Cache):
+    """Quantized cache for all layers; ``basis`` [layers, kv_heads, d, >= rank] (e.g. a
+    calibration's) is needed for HeadQ with the ``query_pca`` basis."""
+
+    def __init__(
+        self,
+        num_layers: int,
+        key: QuantConfig | None,
+        value: QuantConfig | None = None,
+        headq: HeadQConfig | None = None,
+        basis: torch.Tensor | None = None,
+    ) -> None:
+        if headq is not None and basis is None:
+            raise ValueError("basis: HeadQ needs the per-layer basis [layers, kv_heads, d, rank]")
+        layers = [
+            HeadQCacheLayer(
+                key,
+                value,
+                headq,
+                None if basis is None or headq is None else basis[i, ..., : headq.rank].float(),
+            )
+            for i in range(num_layers)
+        ]
+        super().__init__(layers=layers)
+
+    def nbytes(self) -> int:
+        """Bytes held by all layers (packed codes, scales, side codes, residual tails)."""
+        return sum(layer.nbytes() for layer in self.layers)
