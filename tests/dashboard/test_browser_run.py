@@ -58,6 +58,27 @@ def test_deep_link_opens_job_run_and_head(server, job_id, page):
     assert page.errors == []
 
 
+def test_log_scale_and_other_metric_selector(server, job_id, document, page):
+    open_page(page, f"{server.url}/dashboard/run?job={job_id}&run=k2")
+    wait_for_graphs(page.page, HEATMAPS, 5)
+    page.page.click("#run-log input[type=checkbox]")
+    page.page.wait_for_function(
+        """() => [...document.querySelectorAll('.run-heatmap .js-plotly-plot')]
+                 .every(g => g.layout.title.text.endsWith('(log)'))""",
+        timeout=30_000,
+    )
+    fisher = np.array(figures(page.page, HEATMAPS)[0]["data"][0]["z"], dtype=float)
+    np.testing.assert_allclose(fisher, np.log10(R.head_matrix(document, "k2", "fisher")), rtol=1e-12)
+    page.page.click("#run-extra")
+    page.page.get_by_role("option", name="route_flip", exact=True).click()  # the list opens in a portal
+    page.page.wait_for_function(
+        """() => [...document.querySelectorAll('.run-heatmap .js-plotly-plot')][4]
+                 .layout.title.text.startsWith('route flip rate')""",
+        timeout=30_000,
+    )
+    assert page.errors == []
+
+
 def test_bad_deep_link_is_a_readable_error(server, job_id, page):
     open_page(page, f"{server.url}/dashboard/run?job={job_id}&layer=x")
     assert "layer: must be a whole number" in page.page.inner_text("[role=alert]")
