@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from headq_core.config import QuantConfig
-from headq_core.metrics import HeadMetrics, allowed_mask, layer_metrics
+from headq_core.metrics import SCORE_METRICS, HeadMetrics, allowed_mask, layer_metrics
 from headq_core.quant import fake_quantize
 from headq_core.schedule import decode_mask
 from tests.core.refs import reference_metrics, reference_tensor_mse
@@ -146,3 +146,15 @@ def test_value_a2_is_the_expected_readout_error():
     sigma = torch.linspace(0.1, 1.0, t).view(1, 1, t, 1)  # per-token error scale
     out = layer_metrics(q, k, k, 0.5, v=v, v_hat=v + sigma * torch.randn(draws, hkv, t, d, generator=gen))
     torch.testing.assert_close(out["readout_err"], out["value_a2"], rtol=0.05, atol=0)
+
+
+def test_huge_logit_errors_use_the_exact_branch():
+    """Errors far beyond exp's range (|delta| ~ 100) still give the reference KL and flips."""
+    gen = torch.Generator().manual_seed(13)
+    s_d = torch.randn(1, 2, 6, 6, generator=gen) * 3
+    s_h = s_d + 100 * torch.randn(1, 2, 6, 6, generator=gen)
+    acc = HeadMetrics(2, 1)
+    acc.add_logits(s_d, s_h)
+    want = reference_metrics(s_d, s_h, allowed_mask(6, 6))
+    for name in SCORE_METRICS:
+        assert_close(acc.result()[name], want[name])
