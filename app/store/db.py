@@ -22,7 +22,7 @@ MIGRATIONS_DIR = Path(__file__).resolve().parent.parent / "migrations"
 
 
 def make_engine(url: str) -> Engine:
-    """An engine for ``url``; creates the folder of a SQLite file and turns on its foreign keys."""
+    """An engine for ``url``; for SQLite: creates the file's folder, turns on foreign keys and WAL."""
     parsed = make_url(url)
     if parsed.get_backend_name() != "sqlite":
         return create_engine(url, pool_pre_ping=True)
@@ -34,6 +34,7 @@ def make_engine(url: str) -> Engine:
     def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
         cursor = dbapi_connection.cursor()
         cursor.execute("PRAGMA foreign_keys=ON")
+        cursor.execute("PRAGMA journal_mode=WAL")  # readers (the API) do not block the writer (a worker)
         cursor.close()
 
     return engine
