@@ -154,3 +154,25 @@ def test_migrations_match_the_models(engine: Engine) -> None:
     with engine.connect() as conn:
         diff = compare_metadata(MigrationContext.configure(conn), Base.metadata)
     assert diff == []
+
+
+def test_racing_submissions_with_one_idempotency_key_make_one_job(clean_engine: Engine) -> None:
+    factory = store.make_session_factory(clean_engine)
+    barrier = threading.Barrier(4)
+    ids: list[str] = []
+
+    def submit() -> None:
+        with factory() as s:
+            barrier.wait(10)
+            job, _ = store.create_job(s, kind="evaluation", spec={}, model_id="m/a", idempotency_key="same",
+                                      request_hash="h")
+            ids.append(job.id)
+
+    threads = [threading.Thread(target=submit) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    assert len(ids) == 4 and len(set(ids)) == 1
+    with factory() as s:
+        assert store.list_jobs(s)[1] == 1
