@@ -21,7 +21,7 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
     PIP_NO_CACHE_DIR=1 \
     HF_HOME=/home/headq/.cache/huggingface \
-    HEADQ_MODEL_CACHE_DIR=/home/headq/.cache/headq/models
+    HOME=/home/headq
 RUN groupadd --system --gid 10001 headq \
  && useradd --system --uid 10001 --gid headq --create-home --home-dir /home/headq headq
 WORKDIR /home/headq
