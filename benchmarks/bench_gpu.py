@@ -31,6 +31,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from headq_core.budget import effective_bits  # noqa: E402
 from headq_core.config import HeadQConfig, QuantConfig  # noqa: E402
 from headq_core.kernels import decode_attention, encode  # noqa: E402
+from headq_core.kernels.triton_decode import decode_attention_triton  # noqa: E402
 from headq_core.schedule import quantized_count  # noqa: E402
 
 HQ, HKV, D, LAYERS, HIDDEN = 32, 8, 128, 32, 4096
@@ -39,7 +40,8 @@ VALUE = QuantConfig(bits=2, axis="per_token", group_size=32, residual=128)
 HEADQ = HeadQConfig(rank=8, side_bits=8)
 GIB = 1 << 30
 KINDS = ("headq", "sdpa_gqa", "sdpa_folded", "triton_bf16")
-TUNE = ((2, 2), (2, 3), (4, 2), (4, 3), (1, 2))  # decode (num_warps, num_stages) variants
+TUNE = tuple((w, st, ps) for w in (1, 2) for st in (2, 3) for ps in (4, 16))  # (warps, stages, programs/SM)
+DECODE_CFG: dict = {}  # the tuned decode launch settings, chosen first on GPU
 BACKENDS = (
     SDPBackend.FLASH_ATTENTION,
     SDPBackend.EFFICIENT_ATTENTION,
@@ -99,6 +101,10 @@ class Layers:
 
     def attn(self, kind: str, i: int, q: torch.Tensor) -> torch.Tensor:
         """Attention of q [B, Hq, 1, d] over layer ``i``: the HeadQ cache or a bf16 baseline."""
+        if kind == "headq" and DECODE_CFG:
+            return decode_attention_triton(
+                q, self.enc[i], self.kr[i], self.vr[i], self.u[i], D**-0.5, 1, **DECODE_CFG
+            )
         if kind == "headq":
             return decode_attention(q, self.enc[i], self.kr[i], self.vr[i], basis=self.u[i])
         if kind == "triton_bf16":  # the same split-K kernel reading the bf16 cache
@@ -194,24 +200,26 @@ def encode_row(batch: int, n_tok: int, device: str, copy_gbs: float) -> dict:
 def tune_row(batch: int, ctx: int, device: str, cap_gib: float) -> dict:
     """Graph-replay time of the decode kernel per (warps, pipeline stages) variant, and eager time of
     the encode kernel (one layer) per warp count."""
-    from headq_core.kernels.triton_decode import decode_attention_triton
     from headq_core.kernels.triton_encode import encode_triton
 
     n = layer_count(batch, ctx, device, cap_gib)
     lay = Layers(batch, ctx, n, device)
     row = {"batch": batch, "context": ctx, "ms": {}}
-    for warps, stages in TUNE:
+    for warps, stages, per_sm in TUNE:
+        cfg = {"num_warps": warps, "num_stages": stages, "per_sm": per_sm}
 
-        def run(warps=warps, stages=stages):
+        def run(cfg=cfg):
             for i in range(n):
                 args = (lay.q[i], lay.enc[i], lay.kr[i], lay.vr[i], lay.u[i], D**-0.5, 1)
-                decode_attention_triton(*args, num_warps=warps, num_stages=stages)
+                decode_attention_triton(*args, **cfg)
 
+        name = f"decode_warps{warps}_stages{stages}_persm{per_sm}"
         try:
-            row["ms"][f"decode_warps{warps}_stages{stages}"] = median_ms(run, device, graph=True) / n
+            row["ms"][name] = median_ms(run, device, graph=True) / n
+            row.setdefault("cfg", {})[name] = cfg
         except Exception as exc:  # noqa: BLE001 - a variant that does not fit is reported, not fatal
-            row["ms"][f"decode_warps{warps}_stages{stages}"] = None
-            row.setdefault("errors", []).append(f"{warps}/{stages}: {type(exc).__name__}")
+            row["ms"][name] = None
+            row.setdefault("errors", []).append(f"{name}: {type(exc).__name__}")
     k, v = lay.k[0][:, :, : lay.n_q], lay.v[0][:, :, : lay.n_q]
     for warps in (1, 2, 4, 8):
         ms = median_ms(lambda w=warps: encode_triton(k, v, 2, 32, 2, 32, lay.u[0], 8, num_warps=w), device)
@@ -366,6 +374,14 @@ def main() -> None:
         args.out.write_text(json.dumps(res, indent=1))
         return row
 
+    for b, c in ((1, 32768), (8, 32768)) if gpu else ():
+        record("tune", tune_row(b, c, dev, args.cap_gib))
+    if gpu:  # the decode settings with the smallest summed time over the tuning shapes
+        names = [k for k in res["tune"][0]["cfg"] if all(r["ms"].get(k) for r in res["tune"])]
+        best = min(names, key=lambda k: sum(r["ms"][k] for r in res["tune"]))
+        DECODE_CFG.update(res["tune"][0]["cfg"][best])
+        res["decode_cfg"] = dict(DECODE_CFG)
+        print("decode settings:", DECODE_CFG)
     for b, c in decode_shapes:
         record("decode", decode_row(b, c, dev, copy_gbs, args.cap_gib))
     for b, c in [(1, 32768), (8, 32768)] if gpu else [(1, 1024)]:
@@ -374,8 +390,6 @@ def main() -> None:
         e = r["eager"]
         kind = e["best_bf16"]
         record("block", block_row(1, r["context"], dev, args.cap_gib, kind, e["sdpa_backend"].get(kind, "")))
-    for b, c in ((1, 32768), (8, 32768)) if gpu else ():
-        record("tune", tune_row(b, c, dev, args.cap_gib))
     record("memory", bench_memory(dev, 32768 if gpu else 4096, 16.0))
 
 

@@ -142,18 +142,19 @@ def _rows(t: torch.Tensor, heads: int) -> tuple[torch.Tensor, int]:
     return t, t.stride(1)
 
 
-def default_splits(batch_heads: int, tokens: int, block: int, device: torch.device) -> int:
-    """Token splits so that about four programs run per multiprocessor."""
+def default_splits(batch_heads: int, tokens: int, block: int, device: torch.device, per_sm: int = 4) -> int:
+    """Token splits so that about ``per_sm`` programs run per multiprocessor."""
     sms = torch.cuda.get_device_properties(device).multi_processor_count if device.type == "cuda" else 4
-    return max(1, min(triton.cdiv(4 * sms, batch_heads), triton.cdiv(tokens, block)))
+    return max(1, min(triton.cdiv(per_sm * sms, batch_heads), triton.cdiv(tokens, block)))
 
 
 def decode_attention_triton(q: torch.Tensor, enc: EncodedKV | None, k_res: torch.Tensor | None,
                             v_res: torch.Tensor | None, basis: torch.Tensor | None, scale: float,
                             sign: int, num_splits: int | None = None, block: int = 64,
-                            num_warps: int = 2, num_stages: int = 2) -> torch.Tensor:
+                            num_warps: int = 2, num_stages: int = 2, per_sm: int = 4) -> torch.Tensor:
     """Triton path of :func:`headq_core.kernels.decode_attention` (inputs already validated):
-    q [B, Hq, 1, d] -> [B, Hq, 1, d]; ``block`` tokens per loop step, ``num_warps`` per program."""
+    q [B, Hq, 1, d] -> [B, Hq, 1, d]; ``block`` residual tokens per loop step, ``num_warps`` /
+    ``num_stages`` per program, about ``per_sm`` programs per multiprocessor."""
     b, hq, _, d = q.shape
     ref = enc.k_codes if enc is not None else k_res
     assert ref is not None
@@ -161,7 +162,7 @@ def decode_attention_triton(q: torch.Tensor, enc: EncodedKV | None, k_res: torch
     group = hq // h
     n = enc.tokens if enc is not None else 0
     r_len = k_res.shape[2] if k_res is not None else 0
-    target = num_splits or default_splits(b * h, n + r_len, block, q.device)
+    target = num_splits or default_splits(b * h, n + r_len, block, q.device, per_sm)
     step = max(block, enc.key_group if enc is not None else 1)
     tok_per_split = triton.cdiv(triton.cdiv(n + r_len, target), step) * step
     n_q = triton.cdiv(n, tok_per_split)
