@@ -42,7 +42,7 @@ class LiveServer:
     """uvicorn (one worker) serving ``asgi_app`` on a free loopback port, in a daemon thread."""
 
     def __init__(self, asgi_app, port: int) -> None:
-        self.port = port
+        self.app, self.port = asgi_app, port
         self.url = f"http://127.0.0.1:{port}"
         self.server = uvicorn.Server(
             uvicorn.Config(

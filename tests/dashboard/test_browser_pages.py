@@ -11,6 +11,7 @@ import pytest
 from fastapi import FastAPI
 from scipy.stats import spearmanr
 
+from app import store
 from app.dashboard import results as R
 from app.dashboard.mount import mount_dashboard
 from tests.dashboard.browser import figures, open_page, screenshot, wait_for_graphs
@@ -53,6 +54,25 @@ def test_jobs_page_lists_jobs_and_submits_through_the_api(server, job_id, page):
     assert job["label"] == "from-the-browser" and job["status"] == "queued"
     assert [r["name"] for r in job["spec"]["runs"]] == ["dense", "k2"]
     page.page.wait_for_selector(f"#jobs-list :text('{new_id[:8]}')", timeout=30_000)  # live refresh
+    assert page.errors == []
+
+
+def test_jobs_page_shows_live_progress(server, page):
+    spec = {
+        "kind": "evaluation",
+        "label": "live",
+        "model": {"id": "builtin:smollm2-135m"},
+        "runs": [{"name": "k2", "key": {"bits": 2}}],
+    }
+    job = httpx.post(f"{server.url}/api/v1/jobs", json=spec, timeout=30).json()
+    open_page(page, f"{server.url}/dashboard/")
+    row = page.page.locator("#jobs-list tr", has_text=job["id"][:8])
+    assert "queued" in row.inner_text()
+    with server.app.state.session_factory() as session:  # what a worker does while it runs the job
+        assert store.mark_running(session, job["id"], "test-worker") is not None
+        assert store.update_progress(session, job["id"], 0.4, "evaluate k2")
+    page.page.wait_for_selector(f"#jobs-list tr:has-text('{job['id'][:8]}'):has-text('40%')", timeout=30_000)
+    assert "running" in row.inner_text() and "evaluate k2" in row.inner_text()
     assert page.errors == []
 
 
