@@ -26,6 +26,11 @@ def submit_job(spec: JobSpec, session: SessionDep, settings: SettingsDep, execut
                idempotency_key: Annotated[str | None, Header(max_length=200)] = None) -> Job:
     """Queue a calibration or evaluation. The same ``Idempotency-Key`` with the same body returns the
     job created the first time; with another body, 409."""
+    if idempotency_key is not None:
+        earlier = store.find_idempotent(session, idempotency_key, spec.fingerprint())
+        if earlier is not None:  # a retry: answer as the first time, even if the world changed since
+            response.headers["Idempotent-Replay"] = "true"
+            return Job.model_validate(earlier)
     check_model_path(spec, settings)
     check_calibration_reference(session, spec)
     job, created = store.create_job(session, kind=spec.kind, spec=spec.model_dump(mode="json"),

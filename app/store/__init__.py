@@ -9,6 +9,7 @@ from app.store.jobs import (
     cancel_job,
     claim_next_queued,
     create_job,
+    find_idempotent,
     finish,
     get_job,
     heartbeat,
@@ -29,9 +30,10 @@ from app.store.results import (
 )
 
 __all__ = [
-    "FINISHED_STATUSES", "HEAD_METRICS", "INT32_MAX", "IdempotencyConflict", "JobNotFound",
-    "JobRow", "JobStateError", "cancel_job", "claim_next_queued", "create_job", "finish", "get_job",
-    "heartbeat", "import_documents", "is_cancel_requested", "list_jobs", "load_calibration_artifact",
-    "load_head_rows", "load_results", "make_engine", "make_session_factory", "mark_running", "migrate",
-    "note_error", "ping", "requeue_or_fail_stale", "save_results", "session_scope", "update_progress",
+    "FINISHED_STATUSES", "HEAD_METRICS", "INT32_MAX", "IdempotencyConflict", "JobNotFound", "JobRow",
+    "JobStateError", "cancel_job", "claim_next_queued", "create_job", "find_idempotent", "finish",
+    "get_job", "heartbeat", "import_documents", "is_cancel_requested", "list_jobs",
+    "load_calibration_artifact", "load_head_rows", "load_results", "make_engine", "make_session_factory",
+    "mark_running", "migrate", "note_error", "ping", "requeue_or_fail_stale", "save_results",
+    "session_scope", "update_progress",
 ]

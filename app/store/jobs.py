@@ -39,7 +39,7 @@ def create_job(session: Session, *, kind: str, spec: dict[str, Any], model_id: s
     ``request_hash`` the earlier job is returned with ``created=False``; for a different hash,
     :class:`IdempotencyConflict`."""
     if idempotency_key is not None:
-        existing = _by_idempotency_key(session, idempotency_key, request_hash)
+        existing = find_idempotent(session, idempotency_key, request_hash)
         if existing is not None:
             return existing, False
     now = utcnow()
@@ -54,14 +54,16 @@ def create_job(session: Session, *, kind: str, spec: dict[str, Any], model_id: s
         session.rollback()
         if idempotency_key is None:
             raise
-        existing = _by_idempotency_key(session, idempotency_key, request_hash)
+        existing = find_idempotent(session, idempotency_key, request_hash)
         if existing is None:
             raise
         return existing, False
     return job, True
 
 
-def _by_idempotency_key(session: Session, key: str, request_hash: str | None) -> JobRow | None:
+def find_idempotent(session: Session, key: str, request_hash: str | None) -> JobRow | None:
+    """The job created earlier with this idempotency key (None if none); :class:`IdempotencyConflict`
+    if it was created from a request with another hash."""
     job = session.scalars(select(JobRow).where(JobRow.idempotency_key == key)).first()
     if job is not None and job.request_hash != request_hash:
         raise IdempotencyConflict(f"Idempotency-Key {key!r} was used for a different request (job {job.id})")

@@ -178,3 +178,14 @@ def test_cancel_semantics(api: TestClient, clean_engine: Engine) -> None:
     for job_id in (queued, running):
         again = api.post(f"{API}/jobs/{job_id}/cancel")
         assert again.status_code == 409 and "cancelled" in again.json()["detail"]
+
+
+def test_idempotent_replay_answers_as_the_first_time(api: TestClient) -> None:
+    cal = _post(api, {"kind": "calibration", "model": {"id": "org/model"}}).json()
+    spec = _spec(runs=[{"name": "hq", "key": {"bits": 2}, "headq": {"rank": 4}}], calibration_job=cal["id"])
+    first = _post(api, spec, headers={"Idempotency-Key": "retry-me"})
+    assert first.status_code == 201
+    api.post(f"{API}/jobs/{cal['id']}/cancel")
+    assert _post(api, spec).status_code == 422  # a new submission sees the cancelled calibration
+    again = _post(api, spec, headers={"Idempotency-Key": "retry-me"})
+    assert again.status_code == 201 and again.json()["id"] == first.json()["id"]
