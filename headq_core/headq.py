@@ -63,7 +63,7 @@ class QueryStats:
             n_tok = int(mask.sum())
         x = q.to(torch.float64).reshape(b, self.kv_heads, g * t, d).transpose(0, 1)
         x = x.reshape(self.kv_heads, b * g * t, d)  # every query vector of each KV head's group
-        self.sums[layer] += x.transpose(-1, -2) @ x  # [Hkv, d, d]
+        self.sums[layer] += (x.transpose(-1, -2) @ x).to(self.sums.device)  # [Hkv, d, d]
         self.counts[layer] += n_tok * g
 
     def second_moment(self) -> torch.Tensor:
@@ -183,5 +183,5 @@ def logit_correction(q: torch.Tensor, basis: torch.Tensor, c_hat: torch.Tensor, 
     qr = torch.einsum("bhgtd,hdr->bhgtr", q.float().reshape(b, hkv, g, t, d), basis.float())
     corr = sign * tau * torch.einsum("bhgtr,bhsr->bhgts", qr, c_hat).reshape(b, hq, t, -1)
     if mask is not None:
-        corr = corr * mask.to(corr.dtype)
+        corr = corr * mask.to(corr.device, corr.dtype)
     return corr

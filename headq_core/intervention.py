@@ -33,9 +33,10 @@ def perturb_keys(k: torch.Tensor, k_hat: torch.Tensor, basis: torch.Tensor,
         raise ValueError(f"dims: basis {tuple(basis.shape)} must be [Hkv, {d}, >= {cfg.dims}]")
     if cfg.subspace == "outside" and cfg.dims >= d:
         raise ValueError(f"dims: {cfg.dims} leaves no room outside the subspace of head_dim {d}")
-    u = basis[..., : cfg.dims].to(torch.float64)
-    gen = torch.Generator().manual_seed(cfg.seed)
-    noise = project(torch.randn(k.shape, generator=gen, dtype=torch.float64), u, cfg.subspace)
+    u = basis[..., : cfg.dims].to(k.device, torch.float64)
+    gen = torch.Generator().manual_seed(cfg.seed)  # drawn on the CPU: the same noise on any device
+    noise = torch.randn(k.shape, generator=gen, dtype=torch.float64).to(k.device)
+    noise = project(noise, u, cfg.subspace)
     err_norm = (k_hat.to(torch.float64) - k.to(torch.float64)).norm(dim=-1, keepdim=True)
     noise = noise / noise.norm(dim=-1, keepdim=True).clamp(min=1e-300) * err_norm
     return (k.to(torch.float64) + noise).to(k.dtype)

@@ -32,11 +32,12 @@ VALUE_METRICS = ("value_a2", "readout_err")
 SMALL_X = 20.0
 
 
-def allowed_mask(q_len: int, kv_len: int, mask: torch.Tensor | None = None,
-                 offset: int = 0) -> torch.Tensor:
+def allowed_mask(q_len: int, kv_len: int, mask: torch.Tensor | None = None, offset: int = 0,
+                 device: torch.device | str | None = None) -> torch.Tensor:
     """bool [..., q_len, kv_len] of allowed (t, j) from ``mask`` (see module docstring)."""
     if mask is None:
-        return torch.arange(kv_len).unsqueeze(0) <= (torch.arange(q_len) + offset).unsqueeze(1)
+        cols, rows = torch.arange(kv_len, device=device), torch.arange(q_len, device=device) + offset
+        return cols.unsqueeze(0) <= rows.unsqueeze(1)
     if mask.shape[-2:] != (q_len, kv_len):
         raise ValueError(f"mask: last dims must be ({q_len}, {kv_len}), got {tuple(mask.shape)}")
     if mask.dtype == torch.bool:
@@ -66,11 +67,12 @@ def kl_rows(logp: torch.Tensor, x: torch.Tensor, a: torch.Tensor) -> torch.Tenso
 class HeadMetrics:
     """Accumulates per-query-head sums over blocks of rows (and batches); :meth:`result` divides."""
 
-    def __init__(self, q_heads: int, kv_heads: int) -> None:
+    def __init__(self, q_heads: int, kv_heads: int, device: torch.device | str | None = None) -> None:
+        """Running sums live on ``device`` (default CPU); inputs may sit on any device."""
         if kv_heads < 1 or q_heads % kv_heads:
             raise ValueError(f"kv_heads: {kv_heads} must divide q_heads {q_heads}")
         self.q_heads, self.kv_heads = q_heads, kv_heads
-        z = lambda n: torch.zeros(n, dtype=torch.float64)  # noqa: E731
+        z = lambda n: torch.zeros(n, dtype=torch.float64, device=device)  # noqa: E731
         self.sums = {name: z(q_heads) for name in SCORE_METRICS + VALUE_METRICS}
         self.rows, self.pairs = z(q_heads), z(q_heads)
         self.tensor_err = {"key_mse": z(kv_heads), "value_mse": z(kv_heads)}
@@ -83,7 +85,7 @@ class HeadMetrics:
             raise ValueError(f"{name}: expected two [B, {self.kv_heads}, S, d] tensors, got "
                              f"{tuple(x.shape)} and {tuple(x_hat.shape)}")
         err = (x_hat.to(torch.float64) - x.to(torch.float64)).square().sum((0, 2, 3))
-        self.tensor_err[name] += err
+        self.tensor_err[name] += err.to(self.tensor_err[name].device)
         self.tensor_n[name] += x.shape[0] * x.shape[2] * x.shape[3]
 
     def add_logits(self, s: torch.Tensor, s_hat: torch.Tensor, mask: torch.Tensor | None = None,
@@ -98,8 +100,8 @@ class HeadMetrics:
         s, s_hat = s.to(dt), s_hat.to(dt)
         if mask is not None and mask.dtype != torch.bool:
             s, s_hat = s + mask.to(dt), s_hat + mask.to(dt)
-        allowed = allowed_mask(s.shape[-2], s.shape[-1], mask, offset)  # broadcast over [B, Hq]
-        s_m = s + torch.zeros((), dtype=dt).masked_fill(~allowed, float("-inf"))
+        allowed = allowed_mask(s.shape[-2], s.shape[-1], mask, offset, s.device).to(s.device)
+        s_m = s + torch.zeros((), dtype=dt, device=s.device).masked_fill(~allowed, float("-inf"))
         delta = torch.where(allowed, s_hat - s, 0.0)
         return self.add_logit_error(s_m, delta, allowed, eps=eps, value_mask=value_mask)
 
@@ -130,10 +132,11 @@ class HeadMetrics:
             "entropy": -_rowdot(a, logp.clamp_(min=torch.finfo(dt).min)),
             "route_flip": flips.to(dt),
         }
+        home = self.rows.device
         for name, val in per_row.items():
-            self.sums[name] += (val * valid).sum((0, 2)).to(torch.float64)
-        self.rows += valid.sum((0, 2)).to(torch.float64)
-        self.pairs += allowed.sum(-1).expand(b, hq, t).sum((0, 2)).to(torch.float64)
+            self.sums[name] += (val * valid).sum((0, 2)).to(home, torch.float64)
+        self.rows += valid.sum((0, 2)).to(home, torch.float64)
+        self.pairs += allowed.sum(-1).expand(b, hq, t).sum((0, 2)).to(home, torch.float64)
         if eps is not None:
             self._add_values(a, eps, value_mask)
         return a
@@ -142,14 +145,14 @@ class HeadMetrics:
         b, hq, t, s = a.shape
         if eps.dim() != 4 or eps.shape[:3] != (b, self.kv_heads, s):
             raise ValueError(f"eps: expected [{b}, {self.kv_heads}, {s}, d], got {tuple(eps.shape)}")
-        aw = a if value_mask is None else a * value_mask.to(a.dtype)
+        aw = a if value_mask is None else a * value_mask.to(a.device, a.dtype)
         g = hq // self.kv_heads
         e = eps.to(a.dtype)
         readout = (aw.reshape(b, self.kv_heads, g * t, s) @ e).reshape(b, hq, t, -1)
-        self.sums["readout_err"] += readout.square().sum(-1).sum((0, 2)).to(torch.float64)
+        self.sums["readout_err"] += readout.square().sum(-1).sum((0, 2)).to(self.rows.device, torch.float64)
         enorm = e.square().sum(-1).unsqueeze(-1)  # [B, Hkv, S, 1]
         a2 = ((aw * a).reshape(b, self.kv_heads, g * t, s) @ enorm).reshape(b, hq, t)
-        self.sums["value_a2"] += a2.sum((0, 2)).to(torch.float64)
+        self.sums["value_a2"] += a2.sum((0, 2)).to(self.rows.device, torch.float64)
         self.seen_values = True
 
     def result(self) -> dict[str, torch.Tensor]:
@@ -195,25 +198,26 @@ def layer_metrics(q: torch.Tensor, k: torch.Tensor, k_eff: torch.Tensor, tau: fl
     hkv, s = k.shape[1], k.shape[2]
     if offset < 0 or offset + t > s:
         raise ValueError(f"offset: queries {offset}..{offset + t - 1} must lie inside the {s} keys")
-    acc = HeadMetrics(hq, hkv)
+    acc = HeadMetrics(hq, hkv, q.device)
     acc.add_tensor_error("key_mse", k, k_eff)
     eps = None
     if v is not None and v_hat is not None:
         acc.add_tensor_error("value_mse", v, v_hat)
         eps = v_hat.float() - v.float()
-    a2 = torch.zeros(b, hkv, s, dtype=torch.float64) if track_a2 else None
+    dev = q.device
+    a2 = torch.zeros(b, hkv, s, dtype=torch.float64, device=dev) if track_a2 else None
     block = block or max(1, (1 << 24) // max(1, b * hq * s))
     diff = k_eff.float() - k.float()
     for t0 in range(0, t, block):
         t1 = min(t, t0 + block)
         end = offset + t1  # keys visible to the last row of the block
         qb = q[:, :, t0:t1]
-        allowed = allowed_mask(t1 - t0, end, None, offset + t0)
-        bias = torch.zeros(allowed.shape).masked_fill_(~allowed, float("-inf"))
+        allowed = allowed_mask(t1 - t0, end, None, offset + t0, dev)
+        bias = torch.zeros(allowed.shape, device=dev).masked_fill_(~allowed, float("-inf"))
         s_m = grouped_logits(qb, k[:, :, :end], tau).add_(bias)
-        keep = allowed if key_mask is None else allowed & key_mask[t0:t1, :end]
+        keep = allowed if key_mask is None else allowed & key_mask[t0:t1, :end].to(dev)
         delta = grouped_logits(qb, diff[:, :, :end], tau).mul_(keep.float())
-        vm = None if value_mask is None else value_mask[t0:t1, :end]
+        vm = None if value_mask is None else value_mask[t0:t1, :end].to(dev)
         e = None if eps is None else eps[:, :, :end]
         a = acc.add_logit_error(s_m, delta, allowed, eps=e, value_mask=vm)
         if a2 is not None:

@@ -38,15 +38,16 @@ def pack_bits(codes: torch.Tensor, bits: int) -> torch.Tensor:
         pad = (-n) % per
         c = torch.nn.functional.pad(codes, (0, pad)) if pad else codes
         c = c.reshape(*lead, -1, per).to(torch.int32)
-        shifts = torch.arange(per, dtype=torch.int32) * bits
+        shifts = torch.arange(per, dtype=torch.int32, device=codes.device) * bits
         return (c << shifts).sum(-1).to(torch.uint8)
-    stream = ((codes.unsqueeze(-1).to(torch.int32) >> torch.arange(bits, dtype=torch.int32)) & 1)
+    bit = torch.arange(8, dtype=torch.int32, device=codes.device)
+    stream = (codes.unsqueeze(-1).to(torch.int32) >> bit[:bits]) & 1
     stream = stream.reshape(*lead, n * bits)
     pad = (-(n * bits)) % 8
     if pad:
         stream = torch.nn.functional.pad(stream, (0, pad))
     stream = stream.reshape(*lead, -1, 8)
-    return (stream << torch.arange(8, dtype=torch.int32)).sum(-1).to(torch.uint8)
+    return (stream << bit).sum(-1).to(torch.uint8)
 
 
 def unpack_bits(packed: torch.Tensor, bits: int, n: int) -> torch.Tensor:
@@ -61,11 +62,12 @@ def unpack_bits(packed: torch.Tensor, bits: int, n: int) -> torch.Tensor:
     if bits == 8:
         return packed.clone()
     p = packed.to(torch.int32)
+    bit = torch.arange(8, dtype=torch.int32, device=packed.device)
     if 8 % bits == 0:
         per = 8 // bits
-        shifts = torch.arange(per, dtype=torch.int32) * bits
+        shifts = bit[:per] * bits
         codes = (p.unsqueeze(-1) >> shifts) & ((1 << bits) - 1)
         return codes.reshape(*lead, -1)[..., :n].to(torch.uint8)
-    stream = ((p.unsqueeze(-1) >> torch.arange(8, dtype=torch.int32)) & 1).reshape(*lead, -1)
+    stream = ((p.unsqueeze(-1) >> bit) & 1).reshape(*lead, -1)
     stream = stream[..., : n * bits].reshape(*lead, n, bits)
-    return (stream << torch.arange(bits, dtype=torch.int32)).sum(-1).to(torch.uint8)
+    return (stream << bit[:bits]).sum(-1).to(torch.uint8)

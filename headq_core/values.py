@@ -34,8 +34,8 @@ def a2_weights(attn: torch.Tensor, kv_heads: int, *, until: torch.Tensor | None 
         raise ValueError(f"kv_heads: {kv_heads} must divide q_heads {hq}")
     sq = attn.to(torch.float64).square().reshape(b, kv_heads, hq // kv_heads, t, s).sum(2)
     if until is not None:
-        rows = torch.arange(t) + offset
-        sq = sq * (rows.unsqueeze(1) <= until.unsqueeze(0))
+        rows = torch.arange(t, device=attn.device) + offset
+        sq = sq * (rows.unsqueeze(1) <= until.to(attn.device).unsqueeze(0))
     return sq.sum(2)
 
 
@@ -57,8 +57,8 @@ def online_keep_decision(score: torch.Tensor, earlier: torch.Tensor, position: i
 def online_keep_mask(scores: torch.Tensor, fraction: float, block: int = 256) -> torch.Tensor:
     """Vectorised running-quantile rule: scores [B, Hkv, S] -> bool keep mask [B, Hkv, S]."""
     s = scores.shape[-1]
-    out = torch.empty(scores.shape, dtype=torch.bool)
-    idx = torch.arange(s)
+    out = torch.empty(scores.shape, dtype=torch.bool, device=scores.device)
+    idx = torch.arange(s, device=scores.device)
     for j0 in range(0, s, block):
         j = idx[j0:j0 + block]
         larger = (scores.unsqueeze(-2) > scores[..., j].unsqueeze(-1)) & (idx.unsqueeze(0) < j.unsqueeze(1))
@@ -69,7 +69,7 @@ def online_keep_mask(scores: torch.Tensor, fraction: float, block: int = 256) ->
 def oracle_keep_mask(a2: torch.Tensor, fraction: float) -> torch.Tensor:
     """Exact top-k of A² per (batch, KV head): a2 [B, Hkv, S] -> bool [B, Hkv, S], k = round(f*S)."""
     k = int(round(fraction * a2.shape[-1]))
-    keep = torch.zeros(a2.shape, dtype=torch.bool)
+    keep = torch.zeros(a2.shape, dtype=torch.bool, device=a2.device)
     if k:
         keep.scatter_(-1, a2.topk(k, dim=-1).indices, True)
     return keep
