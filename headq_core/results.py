@@ -72,3 +72,19 @@ def run_rows(
             }
         )
     return rows
+
+
+def calibration_document(
+    calibration: Any, model: dict[str, Any], dataset: dict[str, Any], seconds: float
+) -> dict[str, Any]:
+    """The results document of a calibration job (its artifact is ``calibration.to_bytes()``)."""
+    return {
+        "schema_version": SCHEMA_VERSION,
+        "kind": "calibration",
+        "model": model,
+        "dataset": dataset,
+        "versions": versions(),
+        "rank": calibration.rank,
+        "arrays": {"query_spectrum": calibration.eigenvalues.tolist()},
+        "timing": {"seconds": round(seconds, 3)},
+    }

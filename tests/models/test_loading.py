@@ -5,19 +5,11 @@ import time
 import pytest
 
 from headq_core.models.loading import BUILTIN_SMOLLM2, DEFAULT_CACHE_DIR, builtin_gguf_path, load_model
-from tests.models.tiny import build
+from tests.models.tiny import save_tiny
 
 
 def test_local_folder_roundtrip(tmp_path):
-    from tokenizers import Tokenizer, models
-    from transformers import PreTrainedTokenizerFast
-
-    model = build("llama")
-    model.save_pretrained(tmp_path)
-    vocab = {f"t{i}": i for i in range(96)}
-    PreTrainedTokenizerFast(
-        tokenizer_object=Tokenizer(models.WordLevel(vocab, unk_token="t0")), eos_token="t2"
-    ).save_pretrained(tmp_path)
+    save_tiny(tmp_path, "llama")
     loaded = load_model(str(tmp_path), device="cpu")
     assert loaded.info.architecture == "LlamaForCausalLM"
     assert (loaded.info.layers, loaded.info.heads, loaded.info.kv_heads, loaded.info.head_dim) == (2, 4, 2, 8)

@@ -87,3 +87,15 @@ def loaded(family: str = "llama", seed: int = 0, **overrides) -> LoadedModel:
         device="cpu",
     )
     return LoadedModel(model=model, tokenizer=CharTokenizer(), info=info)
+
+
+def save_tiny(folder, family: str = "llama") -> None:
+    """Save ``build(family)`` with a real character-level fast tokenizer (printable ASCII) to ``folder``."""
+    from tokenizers import Regex, Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    build(family).save_pretrained(folder)
+    vocab = {chr(32 + i): i for i in range(VOCAB - 1)} | {"[UNK]": VOCAB - 1}
+    tok = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
+    tok.pre_tokenizer = pre_tokenizers.Split(Regex("."), behavior="isolated")
+    PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="~").save_pretrained(folder)

@@ -1,0 +1,124 @@
+"""workers.pipeline.execute and the ``headq calibrate`` / ``headq eval`` commands on a tiny saved model."""
+
+import csv
+import json
+
+import pytest
+
+from headq_core.calibrate import Calibration
+from headq_core.errors import Cancelled
+from tests.models.tiny import save_tiny
+from workers.cli import main
+from workers.pipeline import ModelCache, execute
+
+K2 = {"bits": 2, "axis": "per_channel", "group_size": 4, "residual": 0}
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("models") / "tiny"
+    save_tiny(folder, "llama")
+    return folder
+
+
+def _spec(model_dir, kind, **extra):
+    return {
+        "kind": kind,
+        "model": {"id": str(model_dir), "device": "cpu"},
+        "dataset": {"source": "builtin", "name": "sotu", "window": 16, "max_tokens": 32},
+        **extra,
+    }
+
+
+def test_calibration_then_evaluation_reusing_the_model(model_dir):
+    cache, stages = ModelCache(), []
+    doc, blob = execute(
+        _spec(model_dir, "calibration", calibration={"rank": 4}),
+        calibration_blob=None,
+        progress=lambda f, s: stages.append(s),
+        model_cache=cache,
+        allowed_model_dirs=[str(model_dir.parent)],
+    )
+    assert doc["kind"] == "calibration" and doc["rank"] == 4 and doc["dataset"]["split"] == "calibration"
+    assert len(doc["arrays"]["query_spectrum"]) == 2 and "load model" in stages
+    cal = Calibration.from_bytes(blob)
+    first = cache.loaded
+    runs = [{"name": "dense"}, {"name": "k2", "key": K2}, {"name": "k2_h", "key": K2, "headq": {"rank": 4}}]
+    doc, artifact = execute(
+        _spec(model_dir, "evaluation", runs=runs, calibration_job="job-1"),
+        calibration_blob=blob,
+        model_cache=cache,
+    )
+    assert cache.loaded is first and artifact is None
+    assert [r["name"] for r in doc["runs"]] == ["dense", "k2", "k2_h"]
+    assert doc["calibration"]["job_id"] == "job-1" and doc["calibration"]["tokens"] == cal.meta["tokens"]
+    assert doc["dataset"]["split"] == "eval" and doc["runs"][2]["excess_removed"] is not None
+    assert len(doc["heads"]) == 2 * 2 * 4  # two quantized runs x layers x heads
+
+
+def test_refusals(model_dir, tmp_path):
+    with pytest.raises(ValueError, match="model.id: .* allowed model directories"):
+        execute(_spec(model_dir, "calibration"), calibration_blob=None, allowed_model_dirs=[str(tmp_path)])
+    with pytest.raises(ValueError, match="runs"):
+        execute(_spec(model_dir, "evaluation"), calibration_blob=None)
+    with pytest.raises(ValueError, match="trust_remote_code"):
+        execute({**_spec(model_dir, "calibration"), "trust_remote_code": True}, calibration_blob=None)
+    with pytest.raises(Cancelled):
+        execute(
+            _spec(model_dir, "evaluation", runs=[{"name": "dense"}]),
+            calibration_blob=None,
+            should_stop=lambda: True,
+        )
+
+
+def test_cli_calibrate_and_eval(model_dir, tmp_path, capsys):
+    cal_dir, out, heads = tmp_path / "cal", tmp_path / "r.json", tmp_path / "h.csv"
+    common = [
+        "--model",
+        str(model_dir),
+        "--device",
+        "cpu",
+        "--window",
+        "16",
+        "--max-tokens",
+        "32",
+        "--rank",
+        "2",
+    ]
+    assert main(["calibrate", *common, "--save", str(cal_dir)]) == 0
+    assert Calibration.load(cal_dir).rank == 2
+    assert (
+        main(
+            [
+                "eval",
+                *common,
+                "--bits",
+                "2",
+                "--group",
+                "4",
+                "--runs",
+                "controls",
+                "--calibration",
+                str(cal_dir),
+                "--out",
+                str(out),
+                "--csv",
+                str(heads),
+            ]
+        )
+        == 0
+    )
+    doc = json.loads(out.read_text())
+    assert [r["name"] for r in doc["runs"]] == [
+        "dense",
+        "k2",
+        "k2_headq2",
+        "k2_headq2_wrong_sign",
+        "k2_headq2_random",
+        "k2_headq2_key_pca",
+    ]
+    rows = list(csv.DictReader(heads.open()))
+    assert len(rows) == len(doc["heads"]) == 5 * 2 * 4
+    assert "k2_headq2" in capsys.readouterr().out
+    assert main(["eval", *common, "--runs", "headq"]) == 2  # HeadQ needs --calibration
+    assert "calibration" in capsys.readouterr().err

@@ -1,0 +1,130 @@
+"""Run one job spec (docs/contracts.md "Job spec") through headq_core: the one function the job
+runner and the ``headq`` CLI both call, plus a per-process cache of the last loaded model."""
+
+from __future__ import annotations
+
+import sys
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from headq_core.calibrate import Calibration, calibrate
+from headq_core.corpus import CorpusSpec
+from headq_core.evaluate import evaluate
+from headq_core.models.loading import LoadedModel, load_model
+from headq_core.results import calibration_document
+from headq_spec.jobs import JobSpec, model_location
+
+Progress = Callable[[float, str], None]
+
+
+class ModelCache:
+    """Keeps this process's last loaded model; the next job on the same model reuses it."""
+
+    def __init__(self) -> None:
+        self.key: tuple | None = None
+        self.loaded: LoadedModel | None = None
+
+    def get(self, key: tuple, load: Callable[[], LoadedModel]) -> LoadedModel:
+        if self.key != key or self.loaded is None:
+            self.loaded, self.key = None, None  # drop the old model before loading the next one
+            self.loaded, self.key = load(), key
+        return self.loaded
+
+
+def _model_path(spec: JobSpec, allowed_model_dirs: Sequence[str] | None) -> str:
+    """The id or path to load; a local path must lie inside ``allowed_model_dirs`` (None: any)."""
+    model_id = spec.model.id
+    if model_location(model_id) == "path":
+        path = Path(model_id).expanduser().resolve()
+        if allowed_model_dirs is not None and not any(
+            path.is_relative_to(Path(d).expanduser().resolve()) for d in allowed_model_dirs
+        ):
+            raise ValueError(f"model.id: {model_id!r} is not inside the allowed model directories")
+        model_id = str(path)
+    if spec.model.gguf_file:
+        model_id = str(Path(model_id) / spec.model.gguf_file)
+    return model_id
+
+
+def _corpus(spec: JobSpec) -> tuple[CorpusSpec, int, int]:
+    """(corpus, window, max_tokens) of the spec's dataset block."""
+    ds = spec.dataset
+    default_split = (
+        ("calibration" if spec.kind == "calibration" else "eval") if ds.source == "builtin" else "train"
+    )
+    corpus = CorpusSpec(
+        source=ds.source,
+        name=ds.name,
+        split=ds.split or default_split,
+        files=tuple(ds.files) if ds.files else None,
+        text_field=ds.text_field,
+    )
+    return corpus, ds.window, ds.max_tokens if ds.max_tokens is not None else sys.maxsize
+
+
+def execute(
+    spec: dict[str, Any],
+    *,
+    calibration_blob: bytes | None,
+    progress: Progress | None = None,
+    should_stop: Callable[[], bool] | None = None,
+    model_cache: ModelCache | None = None,
+    allowed_model_dirs: Sequence[str] | None = None,
+    trust_remote_code: bool = False,
+) -> tuple[dict[str, Any], bytes | None]:
+    """Run ``spec``: (results document, artifact bytes: the calibration blob or None)."""
+    job = JobSpec.model_validate(spec)
+    report = progress or (lambda fraction, stage: None)
+    model_id = _model_path(job, allowed_model_dirs)
+    key = (model_id, job.model.revision, job.model.dtype, job.model.device, trust_remote_code)
+    report(0.0, "load model")
+
+    def load() -> LoadedModel:
+        return load_model(
+            model_id,
+            revision=job.model.revision,
+            dtype=job.model.dtype,
+            device=job.model.device,
+            trust_remote_code=trust_remote_code,
+        )
+
+    loaded = model_cache.get(key, load) if model_cache is not None else load()
+    corpus, window, max_tokens = _corpus(job)
+    if job.kind == "calibration":
+        started = time.perf_counter()
+        rank = job.calibration.rank if job.calibration else 64
+        cal = calibrate(
+            loaded,
+            corpus,
+            window=window,
+            max_tokens=max_tokens,
+            rank=rank,
+            progress=report,
+            should_stop=should_stop,
+        )
+        dataset = {
+            **corpus.to_dict(),
+            "tokens": cal.meta["tokens"],
+            "windows": cal.meta["windows"],
+            "window": window,
+        }
+        doc = calibration_document(cal, loaded.info.to_dict(), dataset, time.perf_counter() - started)
+        return doc, cal.to_bytes()
+    calibration = None
+    if calibration_blob is not None:
+        calibration = Calibration.from_bytes(calibration_blob)
+        calibration.meta["job_id"] = job.calibration_job
+    doc = evaluate(
+        loaded,
+        corpus,
+        job.runs,
+        calibration,
+        window=window,
+        max_tokens=max_tokens,
+        seed=job.seed,
+        progress=report,
+        should_stop=should_stop,
+    )
+    return doc, None
