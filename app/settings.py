@@ -48,6 +48,7 @@ class Settings(BaseSettings):
     def api_base_url(self) -> str:
         """Where this server's REST API is reached from its own process (the dashboard uses it)."""
         host = "127.0.0.1" if self.host in ("0.0.0.0", "::") else self.host
+        host = f"[{host}]" if ":" in host and not host.startswith("[") else host  # an IPv6 address
         return f"http://{host}:{self.port}/api/v1"
 
 
