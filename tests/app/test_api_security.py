@@ -96,7 +96,7 @@ def test_settings_from_environment(monkeypatch: pytest.MonkeyPatch, tmp_path) ->
     assert settings.database_url == "sqlite:///./.headq/headq.db" and not settings.cors_origins
     assert settings.api_base_url == "http://127.0.0.1:9001/api/v1"
     assert Settings(host="::1", port=80).api_base_url == "http://[::1]:80/api/v1"
-    assert Settings(host="0.0.0.0").api_base_url == "http://127.0.0.1:8000/api/v1"
+    assert Settings(host="0.0.0.0", port=8000).api_base_url == "http://127.0.0.1:8000/api/v1"
     monkeypatch.setenv("HEADQ_PORT", "0")
     with pytest.raises(ValueError, match="port"):
         Settings()
