@@ -47,10 +47,10 @@ class _Side:
         if move <= 0:
             return
         leaving, self.tail = self.tail[..., :move, :], self.tail[..., move:, :]
-        new = quantize(leaving.float().cpu(), self.cfg, n_quant=move)  # type: ignore[arg-type]
+        new = quantize(leaving.float(), self.cfg, n_quant=move)  # type: ignore[arg-type]
         if basis is not None and headq is not None:
-            residual = leaving.float().cpu() - dequantize(new)
-            side = encode_side(residual, basis.cpu(), headq.side_bits)
+            residual = leaving.float() - dequantize(new)
+            side = encode_side(residual, basis.to(residual.device), headq.side_bits)
             self.side = side if self.side is None else _cat_side(self.side, side)
         self.packed = new if self.packed is None else _cat_packed(self.packed, new)
 
@@ -62,7 +62,7 @@ class _Side:
             # directly instead of materialising the dequantized keys here.
             head = dequantize(self.packed).float()
             if self.side is not None and basis is not None:
-                head = head + correction_keys(basis.cpu(), decode_side(self.side), sign)
+                head = head + correction_keys(basis.to(head.device), decode_side(self.side), sign)
             parts.append(head.to(like.device, like.dtype))
         if self.tail is not None:
             parts.append(self.tail)

@@ -29,24 +29,17 @@ class HeadAccumulator:
     dense attention's A² weights per (layer, KV head, window position)."""
 
     def __init__(self, layers: int, heads: int, kv_heads: int, keep_a2: bool = False) -> None:
-        self.layers = [HeadMetrics(heads, kv_heads) for _ in range(layers)]
+        self.layers: list[HeadMetrics | None] = [None] * layers
         self.heads, self.kv_heads, self.keep_a2 = heads, kv_heads, keep_a2
         self.a2: list[torch.Tensor | None] = [None] * layers
         self.windows = [0] * layers
 
-    def _metrics(self, layer: int, device: torch.device) -> HeadMetrics:
-        """The layer's ``HeadMetrics``, its running sums kept on ``device`` (no per-layer transfers)."""
-        acc = self.layers[layer]
-        if acc.rows.device != device:
-            acc.sums = {k: v.to(device) for k, v in acc.sums.items()}
-            acc.tensor_err = {k: v.to(device) for k, v in acc.tensor_err.items()}
-            acc.rows, acc.pairs = acc.rows.to(device), acc.pairs.to(device)
-        return acc
-
     def add(self, view: LayerView) -> None:
         """Sink for :class:`~headq_core.evaluate_run.RunAttention`: one layer of one window."""
         call = view.call
-        acc = self._metrics(call.layer, call.query.device)
+        if self.layers[call.layer] is None:  # running sums live where the activations are
+            self.layers[call.layer] = HeadMetrics(self.heads, self.kv_heads, device=call.query.device)
+        acc = self.layers[call.layer]
         acc.add_tensor_error("key_mse", call.key, view.key_eff)
         eps = None
         if view.value_hat is not None:
@@ -64,7 +57,7 @@ class HeadAccumulator:
         groups = self.heads // self.kv_heads
         out = []
         for layer, acc in enumerate(self.layers):
-            result = {k: v.cpu() for k, v in acc.result().items()}
+            result = {} if acc is None else {k: v.cpu() for k, v in acc.result().items()}
             if not result:
                 continue
             for head in range(self.heads):

@@ -33,10 +33,10 @@ from headq_core.values import mixed_fake_quantize, value_keep_mask
 
 def quantized_view(x: torch.Tensor, cfg: QuantConfig) -> torch.Tensor:
     """x [b, h, L, d] as the cache holds it after L tokens (``fake_quantize`` of the leading
-    ``quantized_count(L)`` tokens, on the CPU where the packing runs; the rest exact)."""
+    ``quantized_count(L)`` tokens; the rest exact)."""
     if quantized_count(x.shape[-2], cfg) == 0:
         return x
-    return fake_quantize(x.cpu(), cfg).to(x.device)
+    return fake_quantize(x, cfg)
 
 
 @dataclass
@@ -84,8 +84,7 @@ class RunAttention:
         k_hat = quantized_view(k, cfg)
         if self.run.intervention is not None:
             iv = self.run.intervention
-            basis = self.basis_for(call.layer, iv.dims)  # the noise is drawn on the CPU (seeded)
-            k_hat = perturb_keys(k.cpu(), k_hat.cpu(), basis.cpu(), iv).to(k.device)
+            k_hat = perturb_keys(k, k_hat, self.basis_for(call.layer, iv.dims), iv)
         raw = call.raw_scores(k_hat)
         hq = self.run.headq
         if hq is None:
@@ -97,7 +96,7 @@ class RunAttention:
             basis = key_pca_basis(residual, hq.rank)
         else:
             basis = random_basis(k.shape[1], k.shape[-1], hq.rank, hq.seed + call.layer).to(k.device)
-        c_hat = decode_side(encode_side(residual.cpu(), basis.cpu(), hq.side_bits)).to(k.device)
+        c_hat = decode_side(encode_side(residual, basis, hq.side_bits))
         raw = raw + logit_correction(call.query, basis, c_hat, call.scaling, hq.sign, mask)
         return raw, k_hat + correction_keys(basis, c_hat, hq.sign)
 
@@ -110,8 +109,8 @@ class RunAttention:
         if policy is None:
             return quantized_view(v, cfg)
         # the policy's A² comes from the attention this run's decode loop would see
-        keep = value_keep_mask(probs.cpu(), v.shape[1], policy, cfg)  # bool [b, hkv, L]
-        return mixed_fake_quantize(v.cpu(), cfg, keep, policy.high_bits).to(v.device)
+        keep = value_keep_mask(probs, v.shape[1], policy, cfg)  # bool [b, hkv, L]
+        return mixed_fake_quantize(v, cfg, keep, policy.high_bits)
 
     def __call__(self, call: AttentionCall) -> torch.Tensor:
         """[b, hq, L, d] attention output of this run for one layer."""
