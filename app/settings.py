@@ -31,6 +31,7 @@ class Settings(BaseSettings):
     allow_remote_without_token: bool = False
     trust_remote_code: bool = False
     allowed_model_dirs: list[Path] = Field(default_factory=list)
+    allowed_data_dirs: list[Path] = Field(default_factory=list)
     max_request_bytes: int = Field(default=64 * 1024 * 1024, ge=1024)
     cors_origins: list[str] = Field(default_factory=list)
     executor: Literal["local", "celery", "none"] = "local"

@@ -1,5 +1,6 @@
-"""Checks of a job spec that need the server: where local model paths may lie, and whether a named
-calibration job exists and fits. Each raises ``ValueError`` naming the field (the API answers 422)."""
+"""Checks of a job spec that need the server: where local model folders and dataset files may lie,
+and whether a named calibration job exists and fits. Each raises ``ValueError`` naming the field
+(the API answers 422)."""
 
 from __future__ import annotations
 
@@ -12,19 +13,27 @@ from app.store import JobNotFound, get_job
 from headq_spec.jobs import JobSpec, model_location
 
 
-def check_model_path(spec: JobSpec, settings: Settings) -> None:
-    """A model id that is a local path must lie under one of ``settings.allowed_model_dirs``."""
-    if model_location(spec.model.id) != "path":
-        return
+def _require_under(text: str, roots: list[Path], field: str, setting: str, what: str) -> None:
+    """``ValueError`` naming ``field`` unless the path ``text`` lies under one of ``roots``."""
     try:
-        path = Path(spec.model.id).expanduser().resolve()
-        allowed = [Path(d).expanduser().resolve() for d in settings.allowed_model_dirs]
+        path = Path(text).expanduser().resolve()
+        allowed = [Path(d).expanduser().resolve() for d in roots]
     except (OSError, ValueError, RuntimeError) as exc:
-        raise ValueError(f"model.id: not a usable path ({exc})") from exc
+        raise ValueError(f"{field}: not a usable path ({exc})") from exc
     if not any(path.is_relative_to(root) for root in allowed):
         where = [str(d) for d in allowed] or "none configured"
-        raise ValueError(f"model.id: {spec.model.id!r} is neither a hub id ('org/name') nor a folder under "
-                         f"the allowed model directories ({where}; HEADQ_ALLOWED_MODEL_DIRS)")
+        raise ValueError(f"{field}: {text!r} is {what} the allowed directories ({where}; {setting})")
+
+
+def check_local_paths(spec: JobSpec, settings: Settings) -> None:
+    """A model id that is a local path must lie under ``allowed_model_dirs``; dataset files under
+    ``allowed_data_dirs`` (the workers read them on the server's machines)."""
+    if model_location(spec.model.id) == "path":
+        _require_under(spec.model.id, settings.allowed_model_dirs, "model.id", "HEADQ_ALLOWED_MODEL_DIRS",
+                       "neither a hub id ('org/name') nor a folder under")
+    for index, name in enumerate(spec.dataset.files or []):
+        _require_under(name, settings.allowed_data_dirs, f"dataset.files.{index}", "HEADQ_ALLOWED_DATA_DIRS",
+                       "not under")
 
 
 def check_calibration_reference(session: Session, spec: JobSpec) -> None:

@@ -9,7 +9,7 @@ from typing import Annotated
 from fastapi import APIRouter, Header, Query, Response
 
 from app import store
-from app.api.checks import check_calibration_reference, check_model_path
+from app.api.checks import check_calibration_reference, check_local_paths
 from app.api.deps import ExecutorDep, SessionDep, SettingsDep, WriteAccess
 from app.api.errors import ApiError
 from app.api.schemas import Job, JobItems, JobKind, JobPage, JobStatus, problems
@@ -31,7 +31,7 @@ def submit_job(spec: JobSpec, session: SessionDep, settings: SettingsDep, execut
         if earlier is not None:  # a retry: answer as the first time, even if the world changed since
             response.headers["Idempotent-Replay"] = "true"
             return Job.model_validate(earlier)
-    check_model_path(spec, settings)
+    check_local_paths(spec, settings)
     check_calibration_reference(session, spec)
     job, created = store.create_job(session, kind=spec.kind, spec=spec.model_dump(mode="json"),
                                     model_id=spec.model.id, label=spec.label, idempotency_key=idempotency_key,

@@ -109,7 +109,7 @@ def test_calibration_job_must_run_on_a_calibration_of_the_same_model(api: TestCl
     assert ok.status_code == 201 and ok.json()["spec"]["calibration_job"] == cal["id"]
 
 
-def test_local_model_paths_only_under_allowed_dirs(clean_engine: Engine, database_url: str,
+def test_local_paths_only_under_allowed_dirs(clean_engine: Engine, database_url: str,
                                                    tmp_path: Path) -> None:
     allowed = tmp_path / "models"
     settings = make_settings(database_url, allowed_model_dirs=[allowed])
@@ -119,6 +119,15 @@ def test_local_model_paths_only_under_allowed_dirs(clean_engine: Engine, databas
         assert sneaky.status_code == 422 and sneaky.json()["errors"][0]["field"] == "model.id"
         assert _post(api, _spec(model={"id": str(tmp_path / "other")})).status_code == 422
         assert _post(api, _spec(model={"id": "builtin:smollm2-135m"})).status_code == 201
+
+    data = tmp_path / "texts"
+    settings = make_settings(database_url, allowed_data_dirs=[data])
+    with TestClient(create_app(settings)) as api:
+        inside = {"source": "files", "files": [str(data / "a.txt"), str(data / "sub" / "b.txt")]}
+        assert _post(api, _spec(dataset=inside)).status_code == 201
+        leaky = {"source": "files", "files": [str(data / "a.txt"), "/etc/passwd"]}
+        outside = _post(api, _spec(dataset=leaky))
+        assert outside.status_code == 422 and outside.json()["errors"][0]["field"] == "dataset.files.1"
 
 
 def test_idempotency_key(api: TestClient) -> None:
