@@ -7,6 +7,10 @@ with fp16 scales and zero-points (``quant.quantize``) for the tokens the decode 
 also the side codes ``c_j = U^T (k_j - k^_j)`` (``headq.encode_side``). Tokens are quantized
 when they leave the residual window, a complete group of ``G`` keys at a time.
 
+With an online A² value policy (``ValuePolicyConfig(mode="online")``) values leave the residual
+window only once the step's attention is known: run the model inside ``cache.attached(model)``,
+whose attention asks each layer to settle the leaving tokens (``values.OnlineA2``) first.
+
 Attention reads the effective keys ``k^_j + sign * U c^_j`` (``headq.correction_keys``): their
 logits equal ``tau <q, k^_j> + sign * tau <U^T q, c^_j>`` exactly, so every attention backend of
 the model applies the HeadQ correction. A prefill of several tokens attends in full precision
@@ -15,15 +19,19 @@ the model applies the HeadQ correction. A prefill of several tokens attends in f
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import replace
 
 import torch
 from transformers.cache_utils import Cache, DynamicLayer
 
-from headq_core.config import HeadQConfig, QuantConfig
+from headq_core.config import HeadQConfig, QuantConfig, ValuePolicyConfig
 from headq_core.headq import SideCode, correction_keys, decode_side, encode_side
+from headq_core.models.adapter import AttentionCall, attention_handler, dense_attention
 from headq_core.quant import Packed, dequantize, quantize
 from headq_core.schedule import quantized_count
+from headq_core.values import OnlineA2
 
 
 class _Side:
@@ -78,6 +86,65 @@ class _Side:
         return sum(t.numel() * t.element_size() for t in tensors)
 
 
+class _PolicySide(_Side):
+    """Values under the online A² policy: tokens leave the residual window only in :meth:`settle`,
+    after the step's attention is known; kept tokens also hold codes at ``high_bits``."""
+
+    def __init__(self, cfg: QuantConfig, policy: ValuePolicyConfig) -> None:
+        super().__init__(cfg)
+        if cfg.axis != "per_token":
+            raise ValueError("value.axis: the A² value policy in the cache needs per_token values")
+        self.policy, self.online = policy, OnlineA2(0, policy.fraction_for(cfg.bits))
+        self.high_cfg = (
+            QuantConfig(bits=policy.high_bits, axis=cfg.axis, group_size=cfg.group_size)
+            if policy.high_bits != 16
+            else None
+        )
+        self.keep: torch.Tensor | None = None  # bool [B, H, n_quant]
+        self.high: list[tuple[torch.Tensor, Packed | torch.Tensor]] = []  # (positions, codes or exact)
+
+    def append(self, x: torch.Tensor, basis: torch.Tensor | None, headq: HeadQConfig | None) -> None:
+        self.tail = x if self.tail is None else torch.cat([self.tail, x], dim=-2)
+
+    def settle(self, probs: torch.Tensor) -> None:
+        """Observe one step's attention probs [B, Hq, q, n]; decide and quantize the leaving tokens."""
+        assert self.tail is not None
+        self.online.kv_heads = self.tail.shape[1]
+        self.online.observe(probs)
+        move = quantized_count(self.n_quant + self.tail.shape[-2], self.cfg) - self.n_quant
+        if move <= 0:
+            return
+        keep = torch.stack([self.online.decide(self.n_quant + i) for i in range(move)], -1).to(
+            self.tail.device
+        )
+        leaving = self.tail[..., :move, :]
+        first = self.n_quant
+        new = quantize(leaving.float(), self.cfg, n_quant=move)  # type: ignore[arg-type]
+        self.packed = new if self.packed is None else _cat_packed(self.packed, new)
+        self.tail = self.tail[..., move:, :]
+        self.keep = keep if self.keep is None else torch.cat([self.keep, keep], -1)
+        idx = keep.flatten(0, 1).any(0).nonzero().flatten()
+        if len(idx):
+            kept = leaving[..., idx, :]
+            codes = kept if self.high_cfg is None else quantize(kept.float(), self.high_cfg, n_quant=len(idx))
+            self.high.append((idx + first, codes))
+
+    def read(self, basis: torch.Tensor | None, sign: int, like: torch.Tensor) -> torch.Tensor:
+        values = super().read(basis, sign, like)
+        for idx, codes in self.high:
+            exact = codes if isinstance(codes, torch.Tensor) else dequantize(codes)
+            keep = self.keep[..., idx, None]  # type: ignore[index]
+            values[..., idx, :] = torch.where(keep, exact.to(values.dtype), values[..., idx, :])
+        return values
+
+    def nbytes(self) -> int:
+        extra = 0
+        for _, codes in self.high:
+            tensors = [codes] if isinstance(codes, torch.Tensor) else [codes.codes, codes.scale, codes.zero]
+            extra += sum(t.numel() * t.element_size() for t in tensors)
+        return super().nbytes() + extra + (0 if self.keep is None else self.keep.numel() // 8)
+
+
 def _cat_packed(a: Packed, b: Packed) -> Packed:
     """Concatenate two packed blocks along the token axis (their groups never straddle)."""
     shape = (*a.shape[:-2], a.shape[-2] + b.shape[-2], a.shape[-1])
@@ -106,19 +173,29 @@ class HeadQCacheLayer(DynamicLayer):
         value: QuantConfig | None,
         headq: HeadQConfig | None = None,
         basis: torch.Tensor | None = None,
+        value_policy: ValuePolicyConfig | None = None,
     ) -> None:
         super().__init__()
+        if value_policy is not None and value is None:
+            raise ValueError("value_policy: needs a value quantizer")
         if headq is not None and (basis is None or key is None):
             raise ValueError("headq: needs a key quantizer and a basis [kv_heads, d, rank]")
         if basis is not None and headq is not None and basis.shape[-1] != headq.rank:
             raise ValueError(f"basis: rank {basis.shape[-1]} != headq.rank {headq.rank}")
         self.headq, self.basis = headq, basis
-        self.key_side, self.value_side = _Side(key), _Side(value)
+        self.key_side = _Side(key)
+        self.value_side = _Side(value) if value_policy is None else _PolicySide(value, value_policy)  # type: ignore[arg-type]
+        self.attached = False
 
     def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args, **kwargs):
         """Append [B, kv_heads, s, d] keys/values; return what attention reads ([B, kv_heads, n, d])."""
         if not self.is_initialized:
             self.lazy_initialization(key_states, value_states)
+        if isinstance(self.value_side, _PolicySide) and not self.attached:
+            raise ValueError(
+                "value_policy: run the model inside `with cache.attached(model):` so the cache "
+                "sees each step's attention"
+            )
         before = self.get_seq_length()
         self.key_side.append(key_states, self.basis, self.headq)
         self.value_side.append(value_states, None, None)
@@ -129,6 +206,19 @@ class HeadQCacheLayer(DynamicLayer):
             keys = torch.cat([keys[..., :before, :], key_states], dim=-2)
             values = torch.cat([values[..., :before, :], value_states], dim=-2)
         return keys, values
+
+    def attend(self, call: AttentionCall) -> torch.Tensor:
+        """Attention of one step over this layer ([B, Hq, q, d]); under the A² policy the step's
+        attention first settles which values leave the residual window, and at which precision."""
+        if not isinstance(self.value_side, _PolicySide):
+            return dense_attention(call)
+        probs = torch.softmax(call.finish(call.raw_scores()), dim=-1)
+        self.value_side.settle(probs)
+        values = self.value_side.read(None, 1, call.value)
+        q_len = call.query.shape[-2]
+        if q_len > 1:  # prefill reads its own tokens in full precision
+            values = torch.cat([values[..., :-q_len, :], call.value[..., -q_len:, :]], dim=-2)
+        return dense_attention(call, logits=call.finish(call.raw_scores()), value=values)
 
     def get_seq_length(self) -> int:
         side = self.key_side
@@ -149,6 +239,7 @@ class HeadQCache(Cache):
         value: QuantConfig | None = None,
         headq: HeadQConfig | None = None,
         basis: torch.Tensor | None = None,
+        value_policy: ValuePolicyConfig | None = None,
     ) -> None:
         if headq is not None and basis is None:
             raise ValueError("basis: HeadQ needs the per-layer basis [layers, kv_heads, d, rank]")
@@ -158,6 +249,7 @@ class HeadQCache(Cache):
                 value,
                 headq,
                 None if basis is None or headq is None else basis[i, ..., : headq.rank].float(),
+                value_policy,
             )
             for i in range(num_layers)
         ]
@@ -166,3 +258,16 @@ class HeadQCache(Cache):
     def nbytes(self) -> int:
         """Bytes held by all layers (packed codes, scales, side codes, residual tails)."""
         return sum(layer.nbytes() for layer in self.layers)
+
+    @contextmanager
+    def attached(self, model) -> Iterator[None]:
+        """Route ``model``'s attention through this cache's layers (needed by the online A² value
+        policy, which must see each step's attention); restores the model on exit."""
+        for layer in self.layers:
+            layer.attached = True
+        try:
+            with attention_handler(model, lambda call: self.layers[call.layer].attend(call)):
+                yield
+        finally:
+            for layer in self.layers:
+                layer.attached = False

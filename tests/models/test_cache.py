@@ -96,3 +96,23 @@ def test_real_smollm2_decode_loop_matches_evaluator():
         160,
         lambda: HeadQCache(lm.info.layers, k2, v4, headq, cal.basis),
     )
+
+
+def test_online_a2_value_policy_matches_evaluator():
+    from headq_core.config import ValuePolicyConfig
+
+    lm = loaded("llama")
+    policy = ValuePolicyConfig(mode="online", keep_fraction=0.3, high_bits=8)
+    run = RunSpec("kv2_a2", key=K2, value=V2, value_policy=policy)
+    cache = HeadQCache(lm.info.layers, K2, V2, value_policy=policy)
+    doc = evaluate(lm, SPEC, [run], window=24, max_tokens=24, heads=False)
+    ids = corpus_windows(lm.tokenizer, SPEC, 24, 24)[0]
+    with cache.attached(lm.model):
+        nll = _decode_nll(lm, ids, cache)
+    assert math.exp(nll) == pytest.approx(doc["runs"][0]["perplexity"], rel=1e-3)
+    plain = evaluate(lm, SPEC, [RunSpec("kv2", key=K2, value=V2)], window=24, max_tokens=24, heads=False)
+    assert doc["runs"][0]["perplexity"] != plain["runs"][0]["perplexity"]  # the policy kept some tokens
+    kept = cache.layers[0].value_side.keep
+    assert kept.shape == (1, 2, 21) and 0 < kept.float().mean() < 1
+    with pytest.raises(ValueError, match="value_policy: run the model inside"):
+        lm.model(ids[None, :2], past_key_values=HeadQCache(lm.info.layers, K2, V2, value_policy=policy))
