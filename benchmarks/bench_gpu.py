@@ -38,16 +38,11 @@ HQ, HKV, D, LAYERS, HIDDEN = 32, 8, 128, 32, 4096
 KEY = QuantConfig(bits=2, axis="per_channel", group_size=32, residual=128)
 VALUE = QuantConfig(bits=2, axis="per_token", group_size=32, residual=128)
 HEADQ = HeadQConfig(rank=8, side_bits=8)
-GIB = 1 << 30
 KINDS = ("headq", "sdpa_gqa", "sdpa_folded", "triton_bf16")
 TUNE = tuple((w, st, ps) for w in (1, 2) for st in (2, 3) for ps in (4, 16))  # (warps, stages, programs/SM)
 DECODE_CFG: dict = {}  # the tuned decode launch settings, chosen first on GPU
-BACKENDS = (
-    SDPBackend.FLASH_ATTENTION,
-    SDPBackend.EFFICIENT_ATTENTION,
-    SDPBackend.CUDNN_ATTENTION,
-    SDPBackend.MATH,
-)
+_B, GIB = SDPBackend, 1 << 30
+BACKENDS = (_B.FLASH_ATTENTION, _B.EFFICIENT_ATTENTION, _B.CUDNN_ATTENTION, _B.MATH)
 
 
 def median_ms(fn, device: str, graph: bool = False) -> float:
@@ -59,19 +54,23 @@ def median_ms(fn, device: str, graph: bool = False) -> float:
             return triton.testing.do_bench_cudagraph(fn, rep=200, return_mode="median")
         return triton.testing.do_bench(fn, warmup=50, rep=300, return_mode="median")
     fn()
-    times = []
-    for _ in range(5):
-        t0 = time.perf_counter()
-        fn()
-        times.append((time.perf_counter() - t0) * 1e3)
-    return statistics.median(times)
+    return statistics.median(wall_ms(fn, device) for _ in range(5))
+
+
+def wall_ms(fn, device: str) -> float:
+    """Host-clock time of one call of ``fn`` in ms, the device synchronised on both sides."""
+    sync = torch.cuda.synchronize if device == "cuda" else lambda: None
+    sync()
+    t0 = time.perf_counter()
+    fn()
+    sync()
+    return (time.perf_counter() - t0) * 1e3
 
 
 def copy_bandwidth(device: str) -> float:
     """Device-to-device copy bandwidth in GB/s, bytes read plus written, 2 GiB buffers."""
-    src = torch.randint(
-        0, 255, (2 * GIB if device == "cuda" else GIB // 8,), dtype=torch.uint8, device=device
-    )
+    size = 2 * GIB if device == "cuda" else GIB // 8
+    src = torch.randint(0, 255, (size,), dtype=torch.uint8, device=device)
     dst = torch.empty_like(src)
     ms = median_ms(lambda: dst.copy_(src), device)
     return 2 * src.numel() / ms / 1e6
@@ -95,18 +94,15 @@ class Layers:
             self.kr.append(k[:, :, self.n_q :].contiguous())
             self.vr.append(v[:, :, self.n_q :].contiguous())
             self.q.append(torch.randn(batch, HQ, 1, D, device=device).bfloat16())
-            self.k.append(k)
-            self.v.append(v)
-            self.u.append(u)
+            self.k, self.v, self.u = [*self.k, k], [*self.v, v], [*self.u, u]
 
     def attn(self, kind: str, i: int, q: torch.Tensor) -> torch.Tensor:
         """Attention of q [B, Hq, 1, d] over layer ``i``: the HeadQ cache or a bf16 baseline."""
-        if kind == "headq" and DECODE_CFG:
-            return decode_attention_triton(
-                q, self.enc[i], self.kr[i], self.vr[i], self.u[i], D**-0.5, 1, **DECODE_CFG
-            )
-        if kind == "headq":
-            return decode_attention(q, self.enc[i], self.kr[i], self.vr[i], basis=self.u[i])
+        if kind == "headq":  # the tuned launch settings on GPU, the public entry point elsewhere
+            args = (q, self.enc[i], self.kr[i], self.vr[i], self.u[i])
+            if DECODE_CFG:
+                return decode_attention_triton(*args, D**-0.5, 1, **DECODE_CFG)
+            return decode_attention(*args)
         if kind == "triton_bf16":  # the same split-K kernel reading the bf16 cache
             return decode_attention(q, None, self.k[i], self.v[i])
         if kind == "sdpa_gqa":
@@ -122,11 +118,11 @@ class Layers:
 
 
 def layer_count(batch: int, ctx: int, device: str, cap_gib: float) -> int:
-    per_layer = 2 * batch * HKV * ctx * D * 2 * 1.25
+    per_layer = 2 * batch * HKV * ctx * D * 2 * 1.25  # bf16 K and V, plus the encoding
     return max(1, min(LAYERS if device == "cuda" else 2, int(cap_gib * GIB // per_layer)))
 
 
-def modes(device: str) -> tuple[str, ...]:
+def modes(device: str) -> tuple[str, ...]:  # CUDA graphs only on GPU
     return ("eager", "graph") if device == "cuda" else ("eager",)
 
 
@@ -152,14 +148,8 @@ def decode_row(batch: int, ctx: int, device: str, copy_gbs: float, cap_gib: floa
     """Decode attention over ``n`` layers: HeadQ kernel vs three bf16 baselines."""
     n = layer_count(batch, ctx, device, cap_gib)
     lay = Layers(batch, ctx, n, device)
-    row = {
-        "batch": batch,
-        "context": ctx,
-        "layers_timed": n,
-        "quantized_tokens": lay.n_q,
-        "byte_ratio": lay.bytes("sdpa_gqa") / lay.bytes("headq"),
-        "copy_GBps": copy_gbs,
-    }
+    row = {"batch": batch, "context": ctx, "layers_timed": n, "quantized_tokens": lay.n_q,
+           "byte_ratio": lay.bytes("sdpa_gqa") / lay.bytes("headq"), "copy_GBps": copy_gbs}  # fmt: skip
     for mode in modes(device):
         t = {}
         for kind in KINDS:
@@ -188,13 +178,8 @@ def encode_row(batch: int, n_tok: int, device: str, copy_gbs: float) -> dict:
     u = torch.linalg.qr(torch.randn(HKV, D, HEADQ.rank, device=device))[0]
     ms = median_ms(lambda: [encode(ks[i], vs[i], KEY, VALUE, basis=u) for i in range(n)], device) / n
     moved = nbytes(ks[0], vs[0]) + encode(ks[0], vs[0], KEY, VALUE, basis=u).nbytes()
-    return {
-        "batch": batch,
-        "tokens": n_tok,
-        "ms": ms,
-        "GBps": moved / ms / 1e6,
-        "fraction_of_copy": moved / ms / 1e6 / copy_gbs,
-    }
+    return {"batch": batch, "tokens": n_tok, "ms": ms, "GBps": moved / ms / 1e6,
+            "fraction_of_copy": moved / ms / 1e6 / copy_gbs}  # fmt: skip
 
 
 def tune_row(batch: int, ctx: int, device: str, cap_gib: float) -> dict:
@@ -246,14 +231,8 @@ def block_row(batch: int, ctx: int, device: str, cap_gib: float, bf16: str, back
             x = lay.attn(kind, i, q).transpose(1, 2).reshape(batch, 1, HIDDEN) @ wo[i].T
         return x
 
-    row = {
-        "batch": batch,
-        "context": ctx,
-        "layers_timed": n,
-        "bf16_baseline": bf16,
-        "sdpa_backend": backend,
-        "note": "attention block of each layer, not a full model step (no HeadQCache measured)",
-    }
+    row = {"batch": batch, "context": ctx, "layers_timed": n, "bf16_baseline": bf16, "sdpa_backend": backend,
+           "note": "attention block of each layer with the kernel (model section: HeadQCache)"}  # fmt: skip
     for mode in modes(device):
         graph = mode == "graph"
         with sdpa_kernel(getattr(SDPBackend, backend or "MATH")):
@@ -296,6 +275,47 @@ def bench_memory(device: str, ctx: int, budget_gib: float) -> dict:
     }
 
 
+def model_row(ctx: int, device: str) -> dict:
+    """One decode step of a random-weight Llama-3-8B-shaped model (B=1) after a ``ctx`` prefill:
+    DynamicCache vs headq_core.cache.HeadQCache as it stands (it dequantizes on read, attends densely)."""
+    from transformers import DynamicCache, LlamaConfig, LlamaForCausalLM
+
+    from headq_core.cache import HeadQCache
+
+    cfg = LlamaConfig(hidden_size=HIDDEN, intermediate_size=14336, num_hidden_layers=LAYERS, head_dim=D,
+                      num_attention_heads=HQ, num_key_value_heads=HKV, vocab_size=128256,
+                      max_position_embeddings=2 * ctx)  # fmt: skip
+    torch.set_default_dtype(torch.bfloat16)
+    with torch.device(device):
+        model = LlamaForCausalLM(cfg).eval()
+    torch.set_default_dtype(torch.float32)
+    basis = torch.linalg.qr(torch.randn(LAYERS, HKV, D, HEADQ.rank, device=device))[0]
+    ids = torch.randint(0, cfg.vocab_size, (1, ctx + 8), device=device)
+    row: dict = {"context": ctx, "batch": 1, "elements": LAYERS * HKV * ctx * D}
+    caches = {"dynamic": DynamicCache, "headq": lambda: HeadQCache(LAYERS, KEY, VALUE, HEADQ, basis)}
+    for name, make in caches.items():
+        try:
+            cache, times = make(), []
+            with torch.no_grad():
+                model(ids[:, :ctx], past_key_values=cache, use_cache=True, logits_to_keep=1)
+                for i in range(8):
+                    nxt = ids[:, ctx + i : ctx + i + 1]
+                    step = lambda: model(nxt, past_key_values=cache, logits_to_keep=1)  # noqa: B023, E731
+                    times.append(wall_ms(step, device))
+            row[f"{name}_step_ms"] = statistics.median(times[2:])
+            if name == "headq":
+                row["headq_cache_bytes"] = cache.nbytes()
+                bits = effective_bits(KEY, D, HEADQ, seq_len=ctx + 8)
+                bits += effective_bits(VALUE, D, seq_len=ctx + 8)
+                row["formula_bytes"] = bits * LAYERS * HKV * (ctx + 8) * D / 8
+                row["bytes_over_formula"] = row["headq_cache_bytes"] / row["formula_bytes"]
+        except Exception as exc:  # noqa: BLE001 - reported in the results, the run goes on
+            row[f"{name}_error"] = f"{type(exc).__name__}: {exc}"[:300]
+    if "dynamic_step_ms" in row and "headq_step_ms" in row:
+        row["time_ratio"] = row["headq_step_ms"] / row["dynamic_step_ms"]
+    return row
+
+
 def show(section: str, r: dict) -> None:
     """Print one result row as soon as it is measured."""
     us = 1e3
@@ -309,31 +329,16 @@ def show(section: str, r: dict) -> None:
                 f"vs sdpa_gqa, x{e['speedup_vs_best_bf16']:.2f} vs {e['best_bf16']} | headq "
                 f"{e['GBps']['headq']:.0f} GB/s of {r['copy_GBps']:.0f} copy; bytes x{r['byte_ratio']:.2f}"
             )
-    elif section == "encode":
-        print(
-            f"encode B={r['batch']} N={r['tokens']}: {r['ms'] * us:.1f} us {r['GBps']:.0f} GB/s "
-            f"= {100 * r['fraction_of_copy']:.0f}% of copy"
-        )
     elif section == "block":
         for m in modes("cuda" if "graph" in r else "cpu"):
             e = r[m]
-            print(
-                f"block  B={r['batch']} ctx={r['context']:>6} {m:5}: "
-                f"{r['bf16_baseline']} {e['bf16_ms'] * us:.1f} us, "
-                f"headq {e['headq_ms'] * us:.1f} us, time ratio {e['time_ratio']:.2f}"
-            )
-    elif section == "tune":
-        print(
-            f"tune   B={r['batch']} ctx={r['context']}: "
-            + ", ".join(f"{k} {'-' if v is None else f'{v * us:.1f}'}" for k, v in r["ms"].items())
-            + " us"
-        )
-    else:
-        print(
-            f"memory ctx={r['context']}: allocated/formula {r['allocated_over_formula']:.3f}; max context in "
-            f"{r['budget_gib_all_layers']} GiB: {r['max_context_headq']} vs {r['max_context_bf16']} "
-            f"(x{r['context_ratio']:.2f})"
-        )
+            print(f"block  B={r['batch']} ctx={r['context']:>6} {m:5}: {r['bf16_baseline']} "
+                  f"{e['bf16_ms'] * us:.1f} "
+                  f"us, headq {e['headq_ms'] * us:.1f} us, time ratio {e['time_ratio']:.2f}")  # fmt: skip
+    else:  # encode, tune, model, memory: the row's numbers
+        vals = {k: v for k, v in r.items() if not isinstance(v, dict | list)} | r.get("ms", {})
+        cells = (f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in vals.items())
+        print(f"{section:6} " + ", ".join(cells))
 
 
 def main() -> None:
@@ -341,27 +346,20 @@ def main() -> None:
     ap.add_argument("--device", default="cuda", choices=["cuda", "cpu"])
     ap.add_argument("--out", type=Path, required=True)
     ap.add_argument("--cap-gib", type=float, default=32.0, help="bf16 cache bytes per timed shape")
+    ap.add_argument("--sections", default="tune,decode,encode,block,memory", help="comma list; also: model")
     args = ap.parse_args()
+    want = set(args.sections.split(","))
     dev = args.device
     torch.manual_seed(0)
     gpu = dev == "cuda"
     decode_shapes = [(1, 4096), (1, 32768), (8, 32768), (16, 131072)] if gpu else [(1, 1024), (1, 4096)]
     copy_gbs = copy_bandwidth(dev)
-    res = {
-        "command": " ".join(sys.argv),
-        "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
-        "device": torch.cuda.get_device_name() if gpu else platform.processor() or platform.machine(),
-        "torch": torch.__version__,
-        "copy_GBps": copy_gbs,
-        "config": {
-            "key": str(KEY),
-            "value": str(VALUE),
-            "headq": str(HEADQ),
-            "q_heads": HQ,
-            "kv_heads": HKV,
-            "head_dim": D,
-        },
-    }
+    now = datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")
+    res = {"command": " ".join(sys.argv), "date": now,
+           "device": torch.cuda.get_device_name() if gpu else platform.processor() or platform.machine(),
+           "torch": torch.__version__, "copy_GBps": copy_gbs,
+           "config": {"key": str(KEY), "value": str(VALUE), "headq": str(HEADQ), "q_heads": HQ,
+                      "kv_heads": HKV, "head_dim": D}}  # fmt: skip
     if gpu:
         import triton
 
@@ -374,23 +372,28 @@ def main() -> None:
         args.out.write_text(json.dumps(res, indent=1))
         return row
 
-    for b, c in ((1, 32768), (8, 32768)) if gpu else ():
+    for b, c in ((1, 32768), (8, 32768)) if gpu and "tune" in want else ():
         record("tune", tune_row(b, c, dev, args.cap_gib))
-    if gpu:  # the decode settings with the smallest summed time over the tuning shapes
+    if "tune" in res:  # the decode settings with the smallest summed time over the tuning shapes
         names = [k for k in res["tune"][0]["cfg"] if all(r["ms"].get(k) for r in res["tune"])]
         best = min(names, key=lambda k: sum(r["ms"][k] for r in res["tune"]))
         DECODE_CFG.update(res["tune"][0]["cfg"][best])
         res["decode_cfg"] = dict(DECODE_CFG)
         print("decode settings:", DECODE_CFG)
-    for b, c in decode_shapes:
+    for b, c in decode_shapes if "decode" in want else ():
         record("decode", decode_row(b, c, dev, copy_gbs, args.cap_gib))
-    for b, c in [(1, 32768), (8, 32768)] if gpu else [(1, 1024)]:
+    for b, c in ([(1, 32768), (8, 32768)] if gpu else [(1, 1024)]) if "encode" in want else ():
         record("encode", encode_row(b, c, dev, copy_gbs))
-    for r in [r for r in res["decode"] if r["batch"] == 1][:: 1 if gpu else 2][:2]:
+    for r in [r for r in res.get("decode", []) if r["batch"] == 1 and "block" in want][:: 1 if gpu else 2][
+        :2
+    ]:
         e = r["eager"]
         kind = e["best_bf16"]
         record("block", block_row(1, r["context"], dev, args.cap_gib, kind, e["sdpa_backend"].get(kind, "")))
-    record("memory", bench_memory(dev, 32768 if gpu else 4096, 16.0))
+    if "memory" in want:
+        record("memory", bench_memory(dev, 32768 if gpu else 4096, 16.0))
+    for c in (4096, 32768) if "model" in want else ():
+        record("model", model_row(c, dev))
 
 
 if __name__ == "__main__":
