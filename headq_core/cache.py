@@ -253,21 +253,22 @@ class HeadQCache(Cache):
             )
             for i in range(num_layers)
         ]
-        super().__init__(layers=layers)
+        super().__init__(layers=list(layers))
+        self.quant_layers = layers  # the same objects, typed
 
     def nbytes(self) -> int:
         """Bytes held by all layers (packed codes, scales, side codes, residual tails)."""
-        return sum(layer.nbytes() for layer in self.layers)
+        return sum(layer.nbytes() for layer in self.quant_layers)
 
     @contextmanager
     def attached(self, model) -> Iterator[None]:
         """Route ``model``'s attention through this cache's layers (needed by the online A² value
         policy, which must see each step's attention); restores the model on exit."""
-        for layer in self.layers:
+        for layer in self.quant_layers:
             layer.attached = True
         try:
-            with attention_handler(model, lambda call: self.layers[call.layer].attend(call)):
+            with attention_handler(model, lambda call: self.quant_layers[call.layer].attend(call)):
                 yield
         finally:
-            for layer in self.layers:
+            for layer in self.quant_layers:
                 layer.attached = False

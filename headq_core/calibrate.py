@@ -81,8 +81,8 @@ class Calibration:
     def from_bytes(cls, blob: bytes) -> Calibration:
         try:
             with tarfile.open(fileobj=io.BytesIO(blob), mode="r") as tar:
-                meta = json.loads(tar.extractfile("calibration.json").read())
-                tensors = st_load(tar.extractfile("calibration.safetensors").read())
+                meta = json.loads(tar.extractfile("calibration.json").read())  # type: ignore[union-attr]
+                tensors = st_load(tar.extractfile("calibration.safetensors").read())  # type: ignore[union-attr]
         except (tarfile.TarError, KeyError, AttributeError, json.JSONDecodeError) as exc:
             raise ValueError(f"calibration: not a calibration blob ({exc})") from exc
         return cls._from_parts(tensors, meta)

@@ -26,28 +26,30 @@ from headq_core.models.loading import LoadedModel
 from headq_core.results import SCHEMA_VERSION, run_rows, versions
 
 
-def check_runs(runs: Sequence[RunSpec], calibration: Calibration | None, head_dim: int) -> list[RunSpec]:
+def check_runs(
+    runs: Sequence[RunSpec | dict], calibration: Calibration | None, head_dim: int
+) -> list[RunSpec]:
     """Validate the run list: RunSpecs, unique names, calibration present and deep enough when needed."""
-    runs = [RunSpec.from_dict(r) if isinstance(r, dict) else r for r in runs]
-    if not runs:
+    specs = [RunSpec.from_dict(r) if isinstance(r, dict) else r for r in runs]
+    if not specs:
         raise ValueError("runs: give at least one run")
-    names = [r.name for r in runs]
+    names = [r.name for r in specs]
     if len(set(names)) != len(names):
         raise ValueError(f"runs: names must be unique, got {names}")
-    for run in runs:
+    for run in specs:
         need = max(
             run.headq.rank if run.headq and run.headq.basis == "query_pca" else 0,
             run.intervention.dims if run.intervention else 0,
         )
         if need and calibration is None:
             raise ValueError(f"calibration: run {run.name!r} needs a calibration")
-        if need and need > calibration.rank:
+        if need and calibration is not None and need > calibration.rank:
             raise ValueError(
                 f"calibration: run {run.name!r} needs rank {need}, calibration keeps {calibration.rank}"
             )
         if run.headq and run.headq.rank > head_dim:
             raise ValueError(f"headq.rank: {run.headq.rank} exceeds head_dim {head_dim}")
-    return runs
+    return specs
 
 
 def _bits(run: RunSpec, head_dim: int) -> dict[str, float]:

@@ -37,9 +37,9 @@ class HeadAccumulator:
     def add(self, view: LayerView) -> None:
         """Sink for :class:`~headq_core.evaluate_run.RunAttention`: one layer of one window."""
         call = view.call
-        if self.layers[call.layer] is None:  # running sums live where the activations are
-            self.layers[call.layer] = HeadMetrics(self.heads, self.kv_heads, device=call.query.device)
         acc = self.layers[call.layer]
+        if acc is None:  # running sums live where the activations are
+            acc = self.layers[call.layer] = HeadMetrics(self.heads, self.kv_heads, device=call.query.device)
         acc.add_tensor_error("key_mse", call.key, view.key_eff)
         eps = None
         if view.value_hat is not None:
@@ -48,9 +48,9 @@ class HeadAccumulator:
         a = acc.add_logits(view.raw_dense, view.raw, call.mask, eps=eps, value_mask=view.value_mask)
         if self.keep_a2:
             a2 = a2_weights(a, self.kv_heads).sum(0).cpu()  # [hkv, L], summed over the batch
-            layer = call.layer
-            self.a2[layer] = a2 if self.a2[layer] is None else self.a2[layer] + a2
-            self.windows[layer] += call.query.shape[0]
+            previous = self.a2[call.layer]
+            self.a2[call.layer] = a2 if previous is None else previous + a2
+            self.windows[call.layer] += call.query.shape[0]
 
     def rows(self, run: str) -> list[dict[str, Any]]:
         """Head rows of docs/contracts.md (value metrics 0 when values are dense)."""

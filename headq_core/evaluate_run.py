@@ -82,16 +82,19 @@ class RunAttention:
         cfg, k = self.run.key, call.key.to(call.work_dtype)
         assert cfg is not None
         k_hat = quantized_view(k, cfg)
+        basis_for = self.basis_for
         if self.run.intervention is not None:
+            assert basis_for is not None  # checked in __init__
             iv = self.run.intervention
-            k_hat = perturb_keys(k, k_hat, self.basis_for(call.layer, iv.dims), iv)
+            k_hat = perturb_keys(k, k_hat, basis_for(call.layer, iv.dims), iv)
         raw = call.raw_scores(k_hat)
         hq = self.run.headq
         if hq is None:
             return raw, k_hat
         residual = k - k_hat
         if hq.basis == "query_pca":
-            basis = self.basis_for(call.layer, hq.rank).to(k.device)
+            assert basis_for is not None
+            basis = basis_for(call.layer, hq.rank).to(k.device)
         elif hq.basis == "key_pca":
             basis = key_pca_basis(residual, hq.rank)
         else:

@@ -57,8 +57,9 @@ def run_rows(
     for run in runs:
         removed = None
         base = base_run_name(run, runs) if run.headq is not None else None
-        if base is not None and excess[base]:
-            removed = 1.0 - excess[run.name] / excess[base]
+        base_excess, run_excess = excess.get(base or ""), excess[run.name]
+        if base_excess and run_excess is not None:
+            removed = 1.0 - run_excess / base_excess
         rows.append(
             {
                 "name": run.name,

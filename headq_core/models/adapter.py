@@ -150,7 +150,8 @@ def model_geometry(model) -> tuple[int, int, int, int, float]:
     kv_heads = getattr(cfg, "num_key_value_heads", None) or heads
     head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // heads
     modules = attention_modules(model)
-    return cfg.num_hidden_layers, heads, kv_heads, head_dim, float(modules[0].scaling)
+    scale = modules[0].scaling
+    return cfg.num_hidden_layers, heads, kv_heads, head_dim, float(scale)  # type: ignore[arg-type]
 
 
 @contextmanager

@@ -94,7 +94,7 @@ def _converted_builtin(cache_dir: Path) -> Path:
     gguf = builtin_gguf_path()
     model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
     tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
-    model.hf_quantizer = None
+    setattr(model, "hf_quantizer", None)  # noqa: B010 - a plain attribute of the loaded model
     if hasattr(model.config, "quantization_config"):
         del model.config.quantization_config
     tmp = target.with_name(target.name + f".tmp{os.getpid()}")
@@ -149,7 +149,7 @@ def load_model(
         model = AutoModelForCausalLM.from_pretrained(source, dtype=_DTYPES[dtype], **kwargs)
     except OSError as exc:
         raise ValueError(f"model_id: cannot load {model_id!r}: {exc}") from exc
-    model.to(dev).eval()
+    model.to(dev).eval()  # type: ignore[arg-type]
     architecture_of(model)  # unsupported architectures fail here, naming the supported ones
     layers, heads, kv_heads, head_dim, scale = model_geometry(model)
     info = ModelInfo(

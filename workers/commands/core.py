@@ -50,7 +50,7 @@ def preset_runs(preset: str, bits: int, group: int, residual: int, rank: int) ->
                 "value_policy": {"mode": "online", "keep_fraction": 0.1},
             },
         ]
-    runs = [{"name": "dense"}, {"name": k, "key": key}]
+    runs: list[dict[str, Any]] = [{"name": "dense"}, {"name": k, "key": key}]
     if preset in ("headq", "controls"):
         runs.append({"name": f"{k}_headq{rank}", "key": key, "headq": hq})
     if preset == "controls":
@@ -121,6 +121,7 @@ def calibrate_command(args: argparse.Namespace) -> int:
     if not args.spec:
         spec["calibration"] = {"rank": args.rank}
     doc, blob = _run(spec, None)
+    assert blob is not None  # a calibration job always returns its artifact
     Calibration.from_bytes(blob).save(args.save)
     print(f"calibration ({doc['dataset']['tokens']} tokens, rank {doc['rank']}) saved to {args.save}")
     _write_json(args.out, doc)
