@@ -41,3 +41,10 @@ def test_builtin_smollm2_loads_from_the_converted_cache():
     assert (info.layers, info.heads, info.kv_heads, info.head_dim) == (30, 9, 3, 64)
     assert loaded.tokenizer.eos_token_id is not None
     print(f"cached load {elapsed:.2f}s")
+
+
+@pytest.mark.slow
+def test_local_gguf_file_loads_directly():
+    loaded = load_model(str(builtin_gguf_path()), device="cpu")
+    assert loaded.info.architecture == "LlamaForCausalLM" and loaded.info.kv_heads == 3
+    assert loaded.info.id.endswith(".gguf")
