@@ -129,3 +129,34 @@ def test_errors_and_cancel():
         evaluate(lm, SPEC, [RunSpec("a")], window=8, max_tokens=8, head_windows=0)
     with pytest.raises(Cancelled):
         evaluate(lm, SPEC, [RunSpec("a")], window=8, max_tokens=8, should_stop=lambda: True)
+
+
+def test_interventions_and_value_policies():
+    from headq_core.calibrate import calibrate
+    from headq_core.config import InterventionConfig, ValuePolicyConfig
+
+    lm = loaded("llama")
+    cal = calibrate(lm, CorpusSpec(split="calibration"), window=16, max_tokens=32, rank=4)
+    everything = ValuePolicyConfig(mode="oracle", keep_fraction=1.0, high_bits=16)
+    runs = [
+        RunSpec("k2", key=K2),
+        RunSpec("out", key=K2, intervention=InterventionConfig(subspace="outside", dims=2)),
+        RunSpec("in", key=K2, intervention=InterventionConfig(subspace="inside", dims=2)),
+        RunSpec("kv2", key=K2, value=V2),
+        RunSpec("kv2_keep_all", key=K2, value=V2, value_policy=everything),
+        RunSpec("kv2_online", key=K2, value=V2, value_policy=ValuePolicyConfig(keep_fraction=0.5)),
+    ]
+    doc = evaluate(lm, SPEC, runs, cal, window=16, max_tokens=32)
+    ppl = {r["name"]: r["perplexity"] for r in doc["runs"]}
+    assert ppl["kv2_keep_all"] == pytest.approx(ppl["k2"], rel=1e-6)  # every value kept exact
+    assert ppl["kv2"] != ppl["kv2_online"]
+
+    def heads(run, metric):
+        return torch.tensor([h[metric] for h in doc["heads"] if h["run"] == run and h["layer"] == 0])
+
+    torch.testing.assert_close(heads("out", "key_mse"), heads("in", "key_mse"), rtol=1e-6, atol=0)
+    assert heads("in", "attn_kl").mean() > heads("out", "attn_kl").mean()
+    assert (heads("kv2", "value_mse") > 0).all() and (heads("kv2", "readout_err") > 0).all()
+    assert (heads("kv2_keep_all", "value_mse") == 0).all()
+    a2 = doc["arrays"]["a2_weights"]
+    assert set(a2) == {"kv2", "kv2_keep_all", "kv2_online"} and len(a2["kv2"][0][0]) == 16
