@@ -1,8 +1,9 @@
 """The Celery application of ``headq worker``: one task, ``headq.run_job(job_id)``.
 
-The worker's main process stays torch-free (it forks its pool children: CUDA must never be
-initialised in a forking parent); each pool child pins ``CUDA_VISIBLE_DEVICES`` to one GPU, chosen
-by its pool index, which a recycled child inherits from the one it replaces. ``celery -A
+The worker's main process imports torch and the pipeline once, before it forks its pool, so a
+recycled pool process starts its job at once; it never initialises CUDA (importing torch does not),
+which a forking parent must never do. Each pool child pins ``CUDA_VISIBLE_DEVICES`` to one GPU,
+chosen by its pool index, which a recycled child inherits from the one it replaces. ``celery -A
 workers.celery_app ...`` finds :data:`app`, configured from ``HEADQ_*`` at import.
 """
 
@@ -12,7 +13,7 @@ import os
 from collections.abc import MutableMapping
 
 from celery import Celery
-from celery.signals import worker_process_init
+from celery.signals import worker_init, worker_process_init
 from celery.utils.log import current_process_index
 
 from app.executors.celery_config import TASK_NAME, celery_config
@@ -43,6 +44,17 @@ def pin_gpu(index: int | None, devices: list[str], environ: MutableMapping[str, 
     device = devices[index % len(devices)]
     environ["CUDA_VISIBLE_DEVICES"] = device
     return device
+
+
+@worker_init.connect
+def _preload_core(**_: object) -> None:
+    """Import torch + transformers in the parent (seconds) instead of in every recycled child."""
+    import torch
+
+    import workers.pipeline  # noqa: F401 - imported for its side effect: modules loaded before fork
+
+    if torch.cuda.is_initialized():
+        raise RuntimeError("CUDA was initialised in the Celery parent; pool processes could not use it")
 
 
 @worker_process_init.connect

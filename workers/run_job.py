@@ -5,8 +5,8 @@ run the spec through ``workers.pipeline.execute`` with progress and cancellation
 row, store the results keyed by ``(job, attempt)`` and finish the attempt. Idempotent: a job that is
 not queued (already running elsewhere, succeeded, failed, cancelled) is left alone, and every write
 is guarded by the attempt so a worker that was given up on can no longer change the row.
-torch is imported only after the claim and the first heartbeat (it takes seconds to load), so this
-module is light enough for the Celery parent process, which forks its pool and must never load it.
+torch is imported only after the claim and the first heartbeat (it takes seconds to load), so a
+freshly spawned worker is seen alive before it is busy importing.
 """
 
 from __future__ import annotations
@@ -109,8 +109,7 @@ def _calibration_blob(session: Session, spec: dict[str, Any]) -> bytes | None:
 def _execute(factory: sessionmaker[Session], job: JobRow, settings: Settings,
              should_stop: Callable[[], bool]) -> tuple[str, str | None]:
     """Run the pipeline and store its results; the final ``(status, error)`` of the attempt."""
-    try:  # imported only now, after the claim and the first heartbeat: loading torch takes seconds,
-        # and the forking parent of a Celery pool must never load it
+    try:  # imported only now, after the claim and the first heartbeat: loading torch takes seconds
         from headq_core.errors import Cancelled
         from workers.pipeline import execute
     except ImportError as exc:

@@ -110,8 +110,9 @@ def make_spec(tiny_model: Path, corpus: Path) -> Callable[..., dict[str, Any]]:
 
 
 @pytest.fixture
-def settings(database_url: str, models_root: Path) -> Settings:
+def settings(database_url: str, models_root: Path, corpus: Path) -> Settings:
     return Settings(database_url=database_url, allowed_model_dirs=[models_root],
+                    allowed_data_dirs=[corpus.parent],
                     heartbeat_timeout_s=HEARTBEAT_TIMEOUT_S, dashboard=False, executor="local")
 
 

@@ -88,6 +88,7 @@ def test_submit_with_broker_down_keeps_the_job_and_a_reconciler_sends_it(
 def test_api_answers_503_and_the_job_is_still_queued(settings, options, sessions, monkeypatch,
                                                      make_spec) -> None:
     monkeypatch.setenv("HEADQ_QUEUE", options.queue)
+    monkeypatch.setenv("HEADQ_HEARTBEAT_S", str(options.heartbeat_s))
     down = settings.model_copy(update={"executor": "celery",
                                        "broker_url": BROKERS["rabbitmq"].format(port=closed_port())})
     with TestClient(create_app(down)) as client:

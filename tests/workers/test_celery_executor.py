@@ -1,0 +1,147 @@
+"""The Celery executor end to end against the real RabbitMQ (and Redis) on localhost, with a real
+``headq worker`` process started by the test: a job runs; a SIGKILLed pool process mid-job ends
+with exactly one set of results (retried after its heartbeat went stale); a restarted API
+(reconciler) mid-job does not run the job twice; a cancel is forced after the grace period."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from app.executors import CeleryExecutor
+from app.executors.settings import ExecutorSettings
+from app.executors.spawn import settings_env
+from app.settings import Settings
+from app.store import cancel_job, load_results
+from tests.workers.conftest import LONG_JOB, add_job
+from tests.workers.waiting import FINISHED, job_row, result_attempts, wait_for, wait_started, wait_status
+
+pytestmark = [pytest.mark.services, pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)]
+BROKERS = {"rabbitmq": ("amqp://guest:guest@127.0.0.1:5672//", 5672),
+           "redis": ("redis://127.0.0.1:6379/0", 6379)}
+
+
+@pytest.fixture(params=["rabbitmq"])
+def broker(request: pytest.FixtureRequest) -> str:
+    url, port = BROKERS[request.param]
+    try:
+        socket.create_connection(("127.0.0.1", port), timeout=2).close()
+    except OSError:
+        pytest.skip(f"{request.param} is not running on localhost")
+    return url
+
+
+@pytest.fixture
+def celery_settings(settings: Settings, broker: str) -> Settings:
+    """Celery executor on ``broker``; stale after 8 s (the celery runner beats before loading torch)."""
+    return settings.model_copy(update={"executor": "celery", "broker_url": broker,
+                                       "heartbeat_timeout_s": 8.0})
+
+
+@pytest.fixture
+def worker(celery_settings: Settings, options: ExecutorSettings, tmp_path: Path,
+           reap: Callable[[int], None]) -> Iterator[subprocess.Popen[bytes]]:
+    """``headq worker`` (one pool process) on the test's queue; killed with its pool at the end."""
+    env = {**os.environ, **settings_env(celery_settings, options)}
+    log = open(tmp_path / "worker.log", "wb")  # noqa: SIM115 - closed below
+    proc = subprocess.Popen([sys.executable, "-m", "workers.cli", "worker", "--concurrency", "1",
+                             "--hostname", f"{options.queue}@%h"], env=env, stdout=log,
+                            stderr=subprocess.STDOUT, start_new_session=True)
+    reap(proc.pid)
+    yield proc
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait(timeout=20)
+    log.close()
+
+
+@pytest.fixture
+def executors(celery_settings: Settings, options: ExecutorSettings) -> Iterator[Callable[[], CeleryExecutor]]:
+    """Start Celery executors (the API side: sends, reconciles); stopped at the end."""
+    started: list[CeleryExecutor] = []
+
+    def start() -> CeleryExecutor:
+        executor = CeleryExecutor(celery_settings, options)
+        executor.start()
+        started.append(executor)
+        return executor
+    yield start
+    for executor in started:
+        executor.stop()
+
+
+def worker_pid(sessions, job_id: str) -> int:
+    """The pool process running the job (``host:pid`` on the job row)."""
+    return int(job_row(sessions, job_id).worker.rsplit(":", 1)[1])
+
+
+@pytest.mark.parametrize("broker", ["rabbitmq", "redis"], indirect=True)
+def test_job_runs_end_to_end_on_a_celery_worker(worker, executors, sessions, make_spec, tmp_path) -> None:
+    with sessions() as s:
+        job = add_job(s, make_spec(runs=2))
+    executors().submit(job.id)
+    row = wait_status(sessions, job.id, FINISHED, 120, tmp_path)
+    assert row.status == "succeeded", row.error
+    assert row.attempts == 1 and row.worker.split(":")[0] == socket.gethostname()
+    assert result_attempts(sessions, job.id) == [1]
+    with sessions() as s:
+        document = load_results(s, job.id)
+    assert [run["name"] for run in document["runs"]] == ["k2", "k4"] and len(document["heads"]) == 16
+
+
+def test_sigkilled_pool_process_ends_with_one_set_of_results(worker, executors, sessions, make_spec,
+                                                             tmp_path) -> None:
+    with sessions() as s:
+        job = add_job(s, make_spec(**LONG_JOB))
+    executors().submit(job.id)
+    wait_started(sessions, job.id, 120, tmp_path)
+    os.kill(worker_pid(sessions, job.id), signal.SIGKILL)
+    row = wait_status(sessions, job.id, FINISHED, 180, tmp_path)
+    assert row.status == "succeeded", row.error
+    assert row.attempts == 2
+    assert result_attempts(sessions, job.id) == [2]
+
+
+def test_restarted_api_does_not_run_a_running_job_twice(worker, executors, sessions, make_spec,
+                                                        tmp_path) -> None:
+    with sessions() as s:
+        job = add_job(s, make_spec(**LONG_JOB))
+    first = executors()
+    first.submit(job.id)
+    wait_started(sessions, job.id, 120, tmp_path)
+    first.stop()
+    executors()  # a new API process: its reconciler re-sends queued jobs, watches running ones
+    row = wait_status(sessions, job.id, FINISHED, 180, tmp_path)
+    assert row.status == "succeeded", row.error
+    assert row.attempts == 1 and result_attempts(sessions, job.id) == [1]
+
+
+def test_cancel_is_forced_after_the_grace_period(worker, celery_settings, options, sessions, make_spec,
+                                                 tmp_path) -> None:
+    executor = CeleryExecutor(celery_settings, options.model_copy(update={"cancel_grace_s": 0.0}))
+    with sessions() as s:
+        job = add_job(s, make_spec(**LONG_JOB))
+    executor.submit(job.id)
+    wait_started(sessions, job.id, 120, tmp_path)
+    pid = worker_pid(sessions, job.id)
+    with sessions() as s:
+        cancel_job(s, job.id)
+    executor.cancel(job.id)
+    executor.tick()  # the reconciler round: revoke with SIGKILL, mark cancelled
+    row = job_row(sessions, job.id)
+    assert row.status == "cancelled" and "grace period" in row.error
+    assert row.attempts == 1 and result_attempts(sessions, job.id) == []
+
+    def gone() -> bool:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return True
+        return False
+    wait_for(gone, 30, f"pool process {pid} to be terminated by the revoke")
