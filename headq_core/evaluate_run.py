@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import torch
 
-from headq_core.config import QuantConfig, RunSpec
+from headq_core.config import RunSpec
 from headq_core.headq import (
     correction_keys,
     decode_side,
@@ -27,16 +27,8 @@ from headq_core.headq import (
 from headq_core.intervention import perturb_keys
 from headq_core.models.adapter import AttentionCall
 from headq_core.quant import fake_quantize
-from headq_core.schedule import decode_mask, quantized_count
+from headq_core.schedule import decode_mask
 from headq_core.values import mixed_fake_quantize, value_keep_mask
-
-
-def quantized_view(x: torch.Tensor, cfg: QuantConfig) -> torch.Tensor:
-    """x [b, h, L, d] as the cache holds it after L tokens (``fake_quantize`` of the leading
-    ``quantized_count(L)`` tokens; the rest exact)."""
-    if quantized_count(x.shape[-2], cfg) == 0:
-        return x
-    return fake_quantize(x, cfg)
 
 
 @dataclass
@@ -81,7 +73,7 @@ class RunAttention:
         """(raw logits of the run's keys with the HeadQ term [b, hq, L, L], effective keys [b, hkv, L, d])."""
         cfg, k = self.run.key, call.key.to(call.work_dtype)
         assert cfg is not None
-        k_hat = quantized_view(k, cfg)
+        k_hat = fake_quantize(k, cfg)
         basis_for = self.basis_for
         if self.run.intervention is not None:
             assert basis_for is not None  # checked in __init__
@@ -110,7 +102,7 @@ class RunAttention:
             return None
         policy = self.run.value_policy
         if policy is None:
-            return quantized_view(v, cfg)
+            return fake_quantize(v, cfg)
         # the policy's A² comes from the attention this run's decode loop would see
         keep = value_keep_mask(probs, v.shape[1], policy, cfg)  # bool [b, hkv, L]
         return mixed_fake_quantize(v, cfg, keep, policy.high_bits)

@@ -37,7 +37,7 @@ def pack_bits(codes: torch.Tensor, bits: int) -> torch.Tensor:
         per = 8 // bits
         pad = (-n) % per
         c = torch.nn.functional.pad(codes, (0, pad)) if pad else codes
-        c = c.reshape(*lead, -1, per).to(torch.int32)
+        c = c.reshape(*lead, (n + pad) // per, per).to(torch.int32)  # explicit sizes: lead may be empty
         shifts = torch.arange(per, dtype=torch.int32, device=codes.device) * bits
         return (c << shifts).sum(-1).to(torch.uint8)
     bit = torch.arange(8, dtype=torch.int32, device=codes.device)
@@ -46,7 +46,7 @@ def pack_bits(codes: torch.Tensor, bits: int) -> torch.Tensor:
     pad = (-(n * bits)) % 8
     if pad:
         stream = torch.nn.functional.pad(stream, (0, pad))
-    stream = stream.reshape(*lead, -1, 8)
+    stream = stream.reshape(*lead, (n * bits + pad) // 8, 8)
     return (stream << bit).sum(-1).to(torch.uint8)
 
 
@@ -67,7 +67,7 @@ def unpack_bits(packed: torch.Tensor, bits: int, n: int) -> torch.Tensor:
         per = 8 // bits
         shifts = bit[:per] * bits
         codes = (p.unsqueeze(-1) >> shifts) & ((1 << bits) - 1)
-        return codes.reshape(*lead, -1)[..., :n].to(torch.uint8)
-    stream = ((p.unsqueeze(-1) >> bit) & 1).reshape(*lead, -1)
+        return codes.reshape(*lead, packed.shape[-1] * per)[..., :n].to(torch.uint8)
+    stream = ((p.unsqueeze(-1) >> bit) & 1).reshape(*lead, packed.shape[-1] * 8)
     stream = stream[..., : n * bits].reshape(*lead, n, bits)
     return (stream << bit[:bits]).sum(-1).to(torch.uint8)

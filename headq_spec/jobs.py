@@ -90,6 +90,8 @@ class DatasetSpec(_Strict):
     text_field: str = Field(default="text", min_length=1, max_length=100)
     window: int = Field(default=1024, ge=2, le=1_048_576)
     max_tokens: int | None = Field(default=32768, ge=1)
+    # evaluation: per-head metrics over the first N windows only (perplexity always uses all)
+    head_windows: int | None = Field(default=None, ge=1)
 
     @model_validator(mode="after")
     def _files_match_source(self) -> DatasetSpec:

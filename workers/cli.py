@@ -12,13 +12,13 @@ import argparse
 import sys
 from collections.abc import Callable, Sequence
 
-from workers.commands import core, jobs, service
+from workers.commands import core, demo, jobs, service
 
 REGISTRARS: tuple[Callable[[argparse._SubParsersAction], None], ...] = (
     service.register,  # serve, worker
     jobs.register,     # submit, status, cancel, results
     core.register,     # calibrate, eval (workers/commands/core.py)
-    # demo: add the demo command's register here
+    demo.register,     # demo (workers/commands/demo.py)
 )
 
 

@@ -124,6 +124,7 @@ def execute(
         window=window,
         max_tokens=max_tokens,
         seed=job.seed,
+        head_windows=job.dataset.head_windows,
         progress=report,
         should_stop=should_stop,
     )

@@ -93,3 +93,14 @@ def test_explicit_n_quant_and_errors():
         QuantConfig(bits=9)
     with pytest.raises(ValueError, match="bits"):
         QuantConfig(bits=0)
+
+
+@pytest.mark.parametrize("cfg", [QuantConfig(bits=2, group_size=32),
+                                 QuantConfig(bits=3, axis="per_token", group_size=16, residual=16)])
+def test_nothing_quantized_yet_round_trips_exactly(cfg):
+    """Fewer tokens than one complete group (or all inside the residual window): all stay exact."""
+    x = torch.randn(1, 2, 10, 64)
+    packed = quantize(x, cfg)
+    assert packed.codes.shape[-2] == 0
+    assert torch.equal(dequantize(packed), x)
+    assert torch.equal(fake_quantize(x, cfg), x)

@@ -10,7 +10,6 @@ from headq_core.config import HeadQConfig, QuantConfig, RunSpec
 from headq_core.corpus import CorpusSpec, corpus_windows
 from headq_core.errors import Cancelled
 from headq_core.evaluate import evaluate
-from headq_core.evaluate_run import quantized_view
 from headq_core.models.adapter import attention_handler, dense_attention
 from headq_core.quant import fake_quantize
 from tests.models.tiny import loaded
@@ -27,8 +26,8 @@ def _decode_loop_nll(lm, ids, key_cfg, value_cfg):
     from transformers import DynamicCache
 
     def handler(call):
-        k = call.key if key_cfg is None else quantized_view(call.key, key_cfg)
-        v = call.value if value_cfg is None else quantized_view(call.value, value_cfg)
+        k = call.key if key_cfg is None else fake_quantize(call.key, key_cfg)
+        v = call.value if value_cfg is None else fake_quantize(call.value, value_cfg)
         return dense_attention(call, logits=call.finish(call.raw_scores(k)), value=v)
 
     total, cache = 0.0, DynamicCache(config=lm.model.config)

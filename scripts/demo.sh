@@ -1,0 +1,8 @@
+#!/usr/bin/env bash
+# Install (if needed), then run the demo: `headq serve` on http://127.0.0.1:8000 with a calibration and
+# an evaluation of the real SmolLM2-135M queued. Usage: bash scripts/demo.sh [headq demo args]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/setup.sh
+. .venv/bin/activate
+exec headq demo "$@"
