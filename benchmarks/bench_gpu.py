@@ -39,7 +39,7 @@ KEY = QuantConfig(bits=2, axis="per_channel", group_size=32, residual=128)
 VALUE = QuantConfig(bits=2, axis="per_token", group_size=32, residual=128)
 HEADQ = HeadQConfig(rank=8, side_bits=8)
 KINDS = ("headq", "sdpa_gqa", "sdpa_folded", "triton_bf16")
-TUNE = tuple((w, 2, ps, f) for f in (False, True) for w in (1, 2, 4) for ps in (4, 16))  # warps, stages, /SM
+TUNE = tuple((w, st, ps) for w in (1, 2) for st in (2, 3) for ps in (4, 16))  # (warps, stages, programs/SM)
 DECODE_CFG: dict = {}  # the tuned decode launch settings, chosen first on GPU
 _B, GIB = SDPBackend, 1 << 30
 BACKENDS = (_B.FLASH_ATTENTION, _B.EFFICIENT_ATTENTION, _B.CUDNN_ATTENTION, _B.MATH)
@@ -190,15 +190,15 @@ def tune_row(batch: int, ctx: int, device: str, cap_gib: float) -> dict:
     n = layer_count(batch, ctx, device, cap_gib)
     lay = Layers(batch, ctx, n, device)
     row = {"batch": batch, "context": ctx, "ms": {}}
-    for warps, stages, per_sm, factored in TUNE:
-        cfg = {"num_warps": warps, "num_stages": stages, "per_sm": per_sm, "factored": factored}
+    for warps, stages, per_sm in TUNE:
+        cfg = {"num_warps": warps, "num_stages": stages, "per_sm": per_sm}
 
         def run(cfg=cfg):
             for i in range(n):
                 args = (lay.q[i], lay.enc[i], lay.kr[i], lay.vr[i], lay.u[i], D**-0.5, 1)
                 decode_attention_triton(*args, **cfg)
 
-        name = f"decode{'_factored' if factored else ''}_warps{warps}_stages{stages}_persm{per_sm}"
+        name = f"decode_warps{warps}_stages{stages}_persm{per_sm}"
         try:
             row["ms"][name] = median_ms(run, device, graph=True) / n
             row.setdefault("cfg", {})[name] = cfg

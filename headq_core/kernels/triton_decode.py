@@ -21,60 +21,13 @@ LOG2E = 1.4426950408889634
 
 
 @triton.jit
-def load_codes(row_ptr, idx, BITS: tl.constexpr):
-    """uint8 codes ``idx`` (any shape, broadcast against the row pointers ``row_ptr``) of
-    little-endian bitstream rows: code ``c`` is bits ``(c % per) * BITS`` of byte ``c // per``.
-    Neighbouring codes share a byte, so each thread loads it once (no shuffles to unpack)."""
+def load_codes(row_ptr, cols, BITS: tl.constexpr):
+    """Codes [ROWS, len(cols)] float32 of the little-endian bitstream rows at ``row_ptr`` [ROWS]:
+    code ``c`` is bits ``(c % per) * BITS`` of byte ``c // per``. Neighbouring columns read the same
+    byte, so each thread loads it once (no shuffles or shared memory to unpack)."""
     PER: tl.constexpr = 8 // BITS
-    b = tl.load(row_ptr + idx // PER)
-    return (b >> ((idx % PER) * BITS).to(tl.uint8)) & ((1 << BITS) - 1)
-
-
-@triton.jit
-def _factored_part(q, qu, kc_ptr, ks_ptr, kz_ptr, vc_ptr, vs_ptr, vz_ptr, sc_ptr, ss_ptr, o_ptr, lse_ptr,
-                   out_rows, rvalid, start, end, RANK, qk_scale,
-                   GP: tl.constexpr, D: tl.constexpr, GK: tl.constexpr, KBITS: tl.constexpr, GV: tl.constexpr,
-                   VBITS: tl.constexpr, RP: tl.constexpr, SIDE_BITS: tl.constexpr, HAS_SIDE: tl.constexpr):
-    """Quantized tokens [start, end) with the scales factored out of the dot products (pointers
-    already at this (b, h)): logits ``(q * s_k) . codes + q . z_k`` per key group, values per channel
-    group ``g`` as ``(p * s_v[:, g]) @ codes_g + p @ z_v[:, g]`` (a batched dot over the groups).
-    Writes the normalised partial [GP, D] and its log-sum-exp."""
-    KW: tl.constexpr = D * KBITS // 8
-    VW: tl.constexpr = D * VBITS // 8
-    NG: tl.constexpr = D // GV
-    cols = tl.arange(0, D)
-    ch3 = tl.arange(0, NG)[:, None, None] * GV + tl.arange(0, GV)[None, None, :]  # [NG, 1, GV] channel
-    qf = q.to(tl.float32)
-    m = tl.full((GP,), float("-inf"), tl.float32)
-    l = tl.zeros((GP,), tl.float32)
-    acc = tl.zeros((NG, GP, GV), tl.float32)
-    zacc = tl.zeros((GP, NG), tl.float32)
-    for n0 in range(start, end, GK):
-        tok = n0 + tl.arange(0, GK)
-        g = (n0 // GK) * D + cols
-        qs = (qf * tl.load(ks_ptr + g).to(tl.float32)[None, :]).to(tl.float16)
-        bias = tl.sum(qf * tl.load(kz_ptr + g).to(tl.float32)[None, :], axis=1)
-        kcodes = load_codes((kc_ptr + tok * KW)[:, None], cols[None, :], KBITS).to(tl.float16)
-        s = tl.dot(qs, tl.trans(kcodes)) + bias[:, None]
-        if HAS_SIDE:
-            s += _side_logits(qu, sc_ptr, ss_ptr, tok, RANK, GK, RP, SIDE_BITS)
-        s = s * qk_scale
-        m_new = tl.maximum(m, tl.max(s, axis=1))
-        alpha = tl.exp2(m - m_new)
-        p = tl.exp2(s - m_new[:, None])
-        l = l * alpha + tl.sum(p, axis=1)
-        voff = tok[:, None] * NG + tl.arange(0, NG)[None, :]  # [GK, NG]
-        vs = tl.load(vs_ptr + voff).to(tl.float32)
-        vz = tl.load(vz_ptr + voff).to(tl.float32)
-        p3 = (p[None, :, :] * tl.trans(vs)[:, None, :]).to(tl.float16)  # [NG, GP, GK]
-        vcodes = load_codes((vc_ptr + tok * VW)[None, :, None], ch3, VBITS).to(tl.float16)  # [NG, GK, GV]
-        acc = acc * alpha[None, :, None] + tl.dot(p3, vcodes)
-        zacc = zacc * alpha[:, None] + tl.sum(p[:, :, None] * vz[None, :, :], axis=1)
-        m = m_new
-    l_safe = tl.where(l == 0.0, 1.0, l)
-    out = (acc + tl.trans(zacc)[:, :, None]) / l_safe[None, :, None]
-    tl.store(o_ptr + out_rows[None, :, None] * D + ch3, out, mask=rvalid[None, :, None])
-    tl.store(lse_ptr + out_rows, tl.where(l == 0.0, float("-inf"), m + tl.log2(l_safe)), mask=rvalid)
+    b = tl.load(row_ptr[:, None] + (cols // PER)[None, :])
+    return ((b >> ((cols % PER) * BITS).to(tl.uint8)[None, :]) & ((1 << BITS) - 1)).to(tl.float32)
 
 
 @triton.jit
@@ -113,14 +66,13 @@ def _decode_kernel(q_ptr, kc_ptr, ks_ptr, kz_ptr, vc_ptr, vs_ptr, vz_ptr, sc_ptr
                    H, N, R, RANK, TOK_PER_SPLIT, N_QSPLITS, S, qk_scale, sign,
                    GROUP: tl.constexpr, GP: tl.constexpr, D: tl.constexpr, GK: tl.constexpr,
                    KBITS: tl.constexpr, GV: tl.constexpr, VBITS: tl.constexpr, RP: tl.constexpr,
-                   SIDE_BITS: tl.constexpr, HAS_SIDE: tl.constexpr, BN: tl.constexpr, FACTORED: tl.constexpr):
+                   SIDE_BITS: tl.constexpr, HAS_SIDE: tl.constexpr, BN: tl.constexpr):
     bh = tl.program_id(0).to(tl.int64)
     split = tl.program_id(1)
     h = bh % H
     rows = tl.arange(0, GP)
     cols = tl.arange(0, D)
     qrow = bh * GROUP + rows  # query head row in [B*Hq]
-    out_rows = qrow * S + split
     rvalid = rows < GROUP
     q = tl.load(q_ptr + qrow[:, None] * D + cols[None, :], mask=rvalid[:, None], other=0.0)
     q16 = q.to(tl.float16)  # dot operands are fp16 (keys are fp16-range by construction); logits fp32
@@ -128,7 +80,6 @@ def _decode_kernel(q_ptr, kc_ptr, ks_ptr, kz_ptr, vc_ptr, vs_ptr, vz_ptr, sc_ptr
     l = tl.zeros((GP,), tl.float32)
     acc = tl.zeros((GP, D), tl.float32)
     if split < N_QSPLITS:
-        qu = tl.zeros((GP, RP), tl.float32)
         if HAS_SIDE:
             rc = tl.arange(0, RP)
             u = tl.load(u_ptr + (h * D + cols[:, None]) * RANK + rc[None, :], mask=rc[None, :] < RANK,
@@ -140,28 +91,18 @@ def _decode_kernel(q_ptr, kc_ptr, ks_ptr, kz_ptr, vc_ptr, vs_ptr, vz_ptr, sc_ptr
         start = split * TOK_PER_SPLIT
         end = tl.minimum(start + TOK_PER_SPLIT, N)
         # one key group per step: every token is valid (splits hold whole groups), scales are [D] rows
-        if FACTORED:
-            _factored_part(q, qu, kc_ptr + bh * s_kc, ks_ptr + bh * s_ks, kz_ptr + bh * s_ks,
-                           vc_ptr + bh * s_vc, vs_ptr + bh * s_vs, vz_ptr + bh * s_vs, sc_ptr + bh * s_sc,
-                           ss_ptr + bh * s_ss, o_ptr, lse_ptr, out_rows, rvalid, start, end, RANK, qk_scale,
-                           GP, D, GK, KBITS, GV, VBITS, RP, SIDE_BITS, HAS_SIDE)
-        else:
-            for n0 in range(start, end, GK):
-                tok = n0 + tl.arange(0, GK)
-                g = bh * s_ks + (n0 // GK) * D + cols
-                kc = load_codes((kc_ptr + bh * s_kc + tok * KW)[:, None], cols[None, :], KBITS)
-                kh = kc.to(tl.float32) * tl.load(ks_ptr + g).to(tl.float32)[None, :] \
-                    + tl.load(kz_ptr + g).to(tl.float32)[None, :]
-                s = tl.dot(q16, tl.trans(kh.to(tl.float16)))  # [GP, GK]
-                if HAS_SIDE:
-                    s += _side_logits(qu, sc_ptr + bh * s_sc, ss_ptr + bh * s_ss, tok, RANK, GK, RP,
-                                      SIDE_BITS)
-                voff = bh * s_vs + tok[:, None] * NG + (cols // GV)[None, :]  # [GK, D]: group of each column
-                vc = load_codes((vc_ptr + bh * s_vc + tok * VW)[:, None], cols[None, :], VBITS)
-                vh = vc.to(tl.float32) * tl.load(vs_ptr + voff).to(tl.float32) \
-                    + tl.load(vz_ptr + voff).to(tl.float32)
-                m, l, acc = _online_update(m, l, acc, s * qk_scale, vh.to(tl.float16))
-            _store_partial(o_ptr, lse_ptr, out_rows, rvalid, cols, m, l, acc, D)
+        for n0 in range(start, end, GK):
+            tok = n0 + tl.arange(0, GK)
+            g = bh * s_ks + (n0 // GK) * D + cols
+            kh = load_codes(kc_ptr + bh * s_kc + tok * KW, cols, KBITS) \
+                * tl.load(ks_ptr + g).to(tl.float32)[None, :] + tl.load(kz_ptr + g).to(tl.float32)[None, :]
+            s = tl.dot(q16, tl.trans(kh.to(tl.float16)))  # [GP, GK]
+            if HAS_SIDE:
+                s += _side_logits(qu, sc_ptr + bh * s_sc, ss_ptr + bh * s_ss, tok, RANK, GK, RP, SIDE_BITS)
+            voff = bh * s_vs + tok[:, None] * NG + (cols // GV)[None, :]  # [GK, D], one group per GV columns
+            vh = load_codes(vc_ptr + bh * s_vc + tok * VW, cols, VBITS) \
+                * tl.load(vs_ptr + voff).to(tl.float32) + tl.load(vz_ptr + voff).to(tl.float32)
+            m, l, acc = _online_update(m, l, acc, s * qk_scale, vh.to(tl.float16))
     else:
         start = (split - N_QSPLITS) * TOK_PER_SPLIT
         end = tl.minimum(start + TOK_PER_SPLIT, R)
@@ -174,13 +115,8 @@ def _decode_kernel(q_ptr, kc_ptr, ks_ptr, kz_ptr, vc_ptr, vs_ptr, vz_ptr, sc_ptr
             s = tl.where(tv[None, :], s, float("-inf"))
             vr = tl.load(vr_ptr + bh * s_vr + tok[:, None] * D + cols[None, :], mask=tm, other=0.0)
             m, l, acc = _online_update(m, l, acc, s, vr.to(tl.float16))
-        _store_partial(o_ptr, lse_ptr, out_rows, rvalid, cols, m, l, acc, D)
-
-
-@triton.jit
-def _store_partial(o_ptr, lse_ptr, out_rows, rvalid, cols, m, l, acc, D: tl.constexpr):
-    """Write the normalised partial output acc / l [GP, D] and its base-2 log-sum-exp."""
     l_safe = tl.where(l == 0.0, 1.0, l)
+    out_rows = qrow * S + split
     tl.store(o_ptr + out_rows[:, None] * D + cols[None, :], acc / l_safe[:, None], mask=rvalid[:, None])
     tl.store(lse_ptr + out_rows, tl.where(l == 0.0, float("-inf"), m + tl.log2(l_safe)), mask=rvalid)
 
@@ -215,8 +151,7 @@ def default_splits(batch_heads: int, tokens: int, block: int, device: torch.devi
 def decode_attention_triton(q: torch.Tensor, enc: EncodedKV | None, k_res: torch.Tensor | None,
                             v_res: torch.Tensor | None, basis: torch.Tensor | None, scale: float,
                             sign: int, num_splits: int | None = None, block: int = 64,
-                            num_warps: int = 2, num_stages: int = 2, per_sm: int = 4,
-                            factored: bool = False) -> torch.Tensor:
+                            num_warps: int = 2, num_stages: int = 2, per_sm: int = 4) -> torch.Tensor:
     """Triton path of :func:`headq_core.kernels.decode_attention` (inputs already validated):
     q [B, Hq, 1, d] -> [B, Hq, 1, d]; ``block`` residual tokens per loop step, ``num_warps`` /
     ``num_stages`` per program, about ``per_sm`` programs per multiprocessor."""
@@ -266,7 +201,7 @@ def decode_attention_triton(q: torch.Tensor, enc: EncodedKV | None, k_res: torch
         GK=enc.key_group if enc is not None else 16, KBITS=enc.key_bits if enc is not None else 8,
         GV=enc.value_group if enc is not None else 16, VBITS=enc.value_bits if enc is not None else 8,
         RP=max(16, triton.next_power_of_2(max(rank, 1))), SIDE_BITS=enc.side_bits if enc is not None else 8,
-        HAS_SIDE=rank > 0, BN=block, FACTORED=factored, num_warps=num_warps, num_stages=num_stages)
+        HAS_SIDE=rank > 0, BN=block, num_warps=num_warps, num_stages=num_stages)
     out = torch.empty(b * hq, d, dtype=q.dtype, device=q.device)
     _combine_kernel[(b * hq,)](o_part, lse, out, splits, D=d, SP=max(2, triton.next_power_of_2(splits)))
     return out.reshape(b, hq, 1, d)

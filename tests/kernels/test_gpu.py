@@ -74,18 +74,6 @@ def test_decode_matches_reference_on_gpu(b, n, r_len, side_bits, kbits, vbits, s
     assert _rel(plain, ref) > 2 * _rel(got, ref)
 
 
-@pytest.mark.parametrize("kbits,vbits,side_bits", [(2, 2, 8), (4, 4, 4)])
-def test_factored_decode_matches_reference_on_gpu(kbits, vbits, side_bits):
-    from headq_core.kernels.triton_decode import decode_attention_triton
-
-    q, k, v, kr, vr, u = _inputs(2, 8, 16384, 100, 8)
-    kc, vc = configs(kbits, 32, vbits, 32)
-    enc = encode(k, v, kc, vc, basis=u, side_bits=side_bits)
-    got = decode_attention_triton(q, enc, kr, vr, u, 128**-0.5, 1, factored=True).cpu()
-    ref = decode_attention(q.cpu(), enc.to("cpu"), kr.cpu(), vr.cpu(), basis=u.cpu(), backend="reference")
-    assert torch.isfinite(got).all() and _rel(got, ref) < 1e-2
-
-
 def test_decode_on_views_of_preallocated_buffers_gpu():
     q, k, v, kr, vr, u = _inputs(2, 8, 8192, 64, 8)
     kc, vc = configs(2, 32, 2, 32)

@@ -119,14 +119,3 @@ def test_round_half_even_matches_torch_round_at_the_edges():
     out = torch.empty_like(x)
     _apply_round[(1,)](x, out, N=1024)
     assert torch.equal(out, torch.round(x))
-
-
-@pytest.mark.parametrize("kbits,vbits,side_bits", [(2, 2, 8), (4, 2, 4), (2, 4, 16), (8, 8, 0)])
-def test_factored_decode_matches_reference(kbits, vbits, side_bits):
-    from headq_core.kernels.triton_decode import decode_attention_triton
-
-    gen = torch.Generator().manual_seed(kbits + 3 * vbits + side_bits)
-    q, enc, kr, vr, u = _case(gen, 64, 5, side_bits, kbits, vbits, dtype=torch.float32)
-    got = decode_attention_triton(q, enc, kr, vr, u, 0.2, -1, num_splits=2, factored=True)
-    ref = decode_attention(q, enc, kr, vr, basis=u, scale=0.2, sign=-1, backend="reference")
-    assert torch.allclose(got, ref, atol=3e-3, rtol=3e-3)
