@@ -2,7 +2,8 @@
 
 One layer's quantized tokens: keys per_channel (groups of ``key_group`` tokens), values per_token
 (groups of ``value_group`` channels), both bit-packed along head_dim, plus the optional HeadQ side
-code. Shapes are validated once here so the kernels can trust them.
+code. Shapes are validated once here so the kernels can trust them. :func:`from_packed` builds one
+from the cache's own parts (``quant.Packed`` keys / values and a ``headq.SideCode``).
 """
 
 from __future__ import annotations
@@ -11,7 +12,9 @@ from dataclasses import dataclass, replace
 
 import torch
 
+from headq_core.headq import SideCode
 from headq_core.packing import packed_size
+from headq_core.quant import Packed, dequantize
 
 KERNEL_BITS = (1, 2, 4, 8)  # widths whose codes never straddle a byte: the Triton paths
 
@@ -89,3 +92,30 @@ class EncodedKV:
         parts = [self.k_codes, self.k_scale, self.k_zero, self.v_codes, self.v_scale, self.v_zero,
                  self.side, self.side_scale]
         return sum(t.numel() * t.element_size() for t in parts if t is not None)
+
+
+def from_packed(keys: Packed, values: Packed, side: SideCode | None = None
+                ) -> tuple[EncodedKV, torch.Tensor, torch.Tensor]:
+    """(enc, k_res, v_res) for :func:`headq_core.kernels.decode_attention` from a cache's parts:
+    keys per_channel and values per_token ``Packed`` of the same sequence [B, Hkv, seq, d] and the
+    keys' side code. Values are quantized token by token, so up to a key group more of them than of
+    the keys may be packed: those rows are dequantized into the front of ``v_res`` (the same numbers
+    the reference reads), after which keys and values share one quantized length ``N``."""
+    n, d = keys.n_quant, keys.shape[-1]
+    if keys.axis != "per_channel" or values.axis != "per_token":
+        raise ValueError("keys: needs per_channel keys and per_token values")
+    if values.n_quant < n or tuple(values.shape) != tuple(keys.shape):
+        raise ValueError(f"values: needs the keys' sequence {list(keys.shape)} with >= {n} quantized "
+                         "tokens")
+    extra = replace(values, codes=values.codes[..., n:, :], scale=values.scale[..., n:, :],
+                    zero=values.zero[..., n:, :], shape=(*values.shape[:-2], values.n_quant - n, d),
+                    tail=values.tail[..., :0, :])
+    v_extra = dequantize(extra)  # only the rows the keys have not reached yet
+    side_parts = {} if side is None else {"side": side.codes, "side_scale": side.scale,
+                                           "side_bits": side.bits, "rank": side.rank}
+    enc = EncodedKV(k_codes=keys.codes, k_scale=keys.scale, k_zero=keys.zero,
+                    v_codes=values.codes[..., :n, :],
+                    v_scale=values.scale[..., :n, :], v_zero=values.zero[..., :n, :], key_bits=keys.bits,
+                    key_group=keys.group_size, value_bits=values.bits, value_group=values.group_size,
+                    head_dim=d, **side_parts)
+    return enc, keys.tail, torch.cat([v_extra, values.tail], dim=-2)

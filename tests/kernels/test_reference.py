@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import torch
 
@@ -71,3 +73,26 @@ def test_full_rank_fp16_correction_restores_dense_logits():
     plain = decode_attention(q, encode(k, v, kc, vc, backend="reference"), backend="reference")
     assert (out.double() - dense).abs().max() < 1e-3
     assert (plain.double() - dense).abs().max() > 10 * (out.double() - dense).abs().max()
+
+
+@pytest.mark.parametrize("seq", [200, 150, 40])
+def test_from_packed_cache_parts_matches_dense_attention_on_what_the_cache_holds(seq):
+    """A cache's Packed keys/values (values quantized further than keys) and side code, turned into
+    kernel inputs, give attention over exactly the keys/values the cache represents."""
+    from headq_core.headq import correction_keys, decode_side, encode_side
+    from headq_core.kernels.layout import from_packed
+    from headq_core.quant import dequantize, quantize
+
+    gen = torch.Generator().manual_seed(seq)
+    k, v = random_kv(1, 2, seq, 32, gen)
+    q = torch.randn(1, 4, 1, 32, generator=gen)
+    u = random_basis(2, 32, 4, gen)
+    kc, vc = configs(2, 16, 4, 8)
+    kc, vc = dataclasses.replace(kc, residual=20), dataclasses.replace(vc, residual=20)
+    keys, values = quantize(k, kc), quantize(v, vc)
+    side = encode_side(k[:, :, : keys.n_quant] - dequantize(keys)[:, :, : keys.n_quant], u, 8)
+    enc, k_res, v_res = from_packed(keys, values, side)
+    out = decode_attention(q, enc, k_res, v_res, basis=u, backend="reference")
+    k_eff = dequantize(keys)
+    k_eff[:, :, : keys.n_quant] += correction_keys(u, decode_side(side))
+    assert torch.allclose(out.double(), _dense_attention(q, k_eff, dequantize(values), 32 ** -0.5), atol=1e-5)

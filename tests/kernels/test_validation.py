@@ -75,3 +75,15 @@ def test_encoded_kv_checks_its_shapes(case):
         dataclasses.replace(enc, side=enc.side.float())
     with pytest.raises(ValueError, match="^k_codes:"):
         dataclasses.replace(enc, key_group=64)
+
+
+def test_from_packed_rejects_swapped_sides(case):
+    from headq_core.kernels.layout import from_packed
+    from headq_core.quant import quantize
+
+    keys = quantize(case["k"], case["kc"], n_quant=32)
+    values = quantize(case["v"], case["vc"], n_quant=32)
+    with pytest.raises(ValueError, match="^keys:"):
+        from_packed(values, keys)
+    with pytest.raises(ValueError, match="^values:"):
+        from_packed(keys, quantize(case["v"], case["vc"], n_quant=16))
