@@ -56,7 +56,7 @@ class EncodedKV:
         _require(n % self.key_group == 0, "k_codes", f"{n} tokens is not a whole number of key groups "
                  f"of {self.key_group}")
         _require(d % self.value_group == 0, "value_group", f"{self.value_group} does not divide head_dim {d}")
-        expect = {
+        expect: dict[str, tuple[tuple[int, ...], torch.dtype]] = {
             "k_codes": ((b, h, n, packed_size(d, self.key_bits)), torch.uint8),
             "k_scale": ((b, h, n // self.key_group, d), torch.float16),
             "k_zero": ((b, h, n // self.key_group, d), torch.float16),
@@ -111,11 +111,11 @@ def from_packed(keys: Packed, values: Packed, side: SideCode | None = None
                     zero=values.zero[..., n:, :], shape=(*values.shape[:-2], values.n_quant - n, d),
                     tail=values.tail[..., :0, :])
     v_extra = dequantize(extra)  # only the rows the keys have not reached yet
-    side_parts = {} if side is None else {"side": side.codes, "side_scale": side.scale,
-                                           "side_bits": side.bits, "rank": side.rank}
     enc = EncodedKV(k_codes=keys.codes, k_scale=keys.scale, k_zero=keys.zero,
                     v_codes=values.codes[..., :n, :],
                     v_scale=values.scale[..., :n, :], v_zero=values.zero[..., :n, :], key_bits=keys.bits,
                     key_group=keys.group_size, value_bits=values.bits, value_group=values.group_size,
-                    head_dim=d, **side_parts)
+                    head_dim=d, side=None if side is None else side.codes,
+                    side_scale=None if side is None else side.scale,
+                    side_bits=8 if side is None else side.bits, rank=0 if side is None else side.rank)
     return enc, keys.tail, torch.cat([v_extra, values.tail], dim=-2)

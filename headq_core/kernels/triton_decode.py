@@ -188,7 +188,7 @@ def decode_attention_triton(q: torch.Tensor, enc: EncodedKV | None, k_res: torch
     t = {k: v[0] for k, v in tensors.items()}
     st = {k: v[1] for k, v in tensors.items()}
     rank = enc.rank if enc is not None and enc.side is not None else 0
-    u = basis.to(device=q.device, dtype=torch.float32).contiguous() if rank else o_part
+    u = basis.to(device=q.device, dtype=torch.float32).contiguous() if rank and basis is not None else o_part
     _decode_kernel[(b * h, splits)](
         qs, *(t.get(name, dummy[name]) for name in ("k_codes", "k_scale", "k_zero", "v_codes", "v_scale",
                                                      "v_zero", "side", "side_scale")), u,
