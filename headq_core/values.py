@@ -7,9 +7,13 @@ The policy keeps a ``fraction`` of tokens at ``high_bits``:
   ``k = round(fraction * S)``.
 - ``online`` (causal): token j's score is the A² it received up to and including its leave step
   (the decode step at which it first is read in quantized form, ``j + residual`` for per_token
-  values; :func:`headq_core.schedule.leave_step`). It is kept iff fewer than ``fraction * (j + 1)``
-  tokens ``i <= j`` have a strictly larger score: a running-quantile rule, final once made. Tokens
-  that never leave within the window are scored with all the attention they received.
+  values; :func:`headq_core.schedule.leave_step`), each step's attention taken relative to uniform
+  attention over the keys that step sees (``(t + 1) * a_tj``). It is kept iff fewer than
+  ``fraction * (j + 1)`` tokens ``i <= j`` have a strictly larger score: a running-quantile rule,
+  final once made. Tokens that never leave within the window are scored with all the attention
+  they received. The relative scale matters: raw attention shrinks like ``1 / t`` as the context
+  grows, so raw scores of later tokens rarely beat earlier ones and the running quantile would keep
+  far fewer tokens than the budget (about 1% for a 10% budget on random causal attention).
   :class:`OnlineA2` applies the same rule step by step inside a decode loop.
 
 Scores are accumulated in float64 so the vectorised and step-by-step forms agree exactly.
@@ -25,16 +29,20 @@ from headq_core.schedule import leave_step
 
 
 def a2_weights(attn: torch.Tensor, kv_heads: int, *, until: torch.Tensor | None = None,
-               offset: int = 0) -> torch.Tensor:
+               offset: int = 0, relative: bool = False) -> torch.Tensor:
     """Sum of a_tj**2 over the given rows and the group's query heads: attn [B, Hq, T, S] (rows at
     absolute positions ``offset + t``) -> float64 [B, Hkv, S]. With ``until`` int64 [S], row t
-    counts for token j only when ``offset + t <= until[j]``. Sum the results of row blocks."""
+    counts for token j only when ``offset + t <= until[j]``; ``relative`` scales row t by
+    ``offset + t + 1`` (attention relative to uniform). Sum the results of row blocks."""
     b, hq, t, s = attn.shape
     if kv_heads < 1 or hq % kv_heads:
         raise ValueError(f"kv_heads: {kv_heads} must divide q_heads {hq}")
-    sq = attn.to(torch.float64).square().reshape(b, kv_heads, hq // kv_heads, t, s).sum(2)
+    rows = torch.arange(t, device=attn.device) + offset
+    a = attn.to(torch.float64)
+    if relative:
+        a = a * (rows + 1).to(torch.float64).unsqueeze(1)
+    sq = a.square().reshape(b, kv_heads, hq // kv_heads, t, s).sum(2)
     if until is not None:
-        rows = torch.arange(t, device=attn.device) + offset
         sq = sq * (rows.unsqueeze(1) <= until.to(attn.device).unsqueeze(0))
     return sq.sum(2)
 
@@ -43,7 +51,8 @@ def online_scores(attn: torch.Tensor, kv_heads: int, value_cfg: QuantConfig) -> 
     """Online A² scores float64 [B, Hkv, S] from the attention of every step, attn [B, Hq, S, S]."""
     if attn.shape[-2] != attn.shape[-1]:
         raise ValueError(f"attn: online scores need every decode step (T == S), got {tuple(attn.shape)}")
-    return a2_weights(attn, kv_heads, until=leave_step(torch.arange(attn.shape[-1]), value_cfg))
+    until = leave_step(torch.arange(attn.shape[-1]), value_cfg)
+    return a2_weights(attn, kv_heads, until=until, relative=True)
 
 
 def online_keep_decision(score: torch.Tensor, earlier: torch.Tensor, position: int,
@@ -62,7 +71,7 @@ def online_keep_mask(scores: torch.Tensor, fraction: float, block: int = 256) ->
     for j0 in range(0, s, block):
         j = idx[j0:j0 + block]
         larger = (scores.unsqueeze(-2) > scores[..., j].unsqueeze(-1)) & (idx.unsqueeze(0) < j.unsqueeze(1))
-        out[..., j0:j0 + block] = larger.sum(-1) < fraction * (j + 1)
+        out[..., j0:j0 + block] = larger.sum(-1) < fraction * (j + 1).to(torch.float64)  # as in Python
     return out
 
 
@@ -113,7 +122,7 @@ class OnlineA2:
 
     def observe(self, attn: torch.Tensor) -> None:
         """Add one step's attention attn [B, Hq, q, S_now] (S_now grows by the new tokens)."""
-        add = a2_weights(attn, self.kv_heads)
+        add = a2_weights(attn, self.kv_heads, offset=attn.shape[-1] - attn.shape[-2], relative=True)
         if self.running is not None:
             add[..., : self.running.shape[-1]] += self.running
         self.running = add

@@ -83,7 +83,8 @@ def test_online_scores_stop_at_leave_step():
     first_quantized = decode_mask(12, 12, cfg).float().argmax(0)  # step each token is first read quantized
     for j in range(12):
         stop = int(first_quantized[j]) if decode_mask(12, 12, cfg)[:, j].any() else 11
-        want = float(a[0, :, j:stop + 1, j].double().square().sum())
+        steps = torch.arange(j, stop + 1, dtype=torch.float64) + 1  # keys each step sees
+        want = float((a[0, :, j:stop + 1, j].double() * steps).square().sum())
         assert abs(float(got[0, 0, j]) - want) < 1e-9
 
 
@@ -136,3 +137,14 @@ def test_online_rule_with_ties():
     state = OnlineA2(1, 0.05)
     state.observe(torch.full((1, 1, 1, 10), 0.5))
     assert all(bool(state.decide(j)) for j in range(10))
+
+
+@pytest.mark.parametrize("residual", [0, 32])
+@pytest.mark.parametrize("fraction", [0.1, 0.3])
+def test_online_rule_spends_about_its_budget_on_long_causal_attention(fraction, residual):
+    """Raw attention shrinks like 1/t; scored relative to uniform, the running quantile keeps close
+    to the budgeted share instead of a small fraction of it."""
+    a = causal_attention(7, 1, 4, 512)
+    cfg = QuantConfig(bits=2, axis="per_token", group_size=4, residual=residual)
+    kept = float(online_keep_mask(online_scores(a, 2, cfg), fraction).double().mean())
+    assert 0.5 * fraction < kept < 1.6 * fraction, kept  # the raw-A² rule kept ~1% at f = 0.1
