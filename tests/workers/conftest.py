@@ -25,7 +25,7 @@ from tests.workers.tinymodel import save_tiny_llama, write_corpus
 
 PG_URL = os.environ.get("HEADQ_TEST_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
 HEARTBEAT_TIMEOUT_S = 10.0  # the runner beats before it loads torch, so this can be short
-LONG_JOB = {"max_tokens": 1280, "window": 64, "runs": 3}  # 20 windows x 3 runs: long enough to interrupt
+LONG_JOB = {"max_tokens": 768, "window": 64, "runs": 2}  # 12 windows x 2 runs: long enough to interrupt
 
 
 @pytest.fixture(scope="session", params=["sqlite", "postgresql"])
@@ -109,18 +109,27 @@ def make_spec(tiny_model: Path, corpus: Path) -> Callable[..., dict[str, Any]]:
     return make
 
 
-@pytest.fixture
-def settings(database_url: str, models_root: Path, corpus: Path) -> Settings:
+def make_settings(database_url: str, models_root: Path, corpus: Path) -> Settings:
+    """Server settings of the tests: the tiny model and corpus allowed, a short stale timeout."""
     return Settings(database_url=database_url, allowed_model_dirs=[models_root],
                     allowed_data_dirs=[corpus.parent],
                     heartbeat_timeout_s=HEARTBEAT_TIMEOUT_S, dashboard=False, executor="local")
 
 
-@pytest.fixture
-def options() -> ExecutorSettings:
+def make_options() -> ExecutorSettings:
     """Fast polling and heartbeats; a unique Celery queue so parallel sessions never share messages."""
     return ExecutorSettings(heartbeat_s=1.0, poll_s=0.2, cancel_grace_s=5.0, worker_concurrency=1,
                             queue=f"headq-test-{uuid.uuid4().hex[:8]}")
+
+
+@pytest.fixture
+def settings(database_url: str, models_root: Path, corpus: Path) -> Settings:
+    return make_settings(database_url, models_root, corpus)
+
+
+@pytest.fixture
+def options() -> ExecutorSettings:
+    return make_options()
 
 
 def add_job(session: Session, spec: dict[str, Any], max_attempts: int = 3) -> JobRow:

@@ -20,7 +20,7 @@ from app.executors.settings import ExecutorSettings
 from app.executors.spawn import settings_env
 from app.settings import Settings
 from app.store import cancel_job, load_results
-from tests.workers.conftest import LONG_JOB, add_job
+from tests.workers.conftest import LONG_JOB, add_job, make_options, make_settings
 from tests.workers.waiting import FINISHED, job_row, result_attempts, wait_for, wait_started, wait_status
 
 pytestmark = [pytest.mark.services, pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)]
@@ -28,7 +28,7 @@ BROKERS = {"rabbitmq": ("amqp://guest:guest@127.0.0.1:5672//", 5672),
            "redis": ("redis://127.0.0.1:6379/0", 6379)}
 
 
-@pytest.fixture(params=["rabbitmq"])
+@pytest.fixture(scope="module", params=["rabbitmq"])
 def broker(request: pytest.FixtureRequest) -> str:
     url, port = BROKERS[request.param]
     try:
@@ -38,36 +38,44 @@ def broker(request: pytest.FixtureRequest) -> str:
     return url
 
 
-@pytest.fixture
-def celery_settings(settings: Settings, broker: str) -> Settings:
-    """Celery executor on ``broker``; stale after 8 s (the celery runner beats before loading torch)."""
-    return settings.model_copy(update={"executor": "celery", "broker_url": broker,
-                                       "heartbeat_timeout_s": 8.0})
+@pytest.fixture(scope="module")
+def celery_options() -> ExecutorSettings:
+    return make_options()
+
+
+@pytest.fixture(scope="module")
+def celery_settings(database_url: str, models_root: Path, corpus: Path, broker: str) -> Settings:
+    """Celery executor on ``broker``; stale after 8 s (the runner beats before it is busy)."""
+    return make_settings(database_url, models_root, corpus).model_copy(
+        update={"executor": "celery", "broker_url": broker, "heartbeat_timeout_s": 8.0})
+
+
+@pytest.fixture(scope="module")
+def worker(celery_settings: Settings, celery_options: ExecutorSettings,
+           tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """``headq worker`` (one pool process) on the module's queue, shared by its tests; answers the
+    folder of its log. Killed with its pool at the end."""
+    logs = tmp_path_factory.mktemp("celery-worker")
+    env = {**os.environ, **settings_env(celery_settings, celery_options)}
+    with open(logs / "worker.log", "wb") as log:
+        proc = subprocess.Popen([sys.executable, "-m", "workers.cli", "worker", "--concurrency", "1",
+                                 "--hostname", f"{celery_options.queue}@%h"], env=env, stdout=log,
+                                stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        yield logs
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=20)
 
 
 @pytest.fixture
-def worker(celery_settings: Settings, options: ExecutorSettings, tmp_path: Path,
-           reap: Callable[[int], None]) -> Iterator[subprocess.Popen[bytes]]:
-    """``headq worker`` (one pool process) on the test's queue; killed with its pool at the end."""
-    env = {**os.environ, **settings_env(celery_settings, options)}
-    log = open(tmp_path / "worker.log", "wb")  # noqa: SIM115 - closed below
-    proc = subprocess.Popen([sys.executable, "-m", "workers.cli", "worker", "--concurrency", "1",
-                             "--hostname", f"{options.queue}@%h"], env=env, stdout=log,
-                            stderr=subprocess.STDOUT, start_new_session=True)
-    reap(proc.pid)
-    yield proc
-    os.killpg(proc.pid, signal.SIGKILL)
-    proc.wait(timeout=20)
-    log.close()
-
-
-@pytest.fixture
-def executors(celery_settings: Settings, options: ExecutorSettings) -> Iterator[Callable[[], CeleryExecutor]]:
+def executors(celery_settings: Settings,
+              celery_options: ExecutorSettings) -> Iterator[Callable[[], CeleryExecutor]]:
     """Start Celery executors (the API side: sends, reconciles); stopped at the end."""
     started: list[CeleryExecutor] = []
 
     def start() -> CeleryExecutor:
-        executor = CeleryExecutor(celery_settings, options)
+        executor = CeleryExecutor(celery_settings, celery_options)
         executor.start()
         started.append(executor)
         return executor
@@ -82,11 +90,11 @@ def worker_pid(sessions, job_id: str) -> int:
 
 
 @pytest.mark.parametrize("broker", ["rabbitmq", "redis"], indirect=True)
-def test_job_runs_end_to_end_on_a_celery_worker(worker, executors, sessions, make_spec, tmp_path) -> None:
+def test_job_runs_end_to_end_on_a_celery_worker(worker, executors, sessions, make_spec) -> None:
     with sessions() as s:
         job = add_job(s, make_spec(runs=2))
     executors().submit(job.id)
-    row = wait_status(sessions, job.id, FINISHED, 120, tmp_path)
+    row = wait_status(sessions, job.id, FINISHED, 120, worker)
     assert row.status == "succeeded", row.error
     assert row.attempts == 1 and row.worker.split(":")[0] == socket.gethostname()
     assert result_attempts(sessions, job.id) == [1]
@@ -95,40 +103,40 @@ def test_job_runs_end_to_end_on_a_celery_worker(worker, executors, sessions, mak
     assert [run["name"] for run in document["runs"]] == ["k2", "k4"] and len(document["heads"]) == 16
 
 
-def test_sigkilled_pool_process_ends_with_one_set_of_results(worker, executors, sessions, make_spec,
-                                                             tmp_path) -> None:
+def test_sigkilled_pool_process_ends_with_one_set_of_results(worker, executors, sessions,
+                                                             make_spec) -> None:
     with sessions() as s:
         job = add_job(s, make_spec(**LONG_JOB))
     executors().submit(job.id)
-    wait_started(sessions, job.id, 120, tmp_path)
+    wait_started(sessions, job.id, 120, worker)
     os.kill(worker_pid(sessions, job.id), signal.SIGKILL)
-    row = wait_status(sessions, job.id, FINISHED, 180, tmp_path)
+    row = wait_status(sessions, job.id, FINISHED, 180, worker)
     assert row.status == "succeeded", row.error
     assert row.attempts == 2
     assert result_attempts(sessions, job.id) == [2]
 
 
-def test_restarted_api_does_not_run_a_running_job_twice(worker, executors, sessions, make_spec,
-                                                        tmp_path) -> None:
+def test_restarted_api_does_not_run_a_running_job_twice(worker, executors, sessions,
+                                                        make_spec) -> None:
     with sessions() as s:
         job = add_job(s, make_spec(**LONG_JOB))
     first = executors()
     first.submit(job.id)
-    wait_started(sessions, job.id, 120, tmp_path)
+    wait_started(sessions, job.id, 120, worker)
     first.stop()
     executors()  # a new API process: its reconciler re-sends queued jobs, watches running ones
-    row = wait_status(sessions, job.id, FINISHED, 180, tmp_path)
+    row = wait_status(sessions, job.id, FINISHED, 180, worker)
     assert row.status == "succeeded", row.error
     assert row.attempts == 1 and result_attempts(sessions, job.id) == [1]
 
 
-def test_cancel_is_forced_after_the_grace_period(worker, celery_settings, options, sessions, make_spec,
-                                                 tmp_path) -> None:
-    executor = CeleryExecutor(celery_settings, options.model_copy(update={"cancel_grace_s": 0.0}))
+def test_cancel_is_forced_after_the_grace_period(worker, celery_settings, celery_options, sessions,
+                                                 make_spec) -> None:
+    executor = CeleryExecutor(celery_settings, celery_options.model_copy(update={"cancel_grace_s": 0.0}))
     with sessions() as s:
         job = add_job(s, make_spec(**LONG_JOB))
     executor.submit(job.id)
-    wait_started(sessions, job.id, 120, tmp_path)
+    wait_started(sessions, job.id, 120, worker)
     pid = worker_pid(sessions, job.id)
     with sessions() as s:
         cancel_job(s, job.id)
