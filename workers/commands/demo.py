@@ -123,10 +123,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     """Add ``demo``."""
     p = subparsers.add_parser("demo", help="serve and fill the dashboard with a real-model demo")
     p.add_argument("--port", type=int, default=8000)
-    p.add_argument("--calibration-tokens", type=int, default=16384)
-    p.add_argument("--eval-tokens", type=int, default=16384)
+    p.add_argument("--calibration-tokens", type=int, default=8192)
+    p.add_argument("--eval-tokens", type=int, default=8192)
     p.add_argument("--window", type=int, default=1024)
-    p.add_argument("--head-windows", type=int, default=2,
+    p.add_argument("--head-windows", type=int, default=1,
                    help="windows over which per-head metrics are computed (perplexity uses all)")
     p.add_argument("--exit-when-done", action="store_true", help="stop the server once the jobs end")
     p.set_defaults(func=demo)
