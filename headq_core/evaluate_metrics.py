@@ -10,18 +10,7 @@ import torch
 from headq_core.evaluate_run import LayerView
 from headq_core.metrics import HeadMetrics
 from headq_core.values import a2_weights
-
-HEAD_METRICS = (
-    "key_mse",
-    "score_mse",
-    "fisher",
-    "attn_kl",
-    "entropy",
-    "route_flip",
-    "value_mse",
-    "value_a2",
-    "readout_err",
-)
+from headq_spec.metrics import HEAD_METRICS
 
 
 class HeadAccumulator:

@@ -67,7 +67,8 @@ class HeadQConfig:
         _require(self.basis in ("query_pca", "key_pca", "random"), "basis",
                  f"must be 'query_pca', 'key_pca' or 'random', got {self.basis!r}")
         _require(self.sign in (1, -1), "sign", f"must be +1 or -1, got {self.sign!r}")
-        _require(self.side_bits in SIDE_BITS, "side_bits", f"must be one of {SIDE_BITS}, got {self.side_bits!r}")
+        _require(self.side_bits in SIDE_BITS, "side_bits",
+                 f"must be one of {SIDE_BITS}, got {self.side_bits!r}")
 
 
 @dataclass(frozen=True)
@@ -84,7 +85,8 @@ class ValuePolicyConfig:
     high_bits: int = 8
 
     def __post_init__(self) -> None:
-        _require(self.mode in ("online", "oracle"), "mode", f"must be 'online' or 'oracle', got {self.mode!r}")
+        _require(self.mode in ("online", "oracle"), "mode",
+                 f"must be 'online' or 'oracle', got {self.mode!r}")
         _require((self.keep_fraction is None) != (self.target_bits is None), "keep_fraction",
                  "give exactly one of keep_fraction or target_bits")
         if self.keep_fraction is not None:

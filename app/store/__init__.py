@@ -20,7 +20,7 @@ from app.store.jobs import (
     requeue_or_fail_stale,
     update_progress,
 )
-from app.store.models import FINISHED_STATUSES, HEAD_METRICS, INT32_MAX, JobRow
+from app.store.models import FINISHED_STATUSES, INT32_MAX, JobRow
 from app.store.results import (
     import_documents,
     load_calibration_artifact,
@@ -28,6 +28,7 @@ from app.store.results import (
     load_results,
     save_results,
 )
+from headq_spec.metrics import HEAD_METRICS
 
 __all__ = [
     "FINISHED_STATUSES", "HEAD_METRICS", "INT32_MAX", "IdempotencyConflict", "JobNotFound", "JobRow",

@@ -16,8 +16,6 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 from sqlalchemy.types import TypeDecorator
 
 FINISHED_STATUSES = ("succeeded", "failed", "cancelled")
-HEAD_METRICS = ("key_mse", "score_mse", "fisher", "attn_kl", "entropy", "route_flip",
-                "value_mse", "value_a2", "readout_err")
 HEAD_KEYS = ("run", "layer", "head", "kv_head")
 INT32_MAX = 2**31 - 1  # the integer columns are 32-bit on PostgreSQL
 SHORT_TEXT = 200  # length of the label / stage / worker / run columns

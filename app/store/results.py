@@ -18,7 +18,6 @@ from sqlalchemy.orm import Session
 from app.store.jobs import JobStateError, get_job
 from app.store.models import (
     HEAD_KEYS,
-    HEAD_METRICS,
     INT32_MAX,
     SHORT_TEXT,
     CalibrationArtifactRow,
@@ -27,6 +26,7 @@ from app.store.models import (
     ResultRow,
     utcnow,
 )
+from headq_spec.metrics import HEAD_METRICS
 
 
 def finite_or_none(value: Any) -> Any:

@@ -17,7 +17,8 @@ def test_quant_config_rejects_bad_fields(kwargs, field):
 
 @pytest.mark.parametrize(
     ("kwargs", "field"),
-    [({"rank": 0}, "rank"), ({"basis": "svd"}, "basis"), ({"sign": 0}, "sign"), ({"side_bits": 2}, "side_bits")],
+    [({"rank": 0}, "rank"), ({"basis": "svd"}, "basis"), ({"sign": 0}, "sign"),
+     ({"side_bits": 2}, "side_bits")],
 )
 def test_headq_config_rejects_bad_fields(kwargs, field):
     with pytest.raises(ValueError, match=field):

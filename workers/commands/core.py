@@ -9,22 +9,10 @@ import json
 from pathlib import Path
 from typing import Any
 
+from headq_spec.metrics import HEAD_METRICS
+
 PRESETS = ("k-only", "headq", "controls", "full-kv")
-HEAD_FIELDS = (
-    "run",
-    "layer",
-    "head",
-    "kv_head",
-    "key_mse",
-    "score_mse",
-    "fisher",
-    "attn_kl",
-    "entropy",
-    "route_flip",
-    "value_mse",
-    "value_a2",
-    "readout_err",
-)
+HEAD_FIELDS = ("run", "layer", "head", "kv_head", *HEAD_METRICS)
 
 
 def preset_runs(preset: str, bits: int, group: int, residual: int, rank: int) -> list[dict[str, Any]]:
