@@ -38,6 +38,16 @@ class ModelInfo:
     dtype: str
     device: str
 
+    @classmethod
+    def of(cls, model: Any, model_id: str, revision: str | None, dtype: str, device: str) -> ModelInfo:
+        """Describe a loaded ``model`` (its geometry read by the adapter)."""
+        from headq_core.models.adapter import model_geometry  # the adapter imports this module
+
+        layers, heads, kv_heads, head_dim, scale = model_geometry(model)
+        return cls(id=model_id, revision=revision, architecture=type(model).__name__, layers=layers,
+                   heads=heads, kv_heads=kv_heads, head_dim=head_dim, logit_scale=scale, dtype=dtype,
+                   device=device)
+
     def to_dict(self) -> dict[str, Any]:
         return {
             "id": self.id,
@@ -135,7 +145,7 @@ def load_model(
     """Load ``model_id`` (hub id, local folder or ``.gguf`` file, or ``builtin:smollm2-135m``)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from headq_core.models.adapter import architecture_of, model_geometry
+    from headq_core.models.adapter import architecture_of
 
     if not isinstance(model_id, str) or not model_id:
         raise ValueError("model_id: must be a non-empty string")
@@ -151,17 +161,5 @@ def load_model(
         raise ValueError(f"model_id: cannot load {model_id!r}: {exc}") from exc
     model.to(dev).eval()  # type: ignore[arg-type]
     architecture_of(model)  # unsupported architectures fail here, naming the supported ones
-    layers, heads, kv_heads, head_dim, scale = model_geometry(model)
-    info = ModelInfo(
-        id=model_id,
-        revision=revision,
-        architecture=type(model).__name__,
-        layers=layers,
-        heads=heads,
-        kv_heads=kv_heads,
-        head_dim=head_dim,
-        logit_scale=scale,
-        dtype=dtype,
-        device=dev,
-    )
+    info = ModelInfo.of(model, model_id, revision, dtype, dev)
     return LoadedModel(model=model, tokenizer=tokenizer, info=info)

@@ -18,7 +18,6 @@ from transformers import (
     Qwen3ForCausalLM,
 )
 
-from headq_core.models.adapter import model_geometry
 from headq_core.models.loading import LoadedModel, ModelInfo
 
 VOCAB = 96
@@ -73,19 +72,7 @@ class CharTokenizer:
 def loaded(family: str = "llama", seed: int = 0, **overrides) -> LoadedModel:
     """A :class:`LoadedModel` around ``build(family)`` with :class:`CharTokenizer`."""
     model = build(family, seed, **overrides)
-    layers, heads, kv_heads, head_dim, scale = model_geometry(model)
-    info = ModelInfo(
-        id=f"tiny-{family}",
-        revision=None,
-        architecture=type(model).__name__,
-        layers=layers,
-        heads=heads,
-        kv_heads=kv_heads,
-        head_dim=head_dim,
-        logit_scale=scale,
-        dtype="float32",
-        device="cpu",
-    )
+    info = ModelInfo.of(model, f"tiny-{family}", None, "float32", "cpu")
     return LoadedModel(model=model, tokenizer=CharTokenizer(), info=info)
 
 
