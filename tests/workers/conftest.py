@@ -25,7 +25,7 @@ from tests.workers.tinymodel import save_tiny_llama, write_corpus
 
 PG_URL = os.environ.get("HEADQ_TEST_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
 HEARTBEAT_TIMEOUT_S = 10.0  # the runner beats before it loads torch, so this can be short
-LONG_JOB = {"max_tokens": 768, "window": 64, "runs": 2}  # 12 windows x 2 runs: long enough to interrupt
+LONG_JOB = {"max_tokens": 1536, "window": 64, "runs": 2}  # 24 windows x 2 runs: long enough to interrupt
 
 
 @pytest.fixture(scope="session", params=["sqlite", "postgresql"])
@@ -118,7 +118,7 @@ def make_settings(database_url: str, models_root: Path, corpus: Path) -> Setting
 
 def make_options() -> ExecutorSettings:
     """Fast polling and heartbeats; a unique Celery queue so parallel sessions never share messages."""
-    return ExecutorSettings(heartbeat_s=1.0, poll_s=0.2, cancel_grace_s=5.0, worker_concurrency=1,
+    return ExecutorSettings(heartbeat_s=0.3, poll_s=0.2, cancel_grace_s=5.0, worker_concurrency=1,
                             queue=f"headq-test-{uuid.uuid4().hex[:8]}")
 
 

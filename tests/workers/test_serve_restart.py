@@ -91,4 +91,4 @@ def test_server_killed_mid_job_and_restarted(serve, sessions, make_spec, tmp_pat
     assert result_attempts(sessions, job.id) == [expected_attempt]
     with HeadQClient(url) as api:
         assert api.get(job.id).status == "succeeded"
-        assert len(api.results(job.id)["runs"]) == 3
+        assert len(api.results(job.id)["runs"]) == LONG_JOB["runs"]
