@@ -17,7 +17,7 @@ from app.executors.settings import ExecutorSettings
 from app.settings import Settings
 from app.store import cancel_job, load_results
 from tests.workers.conftest import LONG_JOB, add_job
-from tests.workers.waiting import FINISHED, result_attempts, wait_for, wait_started, wait_status
+from tests.workers.waiting import FINISHED, job_row, result_attempts, wait_for, wait_started, wait_status
 
 pytestmark = pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
 
@@ -99,3 +99,35 @@ def test_cancel_running_job(start_local, options, sessions, make_spec, tmp_path,
     assert row.status == "cancelled" and reason in row.error
     assert result_attempts(sessions, job.id) == []
     wait_for(lambda: job.id not in executor.worker_pids(), 30, f"worker {pid} to exit and be reaped")
+
+
+def test_one_worker_per_gpu_each_pinned_to_its_own_device(settings, options, sessions, make_spec,
+                                                          tmp_path, monkeypatch, reap) -> None:
+    """With two visible GPUs the dispatcher runs two jobs at once, each worker seeing one device
+    (read from the worker's own environment; the jobs themselves run on the CPU here)."""
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "3,5")
+    with sessions() as s:
+        jobs = [add_job(s, make_spec(**LONG_JOB)), add_job(s, make_spec(**LONG_JOB)), add_job(s, make_spec())]
+    executor = LocalExecutor(settings, options.model_copy(update={"worker_concurrency": None}),
+                             log_dir=tmp_path)
+    assert executor.concurrency == 2
+    executor.start()
+    try:
+        def two_workers() -> dict[str, int] | None:
+            pids = executor.worker_pids()
+            return pids if len(pids) == 2 else None
+        pids = wait_for(two_workers, 60, "two workers")
+        devices = set()
+        for pid in pids.values():
+            reap(pid)
+            environ = dict(item.split("=", 1) for item in
+                           Path(f"/proc/{pid}/environ").read_text().split("\0") if "=" in item)
+            devices.add(environ["CUDA_VISIBLE_DEVICES"])
+        assert devices == {"3", "5"}
+        assert job_row(sessions, jobs[2].id).status == "queued"  # the third waits for a free GPU
+        for job in jobs:
+            assert wait_status(sessions, job.id, FINISHED, 180, tmp_path).status == "succeeded"
+    finally:
+        executor.stop()
+        for pid in executor.worker_pids().values():
+            reap(pid)
