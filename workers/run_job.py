@@ -95,18 +95,38 @@ class _Progress:
             update_progress(session, self._job_id, min(max(float(fraction), 0.0), 1.0), stage, self._attempt)
 
 
-def _calibration_blob(session: Session, spec: dict[str, Any]) -> bytes | None:
-    """The calibration artifact an evaluation names (``calibration_job``), if any."""
-    calibration_job = spec.get("calibration_job") if spec.get("kind") == "evaluation" else None
+class _Stopped(Exception):
+    """Cancellation requested before the core was loaded."""
+
+
+def _calibration_blob(factory: sessionmaker[Session], job: JobRow, options: ExecutorSettings,
+                      should_stop: Callable[[], bool]) -> bytes | None:
+    """The calibration artifact an evaluation names (``calibration_job``), if any. While that
+    calibration is still queued or running (another GPU may hold it) this waits, polling, up to
+    ``options.calibration_wait_s``; a calibration that failed or was cancelled fails the evaluation."""
+    calibration_job = job.spec.get("calibration_job") if job.spec.get("kind") == "evaluation" else None
     if not calibration_job:
         return None
-    try:
-        return load_calibration_artifact(session, calibration_job)
-    except (JobNotFound, JobStateError) as exc:
-        raise ValueError(f"calibration_job: {exc}") from exc
+    deadline = time.monotonic() + options.calibration_wait_s
+    while True:
+        with session_scope(factory) as session:
+            try:
+                status = get_job(session, calibration_job).status
+                if status not in ("queued", "running"):
+                    return load_calibration_artifact(session, calibration_job)
+            except (JobNotFound, JobStateError) as exc:
+                raise ValueError(f"calibration_job: {exc}") from exc
+            if time.monotonic() > deadline:
+                raise ValueError(f"calibration_job: {calibration_job} still {status} after "
+                                 f"{options.calibration_wait_s:g} s")
+            update_progress(session, job.id, 0.0, f"waiting for calibration {calibration_job}", job.attempts)
+        if should_stop():
+            raise _Stopped
+        time.sleep(options.poll_s)
 
 
-def _execute(factory: sessionmaker[Session], job: JobRow, settings: Settings,
+
+def _execute(factory: sessionmaker[Session], job: JobRow, settings: Settings, options: ExecutorSettings,
              should_stop: Callable[[], bool]) -> tuple[str, str | None]:
     """Run the pipeline and store its results; the final ``(status, error)`` of the attempt."""
     try:  # imported only now, after the claim and the first heartbeat: loading torch takes seconds
@@ -115,8 +135,7 @@ def _execute(factory: sessionmaker[Session], job: JobRow, settings: Settings,
     except ImportError as exc:
         return "failed", f"the worker cannot load the core: {type(exc).__name__}: {exc}"
     try:
-        with session_scope(factory) as session:
-            blob = _calibration_blob(session, job.spec)
+        blob = _calibration_blob(factory, job, options, should_stop)
         document, artifact = execute(
             job.spec, calibration_blob=blob, progress=_Progress(factory, job.id, job.attempts),
             should_stop=should_stop, model_cache=model_cache(),
@@ -127,7 +146,7 @@ def _execute(factory: sessionmaker[Session], job: JobRow, settings: Settings,
             if current.status != "running" or current.attempts != job.attempts:
                 return "failed", "attempt superseded before its results were stored"
             save_results(session, job.id, job.attempts, document, artifact)
-    except Cancelled:
+    except (Cancelled, _Stopped):
         return "cancelled", "cancelled on request"
     except Exception as exc:  # noqa: BLE001 - any failure ends the attempt with its reason
         log.exception("job %s attempt %d failed", job.id, job.attempts)
@@ -155,7 +174,7 @@ def run_job(job_id: str, *, attempt: int | None = None, settings: Settings | Non
             return heartbeat(session, job_id, job.attempts)
 
     with Heartbeat(beat, options.heartbeat_s) as pulse:
-        status, error = _execute(factory, job, settings, pulse.should_stop)
+        status, error = _execute(factory, job, settings, options, pulse.should_stop)
     with session_scope(factory) as session:
         if not finish(session, job_id, status, error, attempt=job.attempts):
             log.warning("job %s attempt %d: no longer current, outcome %s dropped", job_id, job.attempts,

@@ -22,6 +22,8 @@ class ExecutorSettings(BaseSettings):
     poll_s: float = Field(default=1.0, gt=0)
     worker_concurrency: int | None = Field(default=None, ge=1)  # None: one per GPU (1 without GPUs)
     worker_max_tasks: int = Field(default=1, ge=0)  # celery: tasks per worker process, 0 = unlimited
+    # an evaluation whose calibration is still queued or running waits this long, then fails
+    calibration_wait_s: float = Field(default=3600.0, ge=0)
 
 
 def check_timing(options: ExecutorSettings, heartbeat_timeout_s: float) -> None:

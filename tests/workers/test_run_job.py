@@ -6,6 +6,7 @@ with the loader's message."""
 from __future__ import annotations
 
 import shutil
+import time
 from pathlib import Path
 from typing import Any
 
@@ -97,3 +98,40 @@ def test_model_that_cannot_be_loaded_fails_with_the_loaders_message(
     row = job_row(sessions, job.id)
     assert row.status == "failed" and "no-weights" in row.error and "cannot load" in row.error
     assert result_attempts(sessions, job.id) == []
+
+
+def test_evaluation_waits_for_a_calibration_still_running_elsewhere(settings, options, sessions,
+                                                                    make_spec) -> None:
+    """Two workers: the evaluation starts while its calibration is queued, waits, then reads it."""
+    import threading
+
+    with sessions() as s:
+        calibration = add_job(s, make_spec("calibration"))
+        spec = make_spec(calibration_job=calibration.id)
+        spec["runs"].append({"name": "k2_headq", "key": {"bits": 2, "axis": "per_channel", "group_size": 8},
+                             "headq": {"rank": 2, "basis": "query_pca", "side_bits": 8}})
+        evaluation = add_job(s, spec)
+    outcome: dict[str, str | None] = {}
+    waiter = threading.Thread(target=lambda: outcome.update(
+        status=run_job(evaluation.id, settings=settings, options=options)))
+    waiter.start()
+    deadline = time.monotonic() + 60
+    while "waiting for calibration" not in (job_row(sessions, evaluation.id).stage or ""):
+        assert time.monotonic() < deadline and waiter.is_alive(), job_row(sessions, evaluation.id).error
+        time.sleep(0.1)
+    assert run_job(calibration.id, settings=settings, options=options) == "succeeded"
+    waiter.join(timeout=120)
+    assert outcome["status"] == "succeeded", job_row(sessions, evaluation.id).error
+
+
+def test_evaluation_fails_with_the_reason_when_its_calibration_failed(settings, options, sessions,
+                                                                       make_spec) -> None:
+    bad = make_spec("calibration", model_id=str(Path(settings.allowed_model_dirs[0]) / "no-such-model"))
+    with sessions() as s:
+        calibration = add_job(s, bad)
+    assert run_job(calibration.id, settings=settings, options=options) == "failed"
+    spec = make_spec(calibration_job=calibration.id)
+    with sessions() as s:
+        evaluation = add_job(s, spec)
+    assert run_job(evaluation.id, settings=settings, options=options) == "failed"
+    assert "calibration_job" in job_row(sessions, evaluation.id).error
