@@ -23,7 +23,7 @@ from headq_core.evaluate_metrics import HeadAccumulator
 from headq_core.evaluate_run import RunAttention
 from headq_core.models.adapter import attention_handler
 from headq_core.models.loading import LoadedModel
-from headq_core.results import SCHEMA_VERSION, run_rows, versions
+from headq_core.results import SCHEMA_VERSION, compact_list, run_rows, versions
 
 
 def check_runs(
@@ -145,7 +145,7 @@ def evaluate(
         "runs": run_rows(runs, nll, tokens, {r.name: _bits(r, info.head_dim) for r in runs}),
         "heads": head_rows,
         "arrays": {
-            "query_spectrum": [] if calibration is None else calibration.eigenvalues.tolist(),
+            "query_spectrum": [] if calibration is None else compact_list(calibration.eigenvalues),
             "a2_weights": {
                 r.name: accumulators[r.name].a2_profile()
                 for r in runs

@@ -9,6 +9,7 @@ import torch
 
 from headq_core.evaluate_run import LayerView
 from headq_core.metrics import HeadMetrics
+from headq_core.results import compact_list
 from headq_core.values import a2_weights
 from headq_spec.metrics import HEAD_METRICS
 
@@ -58,4 +59,5 @@ class HeadAccumulator:
 
     def a2_profile(self) -> list[list[list[float]]]:
         """Mean A² weight per window position: [layer][kv_head][position]."""
-        return [[] if a2 is None else (a2 / n).tolist() for a2, n in zip(self.a2, self.windows, strict=True)]
+        return [[] if a2 is None else compact_list(a2 / n)
+                for a2, n in zip(self.a2, self.windows, strict=True)]

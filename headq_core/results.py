@@ -8,9 +8,22 @@ import platform
 from importlib import metadata
 from typing import Any
 
+import torch
+
 from headq_core.config import RunSpec
 
 SCHEMA_VERSION = 1
+
+
+ARRAY_DIGITS = 6  # significant digits kept in result arrays (they come from float32 sums)
+
+
+def compact_list(values: torch.Tensor) -> list:
+    """A tensor as nested lists of floats rounded to ``ARRAY_DIGITS`` significant digits: the
+    results document's arrays (A² profiles of every run, layer and KV head) are its bulk, and
+    17-digit JSON floats doubled its size without carrying information float32 has."""
+    flat = [float(f"{v:.{ARRAY_DIGITS}g}") for v in values.double().flatten().tolist()]
+    return torch.tensor(flat, dtype=torch.float64).reshape(values.shape).tolist()
 
 
 def versions() -> dict[str, str]:
@@ -86,6 +99,6 @@ def calibration_document(
         "dataset": dataset,
         "versions": versions(),
         "rank": calibration.rank,
-        "arrays": {"query_spectrum": calibration.eigenvalues.tolist()},
+        "arrays": {"query_spectrum": compact_list(calibration.eigenvalues)},
         "timing": {"seconds": round(seconds, 3)},
     }

@@ -1,11 +1,13 @@
 """Results rows: perplexity, excess and the share of excess HeadQ removes, from hand-made sums."""
 
+import json
 import math
 
 import pytest
+import torch
 
 from headq_core.config import HeadQConfig, QuantConfig, RunSpec
-from headq_core.results import base_run_name, run_rows, versions
+from headq_core.results import base_run_name, compact_list, run_rows, versions
 
 K2 = QuantConfig(bits=2)
 RUNS = [
@@ -42,3 +44,14 @@ def test_without_dense_run_no_excess():
 def test_versions_are_named():
     v = versions()
     assert set(v) == {"headq_lab", "torch", "transformers", "python"} and v["torch"].startswith("2.")
+
+
+def test_compact_list_keeps_shape_and_six_significant_digits():
+    """Result arrays keep six significant digits: half the JSON, nothing float32 sums carry lost."""
+    gen = torch.Generator().manual_seed(0)
+    x = torch.rand(3, 4, 5, generator=gen) * 10.0 ** torch.randint(-8, 3, (3, 4, 5), generator=gen)
+    got = torch.tensor(compact_list(x), dtype=torch.float64)
+    assert got.shape == x.shape
+    torch.testing.assert_close(got, x.double(), rtol=5e-6, atol=0)
+    assert len(json.dumps(compact_list(x))) < 0.7 * len(json.dumps(x.double().tolist()))
+    assert compact_list(torch.tensor([])) == []
