@@ -95,7 +95,9 @@ def make_results(
                     }
                 )
         pos = np.arange(1, window + 1, dtype=float)
-        a2[name] = [[(pos**-0.5 * (1 + kv)).tolist() for kv in range(kv_heads)] for _ in range(layers)]
+        # six significant digits, as headq_core.results.compact_list stores result arrays
+        a2[name] = [[[float(f"{v:.6g}") for v in pos**-0.5 * (1 + kv)] for kv in range(kv_heads)]
+                    for _ in range(layers)]
     spectrum = [
         [sorted(rng.lognormal(0.0, 2.0, head_dim).tolist(), reverse=True) for _ in range(kv_heads)]
         for _ in range(layers)
