@@ -1,7 +1,9 @@
 """The Celery executor end to end against the real RabbitMQ (and Redis) on localhost, with a real
 ``headq worker`` process started by the test: a job runs; a SIGKILLed pool process mid-job ends
 with exactly one set of results (retried after its heartbeat went stale); a restarted API
-(reconciler) mid-job does not run the job twice; a cancel is forced after the grace period."""
+(reconciler) mid-job does not run the job twice; a cancel is forced after the grace period; and the
+compose layout (`headq serve` with the Celery executor + `headq worker`, PostgreSQL, RabbitMQ) runs
+a job submitted over REST."""
 
 from __future__ import annotations
 
@@ -153,3 +155,36 @@ def test_cancel_is_forced_after_the_grace_period(worker, celery_settings, celery
             return True
         return False
     wait_for(gone, 30, f"pool process {pid} to be terminated by the revoke")
+
+
+def test_the_compose_process_layout_runs_a_job_over_rest(worker, celery_settings, celery_options,
+                                                         sessions, make_spec, tmp_path) -> None:
+    """docker-compose's layout without Docker: a ``headq serve`` API process (Celery executor,
+    PostgreSQL) and the ``headq worker`` process on RabbitMQ; a job submitted over REST succeeds and
+    its results come back over REST."""
+    from app.client import HeadQClient
+    from tests.workers.test_cli import free_port
+
+    port = free_port()
+    env = {**os.environ, **settings_env(celery_settings, celery_options)}
+    with open(tmp_path / "serve.log", "wb") as log:
+        server = subprocess.Popen([sys.executable, "-m", "workers.cli", "serve", "--port", str(port)],
+                                  env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        with HeadQClient(f"http://127.0.0.1:{port}") as api:
+            def ready() -> bool | None:
+                assert server.poll() is None, (tmp_path / "serve.log").read_text()
+                try:
+                    return api.ready()[0] or None
+                except Exception:  # noqa: BLE001 - not listening yet
+                    return None
+            wait_for(ready, 60, "headq serve (celery executor) to be ready")
+            job = api.submit(make_spec(runs=2), idempotency_key="layout-1")
+            row = wait_status(sessions, job.id, FINISHED, 120, worker)
+            assert row.status == "succeeded", row.error
+            assert api.get(job.id).status == "succeeded"
+            document = api.results(job.id)
+        assert [run["name"] for run in document["runs"]] == ["k2", "k4"] and len(document["heads"]) == 16
+    finally:
+        os.killpg(server.pid, signal.SIGKILL)
+        server.wait(timeout=20)
