@@ -3,22 +3,18 @@ dropped at the end), emptied before each test; an API client on the real ``creat
 
 from __future__ import annotations
 
-import os
-import uuid
 from collections.abc import Iterator
 
 import pytest
 from fastapi.testclient import TestClient
-from sqlalchemy import Engine, create_engine, text
-from sqlalchemy.engine import make_url
+from sqlalchemy import Engine
 from sqlalchemy.orm import Session
 
 from app.main import create_app
 from app.settings import Settings
 from app.store import make_engine, make_session_factory, migrate
 from app.store.models import Base
-
-PG_URL = os.environ.get("HEADQ_TEST_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
+from tests.pg import temporary_database
 
 
 @pytest.fixture(scope="session", params=["sqlite", "postgresql"])
@@ -27,20 +23,8 @@ def database_url(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPa
     if request.param == "sqlite":
         yield f"sqlite:///{tmp_path_factory.mktemp('db') / 'headq.db'}"
         return
-    admin = create_engine(PG_URL, isolation_level="AUTOCOMMIT")
-    name = f"headq_test_{uuid.uuid4().hex[:12]}"
-    try:
-        with admin.connect() as conn:
-            conn.execute(text(f'CREATE DATABASE "{name}"'))
-    except Exception as exc:  # the service is absent on this machine
-        admin.dispose()
-        pytest.skip(f"PostgreSQL not reachable at {PG_URL}: {exc}")
-    try:
-        yield make_url(PG_URL).set(database=name).render_as_string(hide_password=False)
-    finally:
-        with admin.connect() as conn:
-            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        admin.dispose()
+    with temporary_database("headq_test") as url:
+        yield url
 
 
 @pytest.fixture(scope="session")

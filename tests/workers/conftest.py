@@ -13,17 +13,15 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import create_engine, text
-from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session
 
 from app.executors.settings import ExecutorSettings
 from app.settings import Settings
 from app.store import create_job, make_engine, make_session_factory, migrate, session_scope
 from app.store.models import Base, JobRow
+from tests.pg import temporary_database
 from tests.workers.tinymodel import save_tiny_llama, write_corpus
 
-PG_URL = os.environ.get("HEADQ_TEST_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
 HEARTBEAT_TIMEOUT_S = 10.0  # the runner beats before it loads torch, so this can be short
 LONG_JOB = {"max_tokens": 1536, "window": 64, "runs": 2}  # 24 windows x 2 runs: long enough to interrupt
 
@@ -38,25 +36,11 @@ def database_url(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPa
         engine.dispose()
         yield url
         return
-    admin = create_engine(PG_URL, isolation_level="AUTOCOMMIT")
-    name = f"headq_workers_{uuid.uuid4().hex[:12]}"
-    try:
-        with admin.connect() as conn:
-            conn.execute(text(f'CREATE DATABASE "{name}"'))
-    except Exception as exc:  # noqa: BLE001 - the service is absent on this machine
-        admin.dispose()
-        pytest.skip(f"PostgreSQL not reachable at {PG_URL}: {exc}")
-    url = make_url(PG_URL).set(database=name).render_as_string(hide_password=False)
-    engine = make_engine(url)
-    migrate(engine)
-    engine.dispose()
-    try:
+    with temporary_database("headq_workers") as url:
+        engine = make_engine(url)
+        migrate(engine)
+        engine.dispose()
         yield url
-    finally:
-        with admin.connect() as conn:
-            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        admin.dispose()
-
 
 @pytest.fixture
 def sessions(database_url: str) -> Iterator[Callable[[], Any]]:
