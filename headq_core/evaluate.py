@@ -59,6 +59,13 @@ def _bits(run: RunSpec, head_dim: int) -> dict[str, float]:
     }
 
 
+def window_batches(n_windows: int, batch: int, head_windows: int) -> list[tuple[int, int]]:
+    """[start, stop) ranges of at most ``batch`` windows; none straddles ``head_windows`` (the
+    windows with per-head metrics form batches of their own)."""
+    edges = [(0, head_windows), (head_windows, n_windows)]
+    return [(s, min(s + batch, hi)) for lo, hi in edges for s in range(lo, hi, batch)]
+
+
 def evaluate(
     loaded: LoadedModel,
     corpus: CorpusSpec,
@@ -70,13 +77,16 @@ def evaluate(
     seed: int = 0,
     heads: bool = True,
     head_windows: int | None = None,
+    batch: int = 1,
     progress: Callable[[float, str], None] | None = None,
     should_stop: Callable[[], bool] | None = None,
 ) -> dict[str, Any]:
     """Perplexity and per-head metrics of every run over ``corpus`` (the results document).
 
     Perplexity uses every window; per-head metrics the first ``head_windows`` (default: all). The
-    dense run uses the model's own attention and gives no head rows."""
+    dense run uses the model's own attention and gives no head rows. ``batch`` windows go through
+    the model together: the same numbers up to float rounding, except the ``key_pca`` control,
+    whose basis is fitted on the residuals of the windows it corrects (those of its batch)."""
     started = time.perf_counter()
     info = loaded.info
     runs = check_runs(runs, calibration, info.head_dim)
@@ -92,28 +102,32 @@ def evaluate(
     if head_windows is not None and (not isinstance(head_windows, int) or head_windows < 1):
         raise ValueError(f"head_windows: must be a positive integer or None, got {head_windows!r}")
     head_windows = len(windows) if head_windows is None else min(head_windows, len(windows))
+    if not isinstance(batch, int) or isinstance(batch, bool) or batch < 1:
+        raise ValueError(f"batch: must be a positive integer, got {batch!r}")
     accumulators = {
         r.name: HeadAccumulator(info.layers, info.heads, info.kv_heads, keep_a2=r.value is not None)
         for r in runs
     }
     nll = dict.fromkeys((r.name for r in runs), 0.0)
+    chunks = window_batches(len(windows), batch, head_windows)
     steps, done = len(windows) * len(runs), 0
     with torch.no_grad():
-        for index, ids in enumerate(windows):
-            ids = ids[None].to(device)
+        for start, stop in chunks:
+            ids = windows[start:stop].to(device)
             for run in runs:
                 if should_stop is not None and should_stop():
                     raise Cancelled("evaluation cancelled")
                 if run.is_dense:
                     logits = loaded.model(ids, use_cache=False).logits
                 else:
-                    sink = accumulators[run.name].add if heads and index < head_windows else None
+                    sink = accumulators[run.name].add if heads and start < head_windows else None
                     with attention_handler(loaded.model, RunAttention(run, basis_for=basis_for, sink=sink)):
                         logits = loaded.model(ids, use_cache=False).logits
                 nll[run.name] += torch.nn.functional.cross_entropy(
-                    logits[0, :-1].float(), ids[0, 1:], reduction="sum"
+                    logits[:, :-1].flatten(0, 1).float(), ids[:, 1:].flatten(), reduction="sum"
                 ).item()
-                done += 1
+                del logits
+                done += stop - start
                 if progress is not None:
                     progress(done / steps, f"evaluate {run.name}")
     tokens = int(windows.shape[0] * (window - 1))
@@ -130,6 +144,7 @@ def evaluate(
             "windows": int(windows.shape[0]),
             "window": window,
             "head_windows": head_windows if heads else 0,
+            "batch": batch,
         },
         "calibration": None
         if calibration is None

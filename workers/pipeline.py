@@ -125,6 +125,7 @@ def execute(
         max_tokens=max_tokens,
         seed=job.seed,
         head_windows=job.dataset.head_windows,
+        batch=job.dataset.batch,
         progress=report,
         should_stop=should_stop,
     )

@@ -159,3 +159,27 @@ def test_interventions_and_value_policies():
     assert (heads("kv2_keep_all", "value_mse") == 0).all()
     a2 = doc["arrays"]["a2_weights"]
     assert set(a2) == {"kv2", "kv2_keep_all", "kv2_online"} and len(a2["kv2"][0][0]) == 16
+
+
+def test_batched_windows_give_the_same_numbers():
+    from headq_core.config import ValuePolicyConfig
+    from headq_core.evaluate import window_batches
+
+    assert window_batches(7, 3, 2) == [(0, 2), (2, 5), (5, 7)]
+    assert window_batches(4, 8, 4) == [(0, 4)]
+    lm = loaded("llama")
+    policy = ValuePolicyConfig(mode="online", keep_fraction=0.25)
+    runs = [RunSpec("dense"), RunSpec("k2", key=K2),
+            RunSpec("kv2a2", key=K2, value=V2, value_policy=policy),
+            RunSpec("k2_h", key=K2, headq=HeadQConfig(rank=4, basis="random"))]
+    one = evaluate(lm, SPEC, runs, window=12, max_tokens=60, head_windows=2)
+    many = evaluate(lm, SPEC, runs, window=12, max_tokens=60, head_windows=2, batch=3)
+    assert many["dataset"]["batch"] == 3 and one["dataset"]["batch"] == 1
+    for a, b in zip(one["runs"], many["runs"], strict=True):
+        assert b["nll"] == pytest.approx(a["nll"], rel=1e-5)
+    for a, b in zip(one["heads"], many["heads"], strict=True):
+        assert (a["run"], a["layer"], a["head"]) == (b["run"], b["layer"], b["head"])
+        for metric in ("attn_kl", "fisher", "key_mse", "value_a2", "readout_err"):
+            assert b[metric] == pytest.approx(a[metric], rel=1e-4, abs=1e-9)
+    with pytest.raises(ValueError, match="batch"):
+        evaluate(lm, SPEC, runs, window=12, max_tokens=24, batch=0)
