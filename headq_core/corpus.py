@@ -1,4 +1,5 @@
-"""Text corpora: the built-in State of the Union addresses, any Hugging Face dataset, local files.
+"""Text corpora: the built-in State of the Union addresses and Shakespeare plays, any Hugging Face
+dataset, local files.
 
 A corpus is read as a list of documents, tokenised, concatenated with EOS separators and cut into
 windows of ``window`` tokens (the remainder is dropped), capped at ``max_tokens``.
@@ -14,6 +15,7 @@ from typing import Any, Literal
 import torch
 
 SOURCES = ("builtin", "hf", "files")
+BUILTIN_NAMES = ("sotu", "shakespeare")
 BUILTIN_SPLITS = {
     "calibration": "calibration",
     "calib": "calibration",
@@ -27,7 +29,8 @@ _SEPARATOR = "\n\f\n"
 
 @dataclass(frozen=True)
 class CorpusSpec:
-    """Where text comes from. ``builtin``: ``name='sotu'``, split ``calibration`` or ``eval``;
+    """Where text comes from. ``builtin``: ``name`` in :data:`BUILTIN_NAMES` (``sotu``: addresses of
+    1934-2001 / 2002-2021; ``shakespeare``: five comedies / four tragedies), split ``calibration`` or ``eval``;
     ``hf``: ``datasets.load_dataset(name, config, split=split)``; ``files``: local text files."""
 
     source: Literal["builtin", "hf", "files"] = "builtin"
@@ -40,9 +43,9 @@ class CorpusSpec:
     def __post_init__(self) -> None:
         if self.source not in SOURCES:
             raise ValueError(f"dataset.source: must be one of {SOURCES}, got {self.source!r}")
-        if self.source == "builtin" and (self.name != "sotu" or self.split not in BUILTIN_SPLITS):
+        if self.source == "builtin" and (self.name not in BUILTIN_NAMES or self.split not in BUILTIN_SPLITS):
             raise ValueError(
-                f"dataset.name/split: the built-in corpus is name='sotu' with split in "
+                f"dataset.name/split: the built-in corpora are name in {BUILTIN_NAMES} with split in "
                 f"{sorted(BUILTIN_SPLITS)}, got name={self.name!r} split={self.split!r}"
             )
         if self.source == "hf" and not self.name:
@@ -68,7 +71,7 @@ def load_texts(spec: CorpusSpec) -> list[str]:
     """The corpus as a list of non-empty documents."""
     if spec.source == "builtin":
         resource = (
-            importlib.resources.files("headq_core.data") / "sotu" / f"{BUILTIN_SPLITS[spec.split]}.txt.gz"
+            importlib.resources.files("headq_core.data") / str(spec.name) / f"{BUILTIN_SPLITS[spec.split]}.txt.gz"
         )
         return gzip.decompress(resource.read_bytes()).decode("utf-8").split(_SEPARATOR)
     import datasets

@@ -1,4 +1,4 @@
-"""Corpus: the built-in State of the Union split, local files through ``datasets``, windows."""
+"""Corpus: the built-in State of the Union and Shakespeare splits, local files through ``datasets``, windows."""
 
 import json
 from importlib import resources
@@ -21,6 +21,17 @@ def test_builtin_splits_match_index():
     assert max(years["calibration"]) <= 2001 and min(years["evaluation"]) == 2002
     assert ev[-1].startswith("Thank you.")  # 2021 address
     assert all(len(t) > 1000 for t in cal + ev)
+
+
+def test_builtin_shakespeare_plays_match_index():
+    index = json.loads((resources.files("headq_core.data") / "shakespeare" / "index.json").read_text())
+    for split, name in (("calibration", "calibration"), ("eval", "evaluation")):
+        texts = load_texts(CorpusSpec(name="shakespeare", split=split))
+        plays = [p for p in index["plays"] if p["split"] == name]
+        assert [len(t) for t in texts] == [p["chars"] for p in plays]
+    assert load_texts(CorpusSpec(name="shakespeare"))[0].startswith("HAMLET, PRINCE OF DENMARK")
+    with pytest.raises(ValueError, match="dataset.name/split"):
+        CorpusSpec(name="milton")
 
 
 def test_token_windows_concatenate_with_eos_and_cap():
