@@ -134,3 +134,22 @@ def test_results_in_every_format_match_the_document(server: str, tmp_path: Path,
     assert code == 0 and table["fisher"].tolist() == pytest.approx(expected["fisher"].tolist(), rel=1e-12)
     keys = ["run", "layer", "head"]
     assert table[keys].values.tolist() == expected[keys].values.tolist()
+
+
+def test_import_a_gzipped_bundle_in_parts(server: str, tmp_path: Path, capsys) -> None:
+    import gzip
+
+    documents = [make_document(seed=s) for s in (4, 5, 6)]
+    bundle = {"jobs": [{"results": d} for d in documents]}
+    path = tmp_path / "bundle.json.gz"
+    path.write_bytes(gzip.compress(json.dumps(bundle).encode()))
+    one_job = len(json.dumps(bundle["jobs"][0]))
+    code, out, err = run_cli(capsys, "import", str(path), "--url", server, "--max-bytes", str(one_job + 1))
+    assert code == 0 and err.count("imported") == 3
+    ids = [line.split()[0] for line in out.splitlines()]
+    with HeadQClient(server) as api:
+        for job_id, document in zip(ids, documents, strict=True):
+            assert api.results(job_id)["heads"] == document["heads"]
+    (tmp_path / "bad.json").write_text("[1, 2]")
+    code, _, err = run_cli(capsys, "import", str(tmp_path / "bad.json"), "--url", server)
+    assert code == 2 and "bundle object" in err

@@ -1,4 +1,4 @@
-"""``headq submit / status / cancel / results``: the REST client side of the command line.
+"""``headq submit / status / cancel / results / import``: the REST client side of the command line.
 
 They talk to a running server (``--url``, default ``$HEADQ_URL`` or http://127.0.0.1:8000) through
 ``app.client.HeadQClient``; ``--token`` defaults to ``$HEADQ_API_TOKEN``. An API error prints the
@@ -8,6 +8,7 @@ server's message and exits with status 1.
 from __future__ import annotations
 
 import argparse
+import gzip
 import json
 import os
 import sys
@@ -81,6 +82,46 @@ def results(args: argparse.Namespace) -> int:
     return 0
 
 
+def read_document(path: Path) -> dict[str, Any]:
+    """A results document or bundle from a JSON file, gzip-compressed or not."""
+    data = path.read_bytes()
+    try:
+        body = json.loads(gzip.decompress(data) if data[:2] == b"\x1f\x8b" else data)
+    except (OSError, ValueError) as exc:
+        raise ValueError(f"file: {path} is not JSON or gzip-compressed JSON: {exc}") from exc
+    if not isinstance(body, dict):
+        raise ValueError(f"file: {path} must hold a results document or a bundle object")
+    return body
+
+
+def bundle_chunks(body: dict[str, Any], max_bytes: int) -> list[dict[str, Any]]:
+    """Split a bundle into bundles of whole jobs whose JSON stays under ``max_bytes`` each (a single
+    bigger job travels alone); a plain document is one chunk."""
+    if "jobs" not in body:
+        return [body]
+    chunks: list[list[Any]] = [[]]
+    size = 0
+    for item in body["jobs"]:
+        n = len(json.dumps(item))
+        if chunks[-1] and size + n > max_bytes:
+            chunks.append([])
+            size = 0
+        chunks[-1].append(item)
+        size += n
+    return [{"jobs": items} for items in chunks if items]
+
+
+def import_command(args: argparse.Namespace) -> int:
+    with _client(args) as api:
+        for path in args.files:
+            chunks = bundle_chunks(read_document(path), args.max_bytes)
+            for index, chunk in enumerate(chunks):
+                for job in api.import_results(chunk):
+                    print(f"{job.id}  {job.kind:<11} {job.label or ''}")
+                print(f"{path}: part {index + 1}/{len(chunks)} imported", file=sys.stderr)
+    return 0
+
+
 def _api_errors(command: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:
     """Turn an API error or an unreachable server into a message and exit status 1."""
     def run(args: argparse.Namespace) -> int:
@@ -95,7 +136,7 @@ def _api_errors(command: Callable[[argparse.Namespace], int]) -> Callable[[argpa
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    """Add ``submit``, ``status``, ``cancel`` and ``results``."""
+    """Add ``submit``, ``status``, ``cancel``, ``results`` and ``import``."""
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--url", default=os.environ.get("HEADQ_URL", DEFAULT_URL), help="server URL")
     common.add_argument("--token", default=os.environ.get("HEADQ_API_TOKEN"), help="API token")
@@ -115,3 +156,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     r.add_argument("--format", choices=("json", "csv", "parquet"), default="json")
     r.add_argument("--out", type=Path, help="file to write (default: standard output; required for parquet)")
     r.set_defaults(func=_api_errors(results))
+    m = subparsers.add_parser("import", parents=[common],
+                              help="store finished results (a document or bundle, .json or .json.gz) as jobs")
+    m.add_argument("files", type=Path, nargs="+")
+    m.add_argument("--max-bytes", type=int, default=16 * 1024 * 1024,
+                   help="split a bundle into requests of at most this many bytes (whole jobs)")
+    m.set_defaults(func=_api_errors(import_command))
