@@ -2,8 +2,10 @@
 
 Per element of a ``head_dim``-wide row: the packed code width (``ceil(d*bits/8)*8/d``, exact for
 the usual head dims), plus 32 bits (fp16 scale + fp16 zero) per group of ``group_size`` elements,
-plus for HeadQ ``rank*side_bits/d`` (padded to whole bytes per token) and a 16-bit per-token scale
-when ``side_bits < 16``. With an A² value policy a ``fraction`` of tokens is stored at
+plus for HeadQ the side code: ``rank*side_bits/d`` (padded to whole bytes per token) and, when
+``side_bits < 16``, either a 16-bit scale per token (``side_scale="token"``: ``+ 16/d``) or an fp16
+step and minimum per code component and key group of G tokens (``"group"``: ``+ 2*16*rank/(G*d)``).
+With an A² value policy a ``fraction`` of tokens is stored at
 ``high_bits`` (same group layout; 16 means a plain fp16 row) and the rest at the quantizer's bits.
 With ``seq_len`` the full-precision residual window and incomplete group (16 bits) are counted
 too; without it the long-context limit is reported.
@@ -25,11 +27,17 @@ def _row_bits(bits: int, head_dim: int, group_size: int) -> float:
     return packed_size(head_dim, bits) * 8 / head_dim + 2 * FP16_BITS / group_size
 
 
-def side_code_bits(headq: HeadQConfig, head_dim: int) -> float:
-    """Bits per key element spent on the HeadQ side code (codes + per-token scale)."""
+def side_code_bits(headq: HeadQConfig, head_dim: int, group_size: int | None = None) -> float:
+    """Bits per key element spent on the HeadQ side code: codes plus a per-token scale, or (group
+    scales) a step and minimum per component shared by the ``group_size`` tokens of a key group."""
     if headq.side_bits == 16:
         return headq.rank * FP16_BITS / head_dim
-    return (packed_size(headq.rank, headq.side_bits) * 8 + FP16_BITS) / head_dim
+    codes = packed_size(headq.rank, headq.side_bits) * 8 / head_dim
+    if headq.side_scale == "token":
+        return codes + FP16_BITS / head_dim
+    if not isinstance(group_size, int) or group_size < 1:
+        raise ValueError(f"group_size: group side scales need the key group size, got {group_size!r}")
+    return codes + 2 * FP16_BITS * headq.rank / (group_size * head_dim)
 
 
 def effective_bits(cfg: QuantConfig | None, head_dim: int, headq: HeadQConfig | None = None,
@@ -57,7 +65,9 @@ def effective_bits(cfg: QuantConfig | None, head_dim: int, headq: HeadQConfig | 
     elif fraction is not None:
         raise ValueError("fraction: only meaningful with a value policy")
     if headq is not None:
-        bits += side_code_bits(headq, head_dim)
+        if headq.side_scale == "group" and cfg.axis != "per_channel":
+            raise ValueError("headq.side_scale: 'group' needs per_channel keys")
+        bits += side_code_bits(headq, head_dim, cfg.group_size)
     if seq_len is None:
         return bits
     if seq_len < 1:

@@ -58,7 +58,8 @@ class _Side:
         new = quantize(leaving.float(), self.cfg, n_quant=move)  # type: ignore[arg-type]
         if basis is not None and headq is not None:
             residual = leaving.float() - dequantize(new)
-            side = encode_side(residual, basis.to(residual.device), headq.side_bits)
+            side = encode_side(residual, basis.to(residual.device), headq.side_bits,
+                               scale=headq.side_scale, group_size=self.cfg.group_size)  # type: ignore[union-attr]
             self.side = side if self.side is None else _cat_side(self.side, side)
         self.packed = new if self.packed is None else _cat_packed(self.packed, new)
 

@@ -27,7 +27,7 @@ from headq_core.headq import (
 from headq_core.intervention import perturb_keys
 from headq_core.models.adapter import AttentionCall
 from headq_core.quant import fake_quantize
-from headq_core.schedule import decode_mask
+from headq_core.schedule import decode_mask, quantized_count
 from headq_core.values import mixed_fake_quantize, value_keep_mask
 
 
@@ -91,7 +91,12 @@ class RunAttention:
             basis = key_pca_basis(residual, hq.rank)
         else:
             basis = random_basis(k.shape[1], k.shape[-1], hq.rank, hq.seed + call.layer).to(k.device)
-        c_hat = decode_side(encode_side(residual, basis, hq.side_bits))
+        # only the quantized_count(L) leading tokens (whole key groups) are ever read quantized;
+        # the rest have zero residual and get a zero code
+        n_q = quantized_count(k.shape[-2], cfg)
+        side = encode_side(residual[..., :n_q, :], basis, hq.side_bits, scale=hq.side_scale,
+                           group_size=cfg.group_size)
+        c_hat = torch.nn.functional.pad(decode_side(side), (0, 0, 0, k.shape[-2] - n_q))
         raw = raw + logit_correction(call.query, basis, c_hat, call.scaling, hq.sign, mask)
         return raw, k_hat + correction_keys(basis, c_hat, hq.sign)
 

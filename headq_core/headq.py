@@ -6,9 +6,12 @@
   ``key_pca`` (top-r eigenvectors of the uncentred second moment of the key residual at hand; the
   evaluator computes it on the very residuals it corrects, which favours this control) and
   ``random`` (seeded random orthonormal).
-- Side code ``c_j = U^T (k_j - k^_j)`` at 16 (fp16), 8 (int8) or 4 bits (two's-complement nibbles
-  packed two per byte) with a symmetric per-token fp16 scale ``amax / (2**(bits-1) - 1)``: the
-  layout of docs/contracts.md ("Kernel storage layout").
+- Side code ``c_j = U^T (k_j - k^_j)`` at 16 (fp16), 8, 4 or 2 bits (codes below 8 bits packed
+  little-endian along r with ``packing.pack_bits``). ``scale="token"``: symmetric, one fp16 scale
+  ``amax / (2**(bits-1) - 1)`` per token, two's-complement codes (2 bits: levels {-1, 0, +1}); the
+  layout of docs/contracts.md ("Kernel storage layout"). ``scale="group"``: asymmetric min/max per
+  (batch, KV head, key group of G tokens, component), fp16 step ``(max - min) / (2**bits - 1)`` and
+  fp16 minimum, unsigned codes using all ``2**bits`` levels (the KIVI per-channel layout).
 - Correction ``sign * tau * <U^T q_t, c^_j>`` on keys read in quantized form only.
 """
 
@@ -18,9 +21,9 @@ from dataclasses import dataclass
 
 import torch
 
-from headq_core.config import HeadQConfig
+from headq_core.config import SIDE_BITS, HeadQConfig
 from headq_core.packing import pack_bits, unpack_bits
-from headq_core.quant import check_finite
+from headq_core.quant import FP16_MAX, check_finite
 
 
 def _group_size(q_heads: int, kv_heads: int) -> int:
@@ -124,32 +127,91 @@ def _check_basis(basis: torch.Tensor, kv_heads: int, head_dim: int) -> None:
 
 @dataclass
 class SideCode:
-    """codes: fp16 [B, Hkv, S, r] (16 bits), int8 [B, Hkv, S, r] (8) or uint8 [B, Hkv, S, ceil(r/2)]
-    (4); scale: fp16 [B, Hkv, S] or None for 16 bits."""
+    """A stored side code of S tokens, rank r.
+
+    codes: fp16 [B, Hkv, S, r] (16 bits), int8 [B, Hkv, S, r] (token, 8), uint8 [B, Hkv, S, r]
+    (group, 8) or uint8 [B, Hkv, S, ceil(r*bits/8)] (4 and 2 bits, packed).
+    scale: None (16 bits); token: fp16 [B, Hkv, S]; group: fp16 [B, Hkv, 2, r, S/G] holding the
+    step (index 0) and the minimum (index 1) of each group, groups on the last axis so that, like
+    per-token scales, the blocks of a growing cache concatenate along it.
+    group_size: G for group scales, None for token scales.
+    """
 
     codes: torch.Tensor
     scale: torch.Tensor | None
     bits: int
     rank: int
+    group_size: int | None = None
+
+    def _group_part(self, index: int) -> torch.Tensor:
+        if self.group_size is None or self.scale is None:
+            raise ValueError("side_scale: only group-scale codes have a per-group step and minimum")
+        return self.scale[:, :, index].transpose(-1, -2)
+
+    @property
+    def step(self) -> torch.Tensor:
+        """Group mode: fp16 step [B, Hkv, S/G, r]."""
+        return self._group_part(0)
+
+    @property
+    def offset(self) -> torch.Tensor:
+        """Group mode: fp16 group minimum [B, Hkv, S/G, r]."""
+        return self._group_part(1)
 
 
-def encode_side(residual: torch.Tensor, basis: torch.Tensor, bits: int) -> SideCode:
-    """c = U^T (k - k^): residual [B, Hkv, S, d], basis [Hkv, d, r] -> :class:`SideCode`."""
-    if bits not in (4, 8, 16):
-        raise ValueError(f"side_bits: must be 4, 8 or 16, got {bits!r}")
-    check_finite(residual, "residual")
-    _check_basis(basis, residual.shape[1], residual.shape[-1])
-    c = torch.einsum("bhsd,hdr->bhsr", residual.float(), basis.float())
-    rank = c.shape[-1]
-    if bits == 16:
-        return SideCode(codes=c.half(), scale=None, bits=16, rank=rank)
+def _encode_token(c: torch.Tensor, bits: int) -> SideCode:
+    """Symmetric per-token codes of c [B, Hkv, S, r]."""
     qmax = (1 << (bits - 1)) - 1
     scale = (c.abs().amax(-1) / qmax).half()
     scale = torch.where(scale == 0, torch.ones_like(scale), scale)
     codes = torch.round(c / scale.float().unsqueeze(-1)).clamp_(-qmax, qmax).to(torch.int8)
-    if bits == 4:
-        codes = pack_bits((codes.to(torch.int16) & 0xF).to(torch.uint8), 4)
-    return SideCode(codes=codes, scale=scale, bits=bits, rank=rank)
+    if bits < 8:
+        codes = pack_bits((codes.to(torch.int16) & ((1 << bits) - 1)).to(torch.uint8), bits)
+    return SideCode(codes=codes, scale=scale, bits=bits, rank=c.shape[-1])
+
+
+def _encode_group(c: torch.Tensor, bits: int, group_size: int) -> SideCode:
+    """Asymmetric min/max codes of c [B, Hkv, S, r] per group of ``group_size`` tokens."""
+    b, h, s, r = c.shape
+    levels = (1 << bits) - 1
+    cg = c.reshape(b, h, s // group_size, group_size, r)
+    lo, hi = cg.amin(-2), cg.amax(-2)  # [B, Hkv, S/G, r]
+    if s and max(float(lo.abs().max()), float(hi.abs().max())) > FP16_MAX:
+        raise ValueError("residual: side code exceeds the fp16 range of the step / minimum")
+    step = ((hi - lo) / levels).half()
+    step = torch.where(step == 0, torch.ones_like(step), step)
+    offset = lo.half()
+    codes = torch.round((cg - offset.float().unsqueeze(-2)) / step.float().unsqueeze(-2))
+    codes = codes.clamp_(0, levels).to(torch.uint8).reshape(b, h, s, r)
+    scale = torch.stack([step, offset], dim=2).transpose(-1, -2).contiguous()  # [B, Hkv, 2, r, S/G]
+    return SideCode(codes=pack_bits(codes, bits), scale=scale, bits=bits, rank=r, group_size=group_size)
+
+
+def encode_side(residual: torch.Tensor, basis: torch.Tensor, bits: int, *, scale: str = "token",
+                group_size: int | None = None) -> SideCode:
+    """c = U^T (k - k^): residual [B, Hkv, S, d], basis [Hkv, d, r] -> :class:`SideCode`.
+
+    ``scale="group"`` needs ``bits < 16`` and S a multiple of ``group_size`` (the key group G);
+    ``scale="token"`` ignores ``group_size``.
+    """
+    if bits not in SIDE_BITS:
+        raise ValueError(f"side_bits: must be one of {SIDE_BITS}, got {bits!r}")
+    if scale not in ("token", "group"):
+        raise ValueError(f"side_scale: must be 'token' or 'group', got {scale!r}")
+    check_finite(residual, "residual")
+    _check_basis(basis, residual.shape[1], residual.shape[-1])
+    c = torch.einsum("bhsd,hdr->bhsr", residual.float(), basis.float())
+    if scale == "token":
+        if bits == 16:
+            return SideCode(codes=c.half(), scale=None, bits=16, rank=c.shape[-1])
+        return _encode_token(c, bits)
+    if bits == 16:
+        raise ValueError("side_scale: 'group' needs side_bits < 16")
+    if not isinstance(group_size, int) or group_size < 1:
+        raise ValueError(f"group_size: 'group' side scales need the key group size, got {group_size!r}")
+    if c.shape[-2] % group_size:
+        raise ValueError(f"group_size: {group_size} must divide the {c.shape[-2]} encoded tokens")
+    return _encode_group(c, bits, group_size)
 
 
 def decode_side(side: SideCode) -> torch.Tensor:
@@ -158,9 +220,16 @@ def decode_side(side: SideCode) -> torch.Tensor:
         return side.codes.float()
     assert side.scale is not None
     codes = side.codes
-    if side.bits == 4:
-        nib = unpack_bits(codes, 4, side.rank).to(torch.int16)
-        codes = torch.where(nib >= 8, nib - 16, nib)
+    if side.bits < 8:
+        codes = unpack_bits(codes, side.bits, side.rank)
+    if side.group_size is not None:
+        b, h, s, r = codes.shape
+        cg = codes.float().reshape(b, h, s // side.group_size, side.group_size, r)
+        c_hat = cg * side.step.float().unsqueeze(-2) + side.offset.float().unsqueeze(-2)
+        return c_hat.reshape(b, h, s, r)
+    if side.bits < 8:
+        signed = codes.to(torch.int16)
+        codes = torch.where(signed >= 1 << (side.bits - 1), signed - (1 << side.bits), signed)
     return codes.float() * side.scale.float().unsqueeze(-1)
 
 

@@ -12,10 +12,11 @@ from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
 SUPPORTED_BITS = (1, 2, 3, 4, 8)
-SIDE_BITS = (4, 8, 16)
+SIDE_BITS = (2, 4, 8, 16)
 Axis = Literal["per_channel", "per_token"]
 Basis = Literal["query_pca", "key_pca", "random"]
 PolicyMode = Literal["online", "oracle"]
+SideScale = Literal["token", "group"]
 
 
 def _require(ok: bool, field_name: str, message: str) -> None:
@@ -54,13 +55,19 @@ class QuantConfig:
 
 @dataclass(frozen=True)
 class HeadQConfig:
-    """Low-rank side code of the key residual in a calibration basis, added back as a logit term."""
+    """Low-rank side code of the key residual in a calibration basis, added back as a logit term.
+
+    ``side_scale``: ``"token"`` quantizes each token's code symmetrically with one fp16 scale;
+    ``"group"`` quantizes each code component asymmetrically (fp16 scale and minimum) over the G
+    tokens of a per_channel key group (needs ``side_bits < 16`` and per_channel keys).
+    """
 
     rank: int = 8
     basis: Basis = "query_pca"
     sign: int = 1
     side_bits: int = 8
     seed: int = 0  # only used by the ``random`` basis
+    side_scale: SideScale = "token"
 
     def __post_init__(self) -> None:
         _require(isinstance(self.rank, int) and self.rank >= 1, "rank", f"must be >= 1, got {self.rank!r}")
@@ -69,6 +76,10 @@ class HeadQConfig:
         _require(self.sign in (1, -1), "sign", f"must be +1 or -1, got {self.sign!r}")
         _require(self.side_bits in SIDE_BITS, "side_bits",
                  f"must be one of {SIDE_BITS}, got {self.side_bits!r}")
+        _require(self.side_scale in ("token", "group"), "side_scale",
+                 f"must be 'token' or 'group', got {self.side_scale!r}")
+        _require(self.side_scale == "token" or self.side_bits != 16, "side_scale",
+                 "'group' needs side_bits < 16 (16-bit codes have no scale)")
 
 
 @dataclass(frozen=True)
@@ -136,6 +147,9 @@ class RunSpec:
     def __post_init__(self) -> None:
         _require(bool(self.name) and isinstance(self.name, str), "name", "must be a non-empty string")
         _require(self.headq is None or self.key is not None, "headq", "needs a key quantizer")
+        _require(self.headq is None or self.headq.side_scale == "token" or self.key is None
+                 or self.key.axis == "per_channel", "headq.side_scale",
+                 "'group' needs per_channel keys (the code shares the key group of G tokens)")
         _require(self.intervention is None or self.key is not None, "intervention", "needs a key quantizer")
         _require(self.value_policy is None or self.value is not None, "value_policy",
                  "needs a value quantizer")

@@ -121,7 +121,7 @@ def test_side_code_storage_matches_formula(bits):
         assert int(side.codes[0, 1, 2, 0]) & 0xF == first & 0xF  # two's-complement low nibble
     assert side.scale.dtype == torch.float16
     with pytest.raises(ValueError, match="side_bits"):
-        encode_side(residual, basis, 2)
+        encode_side(residual, basis, 3)
     with pytest.raises(ValueError, match="basis"):
         encode_side(residual, basis[:, :4], bits)
     with pytest.raises(ValueError, match="c_hat"):

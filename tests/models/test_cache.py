@@ -50,17 +50,48 @@ def test_decode_loop_matches_evaluator(family):
     assert cache.get_seq_length() == 23 and cache.nbytes() < dense_bytes / 2
 
 
-def test_key_only_and_wrong_sign_match_evaluator():
+@pytest.mark.parametrize(("side_bits", "side_scale"), [(4, "token"), (2, "group")])
+def test_key_only_and_wrong_sign_match_evaluator(side_bits, side_scale):
+    """Keys leave the residual window a whole group of G at a time, so group side scales see the
+    same groups in the cache as in the evaluator."""
     lm = loaded("qwen3")
     cal = calibrate(lm, CorpusSpec(split="calibration"), window=16, max_tokens=16, rank=2)
-    neg = HeadQConfig(rank=2, side_bits=4, sign=-1)
-    _check_same_perplexity(
+    neg = HeadQConfig(rank=2, side_bits=side_bits, sign=-1, side_scale=side_scale)
+    cache = _check_same_perplexity(
         lm,
         RunSpec("k", key=K2, headq=neg),
         cal,
         20,
         lambda: HeadQCache(lm.info.layers, K2, None, neg, cal.basis),
     )
+    side = cache.layers[0].key_side.side  # 19 tokens cached: 4 groups of 4 quantized, one at a time
+    assert side.codes.shape[-2] == 16 and side.bits == side_bits
+    if side_scale == "group":
+        assert side.group_size == 4 and side.step.shape == (1, lm.info.kv_heads, 4, 2)
+
+
+@pytest.mark.parametrize(("side_bits", "side_scale"),
+                         [(8, "token"), (2, "token"), (2, "group"), (4, "group")])
+def test_cache_keys_equal_evaluator_effective_keys(side_bits, side_scale):
+    """Token by token, the cache holds exactly the evaluator's effective keys k^ + U c^ (the
+    perplexity checks above barely see a rank-2 side code of a tiny model)."""
+    from headq_core.cache import HeadQCacheLayer
+    from headq_core.evaluate_run import RunAttention
+    from headq_core.headq import random_basis
+    from headq_core.models.adapter import AttentionCall
+
+    gen = torch.Generator().manual_seed(side_bits)
+    q, k, v = (torch.randn(1, h, 19, 8, generator=gen) for h in (4, 2, 2))
+    headq = HeadQConfig(rank=3, side_bits=side_bits, side_scale=side_scale)
+    basis = random_basis(2, 8, 3, seed=1)
+    layer = HeadQCacheLayer(K2, None, headq, basis)
+    for t in range(19):
+        keys, _ = layer.update(k[..., t : t + 1, :], v[..., t : t + 1, :])
+    views = []
+    run = RunAttention(RunSpec("c", key=K2, headq=headq), basis_for=lambda _, rank: basis, sink=views.append)
+    run(AttentionCall(layer=0, query=q, key=k, value=v, mask=None, scaling=8**-0.5))
+    assert layer.key_side.n_quant == 16 and torch.equal(keys[..., 16:, :], k[..., 16:, :])
+    torch.testing.assert_close(keys, views[0].key_eff, rtol=0, atol=1e-6)
 
 
 def test_generate_runs_with_the_cache():
