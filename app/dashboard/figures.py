@@ -254,6 +254,62 @@ def perplexity_figure(rows: Sequence[Mapping]) -> dict:
     }
 
 
+def pareto_front(points: Sequence[tuple[float, float]]) -> list[tuple[float, float]]:
+    """The Pareto frontier of ``(bits, excess)`` points (lower is better on both), sorted by bits:
+    each point whose excess is below that of every point at fewer or equal bits."""
+    front: list[tuple[float, float]] = []
+    for x, y in sorted((float(x), float(y)) for x, y in points):
+        if not front or y < front[-1][1]:
+            front.append((x, y))
+    return front
+
+
+BUDGET_KINDS = ("plain", "HeadQ", "other")
+
+
+def budget_figure(rows: Sequence[Mapping]) -> dict:
+    """Excess perplexity against effective key bits: one marker trace per kind (``plain``,
+    ``HeadQ``, ``other``; rows ``{run, kind, key_bits, excess}``, rows without both numbers are
+    skipped) and the Pareto frontier of the plain and HeadQ points as a line."""
+    rows = [r for r in rows if r.get("key_bits") is not None and r.get("excess") is not None]
+    data = []
+    for kind in BUDGET_KINDS:
+        chosen = [r for r in rows if r.get("kind") == kind]
+        if chosen:
+            data.append(
+                {
+                    "type": "scatter",
+                    "mode": "markers",
+                    "name": kind,
+                    "x": [r["key_bits"] for r in chosen],
+                    "y": [r["excess"] for r in chosen],
+                    "text": [r["run"] for r in chosen],
+                    "marker": {"size": 7, "symbol": "diamond" if kind == "HeadQ" else "circle"},
+                    "hovertemplate": "%{text}<br>%{x:.4g} key bits<br>excess %{y:.4g}<extra></extra>",
+                }
+            )
+    front = pareto_front([(r["key_bits"], r["excess"]) for r in rows if r.get("kind") in ("plain", "HeadQ")])
+    if front:
+        data.append(
+            {
+                "type": "scatter",
+                "mode": "lines",
+                "name": "Pareto frontier",
+                "x": [x for x, _ in front],
+                "y": [y for _, y in front],
+                "line": {"color": "black", "shape": "hv", "width": 1},
+                "hoverinfo": "skip",
+            }
+        )
+    layout = _layout(
+        "excess perplexity against effective key bits",
+        400,
+        xaxis={"title": {"text": "effective key bits"}},
+        yaxis={"title": {"text": "excess perplexity"}},
+    )
+    return {"data": data, "layout": layout}
+
+
 def empty_figure(message: str) -> dict:
     """A blank figure carrying a visible message (the empty state of a panel)."""
     return {

@@ -133,6 +133,28 @@ def perplexity_rows(doc: dict) -> list[dict[str, Any]]:
     return rows
 
 
+def budget_kind(spec: dict) -> str | None:
+    """``HeadQ`` (a HeadQ key correction, values dense), ``plain`` (a key quantizer alone),
+    ``other`` (quantized values, a value policy or an intervention), None for a dense run."""
+    if not spec.get("key") and not spec.get("value"):
+        return None
+    if spec.get("value") or spec.get("value_policy") or spec.get("intervention"):
+        return "other"
+    return "HeadQ" if spec.get("headq") else "plain"
+
+
+def budget_rows(doc: dict) -> list[dict[str, Any]]:
+    """One row per quantized configuration: ``{run, kind, key_bits, excess}`` (kind: :func:`budget_kind`)."""
+    rows = []
+    for r in doc.get("runs", []):
+        kind = budget_kind(r.get("spec") or {})
+        if kind is not None:
+            bits = (r.get("effective_bits") or {}).get("key")
+            rows.append({"run": r["name"], "kind": kind, "key_bits": bits,
+                         "excess": r.get("excess_perplexity")})
+    return rows
+
+
 def predictor_points(doc: dict, runs: list[str] | None = None) -> dict[str, np.ndarray]:
     """Per-head ``fisher``, ``key_mse``, ``attn_kl`` (and ``run`` labels) over the chosen runs.
 

@@ -12,6 +12,7 @@ from fastapi import FastAPI
 from scipy.stats import spearmanr
 
 from app import store
+from app.dashboard import figures as F
 from app.dashboard import results as R
 from app.dashboard.mount import mount_dashboard
 from tests.dashboard.browser import figures, open_page, screenshot, wait_for_graphs
@@ -22,7 +23,7 @@ PAGES = {
     "jobs": ("", 0),
     "run": ("run", 5),
     "predictor": ("predictor", 2),
-    "perplexity": ("perplexity", 1),
+    "perplexity": ("perplexity", 2),
     "compare": ("compare", 3),
 }
 
@@ -120,6 +121,20 @@ def test_perplexity_table_sorts_and_exports(server, job_id, document, page):
     by_ppl = [r["name"] for r in sorted(document["runs"], key=lambda r: r["perplexity"])]
     assert cells.all_inner_texts() == by_ppl
     assert page.page.locator("#ppl-table button.export").count() == 1
+    assert page.errors == []
+
+
+def test_perplexity_budget_view_shows_kinds_and_frontier(server, job_id, document, page):
+    open_page(page, f"{server.url}/dashboard/perplexity?job={job_id}")
+    wait_for_graphs(page.page, "#ppl-budget", 1)
+    (fig,) = figures(page.page, "#ppl-budget")
+    rows = R.budget_rows(document)
+    plain = [r for r in rows if r["kind"] == "plain"]
+    assert fig["data"][0]["x"] == [r["key_bits"] for r in plain]
+    assert fig["data"][0]["y"] == [r["excess"] for r in plain]
+    front = F.pareto_front([(r["key_bits"], r["excess"]) for r in rows if r["kind"] != "other"])
+    assert list(zip(fig["data"][-1]["x"], fig["data"][-1]["y"], strict=True)) == [tuple(p) for p in front]
+    assert len(fig["data"]) == 4 and "key bits" in fig["title"]  # plain, HeadQ, other, frontier
     assert page.errors == []
 
 

@@ -98,3 +98,29 @@ def test_predictor_and_perplexity_figures():
     assert bars["data"][0]["text"] == ["", "+0.60 (90% removed)"]
     assert bars["data"][0]["x"][1] == "k2h<br>K 4 / V – bits"
     assert _valid(F.empty_figure("nothing here"))["layout"]["annotations"][0]["text"] == "nothing here"
+
+
+def test_pareto_front_keeps_points_below_every_cheaper_one():
+    points = [(3.0, 5.0), (2.0, 9.0), (4.0, 5.0), (3.0, 4.0), (5.0, 1.0), (2.5, 9.5)]
+    # by bits: 2.0 -> 9 (first), 2.5 -> 9.5 (worse), 3.0 -> 4 (the lower of the two at 3.0),
+    # 4.0 -> 5 (worse than 4), 5.0 -> 1
+    assert F.pareto_front(points) == [(2.0, 9.0), (3.0, 4.0), (5.0, 1.0)]
+    assert F.pareto_front([]) == []
+
+
+def test_budget_figure_one_trace_per_kind_and_the_frontier():
+    rows = [
+        {"run": "k2", "kind": "plain", "key_bits": 3.0, "excess": 6.0},
+        {"run": "k3", "kind": "plain", "key_bits": 4.0, "excess": 1.0},
+        {"run": "k2+hq8", "kind": "HeadQ", "key_bits": 3.5, "excess": 0.8},
+        {"run": "kv2", "kind": "other", "key_bits": 3.0, "excess": 0.1},
+        {"run": "broken", "kind": "plain", "key_bits": 2.0, "excess": None},
+    ]
+    fig = _valid(F.budget_figure(rows))
+    names = [t["name"] for t in fig["data"]]
+    assert names == ["plain", "HeadQ", "other", "Pareto frontier"]
+    assert fig["data"][0]["text"] == ["k2", "k3"] and fig["data"][0]["y"] == [6.0, 1.0]
+    assert "%{text}" in fig["data"][1]["hovertemplate"]
+    front = fig["data"][3]
+    assert front["x"] == [3.0, 3.5] and front["y"] == [6.0, 0.8]  # "other" is not on the frontier
+    assert F.budget_figure([])["data"] == []

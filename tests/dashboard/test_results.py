@@ -109,3 +109,19 @@ def test_rank_correlations_match_direct_spearman(doc):
     assert rho["fisher"] > rho["key_mse"]  # the synthetic data carries the paper's claim
     few = {k: v[:2] for k, v in pts.items()}
     assert R.rank_correlations(few) == {"fisher": None, "key_mse": None}
+
+
+def test_budget_rows_kinds_and_bits(doc):
+    full = make_results(layers=2, heads=2, kv_heads=1, head_dim=4, window=4)
+    rows = {r["run"]: r for r in R.budget_rows(full)}
+    assert "dense" not in rows
+    kinds = {name: r["kind"] for name, r in rows.items()}
+    assert kinds == {"k2": "plain", "k2-headq-r8": "HeadQ", "k2-headq-r8-wrongsign": "HeadQ",
+                     "k2-headq-r8-key_pca": "HeadQ", "k4": "plain", "k2-v2": "other",
+                     "k2-headq-r8-v2-a2online": "other"}
+    by_name = {r["name"]: r for r in full["runs"]}
+    for name, row in rows.items():
+        assert row["key_bits"] == by_name[name]["effective_bits"]["key"]
+        assert row["excess"] == by_name[name]["excess_perplexity"]
+    assert R.budget_kind({"key": {"bits": 2}, "intervention": {"dims": 8}}) == "other"
+    assert R.budget_kind({"name": "dense"}) is None

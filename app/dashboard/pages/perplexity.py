@@ -1,5 +1,6 @@
 """Perplexity page: every configuration's perplexity, excess, share of excess removed by HeadQ and
-effective key/value bits, as a sortable table (CSV export) and a bar chart."""
+effective key/value bits, as a sortable table (CSV export) and a bar chart; below it the budget view
+(excess perplexity against effective key bits, with the Pareto frontier)."""
 
 from __future__ import annotations
 
@@ -57,6 +58,7 @@ def layout(job=None, **_query) -> html.Div:
                 style_cell={"font-family": "sans-serif"},
             ),
             dcc.Graph(id="ppl-bars"),
+            dcc.Graph(id="ppl-budget"),
         ]
     )
 
@@ -64,6 +66,7 @@ def layout(job=None, **_query) -> html.Div:
 @callback(
     Output("ppl-table", "data"),
     Output("ppl-bars", "figure"),
+    Output("ppl-budget", "figure"),
     Output("ppl-message", "children"),
     Input("ppl-job", "value"),
 )
@@ -71,6 +74,6 @@ def draw(job):
     doc, error = load_results(job)
     if doc is None:
         message = error or "Choose a job."
-        return [], figures.empty_figure(message), error_banner(message)
+        return [], figures.empty_figure(message), figures.empty_figure(message), error_banner(message)
     rows = R.perplexity_rows(doc)
-    return rows, figures.perplexity_figure(rows), None
+    return rows, figures.perplexity_figure(rows), figures.budget_figure(R.budget_rows(doc)), None
