@@ -201,7 +201,9 @@ def shakespeare(sizes: Sizes) -> list[StudyJob]:
 
 
 def study_jobs(sizes: Sizes | None = None) -> list[StudyJob]:
-    """Every job, calibrations first, in the order the runner executes them."""
+    """Every job in the order the runner executes them: calibrations, then the headline K-only
+    job (2-bit per_channel G=32), the controls, full-KV, the budget frontier, the rest."""
     sizes = sizes or Sizes()
+    headline, *sweep = exp1(sizes)
     return [_calibration(CAL_SOTU, "sotu", sizes), _calibration(CAL_SHAKESPEARE, "shakespeare", sizes),
-            *exp1(sizes), *exp2(sizes), *exp4(sizes), *budget(sizes), *shakespeare(sizes)]
+            headline, *exp2(sizes), *exp4(sizes), *budget(sizes), *sweep, *shakespeare(sizes)]

@@ -67,7 +67,7 @@ BAD_SPECS: list[tuple[str, dict[str, Any]]] = [
     ("runs.0.value.residual", {"runs": [{"name": "a", "value": {"residual": -3}}]}),
     ("runs.0.headq", {"runs": [{"name": "a", "headq": {"rank": 2}}], "calibration_job": "x"}),
     ("runs.0.headq.rank", {"runs": [{"name": "a", "key": {}, "headq": {"rank": 0}}], "calibration_job": "x"}),
-    ("runs.0.headq.side_bits", {"runs": [{"name": "a", "key": {}, "headq": {"side_bits": 2}}],
+    ("runs.0.headq.side_bits", {"runs": [{"name": "a", "key": {}, "headq": {"side_bits": 3}}],
                                 "calibration_job": "x"}),
     ("runs.0.value_policy.keep_fraction", {"runs": [{"name": "a", "value": {}, "value_policy":
                                                      {"keep_fraction": 2.0}}]}),
