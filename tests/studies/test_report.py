@@ -377,3 +377,19 @@ def test_render_draws_a_png():
     assert png[:8] == b"\x89PNG\r\n\x1a\n"
     width, height = int.from_bytes(png[16:20], "big"), int.from_bytes(png[20:24], "big")
     assert (width, height) == (600, 400)  # device scale factor 2
+
+
+def test_paper_rows_give_plain_verdicts():
+    goal = {"best_removed": 0.9, "best_run": "k2+hq16s8"}
+    fullkv = [
+        {"run": "kv2", "perplexity": 30.0},
+        {"run": "kv2+hq8+a2-online", "perplexity": 25.0},
+        {"run": "kv2+hq8+a2-oracle", "perplexity": 31.0},
+    ]
+    predictors = [{"scope": "all", "fisher": 0.9, "score_mse": 0.8, "key_mse": 0.3}]
+    rows = P.paper_rows(goal, fullkv, predictors)
+    assert [r["verdict"] for r in rows] == ["within", "mixed", "agrees"]
+    assert rows[0]["ours"] == "90.0% (k2+hq16s8)"
+    assert P.paper_rows({"best_removed": 0.5}, fullkv[:2], [])[0]["verdict"] == "below"
+    assert P.clean({"a": [float("nan"), (1.0, float("inf"))]}) == {"a": [None, [1.0, None]]}
+    assert P.md_table(["x", "y"], [[1, None]]) == "| x | y |\n|---|---|\n| 1 | – |"
