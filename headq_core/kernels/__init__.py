@@ -2,8 +2,9 @@
 
 Both validate their inputs (``ValueError`` naming the field) and dispatch to Triton for CUDA
 tensors whose layout the kernels cover (bits 1/2/4/8, power-of-two head_dim and groups, key group
->= 16), to the pure-torch reference otherwise. ``backend="triton"`` forces the Triton path (used
-with ``TRITON_INTERPRET=1`` on the CPU in tests), ``"reference"`` the torch path.
+>= 16 for encode, code rows of whole 32-bit words for decode), to the pure-torch reference
+otherwise. ``backend="triton"`` forces the Triton path (used with ``TRITON_INTERPRET=1`` on the CPU
+in tests), ``"reference"`` the torch path.
 """
 
 from __future__ import annotations
@@ -107,7 +108,7 @@ def decode_attention(q: torch.Tensor, enc: EncodedKV | None, k_res: torch.Tensor
     scale = d ** -0.5 if scale is None else float(scale)
     fits = _pow2(d) and d >= 16 and (enc is None or (
         enc.key_bits in KERNEL_BITS and enc.value_bits in KERNEL_BITS and _pow2(enc.key_group)
-        and _pow2(enc.value_group)))
+        and _pow2(enc.value_group) and d * enc.key_bits % 32 == 0 and d * enc.value_bits % 32 == 0))
     if _use_triton(backend, q.device, fits):
         from headq_core.kernels.triton_decode import decode_attention_triton
 

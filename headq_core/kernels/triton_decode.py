@@ -1,15 +1,20 @@
 """Triton decode attention over the packed cache (split-K / flash-decoding).
 
 Grid ``(B*Hkv, S)``: the quantized tokens and then the full-precision residual window are cut into
-splits of the same number of tokens, one program each (a bf16-only cache runs as residual alone).
+splits of whole ``BN``-token blocks, one program each (a bf16-only cache runs as residual alone).
 Every program serves all query heads of its KV head (grouped-query attention, rows padded to
-``GP >= 16`` for ``tl.dot``), unpacks the bit-packed codes in registers, dequantizes them with the
-fp16 scales/zeros, adds the HeadQ correction ``sign * <U^T q, c^>`` and keeps an online softmax; it
-writes a normalised partial output and its log-sum-exp. :func:`_combine_kernel` merges the splits.
-Logits are in base 2 (``q`` is scaled by ``scale * log2(e)`` on load).
+``GP >= 16`` for ``tl.dot``). Per block it loads each code byte once (``[BN, d*bits/8]`` rows,
+contiguous), splits the bytes into bit planes and joins them back into channel order in registers
+(:func:`unpack`), dequantizes with the fp16 scales/zeros of the ``BN/GK`` key groups and the
+per-token value groups, adds the HeadQ correction ``sign * <U^T q, c^>`` and keeps an online
+softmax. The next block's bytes are loaded before the current one is used (prefetch by hand). Each
+program writes a normalised partial output and its log-sum-exp; :func:`_combine_kernel` merges the
+splits of one query row in chunks. Logits are in base 2 (``q`` is scaled by ``scale * log2(e)``).
 """
 
 from __future__ import annotations
+
+import os
 
 import torch
 import triton
@@ -21,42 +26,139 @@ LOG2E = 1.4426950408889634
 
 
 @triton.jit
-def load_codes(row_ptr, cols, BITS: tl.constexpr):
-    """Codes [ROWS, len(cols)] float32 of the little-endian bitstream rows at ``row_ptr`` [ROWS]:
-    code ``c`` is bits ``(c % per) * BITS`` of byte ``c // per``. Neighbouring columns read the same
-    byte, so each thread loads it once (no shuffles or shared memory to unpack)."""
+def _plane(w, T: tl.constexpr, BITS: tl.constexpr):
+    """Code ``T`` of every int32 word w (byte ``L = T // PER``, bits ``K = (T % PER) * BITS`` of it)
+    as an exact float32, without an int-to-float conversion: the word is shifted by whole bytes, the
+    code's bits masked in place and given the exponent that makes bit K worth 1, so the float is
+    ``2**(23-K) + code``; subtracting ``2**(23-K)`` is exact. Only PER masks/exponents are used."""
     PER: tl.constexpr = 8 // BITS
-    b = tl.load(row_ptr[:, None] + (cols // PER)[None, :])
-    return ((b >> ((cols % PER) * BITS).to(tl.uint8)[None, :]) & ((1 << BITS) - 1)).to(tl.float32)
+    K: tl.constexpr = (T % PER) * BITS
+    if T >= PER:
+        w = w >> (8 * (T // PER))
+    x = (w & (((1 << BITS) - 1) << K)) | ((150 - K) << 23)
+    return x.to(tl.float32, bitcast=True) - (2.0 ** (23 - K))
 
 
 @triton.jit
-def _online_update(m, l, acc, s, vals):
-    """One online-softmax step: s [GP, BN] base-2 logits, vals [BN, D] fp16."""
+def _planes(w, T0: tl.constexpr, STEP: tl.constexpr, COUNT: tl.constexpr, BITS: tl.constexpr):
+    """Codes T0, T0+STEP, ... (COUNT of them) of every word joined on new trailing axes, the lowest
+    bit of the code index last (so a reshape restores code order)."""
+    if COUNT == 1:
+        return _plane(w, T0, BITS)
+    else:
+        return tl.join(_planes(w, T0, 2 * STEP, COUNT // 2, BITS),
+                       _planes(w, T0 + STEP, 2 * STEP, COUNT // 2, BITS))
+
+
+@triton.jit
+def unpack(w, ROWS: tl.constexpr, D: tl.constexpr, BITS: tl.constexpr):
+    """Codes float32 [ROWS, D] of the little-endian bitstream rows w int32 [ROWS, D*BITS/32]
+    (code ``c`` is bits ``(c % PER) * BITS`` of byte ``c // PER``, PER = 8/BITS). Every byte is
+    loaded once; the codes never move between threads."""
+    return tl.reshape(_planes(w, 0, 1, 32 // BITS, BITS), (ROWS, D))
+
+
+def _unpack_ptx(bits: int) -> str:
+    """PTX that turns one int32 word (input ``$n``, n = 32/bits) into its n codes as exact fp16
+    (outputs ``$0..$n-1``), two neighbouring codes per 32-bit register: a ``prmt`` puts their byte(s)
+    into both halves, one ``lop3`` masks code ``2m`` into the low half and code ``2m+1`` into the high
+    half together with the fp16 exponents that make each code's lowest bit worth 1, and one
+    ``sub.f16x2`` removes those powers of two (exact)."""
+    n, per, low = 32 // bits, 8 // bits, (1 << bits) - 1
+    lines = ["{", ".reg .b32 t, e;"]
+    for pair in range(n // 2):
+        lo_code, hi_code = 2 * pair, 2 * pair + 1
+        lo_byte, hi_byte = lo_code // per, hi_code // per
+        k_lo, k_hi = (lo_code % per) * bits, (hi_code % per) * bits
+        mask = (low << k_lo) | (low << (16 + k_hi))
+        e = ((25 - k_lo) << 10) | ((25 - k_hi) << 26)
+        lines += [f"prmt.b32 t, ${n}, 0, {lo_byte | 4 << 4 | hi_byte << 8 | 4 << 12:#06x};",
+                  f"mov.b32 e, {e:#010x};", f"lop3.b32 t, t, {mask:#010x}, e, 0xea;", "sub.f16x2 t, t, e;",
+                  f"mov.b32 {{${lo_code}, ${hi_code}}}, t;"]
+    return "\n".join([*lines, "}"])
+
+
+PTX1, PTX2, PTX4, PTX8 = (tl.constexpr(_unpack_ptx(b)) for b in (1, 2, 4, 8))
+OUT1, OUT2, OUT4, OUT8 = (tl.constexpr("=h," * (32 // b) + "r") for b in (1, 2, 4, 8))
+F16 = tl.float16
+TYPES1, TYPES2, TYPES4, TYPES8 = (tl.constexpr((F16,) * (32 // b)) for b in (1, 2, 4, 8))
+
+
+@triton.jit
+def _tjoin(t, T0: tl.constexpr, STEP: tl.constexpr, COUNT: tl.constexpr):
+    """Elements T0, T0+STEP, ... of the tuple t joined like :func:`_planes`."""
+    if COUNT == 1:
+        return t[T0]
+    else:
+        return tl.join(_tjoin(t, T0, 2 * STEP, COUNT // 2), _tjoin(t, T0 + STEP, 2 * STEP, COUNT // 2))
+
+
+@triton.jit
+def unpack_ptx(w, ROWS: tl.constexpr, D: tl.constexpr, BITS: tl.constexpr):
+    """:func:`unpack` by inline PTX (GPU only): codes fp16 [ROWS, D] of w int32 [ROWS, D*BITS/32]."""
+    if BITS == 1:
+        c = tl.inline_asm_elementwise(PTX1, OUT1, [w], dtype=TYPES1, is_pure=True, pack=1)
+    elif BITS == 2:
+        c = tl.inline_asm_elementwise(PTX2, OUT2, [w], dtype=TYPES2, is_pure=True, pack=1)
+    elif BITS == 4:
+        c = tl.inline_asm_elementwise(PTX4, OUT4, [w], dtype=TYPES4, is_pure=True, pack=1)
+    else:
+        c = tl.inline_asm_elementwise(PTX8, OUT8, [w], dtype=TYPES8, is_pure=True, pack=1)
+    return tl.reshape(_tjoin(c, 0, 1, 32 // BITS), (ROWS, D))
+
+
+@triton.jit
+def _softmax_step(m, l, s):
+    """Online-softmax step over s [GP, BN] base-2 logits: (new max, new sum, rescale of the old
+    accumulators [GP], probabilities fp16 [GP, BN])."""
     m_new = tl.maximum(m, tl.max(s, axis=1))
     m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
     alpha = tl.exp2(m - m_safe)
     p = tl.exp2(s - m_safe[:, None])
-    l = l * alpha + tl.sum(p, axis=1)
-    acc = acc * alpha[:, None] + tl.dot(p.to(tl.float16), vals)
-    return m_new, l, acc
+    return m_new, l * alpha + tl.sum(p, axis=1), alpha, p.to(tl.float16)
 
 
 @triton.jit
-def _side_logits(qu, sc_ptr, ss_ptr, tok, RANK, GK: tl.constexpr, RP: tl.constexpr, SIDE_BITS: tl.constexpr):
-    """<sign * U^T q, c^_j> [GP, GK] for the GK tokens ``tok`` (side code row pointers at sc_ptr)."""
+def _side_logits(qu, sc_row, ss_row, tok, end, RANK, RP: tl.constexpr, SIDE_BITS: tl.constexpr):
+    """<sign * U^T q, c^_j> [GP, BN] for the tokens ``tok`` [BN] below ``end`` (side code rows at sc_row)."""
     rc = tl.arange(0, RP)
+    mask = (tok < end)[:, None] & (rc < RANK)[None, :]
     if SIDE_BITS == 4:
-        b = tl.load(sc_ptr + tok[:, None] * ((RANK + 1) // 2) + (rc // 2)[None, :], mask=rc[None, :] < RANK,
-                    other=0)
+        b = tl.load(sc_row + tok[:, None] * ((RANK + 1) // 2) + (rc // 2)[None, :], mask=mask, other=0)
         nib = ((b >> ((rc % 2) * 4).to(tl.uint8)[None, :]) & 15).to(tl.float32)
         cs = tl.where(nib >= 8.0, nib - 16.0, nib)
     else:
-        cs = tl.load(sc_ptr + tok[:, None] * RANK + rc[None, :], mask=rc[None, :] < RANK, other=0)
+        cs = tl.load(sc_row + tok[:, None] * RANK + rc[None, :], mask=mask, other=0)
         cs = cs.to(tl.float32)
     if SIDE_BITS != 16:
-        cs = cs * tl.load(ss_ptr + tok).to(tl.float32)[:, None]
+        cs = cs * tl.load(ss_row + tok, mask=tok < end, other=0.0).to(tl.float32)[:, None]
     return tl.dot(qu, tl.trans(cs))
+
+
+@triton.jit
+def _load_block(kc_row, ks_row, kz_row, vc_row, vs_row, vz_row, n0, end,
+                D: tl.constexpr, GK: tl.constexpr, KBITS: tl.constexpr, GV: tl.constexpr,
+                VBITS: tl.constexpr, BN: tl.constexpr):
+    """Raw words and scales of the ``BN`` quantized tokens from ``n0`` (those from ``end`` masked
+    off): key codes int32 [BN, d*kb/32], key scale/zero fp16 [BN/GK, d], value codes int32
+    [BN, d*vb/32], value scale/zero fp16 [BN, d/GV]."""
+    KWW: tl.constexpr = D * KBITS // 32
+    VWW: tl.constexpr = D * VBITS // 32
+    NG: tl.constexpr = D // GV
+    NGB: tl.constexpr = BN // GK
+    tok = n0 + tl.arange(0, BN)
+    grp = n0 // GK + tl.arange(0, NGB)
+    cols = tl.arange(0, D)
+    tm = (tok < end)[:, None]
+    gm = (grp * GK < end)[:, None]
+    kw = tl.load(kc_row + tok[:, None] * KWW + tl.arange(0, KWW)[None, :], mask=tm, other=0)
+    ks = tl.load(ks_row + grp[:, None] * D + cols[None, :], mask=gm, other=0.0)
+    kz = tl.load(kz_row + grp[:, None] * D + cols[None, :], mask=gm, other=0.0)
+    vw = tl.load(vc_row + tok[:, None] * VWW + tl.arange(0, VWW)[None, :], mask=tm, other=0)
+    voff = tok[:, None] * NG + tl.arange(0, NG)[None, :]
+    vs = tl.load(vs_row + voff, mask=tm, other=0.0)
+    vz = tl.load(vz_row + voff, mask=tm, other=0.0)
+    return kw, ks, kz, vw, vs, vz
 
 
 @triton.jit
@@ -66,7 +168,7 @@ def _decode_kernel(q_ptr, kc_ptr, ks_ptr, kz_ptr, vc_ptr, vs_ptr, vz_ptr, sc_ptr
                    H, N, R, RANK, TOK_PER_SPLIT, N_QSPLITS, S, qk_scale, sign,
                    GROUP: tl.constexpr, GP: tl.constexpr, D: tl.constexpr, GK: tl.constexpr,
                    KBITS: tl.constexpr, GV: tl.constexpr, VBITS: tl.constexpr, RP: tl.constexpr,
-                   SIDE_BITS: tl.constexpr, HAS_SIDE: tl.constexpr, BN: tl.constexpr):
+                   SIDE_BITS: tl.constexpr, HAS_SIDE: tl.constexpr, BN: tl.constexpr, PTX: tl.constexpr):
     bh = tl.program_id(0).to(tl.int64)
     split = tl.program_id(1)
     h = bh % H
@@ -85,24 +187,39 @@ def _decode_kernel(q_ptr, kc_ptr, ks_ptr, kz_ptr, vc_ptr, vs_ptr, vz_ptr, sc_ptr
             u = tl.load(u_ptr + (h * D + cols[:, None]) * RANK + rc[None, :], mask=rc[None, :] < RANK,
                         other=0.0)
             qu = tl.dot(q.to(tl.float32), u, input_precision="ieee") * sign  # [GP, RP]
-        KW: tl.constexpr = D * KBITS // 8
-        VW: tl.constexpr = D * VBITS // 8
         NG: tl.constexpr = D // GV
+        NGB: tl.constexpr = BN // GK
+        kc_row, vc_row = kc_ptr + bh * s_kc, vc_ptr + bh * s_vc
+        ks_row, kz_row = ks_ptr + bh * s_ks, kz_ptr + bh * s_ks
+        vs_row, vz_row = vs_ptr + bh * s_vs, vz_ptr + bh * s_vs
         start = split * TOK_PER_SPLIT
         end = tl.minimum(start + TOK_PER_SPLIT, N)
-        # one key group per step: every token is valid (splits hold whole groups), scales are [D] rows
-        for n0 in range(start, end, GK):
-            tok = n0 + tl.arange(0, GK)
-            g = bh * s_ks + (n0 // GK) * D + cols
-            kh = load_codes(kc_ptr + bh * s_kc + tok * KW, cols, KBITS) \
-                * tl.load(ks_ptr + g).to(tl.float32)[None, :] + tl.load(kz_ptr + g).to(tl.float32)[None, :]
-            s = tl.dot(q16, tl.trans(kh.to(tl.float16)))  # [GP, GK]
+        kw, ks, kz, vw, vs, vz = _load_block(kc_row, ks_row, kz_row, vc_row, vs_row, vz_row, start, end,
+                                             D, GK, KBITS, GV, VBITS, BN)
+        for n0 in range(start, end, BN):
+            nxt = _load_block(kc_row, ks_row, kz_row, vc_row, vs_row, vz_row, n0 + BN, end,
+                              D, GK, KBITS, GV, VBITS, BN)
+            if PTX:  # fp16 codes and dequantization (one rounding, as the fp32 path's cast)
+                codes = tl.reshape(unpack_ptx(kw, BN, D, KBITS), (NGB, GK, D))
+                kh = tl.reshape(codes * ks[:, None, :] + kz[:, None, :], (BN, D))
+            else:
+                codes = tl.reshape(unpack(kw, BN, D, KBITS), (NGB, GK, D))
+                kh = codes * ks.to(tl.float32)[:, None, :] + kz.to(tl.float32)[:, None, :]
+                kh = tl.reshape(kh, (BN, D))
+            s = tl.dot(q16, tl.trans(kh.to(tl.float16)))  # [GP, BN]
+            tok = n0 + tl.arange(0, BN)
             if HAS_SIDE:
-                s += _side_logits(qu, sc_ptr + bh * s_sc, ss_ptr + bh * s_ss, tok, RANK, GK, RP, SIDE_BITS)
-            voff = bh * s_vs + tok[:, None] * NG + (cols // GV)[None, :]  # [GK, D], one group per GV columns
-            vh = load_codes(vc_ptr + bh * s_vc + tok * VW, cols, VBITS) \
-                * tl.load(vs_ptr + voff).to(tl.float32) + tl.load(vz_ptr + voff).to(tl.float32)
-            m, l, acc = _online_update(m, l, acc, s * qk_scale, vh.to(tl.float16))
+                s += _side_logits(qu, sc_ptr + bh * s_sc, ss_ptr + bh * s_ss, tok, end, RANK, RP, SIDE_BITS)
+            s = tl.where((tok < end)[None, :], s * qk_scale, float("-inf"))  # the last block may be partial
+            if PTX:
+                vcodes = tl.reshape(unpack_ptx(vw, BN, D, VBITS), (BN, NG, GV))
+                vh = vcodes * vs[:, :, None] + vz[:, :, None]
+            else:
+                vcodes = tl.reshape(unpack(vw, BN, D, VBITS), (BN, NG, GV))
+                vh = vcodes * vs.to(tl.float32)[:, :, None] + vz.to(tl.float32)[:, :, None]
+            m, l, alpha, p = _softmax_step(m, l, s)
+            acc = acc * alpha[:, None] + tl.dot(p, tl.reshape(vh, (BN, D)).to(tl.float16))
+            kw, ks, kz, vw, vs, vz = nxt
     else:
         start = (split - N_QSPLITS) * TOK_PER_SPLIT
         end = tl.minimum(start + TOK_PER_SPLIT, R)
@@ -114,7 +231,8 @@ def _decode_kernel(q_ptr, kc_ptr, ks_ptr, kz_ptr, vc_ptr, vs_ptr, vz_ptr, sc_ptr
             s = tl.dot(q16, tl.trans(kr.to(tl.float16))) * qk_scale
             s = tl.where(tv[None, :], s, float("-inf"))
             vr = tl.load(vr_ptr + bh * s_vr + tok[:, None] * D + cols[None, :], mask=tm, other=0.0)
-            m, l, acc = _online_update(m, l, acc, s, vr.to(tl.float16))
+            m, l, alpha, p = _softmax_step(m, l, s)
+            acc = acc * alpha[:, None] + tl.dot(p, vr.to(tl.float16))
     l_safe = tl.where(l == 0.0, 1.0, l)
     out_rows = qrow * S + split
     tl.store(o_ptr + out_rows[:, None] * D + cols[None, :], acc / l_safe[:, None], mask=rvalid[:, None])
@@ -122,16 +240,26 @@ def _decode_kernel(q_ptr, kc_ptr, ks_ptr, kz_ptr, vc_ptr, vs_ptr, vz_ptr, sc_ptr
 
 
 @triton.jit
-def _combine_kernel(o_ptr, lse_ptr, out_ptr, S, D: tl.constexpr, SP: tl.constexpr):
-    """out[row] = sum_s 2^(lse_s - max) o_s / sum_s 2^(lse_s - max), one program per query row."""
-    row = tl.program_id(0)
-    sp = tl.arange(0, SP)
+def _combine_kernel(o_ptr, lse_ptr, out_ptr, S, D: tl.constexpr, SB: tl.constexpr):
+    """out[row] = sum_s 2^lse_s o_s / sum_s 2^lse_s over the S splits of one query row, ``SB``
+    splits per step with a running maximum (one program per query row)."""
+    row = tl.program_id(0).to(tl.int64)
     cols = tl.arange(0, D)
-    lse = tl.load(lse_ptr + row * S + sp, mask=sp < S, other=float("-inf"))
-    w = tl.exp2(lse - tl.max(lse, axis=0))
-    o = tl.load(o_ptr + (row * S + sp)[:, None] * D + cols[None, :], mask=(sp < S)[:, None], other=0.0)
-    out = tl.sum(w[:, None] * o, axis=0) / tl.sum(w, axis=0)
-    tl.store(out_ptr + row * D + cols, out.to(out_ptr.dtype.element_ty))
+    m = tl.max(tl.full((SB,), float("-inf"), tl.float32), axis=0)
+    den = tl.sum(tl.zeros((SB,), tl.float32), axis=0)
+    acc = tl.zeros((D,), tl.float32)
+    for s0 in range(0, S, SB):
+        sp = s0 + tl.arange(0, SB)
+        lse = tl.load(lse_ptr + row * S + sp, mask=sp < S, other=float("-inf"))
+        o = tl.load(o_ptr + (row * S + sp)[:, None] * D + cols[None, :], mask=(sp < S)[:, None], other=0.0)
+        m_new = tl.maximum(m, tl.max(lse, axis=0))
+        m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
+        alpha = tl.exp2(m - m_safe)
+        w = tl.exp2(lse - m_safe)
+        den = den * alpha + tl.sum(w, axis=0)
+        acc = acc * alpha + tl.sum(w[:, None] * o, axis=0)
+        m = m_new
+    tl.store(out_ptr + row * D + cols, (acc / den).to(out_ptr.dtype.element_ty))
 
 
 def _rows(t: torch.Tensor, heads: int) -> tuple[torch.Tensor, int]:
@@ -142,7 +270,7 @@ def _rows(t: torch.Tensor, heads: int) -> tuple[torch.Tensor, int]:
     return t, t.stride(1)
 
 
-def default_splits(batch_heads: int, tokens: int, block: int, device: torch.device, per_sm: int = 4) -> int:
+def default_splits(batch_heads: int, tokens: int, block: int, device: torch.device, per_sm: int = 2) -> int:
     """Token splits so that about ``per_sm`` programs run per multiprocessor."""
     sms = torch.cuda.get_device_properties(device).multi_processor_count if device.type == "cuda" else 4
     return max(1, min(triton.cdiv(per_sm * sms, batch_heads), triton.cdiv(tokens, block)))
@@ -151,10 +279,15 @@ def default_splits(batch_heads: int, tokens: int, block: int, device: torch.devi
 def decode_attention_triton(q: torch.Tensor, enc: EncodedKV | None, k_res: torch.Tensor | None,
                             v_res: torch.Tensor | None, basis: torch.Tensor | None, scale: float,
                             sign: int, num_splits: int | None = None, block: int = 64,
-                            num_warps: int = 2, num_stages: int = 2, per_sm: int = 4) -> torch.Tensor:
+                            num_warps: int = 4, num_stages: int = 1, per_sm: int = 2,
+                            ptx: bool | None = None) -> torch.Tensor:
     """Triton path of :func:`headq_core.kernels.decode_attention` (inputs already validated):
-    q [B, Hq, 1, d] -> [B, Hq, 1, d]; ``block`` residual tokens per loop step, ``num_warps`` /
-    ``num_stages`` per program, about ``per_sm`` programs per multiprocessor."""
+    q [B, Hq, 1, d] -> [B, Hq, 1, d]; ``block`` tokens per loop step (rounded up to whole key
+    groups), ``num_warps`` / ``num_stages`` per program, about ``per_sm`` programs per multiprocessor;
+    ``ptx`` unpacks codes with inline PTX (:func:`unpack_ptx`; default: when compiled for a GPU, not
+    under ``TRITON_INTERPRET=1``), else with float32 arithmetic (:func:`unpack`)."""
+    if ptx is None:
+        ptx = q.is_cuda and os.environ.get("TRITON_INTERPRET", "0") != "1"
     b, hq, _, d = q.shape
     ref = enc.k_codes if enc is not None else k_res
     assert ref is not None
@@ -162,8 +295,8 @@ def decode_attention_triton(q: torch.Tensor, enc: EncodedKV | None, k_res: torch
     group = hq // h
     n = enc.tokens if enc is not None else 0
     r_len = k_res.shape[2] if k_res is not None else 0
-    target = num_splits or default_splits(b * h, n + r_len, block, q.device, per_sm)
-    step = max(block, enc.key_group if enc is not None else 1)
+    step = triton.cdiv(block, enc.key_group) * enc.key_group if enc is not None else block
+    target = num_splits or default_splits(b * h, n + r_len, step, q.device, per_sm)
     tok_per_split = triton.cdiv(triton.cdiv(n + r_len, target), step) * step
     n_q = triton.cdiv(n, tok_per_split)
     splits = n_q + triton.cdiv(r_len, tok_per_split)
@@ -171,14 +304,21 @@ def decode_attention_triton(q: torch.Tensor, enc: EncodedKV | None, k_res: torch
     o_part = torch.empty(b * hq, splits, d, dtype=torch.float32, device=q.device)
     lse = torch.empty(b * hq, splits, dtype=torch.float32, device=q.device)
     # pointers of absent parts still need their dtypes: both branches of the kernel are compiled
-    byte = torch.empty(1, dtype=torch.uint8, device=q.device)
+    word = torch.empty(1, dtype=torch.int32, device=q.device)
+    byte = torch.empty(1, dtype=torch.int8, device=q.device)
     half = torch.empty(1, dtype=torch.float16, device=q.device)
-    dummy = {"k_codes": byte, "v_codes": byte, "side": byte.view(torch.int8), "k_scale": half, "k_zero": half,
+    dummy = {"k_codes": word, "v_codes": word, "side": byte, "k_scale": half, "k_zero": half,
              "v_scale": half, "v_zero": half, "side_scale": half, "k_res": qs, "v_res": qs}
     tensors = {}
     if enc is not None:
         for name in ("k_codes", "k_scale", "k_zero", "v_codes", "v_scale", "v_zero"):
             tensors[name] = _rows(getattr(enc, name), h)
+        for name in ("k_codes", "v_codes"):  # read as int32 words (rows are whole words)
+            codes, _ = tensors[name]
+            if codes.data_ptr() % 4:
+                codes = codes.clone(memory_format=torch.contiguous_format)
+            codes = codes.view(torch.int32)
+            tensors[name] = (codes, codes.stride(1))
     if enc is not None and enc.side is not None:
         tensors["side"] = _rows(enc.side, h)
         if enc.side_scale is not None:
@@ -201,7 +341,8 @@ def decode_attention_triton(q: torch.Tensor, enc: EncodedKV | None, k_res: torch
         GK=enc.key_group if enc is not None else 16, KBITS=enc.key_bits if enc is not None else 8,
         GV=enc.value_group if enc is not None else 16, VBITS=enc.value_bits if enc is not None else 8,
         RP=max(16, triton.next_power_of_2(max(rank, 1))), SIDE_BITS=enc.side_bits if enc is not None else 8,
-        HAS_SIDE=rank > 0, BN=block, num_warps=num_warps, num_stages=num_stages)
+        HAS_SIDE=rank > 0, BN=step, PTX=ptx, num_warps=num_warps, num_stages=num_stages)
     out = torch.empty(b * hq, d, dtype=q.dtype, device=q.device)
-    _combine_kernel[(b * hq,)](o_part, lse, out, splits, D=d, SP=max(2, triton.next_power_of_2(splits)))
+    chunk = min(32, max(2, triton.next_power_of_2(splits)))
+    _combine_kernel[(b * hq,)](o_part, lse, out, splits, D=d, SB=chunk)
     return out.reshape(b, hq, 1, d)
