@@ -21,15 +21,16 @@ ARGS = [
 PLOTLY_JS = Path(plotly.__file__).parent / "package_data" / "plotly.min.js"
 
 
-def render_png(figure: dict, width: int = 900, height: int | None = None) -> bytes:
+def render_png(figure: dict, width: int | None = None, height: int | None = None) -> bytes:
     """PNG bytes of a plotly figure ``{"data": [...], "layout": {...}}`` drawn at ``width`` x
-    ``height`` CSS pixels (height: the layout's, else 450), scale 2 for print."""
+    ``height`` CSS pixels (each: the layout's, else 900 x 450), scale 2 for print."""
     if not isinstance(figure, dict) or "data" not in figure:
         raise ValueError("figure: must be a plotly figure dict with 'data'")
     if not CHROMIUM.exists():
         raise ValueError(f"chromium: {CHROMIUM} is absent (apt-get install -y chromium)")
     from playwright.sync_api import sync_playwright
 
+    width = width or int((figure.get("layout") or {}).get("width") or 900)
     height = height or int((figure.get("layout") or {}).get("height") or 450)
     layout = {**(figure.get("layout") or {}), "width": width, "height": height}
     html = (

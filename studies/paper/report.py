@@ -26,7 +26,7 @@ import numpy as np
 
 from app.dashboard import figures as F
 from app.dashboard import results as R
-from studies.paper.specs import study_jobs
+from studies.paper.specs import key_name, study_jobs
 
 Record = dict[str, Any]
 PREDICTORS = ("fisher", "score_mse", "key_mse")
@@ -284,7 +284,7 @@ def _gt(a: float | None, b: float | None) -> bool:
 
 
 def nullspace_rows(records: Sequence[Record]) -> list[dict[str, Any]]:
-    """Null-space noise runs: subspace, dims, mean key_mse / attn_kl, perplexity, excess."""
+    """Null-space noise runs: base quantizer, subspace, dims, mean key_mse / attn_kl, perplexity, excess."""
     rows = []
     for r in records:
         iv = r["spec"].get("intervention")
@@ -292,6 +292,7 @@ def nullspace_rows(records: Sequence[Record]) -> list[dict[str, Any]]:
             rows.append(
                 {
                     "run": r["name"],
+                    "base": key_name(r["spec"]["key"]),
                     "subspace": iv["subspace"],
                     "dims": iv["dims"],
                     "key_mse": head_mean(r, "key_mse"),
@@ -301,6 +302,31 @@ def nullspace_rows(records: Sequence[Record]) -> list[dict[str, Any]]:
                 }
             )
     return rows
+
+
+def nullspace_pairs(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Inside vs outside noise on one base and dims: the ratios inside / outside of mean key_mse
+    (about 1 when the norms match) and of mean attn_kl, and both perplexities."""
+    by = {(r["base"], r["dims"], r["subspace"]): r for r in rows}
+    out = []
+    for base, dims, _ in sorted(k for k in by if k[2] == "outside"):
+        outside, inside = by[(base, dims, "outside")], by.get((base, dims, "inside"))
+        if inside is None:
+            continue
+        out.append(
+            {
+                "base": base,
+                "dims": dims,
+                "key_mse_ratio": _ratio(inside["key_mse"], outside["key_mse"]),
+                "attn_kl_ratio": _ratio(inside["attn_kl"], outside["attn_kl"]),
+                "perplexity": [outside["perplexity"], inside["perplexity"]],
+            }
+        )
+    return out
+
+
+def _ratio(a: float | None, b: float | None) -> float | None:
+    return None if a is None or not b else a / b
 
 
 # ---------------------------------------------------------------- c. same-budget counterexamples
@@ -630,6 +656,7 @@ def summarize(items: dict[str, dict[str, Any]]) -> dict[str, Any]:
     pruns = predictor_runs(records)
     predictors = predictor_rows(pruns)
     fullkv = fullkv_rows(records)
+    nullspace = nullspace_rows(records)
     entropy_run = next((r for r in records if r["name"] == GOAL_RUN and r["corpus"] == "sotu"), None)
     front_rows = R.budget_rows({"runs": [_as_run(r) for r in frontier_runs(records)]})
     return {
@@ -640,7 +667,8 @@ def summarize(items: dict[str, dict[str, Any]]) -> dict[str, Any]:
         "exp2": {
             "bases": basis_rows(records),
             "wrong_sign": wrong_sign_rows(records),
-            "null_space": nullspace_rows(records),
+            "null_space": nullspace,
+            "null_space_pairs": nullspace_pairs(nullspace),
         },
         "counterexamples": counterexamples(records),
         "predictors": {"heads": predictors, "runs": run_predictor_row(pruns)},
@@ -877,6 +905,19 @@ def _exp2_md(s: dict[str, Any], jobs: list[str]) -> str:
             for r in e["null_space"]
         ],
     )
+    body += "\n\nInside / outside the query subspace (ratios of the means):\n\n" + md_table(
+        ["base", "dims", "key_mse inside/outside", "attn_kl inside/outside", "ppl outside vs inside"],
+        [
+            [
+                p["base"],
+                p["dims"],
+                _num(p["key_mse_ratio"], 3),
+                _num(p["attn_kl_ratio"], 3),
+                " vs ".join(_num(v, 5) for v in p["perplexity"]),
+            ]
+            for p in e["null_space_pairs"]
+        ],
+    )
     return _section("b. exp2: controls", jobs, body)
 
 
@@ -997,15 +1038,15 @@ def figure_specs(items: dict[str, dict[str, Any]], s: dict[str, Any]) -> dict[st
             or r["name"] == GOAL_RUN
             or (r["name"].startswith(GOAL_RUN + "+") and r["name"].endswith("s8"))
         ]
-        out["exp1-k2-pc-g32-r0.png"] = lambda: F.perplexity_figure(R.perplexity_rows({"runs": keep}))
+        out["exp1-k2-pc-g32-r0.png"] = lambda: _wide(F.perplexity_figure(R.perplexity_rows({"runs": keep})))
         for run in (GOAL_RUN, GOAL_RUN + "+hq16s8"):
             if run in R.run_names(exp1):
                 out[f"heatmap-attn_kl-{run}.png"] = _heatmap(exp1, run, "attn_kl", True)
         if GOAL_RUN in R.run_names(exp1):
             out["heatmap-entropy.png"] = _heatmap(exp1, GOAL_RUN, "entropy", False)
     if "exp4-fullkv" in items:
-        out["exp4-fullkv.png"] = lambda: F.perplexity_figure(
-            R.perplexity_rows(items["exp4-fullkv"]["results"])
+        out["exp4-fullkv.png"] = lambda: _wide(
+            F.perplexity_figure(R.perplexity_rows(items["exp4-fullkv"]["results"]))
         )
     if "exp2-controls" in items:
         doc = items["exp2-controls"]["results"]
@@ -1023,8 +1064,22 @@ def figure_specs(items: dict[str, dict[str, Any]], s: dict[str, Any]) -> dict[st
     return out
 
 
+def _wide(fig: dict) -> dict:
+    """A bar chart sized for print: wide, with room for its two-line slanted tick labels."""
+    layout = fig["layout"]
+    return {
+        **fig,
+        "layout": {**layout, "width": 1400, "height": 560, "margin": {**layout["margin"], "b": 150}},
+    }
+
+
 def _heatmap(doc: dict, run: str, metric: str, log: bool) -> Callable[[], dict]:
-    return lambda: F.heatmap_figure(R.head_matrix(doc, run, metric), metric, log=log)
+    def build() -> dict:
+        fig = F.heatmap_figure(R.head_matrix(doc, run, metric), metric, log=log)
+        title = fig["layout"]["title"]
+        return {**fig, "layout": {**fig["layout"], "title": {**title, "text": f"{run}: {title['text']}"}}}
+
+    return build
 
 
 def _predictor(points: dict, metric: str, rho: float | None) -> Callable[[], dict]:

@@ -196,19 +196,29 @@ def test_controls_wrong_sign_and_null_space():
             20.5,
             heads=[{"key_mse": 0.3, "attn_kl": 0.01}],
         ),
+        run(
+            "k2-in",
+            {"key": K2, "intervention": {"subspace": "inside", "dims": 8, "seed": 0}},
+            3.0,
+            28.0,
+            heads=[{"key_mse": 0.6, "attn_kl": 0.5}],
+        ),
     ]
     recs = records(item("exp2-controls", "exp2", runs))
     assert P.basis_rows(recs) == [{"base": "k2", "rank": 8, "query_pca": 0.8, "key_pca": 0.4}]
     (wrong,) = P.wrong_sign_rows(recs)
     assert wrong["attn_kl"] == pytest.approx(1.5) and wrong["base_attn_kl"] == pytest.approx(0.5)
     assert wrong["worse_than_plain"] is True
-    (noise,) = P.nullspace_rows(recs)
-    assert (noise["subspace"], noise["dims"], noise["key_mse"], noise["excess"]) == (
-        "outside",
-        8,
-        0.3,
-        pytest.approx(0.5),
-    )
+    noise = P.nullspace_rows(recs)
+    assert [(n["base"], n["subspace"], n["dims"], n["key_mse"]) for n in noise] == [
+        ("k2-pc-g32-r0", "outside", 8, 0.3),
+        ("k2-pc-g32-r0", "inside", 8, 0.6),
+    ]
+    assert noise[0]["excess"] == pytest.approx(0.5)
+    (pair,) = P.nullspace_pairs(noise)
+    assert pair["key_mse_ratio"] == pytest.approx(2.0) and pair["attn_kl_ratio"] == pytest.approx(50.0)
+    assert pair["perplexity"] == [20.5, 28.0]
+    assert P.nullspace_pairs(noise[:1]) == []
 
 
 def test_counterexamples_need_lower_mse_higher_kl_and_ppl_at_equal_bits():
