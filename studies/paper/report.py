@@ -99,8 +99,9 @@ def spearman(x: Sequence[float], y: Sequence[float]) -> float | None:
 
 # ---------------------------------------------------------------- run records
 def run_records(items: Iterable[dict[str, Any]]) -> list[Record]:
-    """One record per run of every evaluation job: job, family, corpus, name, spec, key/value bits,
-    perplexity, nll, excess, removed, the job's dense nll, and ``heads`` (its head rows)."""
+    """One record per run of every evaluation job: job, family, corpus, calibration (the job spec's
+    ``calibration_job``), name, spec, key/value bits, perplexity, nll, excess, removed, the job's
+    dense nll, and ``heads`` (its head rows)."""
     out = []
     for item in items:
         doc = item["results"]
@@ -117,6 +118,7 @@ def run_records(items: Iterable[dict[str, Any]]) -> list[Record]:
                     "job": item["name"],
                     "family": item.get("family"),
                     "corpus": (doc.get("dataset") or {}).get("name"),
+                    "calibration": (item.get("spec") or {}).get("calibration_job"),
                     "name": r["name"],
                     "spec": r.get("spec") or {},
                     "key_bits": bits.get("key"),
@@ -159,12 +161,13 @@ def _finite(v: Any) -> bool:
 
 
 def unique(records: Iterable[Record]) -> list[Record]:
-    """First record of each (corpus, run name): the study names runs by their configuration, so a
-    run repeated in several jobs (the plain bases) counts once."""
+    """First record of each configuration (corpus, calibration and run spec, the name aside): a
+    run repeated in several jobs (the plain bases, exp2's query_pca runs) counts once."""
     seen, out = set(), []
     for r in records:
-        if (r["corpus"], r["name"]) not in seen:
-            seen.add((r["corpus"], r["name"]))
+        spec = json.dumps({k: v for k, v in r["spec"].items() if k != "name"}, sort_keys=True)
+        if (r["corpus"], r["calibration"], spec) not in seen:
+            seen.add((r["corpus"], r["calibration"], spec))
             out.append(r)
     return out
 
@@ -1054,7 +1057,7 @@ def figure_specs(items: dict[str, dict[str, Any]], s: dict[str, Any]) -> dict[st
         points = R.predictor_points(doc, runs)
         rho = R.rank_correlations(points) if len(points["attn_kl"]) else {"fisher": None, "key_mse": None}
         for metric in ("fisher", "key_mse"):
-            out[f"predictor-{metric}.png"] = _predictor(points, metric, rho[metric])
+            out[f"predictor-{metric}-exp2.png"] = _predictor(points, metric, rho[metric])
     cal = items.get("paper-cal-sotu", {}).get("results")
     if cal and (cal.get("arrays") or {}).get("query_spectrum"):
         spectrum = cal["arrays"]["query_spectrum"][0][0]

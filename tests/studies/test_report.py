@@ -403,3 +403,12 @@ def test_paper_rows_give_plain_verdicts():
     assert P.paper_rows({"best_removed": 0.5}, fullkv[:2], [])[0]["verdict"] == "below"
     assert P.clean({"a": [float("nan"), (1.0, float("inf"))]}) == {"a": [None, [1.0, None]]}
     assert P.md_table(["x", "y"], [[1, None]]) == "| x | y |\n|---|---|\n| 1 | – |"
+
+
+def test_unique_keeps_one_record_per_configuration():
+    a = item("exp1-a", "exp1", [run("k2+hq8s8", {"key": K2, "headq": hq(8)}, 4.0, 22.0)])
+    b = item("exp2-controls", "exp2", [run("k2+hq8s8-query_pca", {"key": K2, "headq": hq(8)}, 4.0, 22.1)])
+    other_cal = item("exp2-b", "exp2", [run("k2+hq8s8", {"key": K2, "headq": hq(8)}, 4.0, 23.0)])
+    other_cal["spec"] = {"calibration_job": "another"}
+    kept = P.unique(r for r in records(a, b, other_cal) if r["name"] != "dense")
+    assert [(r["job"], r["name"]) for r in kept] == [("exp1-a", "k2+hq8s8"), ("exp2-b", "k2+hq8s8")]
