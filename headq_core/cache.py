@@ -28,6 +28,8 @@ from transformers.cache_utils import Cache, DynamicLayer
 
 from headq_core.config import HeadQConfig, QuantConfig, ValuePolicyConfig
 from headq_core.headq import SideCode, correction_keys, decode_side, encode_side
+from headq_core.kernels import decode_attention
+from headq_core.kernels.layout import KERNEL_BITS, from_packed
 from headq_core.models.adapter import AttentionCall, attention_handler, dense_attention
 from headq_core.quant import Packed, dequantize, quantize
 from headq_core.schedule import quantized_count
@@ -64,11 +66,10 @@ class _Side:
         self.packed = new if self.packed is None else _cat_packed(self.packed, new)
 
     def read(self, basis: torch.Tensor | None, sign: int, like: torch.Tensor) -> torch.Tensor:
-        """What attention reads: [B, H, n, d] in ``like``'s dtype and device."""
+        """What attention reads: [B, H, n, d] in ``like``'s dtype and device (the dense path; decode
+        steps on CUDA read :meth:`whole` with ``kernels.decode_attention`` instead)."""
         parts = []
         if self.packed is not None:
-            # CUDA path (engineer E): kernels.decode_attention can read self.packed / self.side
-            # directly instead of materialising the dequantized keys here.
             head = dequantize(self.packed).float()
             if self.side is not None and basis is not None:
                 head = head + correction_keys(basis.to(head.device), decode_side(self.side), sign)
@@ -76,6 +77,13 @@ class _Side:
         if self.tail is not None:
             parts.append(self.tail)
         return torch.cat(parts, dim=-2)
+
+    def whole(self) -> Packed:
+        """The packed head with the full-precision tail attached: the side's whole sequence as one
+        ``Packed`` (what ``kernels.layout.from_packed`` reads)."""
+        assert self.packed is not None and self.tail is not None
+        shape = (*self.packed.shape[:-2], self.packed.n_quant + self.tail.shape[-2], self.packed.shape[-1])
+        return replace(self.packed, shape=shape, tail=self.tail)
 
     def nbytes(self) -> int:
         """Bytes held: codes, scales, zero-points, side codes and the full-precision tail."""
@@ -166,7 +174,17 @@ def _cat_side(a: SideCode, b: SideCode) -> SideCode:
 
 class HeadQCacheLayer(DynamicLayer):
     """One layer: quantized keys (``key``), values (``value``), optional HeadQ side code with
-    ``basis`` U [kv_heads, d, rank]. ``None`` keeps that side in full precision."""
+    ``basis`` U [kv_heads, d, rank]. ``None`` keeps that side in full precision.
+
+    Under ``attached``, a single-token step on CUDA whose layout the Triton decode kernel reads
+    (per_channel keys and per_token values at 1/2/4/8 bits, token-scaled 4/8/16-bit side codes, no
+    value policy) attends with ``kernels.decode_attention`` straight from the packed codes: ``update``
+    then returns only the new token and :meth:`attend` runs the kernel. ``kernel`` (class default
+    ``"auto"``) is ``"off"`` to always dequantize, or ``"triton"`` to take that path on any device
+    (tests, with ``TRITON_INTERPRET=1`` on the CPU).
+    """
+
+    kernel = "auto"
 
     def __init__(
         self,
@@ -187,6 +205,19 @@ class HeadQCacheLayer(DynamicLayer):
         self.key_side = _Side(key)
         self.value_side = _Side(value) if value_policy is None else _PolicySide(value, value_policy)  # type: ignore[arg-type]
         self.attached = False
+        self.kernel_step = False  # this step's attention reads the packed cache with the kernel
+
+    def _kernel_reads(self, x: torch.Tensor) -> bool:
+        """Whether the step of new keys x [B, H, s, d] can attend with the Triton decode kernel."""
+        keys, values = self.key_side.cfg, self.value_side.cfg
+        if (not self.attached or x.shape[-2] != 1 or self.kernel == "off" or keys is None or values is None
+                or isinstance(self.value_side, _PolicySide) or not (x.is_cuda or self.kernel == "triton")):
+            return False
+        d = x.shape[-1]
+        widths = all(c.bits in KERNEL_BITS and d * c.bits % 32 == 0 and c.group_size & (c.group_size - 1) == 0
+                     for c in (keys, values))
+        side = self.headq is None or (self.headq.side_scale == "token" and self.headq.side_bits in (4, 8, 16))
+        return keys.axis == "per_channel" and values.axis == "per_token" and widths and side
 
     def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args, **kwargs):
         """Append [B, kv_heads, s, d] keys/values; return what attention reads ([B, kv_heads, n, d])."""
@@ -200,6 +231,9 @@ class HeadQCacheLayer(DynamicLayer):
         before = self.get_seq_length()
         self.key_side.append(key_states, self.basis, self.headq)
         self.value_side.append(value_states, None, None)
+        self.kernel_step = self._kernel_reads(key_states)
+        if self.kernel_step:  # attend() reads the packed cache itself
+            return key_states, value_states
         sign = self.headq.sign if self.headq is not None else 1
         keys = self.key_side.read(self.basis, sign, key_states)
         values = self.value_side.read(None, 1, value_states)
@@ -211,6 +245,9 @@ class HeadQCacheLayer(DynamicLayer):
     def attend(self, call: AttentionCall) -> torch.Tensor:
         """Attention of one step over this layer ([B, Hq, q, d]); under the A² policy the step's
         attention first settles which values leave the residual window, and at which precision."""
+        if self.kernel_step:
+            self.kernel_step = False
+            return self._kernel_attention(call)
         if not isinstance(self.value_side, _PolicySide):
             return dense_attention(call)
         probs = torch.softmax(call.finish(call.raw_scores()), dim=-1)
@@ -220,6 +257,26 @@ class HeadQCacheLayer(DynamicLayer):
         if q_len > 1:  # prefill reads its own tokens in full precision
             values = torch.cat([values[..., :-q_len, :], call.value[..., -q_len:, :]], dim=-2)
         return dense_attention(call, logits=call.finish(call.raw_scores()), value=values)
+
+    def _kernel_attention(self, call: AttentionCall) -> torch.Tensor:
+        """This decode step's attention [B, Hq, 1, d] by ``kernels.decode_attention`` over the packed
+        cache; dense over the dequantized cache when the step has a softcap, a mask that hides some
+        tokens (padding, sliding window) or values that lag the keys."""
+        keys, values = self.key_side, self.value_side
+        sign = self.headq.sign if self.headq is not None else 1
+        if (call.softcap is not None or (call.mask is not None and not bool(call.allowed().all()))
+                or values.n_quant < keys.n_quant):
+            k_all, v_all = keys.read(self.basis, sign, call.query), values.read(None, 1, call.query)
+            return dense_attention(replace(call, key=k_all, value=v_all))
+        if keys.packed is None:  # nothing quantized yet (values may be: dequantize those)
+            enc, k_res, v_res = None, keys.tail, values.read(None, 1, call.query)
+        else:
+            enc, k_res, v_res = from_packed(keys.whole(), values.whole(), keys.side)
+        if self.basis is not None and self.basis.device != call.query.device:
+            self.basis = self.basis.to(call.query.device)
+        backend = "triton" if self.kernel == "triton" else "auto"
+        return decode_attention(call.query, enc, k_res, v_res.to(call.query.dtype), basis=self.basis,
+                                scale=call.scaling, sign=sign, backend=backend)
 
     def get_seq_length(self) -> int:
         side = self.key_side

@@ -120,3 +120,34 @@ def test_round_half_even_matches_torch_round_at_the_edges():
     out = torch.empty_like(x)
     _apply_round[(1,)](x, out, N=1024)
     assert torch.equal(out, torch.round(x))
+
+
+def test_cache_decode_steps_read_the_packed_cache_with_the_kernel():
+    """HeadQCacheLayer under ``attached``: single-token steps hand the packed cache (values ahead of
+    keys, residual windows, side code) to the interpreted Triton kernel and give the dense path's
+    attention; the prefill stays dense."""
+    from headq_core.cache import HeadQCacheLayer
+    from headq_core.config import HeadQConfig, QuantConfig
+    from headq_core.models.adapter import AttentionCall
+
+    gen = torch.Generator().manual_seed(9)
+    kc = QuantConfig(bits=2, axis="per_channel", group_size=16, residual=8)
+    vc = QuantConfig(bits=4, axis="per_token", group_size=8, residual=8)
+    u = random_basis(2, 32, 4, gen)
+    layers = {mode: HeadQCacheLayer(kc, vc, HeadQConfig(rank=4, side_bits=8, sign=-1), u)
+              for mode in ("triton", "off")}
+    k, v = random_kv(1, 2, 40, 32, gen, torch.bfloat16)
+    for mode, layer in layers.items():
+        layer.kernel, layer.attached = mode, True
+        assert layer.update(k, v)[0].shape[-2] == 40
+    for _ in range(3):
+        k1, v1 = random_kv(1, 2, 1, 32, gen, torch.bfloat16)
+        q = torch.randn(1, 4, 1, 32, generator=gen).bfloat16()
+        out = {}
+        for mode, layer in layers.items():
+            keys, values = layer.update(k1, v1)
+            assert keys.shape[-2] == (1 if mode == "triton" else layer.get_seq_length())
+            call = AttentionCall(layer=0, query=q, key=keys, value=values, mask=None, scaling=32 ** -0.5)
+            out[mode] = layer.attend(call)
+        assert layers["triton"].value_side.n_quant > layers["triton"].key_side.n_quant > 0
+        assert torch.allclose(out["triton"].float(), out["off"].float(), atol=2e-2, rtol=2e-2)
