@@ -14,6 +14,7 @@ formula. ``--device cpu`` times the reference path on small shapes instead.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime
 import json
 import platform
@@ -39,7 +40,9 @@ KEY = QuantConfig(bits=2, axis="per_channel", group_size=32, residual=128)
 VALUE = QuantConfig(bits=2, axis="per_token", group_size=32, residual=128)
 HEADQ = HeadQConfig(rank=8, side_bits=8)
 KINDS = ("headq", "sdpa_gqa", "sdpa_folded", "triton_bf16")
-TUNE = tuple((w, st, ps) for w in (1, 2) for st in (2, 3) for ps in (4, 16))  # (warps, stages, programs/SM)
+# decode launch variants (compiled once each; programs per SM only change the grid)
+COMPILED = tuple((ptx, blk, w) for ptx in (True, False) for blk in (64, 128) for w in (4, 8))
+TUNE = tuple((ptx, blk, w, ps) for ptx, blk, w in COMPILED for ps in (1, 2, 4))
 DECODE_CFG: dict = {}  # the tuned decode launch settings, chosen first on GPU
 _B, GIB = SDPBackend, 1 << 30
 BACKENDS = (_B.FLASH_ATTENTION, _B.EFFICIENT_ATTENTION, _B.CUDNN_ATTENTION, _B.MATH)
@@ -182,23 +185,61 @@ def encode_row(batch: int, n_tok: int, device: str, copy_gbs: float) -> dict:
             "fraction_of_copy": moved / ms / 1e6 / copy_gbs}  # fmt: skip
 
 
-def tune_row(batch: int, ctx: int, device: str, cap_gib: float) -> dict:
-    """Graph-replay time of the decode kernel per (warps, pipeline stages) variant, and eager time of
-    the encode kernel (one layer) per warp count."""
+def check_row(device: str, ctx: int = 8192 + 100) -> dict:
+    """Correctness of every compiled decode variant and of the encode kernel on large random inputs
+    drawn fresh here (never zeros): relative error of the output against the float32 torch reference
+    run on the same device, and encode bit-exactness (side codes within one step)."""
+    from headq_core.kernels.reference import dequantize_side, encode_reference
+    from headq_core.kernels.triton_encode import encode_triton
+
+    lay = Layers(2, ctx, 1, device)
+    ref = decode_attention(lay.q[0], lay.enc[0], lay.kr[0], lay.vr[0], lay.u[0], backend="reference")
+    row: dict = {"batch": 2, "context": lay.ctx, "decode_rel_err": {}, "failed": []}
+    for ptx, blk, w in COMPILED:
+        name = f"ptx{int(ptx)}_block{blk}_warps{w}"
+        try:
+            out = decode_attention_triton(lay.q[0], lay.enc[0], lay.kr[0], lay.vr[0], lay.u[0], D**-0.5, 1,
+                                          block=blk, num_warps=w, ptx=ptx)
+            err = ((out.float() - ref.float()).norm() / ref.float().norm()).item()
+        except Exception as exc:  # noqa: BLE001 - a variant that fails is reported and left out
+            err = float("nan")
+            row.setdefault("errors", {})[name] = f"{type(exc).__name__}: {exc}"[:300]
+        row["decode_rel_err"][name] = err
+        if not err < 1e-2:
+            row["failed"].append(name)
+    k, v = lay.k[0][:, :, : lay.n_q], lay.v[0][:, :, : lay.n_q]
+    got = encode_triton(k, v, 2, 32, 2, 32, lay.u[0], 8)
+    want = encode_reference(k, v, KEY, VALUE, lay.u[0], 8)
+    row["encode_fields_equal"] = {n: bool(torch.equal(getattr(got, n), getattr(want, n)))
+                                  for n in ("k_codes", "k_scale", "k_zero", "v_codes", "v_scale", "v_zero")}
+    step = want.side_scale.float().unsqueeze(-1)
+    diff = (dequantize_side(got) - dequantize_side(want)).abs()
+    row["encode_side_max_steps"] = (diff / step).max().item()
+    row["encode_side_changed"] = (diff > 0).float().mean().item()
+    row["ok"] = (not row["failed"] and all(row["encode_fields_equal"].values())
+                 and row["encode_side_max_steps"] <= 1.001)
+    return row
+
+
+def tune_row(batch: int, ctx: int, device: str, cap_gib: float, skip: list[str]) -> dict:
+    """Graph-replay time of the decode kernel per (ptx, block, warps, programs per SM) variant that
+    passed the check, and eager time of the encode kernel (one layer) per warp count."""
     from headq_core.kernels.triton_encode import encode_triton
 
     n = layer_count(batch, ctx, device, cap_gib)
     lay = Layers(batch, ctx, n, device)
     row = {"batch": batch, "context": ctx, "ms": {}}
-    for warps, stages, per_sm in TUNE:
-        cfg = {"num_warps": warps, "num_stages": stages, "per_sm": per_sm}
+    for ptx, blk, warps, per_sm in TUNE:
+        if f"ptx{int(ptx)}_block{blk}_warps{warps}" in skip:
+            continue
+        cfg = {"ptx": ptx, "block": blk, "num_warps": warps, "per_sm": per_sm}
 
         def run(cfg=cfg):
             for i in range(n):
                 args = (lay.q[i], lay.enc[i], lay.kr[i], lay.vr[i], lay.u[i], D**-0.5, 1)
                 decode_attention_triton(*args, **cfg)
 
-        name = f"decode_warps{warps}_stages{stages}_persm{per_sm}"
+        name = f"decode_ptx{int(ptx)}_block{blk}_warps{warps}_persm{per_sm}"
         try:
             row["ms"][name] = median_ms(run, device, graph=True) / n
             row.setdefault("cfg", {})[name] = cfg
@@ -206,7 +247,7 @@ def tune_row(batch: int, ctx: int, device: str, cap_gib: float) -> dict:
             row["ms"][name] = None
             row.setdefault("errors", []).append(f"{name}: {type(exc).__name__}")
     k, v = lay.k[0][:, :, : lay.n_q], lay.v[0][:, :, : lay.n_q]
-    for warps in (1, 2, 4, 8):
+    for warps in (2, 4, 8):
         ms = median_ms(lambda w=warps: encode_triton(k, v, 2, 32, 2, 32, lay.u[0], 8, num_warps=w), device)
         row["ms"][f"encode_warps{warps}"] = ms
     return row
@@ -276,43 +317,56 @@ def bench_memory(device: str, ctx: int, budget_gib: float) -> dict:
 
 
 def model_row(ctx: int, device: str) -> dict:
-    """One decode step of a random-weight Llama-3-8B-shaped model (B=1) after a ``ctx`` prefill:
-    DynamicCache vs headq_core.cache.HeadQCache as it stands (it dequantizes on read, attends densely)."""
+    """One decode step of a random-weight Llama-3-8B-shaped model (B=1; a 2-layer toy on the CPU)
+    after a ``ctx`` prefill: DynamicCache vs HeadQCache attached to the model, so that its decode
+    steps attend with the Triton kernel on CUDA (``headq``), and the same cache reading the
+    dequantized cache densely (``headq_dense``). Host-clock medians of 6 steps after 2."""
     from transformers import DynamicCache, LlamaConfig, LlamaForCausalLM
 
     from headq_core.cache import HeadQCache
 
-    cfg = LlamaConfig(hidden_size=HIDDEN, intermediate_size=14336, num_hidden_layers=LAYERS, head_dim=D,
-                      num_attention_heads=HQ, num_key_value_heads=HKV, vocab_size=128256,
+    gpu = device == "cuda"
+    layers, hidden, heads, kv, vocab = (LAYERS, HIDDEN, HQ, HKV, 128256) if gpu else (2, 512, 4, 1, 1000)
+    cfg = LlamaConfig(hidden_size=hidden, intermediate_size=14336 if gpu else 1024, num_hidden_layers=layers,
+                      head_dim=D, num_attention_heads=heads, num_key_value_heads=kv, vocab_size=vocab,
                       max_position_embeddings=2 * ctx)  # fmt: skip
     torch.set_default_dtype(torch.bfloat16)
     with torch.device(device):
         model = LlamaForCausalLM(cfg).eval()
     torch.set_default_dtype(torch.float32)
-    basis = torch.linalg.qr(torch.randn(LAYERS, HKV, D, HEADQ.rank, device=device))[0]
+    basis = torch.linalg.qr(torch.randn(layers, kv, D, HEADQ.rank, device=device))[0]
     ids = torch.randint(0, cfg.vocab_size, (1, ctx + 8), device=device)
-    row: dict = {"context": ctx, "batch": 1, "elements": LAYERS * HKV * ctx * D}
-    caches = {"dynamic": DynamicCache, "headq": lambda: HeadQCache(LAYERS, KEY, VALUE, HEADQ, basis)}
+    row: dict = {"context": ctx, "batch": 1, "layers": layers, "elements": layers * kv * ctx * D}
+
+    def headq(kernel: str):
+        cache = HeadQCache(layers, KEY, VALUE, HEADQ, basis)
+        for layer in cache.quant_layers:
+            layer.kernel = kernel
+        return cache
+
+    caches = {"dynamic": DynamicCache, "headq": lambda: headq("auto"), "headq_dense": lambda: headq("off")}
     for name, make in caches.items():
         try:
             cache, times = make(), []
             with torch.no_grad():
-                model(ids[:, :ctx], past_key_values=cache, use_cache=True, logits_to_keep=1)
-                for i in range(8):
-                    nxt = ids[:, ctx + i : ctx + i + 1]
-                    step = lambda: model(nxt, past_key_values=cache, logits_to_keep=1)  # noqa: B023, E731
-                    times.append(wall_ms(step, device))
+                model(ids[:, :ctx], past_key_values=cache, use_cache=True, logits_to_keep=1)  # dense prefill
+                with cache.attached(model) if name != "dynamic" else contextlib.nullcontext():
+                    for i in range(8):
+                        nxt = ids[:, ctx + i : ctx + i + 1]
+                        step = lambda: model(nxt, past_key_values=cache, logits_to_keep=1)  # noqa: B023, E731
+                        times.append(wall_ms(step, device))
             row[f"{name}_step_ms"] = statistics.median(times[2:])
             if name == "headq":
                 row["headq_cache_bytes"] = cache.nbytes()
                 bits = effective_bits(KEY, D, HEADQ, seq_len=ctx + 8)
                 bits += effective_bits(VALUE, D, seq_len=ctx + 8)
-                row["formula_bytes"] = bits * LAYERS * HKV * (ctx + 8) * D / 8
+                row["formula_bytes"] = bits * layers * kv * (ctx + 8) * D / 8
                 row["bytes_over_formula"] = row["headq_cache_bytes"] / row["formula_bytes"]
         except Exception as exc:  # noqa: BLE001 - reported in the results, the run goes on
             row[f"{name}_error"] = f"{type(exc).__name__}: {exc}"[:300]
-    if "dynamic_step_ms" in row and "headq_step_ms" in row:
-        row["time_ratio"] = row["headq_step_ms"] / row["dynamic_step_ms"]
+    for name in ("headq", "headq_dense"):
+        if "dynamic_step_ms" in row and f"{name}_step_ms" in row:
+            row[f"{name}_time_ratio"] = row[f"{name}_step_ms"] / row["dynamic_step_ms"]
     return row
 
 
@@ -336,7 +390,10 @@ def show(section: str, r: dict) -> None:
                   f"{e['bf16_ms'] * us:.1f} "
                   f"us, headq {e['headq_ms'] * us:.1f} us, time ratio {e['time_ratio']:.2f}")  # fmt: skip
     else:  # encode, tune, model, memory: the row's numbers
-        vals = {k: v for k, v in r.items() if not isinstance(v, dict | list)} | r.get("ms", {})
+        vals = {k: v for k, v in r.items() if not isinstance(v, dict | list)}
+        for part in ("ms", "decode_rel_err"):
+            vals |= r[part] if isinstance(r.get(part), dict) else {}
+        vals |= {"failed": r["failed"]} if r.get("failed") else {}
         cells = (f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in vals.items())
         print(f"{section:6} " + ", ".join(cells))
 
@@ -346,7 +403,7 @@ def main() -> None:
     ap.add_argument("--device", default="cuda", choices=["cuda", "cpu"])
     ap.add_argument("--out", type=Path, required=True)
     ap.add_argument("--cap-gib", type=float, default=32.0, help="bf16 cache bytes per timed shape")
-    ap.add_argument("--sections", default="tune,decode,encode,block,memory", help="comma list; also: model")
+    ap.add_argument("--sections", default="check,tune,decode,encode,model,block,memory", help="comma list")
     args = ap.parse_args()
     want = set(args.sections.split(","))
     dev = args.device
@@ -366,34 +423,43 @@ def main() -> None:
         res["triton"] = triton.__version__
     args.out.parent.mkdir(parents=True, exist_ok=True)
 
-    def record(section: str, row: dict) -> dict:
+    def record(section: str, make, *a) -> dict:
+        """Measure one row (a failure is recorded and the run goes on), print it, save the JSON."""
+        try:
+            row = make(*a)
+            show(section, row)
+        except Exception as exc:  # noqa: BLE001 - one failing section must not lose the others
+            row = {"error": f"{type(exc).__name__}: {exc}"[:500], "args": [str(x) for x in a]}
+            print(section, row)
         res.setdefault(section, []).append(row)
-        show(section, row)
         args.out.write_text(json.dumps(res, indent=1))
         return row
 
+    failed: list[str] = []
+    if gpu and "check" in want:
+        failed = record("check", check_row, dev).get("failed", [])
     for b, c in ((1, 32768), (8, 32768)) if gpu and "tune" in want else ():
-        record("tune", tune_row(b, c, dev, args.cap_gib))
-    if "tune" in res:  # the decode settings with the smallest summed time over the tuning shapes
+        record("tune", tune_row, b, c, dev, args.cap_gib, failed)
+    if "tune" in res and all("cfg" in r for r in res["tune"]):  # smallest summed time over the shapes
         names = [k for k in res["tune"][0]["cfg"] if all(r["ms"].get(k) for r in res["tune"])]
         best = min(names, key=lambda k: sum(r["ms"][k] for r in res["tune"]))
         DECODE_CFG.update(res["tune"][0]["cfg"][best])
         res["decode_cfg"] = dict(DECODE_CFG)
-        print("decode settings:", DECODE_CFG)
+        res["decode_best_per_shape"] = [min(names, key=lambda k, r=r: r["ms"][k]) for r in res["tune"]]
+        print("decode settings:", DECODE_CFG, "best per shape:", res["decode_best_per_shape"])
     for b, c in decode_shapes if "decode" in want else ():
-        record("decode", decode_row(b, c, dev, copy_gbs, args.cap_gib))
+        record("decode", decode_row, b, c, dev, copy_gbs, args.cap_gib)
     for b, c in ([(1, 32768), (8, 32768)] if gpu else [(1, 1024)]) if "encode" in want else ():
-        record("encode", encode_row(b, c, dev, copy_gbs))
-    for r in [r for r in res.get("decode", []) if r["batch"] == 1 and "block" in want][:: 1 if gpu else 2][
-        :2
-    ]:
+        record("encode", encode_row, b, c, dev, copy_gbs)
+    rows = [r for r in res.get("decode", []) if "eager" in r and r["batch"] == 1 and "block" in want]
+    for r in rows[:: 1 if gpu else 2][:2]:
         e = r["eager"]
         kind = e["best_bf16"]
-        record("block", block_row(1, r["context"], dev, args.cap_gib, kind, e["sdpa_backend"].get(kind, "")))
+        record("block", block_row, 1, r["context"], dev, args.cap_gib, kind, e["sdpa_backend"].get(kind, ""))
     if "memory" in want:
-        record("memory", bench_memory(dev, 32768 if gpu else 4096, 16.0))
-    for c in (4096, 32768) if "model" in want else ():
-        record("model", model_row(c, dev))
+        record("memory", bench_memory, dev, 32768 if gpu else 4096, 16.0)
+    for c in ((4096, 32768) if gpu else (256,)) if "model" in want else ():
+        record("model", model_row, c, dev)
 
 
 if __name__ == "__main__":

@@ -105,7 +105,7 @@ def _encode_kernel(k_ptr, v_ptr, u_ptr, kc_ptr, ks_ptr, kz_ptr, vc_ptr, vs_ptr, 
 
 def encode_triton(k: torch.Tensor, v: torch.Tensor, key_bits: int, key_group: int, value_bits: int,
                   value_group: int, basis: torch.Tensor | None, side_bits: int,
-                  num_warps: int = 2) -> EncodedKV:
+                  num_warps: int = 4) -> EncodedKV:
     """Triton path of :func:`headq_core.kernels.encode` (inputs already validated; k, v
     [B, Hkv, N, d] with power-of-two d, key_group >= 16 and value_group, bits dividing 8)."""
     b, h, n, d = k.shape

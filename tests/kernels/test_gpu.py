@@ -91,3 +91,15 @@ def test_bf16_only_cache_is_split_across_programs_gpu():
     got = decode_attention(q, None, k, v).cpu()
     ref = decode_attention(q.cpu(), None, k.cpu(), v.cpu(), backend="reference")
     assert _rel(got, ref) < 1e-2
+
+
+def test_ptx_and_float_unpacking_agree_gpu():
+    """The inline-PTX code unpacking (default on the GPU) and the float32 one (the interpreter's)."""
+    from headq_core.kernels.triton_decode import decode_attention_triton
+
+    q, k, v, kr, vr, u = _inputs(2, 8, 8192, 50, 8)
+    enc = encode(k, v, *configs(2, 32, 2, 32), basis=u)
+    ref = decode_attention(q.cpu(), enc.to("cpu"), kr.cpu(), vr.cpu(), basis=u.cpu(), backend="reference")
+    for ptx in (True, False):
+        got = decode_attention_triton(q, enc, kr, vr, u, 128 ** -0.5, 1, block=128, ptx=ptx).cpu()
+        assert _rel(got, ref) < 1e-2, ptx
