@@ -40,9 +40,15 @@ KEY = QuantConfig(bits=2, axis="per_channel", group_size=32, residual=128)
 VALUE = QuantConfig(bits=2, axis="per_token", group_size=32, residual=128)
 HEADQ = HeadQConfig(rank=8, side_bits=8)
 KINDS = ("headq", "sdpa_gqa", "sdpa_folded", "triton_bf16")
-# decode launch variants (compiled once each; programs per SM only change the grid)
-COMPILED = tuple((ptx, blk, w) for ptx in (True, False) for blk in (64, 128) for w in (4, 8))
-TUNE = tuple((ptx, blk, w, ps) for ptx, blk, w in COMPILED for ps in (1, 2, 4))
+# decode variants (ptx unpacking, block, warps, register cap), each compiled once; programs per SM
+# only change the grid
+COMPILED = ((True, 64, 4, 0), (True, 64, 4, 128), (True, 128, 4, 0), (True, 128, 8, 0), (True, 64, 2, 0),
+            (False, 64, 4, 0), (False, 128, 8, 0))
+TUNE = tuple((*c, ps) for c in COMPILED for ps in (2, 4, 8))
+
+
+def variant(ptx: bool, blk: int, warps: int, maxnreg: int) -> str:
+    return f"ptx{int(ptx)}_block{blk}_warps{warps}_regs{maxnreg or 'auto'}"
 DECODE_CFG: dict = {}  # the tuned decode launch settings, chosen first on GPU
 _B, GIB = SDPBackend, 1 << 30
 BACKENDS = (_B.FLASH_ATTENTION, _B.EFFICIENT_ATTENTION, _B.CUDNN_ATTENTION, _B.MATH)
@@ -195,11 +201,11 @@ def check_row(device: str, ctx: int = 8192 + 100) -> dict:
     lay = Layers(2, ctx, 1, device)
     ref = decode_attention(lay.q[0], lay.enc[0], lay.kr[0], lay.vr[0], lay.u[0], backend="reference")
     row: dict = {"batch": 2, "context": lay.ctx, "decode_rel_err": {}, "failed": []}
-    for ptx, blk, w in COMPILED:
-        name = f"ptx{int(ptx)}_block{blk}_warps{w}"
+    for ptx, blk, w, regs in COMPILED:
+        name = variant(ptx, blk, w, regs)
         try:
             out = decode_attention_triton(lay.q[0], lay.enc[0], lay.kr[0], lay.vr[0], lay.u[0], D**-0.5, 1,
-                                          block=blk, num_warps=w, ptx=ptx)
+                                          block=blk, num_warps=w, ptx=ptx, maxnreg=regs or None)
             err = ((out.float() - ref.float()).norm() / ref.float().norm()).item()
         except Exception as exc:  # noqa: BLE001 - a variant that fails is reported and left out
             err = float("nan")
@@ -229,17 +235,17 @@ def tune_row(batch: int, ctx: int, device: str, cap_gib: float, skip: list[str])
     n = layer_count(batch, ctx, device, cap_gib)
     lay = Layers(batch, ctx, n, device)
     row = {"batch": batch, "context": ctx, "ms": {}}
-    for ptx, blk, warps, per_sm in TUNE:
-        if f"ptx{int(ptx)}_block{blk}_warps{warps}" in skip:
+    for ptx, blk, warps, regs, per_sm in TUNE:
+        if variant(ptx, blk, warps, regs) in skip:
             continue
-        cfg = {"ptx": ptx, "block": blk, "num_warps": warps, "per_sm": per_sm}
+        cfg = {"ptx": ptx, "block": blk, "num_warps": warps, "maxnreg": regs or None, "per_sm": per_sm}
 
         def run(cfg=cfg):
             for i in range(n):
                 args = (lay.q[i], lay.enc[i], lay.kr[i], lay.vr[i], lay.u[i], D**-0.5, 1)
                 decode_attention_triton(*args, **cfg)
 
-        name = f"decode_ptx{int(ptx)}_block{blk}_warps{warps}_persm{per_sm}"
+        name = f"decode_{variant(ptx, blk, warps, regs)}_persm{per_sm}"
         try:
             row["ms"][name] = median_ms(run, device, graph=True) / n
             row.setdefault("cfg", {})[name] = cfg

@@ -280,12 +280,13 @@ def decode_attention_triton(q: torch.Tensor, enc: EncodedKV | None, k_res: torch
                             v_res: torch.Tensor | None, basis: torch.Tensor | None, scale: float,
                             sign: int, num_splits: int | None = None, block: int = 64,
                             num_warps: int = 4, num_stages: int = 1, per_sm: int = 2,
-                            ptx: bool | None = None) -> torch.Tensor:
+                            ptx: bool | None = None, maxnreg: int | None = None) -> torch.Tensor:
     """Triton path of :func:`headq_core.kernels.decode_attention` (inputs already validated):
     q [B, Hq, 1, d] -> [B, Hq, 1, d]; ``block`` tokens per loop step (rounded up to whole key
     groups), ``num_warps`` / ``num_stages`` per program, about ``per_sm`` programs per multiprocessor;
     ``ptx`` unpacks codes with inline PTX (:func:`unpack_ptx`; default: when compiled for a GPU, not
-    under ``TRITON_INTERPRET=1``), else with float32 arithmetic (:func:`unpack`)."""
+    under ``TRITON_INTERPRET=1``), else with float32 arithmetic (:func:`unpack`); ``maxnreg`` caps the
+    registers per thread (more programs per multiprocessor)."""
     if ptx is None:
         ptx = q.is_cuda and os.environ.get("TRITON_INTERPRET", "0") != "1"
     b, hq, _, d = q.shape
@@ -341,7 +342,8 @@ def decode_attention_triton(q: torch.Tensor, enc: EncodedKV | None, k_res: torch
         GK=enc.key_group if enc is not None else 16, KBITS=enc.key_bits if enc is not None else 8,
         GV=enc.value_group if enc is not None else 16, VBITS=enc.value_bits if enc is not None else 8,
         RP=max(16, triton.next_power_of_2(max(rank, 1))), SIDE_BITS=enc.side_bits if enc is not None else 8,
-        HAS_SIDE=rank > 0, BN=step, PTX=ptx, num_warps=num_warps, num_stages=num_stages)
+        HAS_SIDE=rank > 0, BN=step, PTX=ptx, num_warps=num_warps, num_stages=num_stages,
+        **({"maxnreg": maxnreg} if maxnreg else {}))
     out = torch.empty(b * hq, d, dtype=q.dtype, device=q.device)
     chunk = min(32, max(2, triton.next_power_of_2(splits)))
     _combine_kernel[(b * hq,)](o_part, lse, out, splits, D=d, SB=chunk)
