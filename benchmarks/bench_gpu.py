@@ -60,8 +60,8 @@ def median_ms(fn, device: str, graph: bool = False) -> float:
         import triton.testing
 
         if graph:
-            return triton.testing.do_bench_cudagraph(fn, rep=200, return_mode="median")
-        return triton.testing.do_bench(fn, warmup=50, rep=300, return_mode="median")
+            return triton.testing.do_bench_cudagraph(fn, rep=100, return_mode="median")
+        return triton.testing.do_bench(fn, warmup=25, rep=150, return_mode="median")
     fn()
     return statistics.median(wall_ms(fn, device) for _ in range(5))
 
@@ -409,7 +409,8 @@ def main() -> None:
     ap.add_argument("--device", default="cuda", choices=["cuda", "cpu"])
     ap.add_argument("--out", type=Path, required=True)
     ap.add_argument("--cap-gib", type=float, default=32.0, help="bf16 cache bytes per timed shape")
-    ap.add_argument("--sections", default="check,tune,decode,encode,model,block,memory", help="comma list")
+    ap.add_argument("--sections", default="check,tune,decode,encode,model,block,memory",
+                    help="comma list (run in this order)")
     args = ap.parse_args()
     want = set(args.sections.split(","))
     dev = args.device
@@ -457,6 +458,8 @@ def main() -> None:
         record("decode", decode_row, b, c, dev, copy_gbs, args.cap_gib)
     for b, c in ([(1, 32768), (8, 32768)] if gpu else [(1, 1024)]) if "encode" in want else ():
         record("encode", encode_row, b, c, dev, copy_gbs)
+    for c in ((4096, 32768) if gpu else (256,)) if "model" in want else ():
+        record("model", model_row, c, dev)
     rows = [r for r in res.get("decode", []) if "eager" in r and r["batch"] == 1 and "block" in want]
     for r in rows[:: 1 if gpu else 2][:2]:
         e = r["eager"]
@@ -464,8 +467,6 @@ def main() -> None:
         record("block", block_row, 1, r["context"], dev, args.cap_gib, kind, e["sdpa_backend"].get(kind, ""))
     if "memory" in want:
         record("memory", bench_memory, dev, 32768 if gpu else 4096, 16.0)
-    for c in ((4096, 32768) if gpu else (256,)) if "model" in want else ():
-        record("model", model_row, c, dev)
 
 
 if __name__ == "__main__":
