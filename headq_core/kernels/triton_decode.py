@@ -240,14 +240,15 @@ def _decode_kernel(q_ptr, kc_ptr, ks_ptr, kz_ptr, vc_ptr, vs_ptr, vz_ptr, sc_ptr
 
 
 @triton.jit
-def _combine_kernel(o_ptr, lse_ptr, out_ptr, S, D: tl.constexpr, SB: tl.constexpr):
-    """out[row] = sum_s 2^lse_s o_s / sum_s 2^lse_s over the S splits of one query row, ``SB``
-    splits per step with a running maximum (one program per query row)."""
+def _combine_kernel(o_ptr, lse_ptr, out_ptr, S, D: tl.constexpr, DC: tl.constexpr, SB: tl.constexpr):
+    """out[row, cols] = sum_s 2^lse_s o_s / sum_s 2^lse_s over the S splits of one query row, for the
+    ``DC`` columns of program (row, column block); ``SB`` splits per step (one step when S <= SB),
+    with a running maximum."""
     row = tl.program_id(0).to(tl.int64)
-    cols = tl.arange(0, D)
+    cols = tl.program_id(1) * DC + tl.arange(0, DC)
     m = tl.max(tl.full((SB,), float("-inf"), tl.float32), axis=0)
     den = tl.sum(tl.zeros((SB,), tl.float32), axis=0)
-    acc = tl.zeros((D,), tl.float32)
+    acc = tl.zeros((DC,), tl.float32)
     for s0 in range(0, S, SB):
         sp = s0 + tl.arange(0, SB)
         lse = tl.load(lse_ptr + row * S + sp, mask=sp < S, other=float("-inf"))
@@ -345,6 +346,7 @@ def decode_attention_triton(q: torch.Tensor, enc: EncodedKV | None, k_res: torch
         HAS_SIDE=rank > 0, BN=step, PTX=ptx, num_warps=num_warps, num_stages=num_stages,
         **({"maxnreg": maxnreg} if maxnreg else {}))
     out = torch.empty(b * hq, d, dtype=q.dtype, device=q.device)
-    chunk = min(32, max(2, triton.next_power_of_2(splits)))
-    _combine_kernel[(b * hq,)](o_part, lse, out, splits, D=d, SB=chunk)
+    dc = min(d, 32)  # (query row, 32 columns) per program: all splits in one step up to 256 of them
+    _combine_kernel[(b * hq, d // dc)](o_part, lse, out, splits, D=d, DC=dc,
+                                       SB=min(256, max(2, triton.next_power_of_2(splits))))
     return out.reshape(b, hq, 1, d)

@@ -151,3 +151,18 @@ def test_cache_decode_steps_read_the_packed_cache_with_the_kernel():
             out[mode] = layer.attend(call)
         assert layers["triton"].value_side.n_quant > layers["triton"].key_side.n_quant > 0
         assert torch.allclose(out["triton"].float(), out["off"].float(), atol=2e-2, rtol=2e-2)
+
+
+def test_combine_merges_many_splits_in_chunks():
+    """The split combine against softmax weights computed directly, with more splits than one step
+    takes (300 > 256) and a split that saw no token (lse = -inf)."""
+    from headq_core.kernels.triton_decode import _combine_kernel
+
+    gen = torch.Generator().manual_seed(10)
+    o = torch.randn(3, 300, 64, generator=gen)
+    lse = torch.randn(3, 300, generator=gen) * 4
+    lse[1, 7] = float("-inf")
+    out = torch.empty(3, 64)
+    _combine_kernel[(3, 2)](o, lse, out, 300, D=64, DC=32, SB=256)
+    w = torch.softmax(lse * torch.log(torch.tensor(2.0)), dim=-1)
+    assert torch.allclose(out, torch.einsum("rs,rsd->rd", w, o), atol=1e-5)
