@@ -49,6 +49,20 @@ def metric_names(doc: dict) -> list[str]:
     return [m for m in MAIN_METRICS if m in seen] + sorted(seen - set(MAIN_METRICS))
 
 
+SIDE_METRICS = {"key": ("key_mse", "score_mse", "fisher", "attn_kl", "route_flip"),
+                "value": ("value_mse", "value_a2", "readout_err")}
+
+
+def dense_side_note(doc: dict, run: str, metric: str) -> str | None:
+    """Why ``metric`` carries no information for ``run`` (its keys or values are not quantized),
+    or None. A run quantizing nothing on that side has all-zero errors there by definition."""
+    spec = next((r.get("spec") or {} for r in doc.get("runs", []) if r.get("name") == run), {})
+    for side, metrics in SIDE_METRICS.items():
+        if metric in metrics and spec.get(side) is None and spec.get("intervention") is None:
+            return f"{METRIC_LABELS.get(metric, metric)}: {side}s are not quantized in {run}"
+    return None
+
+
 def model_shape(doc: dict) -> tuple[int, int]:
     """``(layers, query heads)`` of the evaluated model."""
     model = doc.get("model") or {}

@@ -13,12 +13,13 @@ def open_page(console, url: str) -> None:
     console.page.wait_for_load_state("networkidle", timeout=TIMEOUT_MS)
 
 
-def wait_for_graphs(page, selector: str, count: int) -> None:
-    """Wait until ``count`` Plotly graphs under ``selector`` hold data."""
+def wait_for_graphs(page, selector: str, count: int, with_data: int | None = None) -> None:
+    """Wait until ``count`` Plotly graphs under ``selector`` are drawn and ``with_data`` of them
+    (default: all) hold data (the others show an empty state)."""
     page.wait_for_function(
-        """([sel, n]) => { const g = [...document.querySelectorAll(sel + ' .js-plotly-plot')];
-             return g.length === n && g.every(x => x.data && x.data.length > 0); }""",
-        arg=[selector, count],
+        """([sel, n, m]) => { const g = [...document.querySelectorAll(sel + ' .js-plotly-plot')];
+             return g.length === n && g.filter(x => x.data && x.data.length > 0).length === m; }""",
+        arg=[selector, count, count if with_data is None else with_data],
         timeout=TIMEOUT_MS,
     )
 

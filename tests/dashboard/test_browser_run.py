@@ -13,25 +13,33 @@ HEATMAPS = ".run-heatmap"
 
 
 def test_run_heatmaps_render_one_trace_each(server, job_id, document, page):
-    open_page(page, f"{server.url}/dashboard/run?job={job_id}&run=k2")
+    open_page(page, f"{server.url}/dashboard/run?job={job_id}&run=k2-v2")
     wait_for_graphs(page.page, HEATMAPS, 5)
     figs = figures(page.page, HEATMAPS)
     assert [len(f["data"]) for f in figs] == [1] * 5 and {f["data"][0]["type"] for f in figs} == {"heatmap"}
     for fig, metric in zip(figs, R.MAIN_METRICS, strict=False):
         assert metric in fig["title"]
-        expected = R.head_matrix(document, "k2", metric)
+        expected = R.head_matrix(document, "k2-v2", metric)
         np.testing.assert_allclose(np.array(fig["data"][0]["z"], dtype=float), expected, rtol=1e-12)
     screenshot(page.page, "run")
     assert page.errors == []
 
 
+def test_value_panel_of_a_key_only_run_says_values_are_dense(server, job_id, page):
+    open_page(page, f"{server.url}/dashboard/run?job={job_id}&run=k2")
+    wait_for_graphs(page.page, HEATMAPS, 5, with_data=4)
+    assert "values are not quantized in k2" in page.page.inner_text(".run-heatmap >> nth=3")
+    assert page.errors == []
+
+
 def test_click_selects_head_in_every_panel_and_opens_detail(server, job_id, document, page):
     open_page(page, f"{server.url}/dashboard/run?job={job_id}&run=k2-headq-r8")
-    wait_for_graphs(page.page, HEATMAPS, 5)
+    wait_for_graphs(page.page, HEATMAPS, 5, with_data=4)
     click_cell(page.page, HEATMAPS, layer=2, head=3)
     page.page.wait_for_selector("#run-detail-title:has-text('layer 2, head 3')", timeout=30_000)
     page.page.wait_for_function(
         """() => [...document.querySelectorAll('.run-heatmap .js-plotly-plot')]
+                 .filter(g => g.data.length)
                  .every(g => (g.layout.shapes || []).some(s => s.x0 === 2.5 && s.y0 === 1.5))""",
         timeout=30_000,
     )
@@ -48,7 +56,7 @@ def test_click_selects_head_in_every_panel_and_opens_detail(server, job_id, docu
 
 def test_deep_link_opens_job_run_and_head(server, job_id, page):
     open_page(page, f"{server.url}/dashboard/run?job={job_id}&run=k2-headq-r8-wrongsign&layer=1&head=4")
-    wait_for_graphs(page.page, HEATMAPS, 5)
+    wait_for_graphs(page.page, HEATMAPS, 5, with_data=4)
     assert "k2-headq-r8-wrongsign" in page.page.inner_text("#run-run")
     assert "layer 1, head 4" in page.page.inner_text("#run-detail-title")
     shapes = figures(page.page, HEATMAPS)[0]["shapes"]
@@ -60,11 +68,11 @@ def test_deep_link_opens_job_run_and_head(server, job_id, page):
 
 def test_log_scale_and_other_metric_selector(server, job_id, document, page):
     open_page(page, f"{server.url}/dashboard/run?job={job_id}&run=k2")
-    wait_for_graphs(page.page, HEATMAPS, 5)
+    wait_for_graphs(page.page, HEATMAPS, 5, with_data=4)
     page.page.click("#run-log input[type=checkbox]")
     page.page.wait_for_function(
         """() => [...document.querySelectorAll('.run-heatmap .js-plotly-plot')]
-                 .every(g => g.layout.title.text.endsWith('(log)'))""",
+                 .filter(g => g.data.length).every(g => g.layout.title.text.endsWith('(log)'))""",
         timeout=30_000,
     )
     fisher = np.array(figures(page.page, HEATMAPS)[0]["data"][0]["z"], dtype=float)

@@ -125,3 +125,14 @@ def test_budget_rows_kinds_and_bits(doc):
         assert row["excess"] == by_name[name]["excess_perplexity"]
     assert R.budget_kind({"key": {"bits": 2}, "intervention": {"dims": 8}}) == "other"
     assert R.budget_kind({"name": "dense"}) is None
+
+
+def test_dense_side_note_names_the_unquantized_side():
+    doc = make_results(layers=2, heads=2, kv_heads=1, head_dim=8, window=8, n_runs=8)
+    runs = {r["name"]: r["spec"] for r in doc["runs"]}
+    key_only = next(n for n, s in runs.items() if "key" in s and "value" not in s)
+    both = next(n for n, s in runs.items() if "key" in s and "value" in s)
+    assert "values are not quantized" in R.dense_side_note(doc, key_only, "value_a2")
+    assert R.dense_side_note(doc, key_only, "attn_kl") is None
+    assert R.dense_side_note(doc, both, "readout_err") is None
+    assert R.dense_side_note(doc, both, "entropy") is None

@@ -127,8 +127,11 @@ def draw_heatmaps(job, run, extra, log, selected):
     figs = []
     for panel in PANELS:
         metric = extra if panel == "extra" else panel
+        note = None if metric is None else R.dense_side_note(doc, run, metric)
         if metric is None or metric not in present:
             figs.append(figures.empty_figure(f"{metric or 'no other metric'}: not in these results"))
+        elif note is not None:
+            figs.append(figures.empty_figure(note))
         else:
             figs.append(figures.heatmap_figure(R.head_matrix(doc, run, metric), metric, bool(log), sel))
     return figs, None, True
