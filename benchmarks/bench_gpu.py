@@ -42,9 +42,11 @@ HEADQ = HeadQConfig(rank=8, side_bits=8)
 KINDS = ("headq", "sdpa_gqa", "sdpa_folded", "triton_bf16")
 # decode variants (ptx unpacking, block, warps, register cap), each compiled once; programs per SM
 # only change the grid
-COMPILED = ((True, 64, 4, 0), (True, 64, 4, 128), (True, 128, 4, 0), (True, 128, 8, 0), (True, 64, 2, 0),
-            (False, 64, 4, 0), (False, 128, 8, 0))
-TUNE = tuple((*c, ps) for c in COMPILED for ps in (2, 4, 8))
+COMPILED = ((True, 128, 4, 0), (True, 128, 4, 128), (True, 128, 2, 0), (True, 64, 2, 0), (True, 64, 4, 128),
+            (True, 256, 4, 0), (False, 128, 4, 0))
+SPLITS = ((2, 0), (4, 0), (8, 0), (16, 0), (8, 1024), (16, 1024))  # (programs per SM, min tokens)
+TUNE = tuple((*c, *sp) for c in COMPILED for sp in SPLITS)
+TUNE_SHAPES = ((1, 4096), (1, 32768), (8, 32768))
 
 
 def variant(ptx: bool, blk: int, warps: int, maxnreg: int) -> str:
@@ -112,8 +114,11 @@ class Layers:
             if DECODE_CFG:
                 return decode_attention_triton(*args, D**-0.5, 1, **DECODE_CFG)
             return decode_attention(*args)
-        if kind == "triton_bf16":  # the same split-K kernel reading the bf16 cache
+        if kind == "triton_bf16" and not q.is_cuda:
             return decode_attention(q, None, self.k[i], self.v[i])
+        if kind == "triton_bf16":  # the same split-K kernel reading the bf16 cache (its tuned settings)
+            return decode_attention_triton(q, None, self.k[i], self.v[i], None, D**-0.5, 1, block=64,
+                                           num_warps=2, num_stages=2, per_sm=4, min_tokens=0)
         if kind == "sdpa_gqa":
             return F.scaled_dot_product_attention(q, self.k[i], self.v[i], enable_gqa=True)
         b = q.shape[0]  # sdpa_folded: the query heads of a KV head as query positions (no mask)
@@ -235,25 +240,26 @@ def tune_row(batch: int, ctx: int, device: str, cap_gib: float, skip: list[str])
     n = layer_count(batch, ctx, device, cap_gib)
     lay = Layers(batch, ctx, n, device)
     row = {"batch": batch, "context": ctx, "ms": {}}
-    for ptx, blk, warps, regs, per_sm in TUNE:
+    for ptx, blk, warps, regs, per_sm, min_tokens in TUNE:
         if variant(ptx, blk, warps, regs) in skip:
             continue
-        cfg = {"ptx": ptx, "block": blk, "num_warps": warps, "maxnreg": regs or None, "per_sm": per_sm}
+        cfg = {"ptx": ptx, "block": blk, "num_warps": warps, "maxnreg": regs or None, "per_sm": per_sm,
+               "min_tokens": min_tokens}
 
         def run(cfg=cfg):
             for i in range(n):
                 args = (lay.q[i], lay.enc[i], lay.kr[i], lay.vr[i], lay.u[i], D**-0.5, 1)
                 decode_attention_triton(*args, **cfg)
 
-        name = f"decode_{variant(ptx, blk, warps, regs)}_persm{per_sm}"
+        name = f"decode_{variant(ptx, blk, warps, regs)}_persm{per_sm}_min{min_tokens}"
         try:
             row["ms"][name] = median_ms(run, device, graph=True) / n
             row.setdefault("cfg", {})[name] = cfg
         except Exception as exc:  # noqa: BLE001 - a variant that does not fit is reported, not fatal
             row["ms"][name] = None
             row.setdefault("errors", []).append(f"{name}: {type(exc).__name__}")
-    k, v = lay.k[0][:, :, : lay.n_q], lay.v[0][:, :, : lay.n_q]
-    for warps in (2, 4, 8):
+    k, v = lay.k[0][:, :, : lay.n_q].contiguous(), lay.v[0][:, :, : lay.n_q].contiguous()
+    for warps in (2, 4, 8) if ctx >= 32768 else ():
         ms = median_ms(lambda w=warps: encode_triton(k, v, 2, 32, 2, 32, lay.u[0], 8, num_warps=w), device)
         row["ms"][f"encode_warps{warps}"] = ms
     return row
@@ -445,11 +451,13 @@ def main() -> None:
     failed: list[str] = []
     if gpu and "check" in want:
         failed = record("check", check_row, dev).get("failed", [])
-    for b, c in ((1, 32768), (8, 32768)) if gpu and "tune" in want else ():
+    for b, c in TUNE_SHAPES if gpu and "tune" in want else ():
         record("tune", tune_row, b, c, dev, args.cap_gib, failed)
-    if "tune" in res and all("cfg" in r for r in res["tune"]):  # smallest summed time over the shapes
+    if "tune" in res and all("cfg" in r for r in res["tune"]):  # smallest sum over shapes of time / best
         names = [k for k in res["tune"][0]["cfg"] if all(r["ms"].get(k) for r in res["tune"])]
-        best = min(names, key=lambda k: sum(r["ms"][k] for r in res["tune"]))
+        fastest = [min(r["ms"][k] for k in names) for r in res["tune"]]
+        rel = {k: sum(r["ms"][k] / f for r, f in zip(res["tune"], fastest, strict=True)) for k in names}
+        best = min(names, key=rel.__getitem__)
         DECODE_CFG.update(res["tune"][0]["cfg"][best])
         res["decode_cfg"] = dict(DECODE_CFG)
         res["decode_best_per_shape"] = [min(names, key=lambda k, r=r: r["ms"][k]) for r in res["tune"]]

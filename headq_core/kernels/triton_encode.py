@@ -84,7 +84,7 @@ def _encode_kernel(k_ptr, v_ptr, u_ptr, kc_ptr, ks_ptr, kz_ptr, vc_ptr, vs_ptr, 
         h = bh % H
         u = tl.load(u_ptr + (h * D + cols[:, None]) * R + rcols[None, :], mask=rcols[None, :] < R, other=0.0)
         resid = x - (kcode * ks[None, :] + lo[None, :])
-        c = tl.dot(resid, u.to(tl.float32), input_precision="tf32x3")  # [GK, RP], ~fp32 on tensor cores
+        c = tl.dot(resid, u.to(tl.float32), input_precision="ieee")  # [GK, RP]
         rmask = rcols[None, :] < R
         if SIDE_BITS == 16:
             tl.store(sc_ptr + tok * R + rcols[None, :], c.to(tl.float16), mask=rmask)
@@ -105,7 +105,7 @@ def _encode_kernel(k_ptr, v_ptr, u_ptr, kc_ptr, ks_ptr, kz_ptr, vc_ptr, vs_ptr, 
 
 def encode_triton(k: torch.Tensor, v: torch.Tensor, key_bits: int, key_group: int, value_bits: int,
                   value_group: int, basis: torch.Tensor | None, side_bits: int,
-                  num_warps: int = 4) -> EncodedKV:
+                  num_warps: int = 2) -> EncodedKV:
     """Triton path of :func:`headq_core.kernels.encode` (inputs already validated; k, v
     [B, Hkv, N, d] with power-of-two d, key_group >= 16 and value_group, bits dividing 8)."""
     b, h, n, d = k.shape
