@@ -8,6 +8,9 @@ run cut short resumes where it stopped; ``--deadline-s`` starts no job after tha
 
     # the published run (on the H200, see docs/results.md for the exact command)
     python -m studies.paper.run --out /root/study --device cuda
+    # every job spec as a JSON file (what `headq submit` takes; calibration_job names the
+    # calibration job: replace it by that job's id on your server)
+    python -m studies.paper.run --out docs/results/paper/specs --write-specs
     # a smoke run of every job on the CPU here (tiny token counts, not for quoting)
     .venv/bin/python -m studies.paper.run --out /tmp/study-smoke --smoke
 """
@@ -86,12 +89,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--smoke", action="store_true", help="tiny token counts: checks the plumbing only")
     parser.add_argument("--every", type=int, default=1, help="keep dense and every N-th run (smoke runs)")
     parser.add_argument("--commit", default=None, help="the git commit the study runs (stored with each job)")
+    parser.add_argument("--write-specs", action="store_true",
+                        help="only write every job spec as <out>/<name>.json (for headq submit) and stop")
     args = parser.parse_args(argv)
     from workers.pipeline import ModelCache
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     jobs = study_jobs(SMOKE if args.smoke else Sizes())
+    if args.write_specs:
+        for job in jobs:
+            (out / f"{job.name}.json").write_text(json.dumps(job.spec, indent=1) + "\n")
+        print(f"wrote {len(jobs)} job specs to {out}")
+        return 0
     wanted = set(args.families or {j.family for j in jobs}) | {"calibration"}
     chosen = [j for j in jobs if j.family in wanted]
     for job in chosen:

@@ -40,3 +40,13 @@ def test_controls_and_calibrations():
     assert jobs[CAL_SHAKESPEARE].spec["dataset"]["name"] == "shakespeare"
     small = {j.name: j for j in study_jobs(SMOKE)}
     assert small["exp4-fullkv"].spec["dataset"]["max_tokens"] == SMOKE.eval_tokens
+
+
+def test_written_specs_are_the_study_jobs(tmp_path):
+    import json
+
+    from studies.paper.run import main
+
+    assert main(["--out", str(tmp_path), "--write-specs"]) == 0
+    for job in study_jobs():
+        assert json.loads((tmp_path / f"{job.name}.json").read_text()) == job.spec
