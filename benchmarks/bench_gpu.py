@@ -44,7 +44,7 @@ KINDS = ("headq", "sdpa_gqa", "sdpa_folded", "triton_bf16")
 # only change the grid
 COMPILED = ((True, 128, 4, 0), (True, 128, 4, 128), (True, 128, 2, 0), (True, 64, 2, 0), (True, 64, 4, 128),
             (True, 256, 4, 0), (False, 128, 4, 0))
-SPLITS = ((2, 0), (4, 0), (8, 0), (16, 0), (8, 1024), (16, 1024))  # (programs per SM, min tokens)
+SPLITS = ((2, 0), (4, 0), (8, 0), (16, 0), (8, 32), (16, 32))  # (programs per SM, max splits per head)
 TUNE = tuple((*c, *sp) for c in COMPILED for sp in SPLITS)
 TUNE_SHAPES = ((1, 4096), (1, 32768), (8, 32768))
 
@@ -118,7 +118,7 @@ class Layers:
             return decode_attention(q, None, self.k[i], self.v[i])
         if kind == "triton_bf16":  # the same split-K kernel reading the bf16 cache (its tuned settings)
             return decode_attention_triton(q, None, self.k[i], self.v[i], None, D**-0.5, 1, block=64,
-                                           num_warps=2, num_stages=2, per_sm=4, min_tokens=0)
+                                           num_warps=2, num_stages=2, per_sm=4, max_splits=0)
         if kind == "sdpa_gqa":
             return F.scaled_dot_product_attention(q, self.k[i], self.v[i], enable_gqa=True)
         b = q.shape[0]  # sdpa_folded: the query heads of a KV head as query positions (no mask)
@@ -240,18 +240,18 @@ def tune_row(batch: int, ctx: int, device: str, cap_gib: float, skip: list[str])
     n = layer_count(batch, ctx, device, cap_gib)
     lay = Layers(batch, ctx, n, device)
     row = {"batch": batch, "context": ctx, "ms": {}}
-    for ptx, blk, warps, regs, per_sm, min_tokens in TUNE:
+    for ptx, blk, warps, regs, per_sm, max_splits in TUNE:
         if variant(ptx, blk, warps, regs) in skip:
             continue
         cfg = {"ptx": ptx, "block": blk, "num_warps": warps, "maxnreg": regs or None, "per_sm": per_sm,
-               "min_tokens": min_tokens}
+               "max_splits": max_splits}
 
         def run(cfg=cfg):
             for i in range(n):
                 args = (lay.q[i], lay.enc[i], lay.kr[i], lay.vr[i], lay.u[i], D**-0.5, 1)
                 decode_attention_triton(*args, **cfg)
 
-        name = f"decode_{variant(ptx, blk, warps, regs)}_persm{per_sm}_min{min_tokens}"
+        name = f"decode_{variant(ptx, blk, warps, regs)}_persm{per_sm}_max{max_splits}"
         try:
             row["ms"][name] = median_ms(run, device, graph=True) / n
             row.setdefault("cfg", {})[name] = cfg

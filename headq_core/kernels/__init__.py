@@ -79,7 +79,8 @@ def decode_attention(q: torch.Tensor, enc: EncodedKV | None, k_res: torch.Tensor
     followed by the residual window k_res, v_res [B, Hkv, R, d]. Returns [B, Hq, 1, d] in q.dtype.
 
     Logits ``scale*<q, k^_j> + sign*scale*<U^T q, c^_j>`` (``scale`` defaults to ``d**-0.5``);
-    ``num_splits`` sets the Triton split count over all cached tokens (default: ~4 programs per SM)."""
+    ``num_splits`` sets the Triton split count over all cached tokens (default: about 8 programs per
+    SM, at most 32 splits per batch row and KV head)."""
     _require(q.dim() == 4 and q.shape[2] == 1 and q.is_floating_point(), "q",
              f"expected a float [B, Hq, 1, d], got {q.dtype} {list(q.shape)}")
     b, hq, _, d = q.shape

@@ -272,22 +272,24 @@ def _rows(t: torch.Tensor, heads: int) -> tuple[torch.Tensor, int]:
 
 
 def default_splits(batch_heads: int, tokens: int, block: int, device: torch.device, per_sm: int = 8,
-                   min_tokens: int = 1024) -> int:
-    """Token splits so that about ``per_sm`` programs run per multiprocessor, each over at least
-    ``min_tokens`` tokens (and one block) when there are that many."""
+                   max_splits: int = 32) -> int:
+    """Token splits per (batch, KV head) so that about ``per_sm`` programs run per multiprocessor,
+    at most ``max_splits`` (0: no cap) and at most one per ``block`` tokens."""
     sms = torch.cuda.get_device_properties(device).multi_processor_count if device.type == "cuda" else 4
-    return max(1, min(triton.cdiv(per_sm * sms, batch_heads), triton.cdiv(tokens, max(block, min_tokens))))
+    cap = max_splits or triton.cdiv(tokens, block)
+    return max(1, min(triton.cdiv(per_sm * sms, batch_heads), cap, triton.cdiv(tokens, block)))
 
 
 def decode_attention_triton(q: torch.Tensor, enc: EncodedKV | None, k_res: torch.Tensor | None,
                             v_res: torch.Tensor | None, basis: torch.Tensor | None, scale: float,
                             sign: int, num_splits: int | None = None, block: int = 128,
-                            num_warps: int = 4, num_stages: int = 1, per_sm: int = 8, min_tokens: int = 1024,
+                            num_warps: int = 4, num_stages: int = 1, per_sm: int = 8, max_splits: int = 32,
                             ptx: bool | None = None, maxnreg: int | None = None) -> torch.Tensor:
     """Triton path of :func:`headq_core.kernels.decode_attention` (inputs already validated):
     q [B, Hq, 1, d] -> [B, Hq, 1, d]; ``block`` tokens per loop step (rounded up to whole key
     groups), ``num_warps`` / ``num_stages`` per program, about ``per_sm`` programs per multiprocessor
-    over at least ``min_tokens`` tokens each (defaults: the best of the H200 sweep, docs/benchmarks.md);
+    and at most ``max_splits`` splits per (batch, KV head) (defaults: the split counts that were
+    fastest in the H200 sweep at every tuned shape, docs/benchmarks.md);
     ``ptx`` unpacks codes with inline PTX (:func:`unpack_ptx`; default: when compiled for a GPU, not
     under ``TRITON_INTERPRET=1``), else with float32 arithmetic (:func:`unpack`); ``maxnreg`` caps the
     registers per thread (more programs per multiprocessor)."""
@@ -301,7 +303,7 @@ def decode_attention_triton(q: torch.Tensor, enc: EncodedKV | None, k_res: torch
     n = enc.tokens if enc is not None else 0
     r_len = k_res.shape[2] if k_res is not None else 0
     step = triton.cdiv(block, enc.key_group) * enc.key_group if enc is not None else block
-    target = num_splits or default_splits(b * h, n + r_len, step, q.device, per_sm, min_tokens)
+    target = num_splits or default_splits(b * h, n + r_len, step, q.device, per_sm, max_splits)
     tok_per_split = triton.cdiv(triton.cdiv(n + r_len, target), step) * step
     n_q = triton.cdiv(n, tok_per_split)
     splits = n_q + triton.cdiv(r_len, tok_per_split)
