@@ -3,13 +3,15 @@
 Grid ``(B*Hkv, S)``: the quantized tokens and then the full-precision residual window are cut into
 splits of whole ``BN``-token blocks, one program each (a bf16-only cache runs as residual alone).
 Every program serves all query heads of its KV head (grouped-query attention, rows padded to
-``GP >= 16`` for ``tl.dot``). Per block it loads each code byte once (``[BN, d*bits/8]`` rows,
-contiguous), splits the bytes into bit planes and joins them back into channel order in registers
-(:func:`unpack`), dequantizes with the fp16 scales/zeros of the ``BN/GK`` key groups and the
-per-token value groups, adds the HeadQ correction ``sign * <U^T q, c^>`` and keeps an online
-softmax. The next block's bytes are loaded before the current one is used (prefetch by hand). Each
-program writes a normalised partial output and its log-sum-exp; :func:`_combine_kernel` merges the
-splits of one query row in chunks. Logits are in base 2 (``q`` is scaled by ``scale * log2(e)``).
+``GP >= 16`` for ``tl.dot``). Per block it loads the code rows once as int32 words
+(``[BN, d*bits/32]``), turns them into codes without int-to-float conversions (:func:`unpack_ptx`
+on the GPU, :func:`unpack` with float32 magic numbers elsewhere; bit planes are joined back into
+channel order in registers), dequantizes with the fp16 scales/zeros of the ``BN/GK`` key groups and
+the per-token value groups, adds the HeadQ correction ``sign * <U^T q, c^>`` and keeps an online
+softmax. The next block is loaded before the current one is used (prefetch by hand). Each program
+writes a normalised partial output and its log-sum-exp; :func:`_combine_kernel` merges the splits
+(one program per query row and 32 columns). Logits are in base 2 (``q`` is scaled by
+``scale * log2(e)``).
 """
 
 from __future__ import annotations
