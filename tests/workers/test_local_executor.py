@@ -113,17 +113,19 @@ def test_one_worker_per_gpu_each_pinned_to_its_own_device(settings, options, ses
     assert executor.concurrency == 2
     executor.start()
     try:
-        def two_workers() -> dict[str, int] | None:
-            pids = executor.worker_pids()
-            return pids if len(pids) == 2 else None
-        pids = wait_for(two_workers, 60, "two workers")
-        devices = set()
-        for pid in pids.values():
+        def environ(pid: int) -> dict[str, str]:
             reap(pid)
-            environ = dict(item.split("=", 1) for item in
-                           Path(f"/proc/{pid}/environ").read_text().split("\0") if "=" in item)
-            devices.add(environ["CUDA_VISIBLE_DEVICES"])
-        assert devices == {"3", "5"}
+            return dict(item.split("=", 1) for item in
+                        Path(f"/proc/{pid}/environ").read_text().split("\0") if "=" in item)
+
+        def two_workers_devices() -> set[str] | None:
+            """The two workers' CUDA_VISIBLE_DEVICES, once both have exec'd (a process between
+            fork and exec can show an empty environment)."""
+            pids = executor.worker_pids()
+            envs = [environ(pid) for pid in pids.values()] if len(pids) == 2 else []
+            ok = envs and all("CUDA_VISIBLE_DEVICES" in e for e in envs)
+            return {e["CUDA_VISIBLE_DEVICES"] for e in envs} if ok else None
+        assert wait_for(two_workers_devices, 60, "two workers") == {"3", "5"}
         assert job_row(sessions, jobs[2].id).status == "queued"  # the third waits for a free GPU
         for job in jobs:
             assert wait_status(sessions, job.id, FINISHED, 180, tmp_path).status == "succeeded"
