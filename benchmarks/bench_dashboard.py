@@ -30,8 +30,9 @@ import httpx
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from tests.chromium import CHROMIUM, CHROMIUM_ARGS  # noqa: E402
 from tests.dashboard.browser import click_cell  # noqa: E402
-from tests.dashboard.conftest import CHROMIUM, CHROMIUM_ARGS, start_api  # noqa: E402
+from tests.dashboard.conftest import start_api  # noqa: E402
 from tests.dashboard.synthetic import make_results  # noqa: E402
 
 DRAWN = """() => { const g = [...document.querySelectorAll('.run-heatmap .js-plotly-plot')];

@@ -29,9 +29,10 @@ _SEPARATOR = "\n\f\n"
 
 @dataclass(frozen=True)
 class CorpusSpec:
-    """Where text comes from. ``builtin``: ``name`` in :data:`BUILTIN_NAMES` (``sotu``: addresses of
-    1934-2001 / 2002-2021; ``shakespeare``: five comedies / four tragedies), split ``calibration`` or ``eval``;
-    ``hf``: ``datasets.load_dataset(name, config, split=split)``; ``files``: local text files."""
+    """Where text comes from. ``builtin``: ``name`` in :data:`BUILTIN_NAMES` (``sotu``: addresses
+    of 1934-2001 / 2002-2021; ``shakespeare``: five comedies / four tragedies), split
+    ``calibration`` or ``eval``; ``hf``: ``datasets.load_dataset(name, config, split=split)``;
+    ``files``: local text files."""
 
     source: Literal["builtin", "hf", "files"] = "builtin"
     name: str | None = "sotu"
@@ -70,9 +71,8 @@ class CorpusSpec:
 def load_texts(spec: CorpusSpec) -> list[str]:
     """The corpus as a list of non-empty documents."""
     if spec.source == "builtin":
-        resource = (
-            importlib.resources.files("headq_core.data") / str(spec.name) / f"{BUILTIN_SPLITS[spec.split]}.txt.gz"
-        )
+        data = importlib.resources.files("headq_core.data")
+        resource = data / str(spec.name) / f"{BUILTIN_SPLITS[spec.split]}.txt.gz"
         return gzip.decompress(resource.read_bytes()).decode("utf-8").split(_SEPARATOR)
     import datasets
 

@@ -39,10 +39,11 @@ def main(argv: list[str] | None = None) -> int:
     (out / "summary.json").write_text(json.dumps(summary, indent=1) + "\n")
     (out / "tables.md").write_text(markdown(summary, run_records(items.values())))
     if not args.no_figures:
-        from studies.paper.render import render_png
+        from studies.paper.render import chromium, render_png
 
-        for name, build in figure_specs(items, summary).items():
-            (out / name).write_bytes(render_png(build()))
+        with chromium() as browser:
+            for name, build in figure_specs(items, summary).items():
+                (out / name).write_bytes(render_png(browser, build()))
     missing = summary["missing_jobs"]
     print(f"{len(items)} job files, missing {len(missing)}: {' '.join(missing) or 'none'}; wrote {out}")
     return 0

@@ -18,17 +18,6 @@ from app.main import create_app
 from app.settings import Settings
 from tests.dashboard.synthetic import make_results
 
-CHROMIUM = Path("/usr/bin/chromium")
-CHROMIUM_ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
 SCREENSHOTS = Path(__file__).resolve().parents[2] / "docs" / "screenshots"
 
 
@@ -97,18 +86,6 @@ def job_id(server: LiveServer, document: dict) -> str:
     resp = httpx.post(f"{server.url}/api/v1/results/import", json=document, timeout=30)
     assert resp.status_code == 201, resp.text
     return resp.json()["items"][0]["id"]
-
-
-@pytest.fixture(scope="session")
-def browser():
-    if not CHROMIUM.exists():
-        pytest.skip(f"{CHROMIUM} is absent: apt-get install -y chromium chromium-driver")
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as pw:
-        chromium = pw.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
-        yield chromium
-        chromium.close()
 
 
 class ConsolePage:

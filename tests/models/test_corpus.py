@@ -1,4 +1,4 @@
-"""Corpus: the built-in State of the Union and Shakespeare splits, local files through ``datasets``, windows."""
+"""Corpus: the built-in SOTU and Shakespeare splits, local files through ``datasets``, windows."""
 
 import json
 from importlib import resources

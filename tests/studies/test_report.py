@@ -8,8 +8,6 @@ import gzip
 import json
 from pathlib import Path
 
-import pytest
-
 from app.api.schemas import Bundle
 from studies.paper import report as P
 from studies.paper.bundle import bundle_bytes, make_bundle
@@ -87,13 +85,13 @@ def test_main_writes_every_output_and_names_missing_jobs(tmp_path: Path):
     assert [j["results"]["kind"] for j in bundle["jobs"]] == ["evaluation"]
 
 
-@pytest.mark.skipif(not Path("/usr/bin/chromium").exists(), reason="/usr/bin/chromium is absent")
-def test_render_draws_a_png():
+def test_render_draws_a_png(browser):
     from app.dashboard.figures import budget_figure
     from studies.paper.render import render_png
 
     png = render_png(
-        budget_figure([{"run": "k2", "kind": "plain", "key_bits": 3.0, "excess": 1.0}]), width=300, height=200
+        browser, budget_figure([{"run": "k2", "kind": "plain", "key_bits": 3.0, "excess": 1.0}]),
+        width=300, height=200,
     )
     assert png[:8] == b"\x89PNG\r\n\x1a\n"
     width, height = int.from_bytes(png[16:20], "big"), int.from_bytes(png[20:24], "big")
