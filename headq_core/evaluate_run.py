@@ -10,8 +10,8 @@ that run's own inputs, the dense logits with the quantized ones.
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, replace
 
 import torch
 
@@ -21,7 +21,6 @@ from headq_core.headq import (
     decode_side,
     encode_side,
     key_pca_basis,
-    logit_correction,
     random_basis,
 )
 from headq_core.intervention import perturb_keys
@@ -49,6 +48,28 @@ class LayerView:
 
 
 MetricsSink = Callable[[LayerView], None]
+BAND_ROWS = 128
+
+
+def band_blocks(mask: torch.Tensor, rows: int = BAND_ROWS) -> Iterator[tuple[int, int, int]]:
+    """``(t0, t1, j0)`` per block of ``rows`` query rows of a decode mask bool [L, L] (a prefix of
+    each row, growing with t): rows t0..t1-1 read every key below j0 quantized, so the keys they read
+    exactly (causal, ``j <= t``) lie in [j0, t1). Blocks with nothing exact are skipped."""
+    counts = mask.sum(-1).tolist()
+    for t0 in range(0, mask.shape[0], rows):
+        t1 = min(mask.shape[0], t0 + rows)
+        if counts[t0] < t1:
+            yield t0, t1, int(counts[t0])
+
+
+def exact_band(call: AttentionCall, raw: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Put the exact logits back into ``raw`` [b, hq, L, L] (quantized-key logits) where ``mask``
+    says the key is read exactly: only the band near the diagonal is recomputed. In place."""
+    for t0, t1, j0 in band_blocks(mask):
+        exact = replace(call, query=call.query[:, :, t0:t1], key=call.key[:, :, j0:t1]).raw_scores()
+        block = raw[..., t0:t1, j0:t1]
+        block.copy_(torch.where(mask[t0:t1, j0:t1], block, exact))
+    return raw
 
 
 class RunAttention:
@@ -69,8 +90,12 @@ class RunAttention:
             raise ValueError(f"calibration: run {run.name!r} needs a calibration (query basis)")
         self.run, self.basis_for, self.sink = run, basis_for, sink
 
-    def _keys(self, call: AttentionCall, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(raw logits of the run's keys with the HeadQ term [b, hq, L, L], effective keys [b, hkv, L, d])."""
+    def _keys(self, call: AttentionCall) -> tuple[torch.Tensor, torch.Tensor]:
+        """(raw logits of the run's keys with the HeadQ term [b, hq, L, L], effective keys [b, hkv, L, d]).
+
+        HeadQ's logits ``tau <q, k^> + sign tau <U^T q, c^>`` are computed as ``tau <q, k^ + sign U c^>``
+        (the same numbers, ``headq.correction_keys``; one matmul, no extra [L, L] pass); the caller
+        keeps them only where the decode rule reads the key quantized."""
         cfg, k = self.run.key, call.key.to(call.work_dtype)
         assert cfg is not None
         k_hat = fake_quantize(k, cfg)
@@ -79,10 +104,9 @@ class RunAttention:
             assert basis_for is not None  # checked in __init__
             iv = self.run.intervention
             k_hat = perturb_keys(k, k_hat, basis_for(call.layer, iv.dims), iv)
-        raw = call.raw_scores(k_hat)
         hq = self.run.headq
         if hq is None:
-            return raw, k_hat
+            return call.raw_scores(k_hat), k_hat
         residual = k - k_hat
         if hq.basis == "query_pca":
             assert basis_for is not None
@@ -97,8 +121,8 @@ class RunAttention:
         side = encode_side(residual[..., :n_q, :], basis, hq.side_bits, scale=hq.side_scale,
                            group_size=cfg.group_size)
         c_hat = torch.nn.functional.pad(decode_side(side), (0, 0, 0, k.shape[-2] - n_q))
-        raw = raw + logit_correction(call.query, basis, c_hat, call.scaling, hq.sign, mask)
-        return raw, k_hat + correction_keys(basis, c_hat, hq.sign)
+        key_eff = k_hat + correction_keys(basis, c_hat, hq.sign)
+        return call.raw_scores(key_eff), key_eff
 
     def _values(self, call: AttentionCall, probs: torch.Tensor) -> torch.Tensor | None:
         """Quantized values [b, hkv, L, d] as read once quantized (None for dense values)."""
@@ -118,19 +142,29 @@ class RunAttention:
         if q_len != kv_len:
             raise ValueError("window: the teacher-forced evaluator runs without a cache (q_len == kv_len)")
         device = call.query.device
-        raw_dense = call.raw_scores()
         k_mask = decode_mask(q_len, kv_len, self.run.key).to(device)
-        raw, key_eff = raw_dense, call.key.to(call.work_dtype)
-        if self.run.key is not None:
-            raw_quant, key_eff = self._keys(call, k_mask)
-            raw = torch.where(k_mask, raw_quant, raw_dense)
+        if self.run.key is None:
+            raw = raw_dense = call.raw_scores()
+            key_eff = call.key.to(call.work_dtype)
+        else:
+            raw, key_eff = self._keys(call)
+            if self.sink is None:  # no metrics: exact logits only where the decode rule reads them
+                raw = exact_band(call, raw, k_mask)
+            else:
+                raw_dense = call.raw_scores()
+                raw = torch.where(k_mask, raw, raw_dense)
         probs = torch.softmax(call.finish(raw), dim=-1)
         v_mask = decode_mask(q_len, kv_len, self.run.value).to(device)
         value_hat = self._values(call, probs)
         v = call.value.to(probs.dtype)
-        out = probs @ call.expand(v)
-        if value_hat is not None:
-            out = out + (probs * v_mask) @ call.expand(value_hat.to(probs.dtype) - v)
+        if value_hat is None:
+            out = call.read(probs, v)
+        else:  # read every value quantized, then the exact ones of the band
+            v_hat = value_hat.to(probs.dtype)
+            out = call.read(probs, v_hat)
+            for t0, t1, j0 in band_blocks(v_mask):
+                exact = probs[..., t0:t1, j0:t1] * ~v_mask[t0:t1, j0:t1]
+                out[..., t0:t1, :] += call.read(exact, v[..., j0:t1, :] - v_hat[..., j0:t1, :])
         if self.sink is not None:
             self.sink(LayerView(call, call.cap(raw_dense), call.cap(raw), k_mask, key_eff, v_mask, value_hat))
         return out.to(call.query.dtype)

@@ -51,10 +51,21 @@ class AttentionCall:
         return torch.promote_types(self.query.dtype, torch.float32)
 
     def raw_scores(self, key: torch.Tensor | None = None) -> torch.Tensor:
-        """``scaling * <q_t, k_j>`` in ``work_dtype``: [batch, q_heads, q_len, kv_len]."""
+        """``scaling * <q_t, k_j>`` in ``work_dtype``: [batch, q_heads, q_len, kv_len]. The query heads
+        of a KV head share one matmul against it (no repeated keys); the scale goes on the queries."""
         k = self.key if key is None else key
         dt = self.work_dtype
-        return self.scaling * (self.query.to(dt) @ self.expand(k.to(dt)).transpose(-1, -2))
+        b, hq, t, d = self.query.shape
+        hkv = k.shape[1]
+        q = (self.query.to(dt) * self.scaling).reshape(b, hkv, (hq // hkv) * t, d)
+        return (q @ k.to(dt).transpose(-1, -2)).view(b, hq, t, k.shape[-2])
+
+    def read(self, probs: torch.Tensor, value: torch.Tensor) -> torch.Tensor:
+        """``probs`` [batch, q_heads, q_len, n] times ``value`` [batch, kv_heads, n, d] ->
+        [batch, q_heads, q_len, d]: one matmul per KV head for all its query heads."""
+        b, hq, t, n = probs.shape
+        hkv = value.shape[1]
+        return (probs.reshape(b, hkv, (hq // hkv) * t, n) @ value).view(b, hq, t, value.shape[-1])
 
     def cap(self, raw: torch.Tensor) -> torch.Tensor:
         """Apply the model's logit softcap, if any."""

@@ -38,11 +38,12 @@ def _decode_loop_nll(lm, ids, key_cfg, value_cfg):
     return total
 
 
+@pytest.mark.parametrize("heads", [True, False], ids=["with-metrics", "band-only"])
 @pytest.mark.parametrize("family", ["llama", "gpt_neox"])
-def test_perplexity_is_decode_exact(family):
+def test_perplexity_is_decode_exact(family, heads):
     lm = loaded(family)
     runs = [RunSpec("dense"), RunSpec("k2", key=K2), RunSpec("kv2", key=K2, value=V2)]
-    doc = evaluate(lm, SPEC, runs, window=12, max_tokens=24)
+    doc = evaluate(lm, SPEC, runs, window=12, max_tokens=24, heads=heads)
     windows = corpus_windows(lm.tokenizer, SPEC, 12, 24)
     rows = {r["name"]: r for r in doc["runs"]}
     for run in runs:
@@ -183,3 +184,27 @@ def test_batched_windows_give_the_same_numbers():
             assert b[metric] == pytest.approx(a[metric], rel=1e-4, abs=1e-9)
     with pytest.raises(ValueError, match="batch"):
         evaluate(lm, SPEC, runs, window=12, max_tokens=24, batch=0)
+
+
+def test_metrics_path_and_band_path_agree():
+    """Without metrics the evaluator recomputes exact logits / values only in the band near the
+    diagonal (``evaluate_run.exact_band``); with metrics it computes them everywhere."""
+    from headq_core.config import ValuePolicyConfig
+    from headq_core.evaluate_run import band_blocks
+    from headq_core.schedule import decode_mask
+
+    mask = decode_mask(300, 300, QuantConfig(bits=2, group_size=32, residual=40))
+    blocks = list(band_blocks(mask, rows=128))
+    assert blocks == [(0, 128, 0), (128, 256, 64), (256, 300, 192)]
+    for t0, t1, j0 in blocks:  # every exact causal (t, j) of the rows lies in [j0, t1)
+        rows = ~mask[t0:t1] & torch.ones(t1 - t0, 300, dtype=torch.bool).tril(t0)
+        assert not rows[:, :j0].any() and not rows[:, t1:].any()
+    lm = loaded("llama")
+    k2 = QuantConfig(bits=2, axis="per_channel", group_size=4, residual=3)
+    policy = ValuePolicyConfig(mode="online", keep_fraction=0.3)
+    runs = [RunSpec("k2", key=k2), RunSpec("k2_h", key=k2, headq=HeadQConfig(rank=4, basis="random")),
+            RunSpec("kv2a2", key=k2, value=V2, value_policy=policy), RunSpec("v2", value=V2)]
+    full = evaluate(lm, SPEC, runs, window=300, max_tokens=300)  # three row blocks of the band
+    band = evaluate(lm, SPEC, runs, window=300, max_tokens=300, heads=False)
+    for a, b in zip(full["runs"], band["runs"], strict=True):
+        assert b["nll"] == pytest.approx(a["nll"], rel=1e-6)
