@@ -3,38 +3,12 @@ section headed with the jobs its numbers come from."""
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 from studies.paper.analysis import BASES, GOAL_RUN, PREDICTORS
+from studies.paper.mdformat import md_table, num, pct, section, vs
 from studies.paper.records import Record, job_names
-
-
-def md_table(headers: Sequence[str], rows: Iterable[Sequence[Any]]) -> str:
-    """A markdown table; None cells print as ``–``."""
-    lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
-    lines += ["| " + " | ".join("–" if c is None else str(c) for c in row) + " |" for row in rows]
-    return "\n".join(lines)
-
-
-def pct(v: float | None) -> str | None:
-    """A share as a percentage with one decimal."""
-    return None if v is None else f"{100 * v:.1f}%"
-
-
-def num(v: float | None, digits: int = 4) -> str | None:
-    """A number with ``digits`` significant digits."""
-    return None if v is None else f"{v:.{digits}g}"
-
-
-def _vs(values: Sequence[float | None], digits: int = 4) -> str:
-    return " vs ".join(num(v, digits) or "–" for v in values)
-
-
-def section(title: str, jobs: Iterable[str], body: str) -> str:
-    """A ``##`` section naming its source jobs."""
-    names = ", ".join(f"`{j}`" for j in jobs) or "(no job file)"
-    return f"## {title}\n\nFrom: {names}\n\n{body}\n"
 
 
 def markdown(s: dict[str, Any], records: Sequence[Record]) -> str:
@@ -156,7 +130,7 @@ def _exp2_md(e: dict[str, Any], jobs: list[str]) -> str:
                 p["dims"],
                 num(p["key_mse_ratio"], 3),
                 num(p["attn_kl_ratio"], 3),
-                _vs(p["perplexity"], 5),
+                vs(p["perplexity"], 5),
             ]
             for p in e["null_space_pairs"]
         ],
@@ -180,9 +154,9 @@ def _counter_md(c: dict[str, Any], jobs: list[str]) -> str:
                     p["residual"],
                     p["lower_mse"],
                     p["other"],
-                    _vs(p["key_mse"]),
-                    _vs(p["attn_kl"]),
-                    _vs(p["perplexity"], 5),
+                    vs(p["key_mse"]),
+                    vs(p["attn_kl"]),
+                    vs(p["perplexity"], 5),
                 ]
                 for p in pairs
             ],
@@ -202,9 +176,9 @@ def _counter_md(c: dict[str, Any], jobs: list[str]) -> str:
                 b["base"],
                 b["rank"],
                 num(b["key_bits"]),
-                _vs(b["key_mse"]),
-                _vs(b["attn_kl"]),
-                _vs(b["perplexity"], 5),
+                vs(b["key_mse"]),
+                vs(b["attn_kl"]),
+                vs(b["perplexity"], 5),
                 b["counterexample"],
             ]
             for b in bases

@@ -11,7 +11,7 @@ from pathlib import Path
 from app.api.schemas import Bundle
 from studies.paper import report as P
 from studies.paper.bundle import bundle_bytes, make_bundle
-from studies.paper.markdown import md_table
+from studies.paper.mdformat import md_table
 from studies.paper.specs import CAL_SOTU, Sizes, study_jobs
 from studies.paper.summary import clean, paper_rows
 from tests.studies.handmade import K2, K3, hq, item, run
