@@ -16,7 +16,7 @@ import json
 import time
 from pathlib import Path
 
-import torch
+from scipy.stats import spearmanr
 
 from headq_core.calibrate import calibrate
 from headq_core.config import HeadQConfig, QuantConfig, RunSpec
@@ -26,21 +26,8 @@ from headq_core.models.loading import BUILTIN_SMOLLM2, load_model
 
 
 def spearman(x: list[float], y: list[float]) -> float:
-    """Spearman rank correlation (average ranks for ties)."""
-
-    def ranks(v: list[float]) -> torch.Tensor:
-        t = torch.tensor(v, dtype=torch.float64)
-        order = t.argsort()
-        r = torch.empty_like(t)
-        r[order] = torch.arange(len(v), dtype=torch.float64)
-        for value in t.unique():  # average ranks of ties
-            tie = t == value
-            r[tie] = r[tie].mean()
-        return r
-
-    rx, ry = ranks(x), ranks(y)
-    rx, ry = rx - rx.mean(), ry - ry.mean()
-    return float((rx * ry).sum() / (rx.norm() * ry.norm()))
+    """Spearman rank correlation (scipy; average ranks for ties)."""
+    return float(spearmanr(x, y).statistic)
 
 
 def main() -> None:
