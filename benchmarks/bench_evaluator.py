@@ -26,6 +26,7 @@ from pathlib import Path
 
 import torch
 import transformers
+from bench_timing import wall_ms
 from transformers import LlamaConfig, LlamaForCausalLM
 
 from headq_core.config import HeadQConfig, QuantConfig, RunSpec, ValuePolicyConfig
@@ -66,23 +67,16 @@ def forward_flops(model: LlamaForCausalLM, batch: int, window: int) -> float:
     return batch * (2.0 * weights * window + attention)
 
 
-def matmul_flops_per_s(dtype: torch.dtype, device: str, n: int, sync: Callable[[], None]) -> float:
+def matmul_flops_per_s(dtype: torch.dtype, device: str, n: int) -> float:
     """Measured throughput of an n x n x n matmul in ``dtype`` (the same run's FLOP ceiling)."""
     a, b = torch.randn(n, n, device=device, dtype=dtype), torch.randn(n, n, device=device, dtype=dtype)
-    times = timed(lambda: a @ b, 5, sync)
-    return 2.0 * n**3 / statistics.median(times)
+    return 2.0 * n**3 / median_s(lambda: a @ b, 5, device)
 
 
-def timed(fn: Callable[[], object], repeats: int, sync: Callable[[], None]) -> list[float]:
+def median_s(fn: Callable[[], object], repeats: int, device: str) -> float:
+    """Median seconds of ``repeats`` synchronised calls of ``fn`` after one warm-up call."""
     fn()
-    sync()
-    out = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        sync()
-        out.append(time.perf_counter() - start)
-    return out
+    return statistics.median(wall_ms(fn, device) for _ in range(repeats)) / 1e3
 
 
 def nll_step(model: LlamaForCausalLM, ids: torch.Tensor, handler: RunAttention | None) -> float:
@@ -111,7 +105,6 @@ def main() -> None:
     args = parser.parse_args()
     dtype = getattr(torch, args.dtype)
     cuda = args.device.startswith("cuda")
-    sync = torch.cuda.synchronize if cuda else (lambda: None)
     model = build(args.shape, dtype, args.device)
     info = model.config
     ids = torch.randint(0, info.vocab_size, (args.windows, args.window), device=args.device)
@@ -120,9 +113,9 @@ def main() -> None:
     cases: dict[str, RunAttention | None] = {"dense": None}
     cases.update({name: RunAttention(run) for name, run in RUNS.items()})
     cases["k2 + metrics"] = RunAttention(RUNS["k2"], sink=metrics.add)
-    seconds = {name: statistics.median(timed(lambda h=h: nll_step(model, ids, h), args.repeats, sync))
+    seconds = {name: median_s(lambda h=h: nll_step(model, ids, h), args.repeats, args.device)
                for name, h in cases.items()}
-    ceiling = matmul_flops_per_s(dtype, args.device, args.matmul_n or (8192 if cuda else 2048), sync)
+    ceiling = matmul_flops_per_s(dtype, args.device, args.matmul_n or (8192 if cuda else 2048))
     flops = forward_flops(model, args.windows, args.window)
     dense_share = flops / seconds["dense"] / ceiling
     rows = [{"case": name, "seconds": s, "vs_dense": s / seconds["dense"],

@@ -14,13 +14,10 @@ formula. ``--device cpu`` times the reference path on small shapes instead.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import datetime
 import json
 import platform
-import statistics
 import sys
-import time
 from pathlib import Path
 
 import torch
@@ -29,16 +26,14 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from headq_core.budget import effective_bits  # noqa: E402
-from headq_core.config import HeadQConfig, QuantConfig  # noqa: E402
+from bench_timing import GIB, copy_bandwidth, median_ms, nbytes  # noqa: E402
+from gpu_model import bench_memory, model_row  # noqa: E402
+from gpu_shapes import HEADQ, HIDDEN, HKV, HQ, KEY, LAYERS, VALUE, D  # noqa: E402
+
 from headq_core.kernels import decode_attention, encode  # noqa: E402
 from headq_core.kernels.triton_decode import decode_attention_triton  # noqa: E402
 from headq_core.schedule import quantized_count  # noqa: E402
 
-HQ, HKV, D, LAYERS, HIDDEN = 32, 8, 128, 32, 4096
-KEY = QuantConfig(bits=2, axis="per_channel", group_size=32, residual=128)
-VALUE = QuantConfig(bits=2, axis="per_token", group_size=32, residual=128)
-HEADQ = HeadQConfig(rank=8, side_bits=8)
 KINDS = ("headq", "sdpa_gqa", "sdpa_folded", "triton_bf16")
 # decode variants (ptx unpacking, block, warps, register cap), each compiled once; programs per SM
 # only change the grid
@@ -52,43 +47,8 @@ TUNE_SHAPES = ((1, 4096), (1, 32768), (8, 32768))
 def variant(ptx: bool, blk: int, warps: int, maxnreg: int) -> str:
     return f"ptx{int(ptx)}_block{blk}_warps{warps}_regs{maxnreg or 'auto'}"
 DECODE_CFG: dict = {}  # the tuned decode launch settings, chosen first on GPU
-_B, GIB = SDPBackend, 1 << 30
+_B = SDPBackend
 BACKENDS = (_B.FLASH_ATTENTION, _B.EFFICIENT_ATTENTION, _B.CUDNN_ATTENTION, _B.MATH)
-
-
-def median_ms(fn, device: str, graph: bool = False) -> float:
-    """Median time of ``fn`` in ms: CUDA events (eager or graph replay) on GPU, perf_counter on CPU."""
-    if device == "cuda":
-        import triton.testing
-
-        if graph:
-            return triton.testing.do_bench_cudagraph(fn, rep=100, return_mode="median")
-        return triton.testing.do_bench(fn, warmup=25, rep=150, return_mode="median")
-    fn()
-    return statistics.median(wall_ms(fn, device) for _ in range(5))
-
-
-def wall_ms(fn, device: str) -> float:
-    """Host-clock time of one call of ``fn`` in ms, the device synchronised on both sides."""
-    sync = torch.cuda.synchronize if device == "cuda" else lambda: None
-    sync()
-    t0 = time.perf_counter()
-    fn()
-    sync()
-    return (time.perf_counter() - t0) * 1e3
-
-
-def copy_bandwidth(device: str) -> float:
-    """Device-to-device copy bandwidth in GB/s, bytes read plus written, 2 GiB buffers."""
-    size = 2 * GIB if device == "cuda" else GIB // 8
-    src = torch.randint(0, 255, (size,), dtype=torch.uint8, device=device)
-    dst = torch.empty_like(src)
-    ms = median_ms(lambda: dst.copy_(src), device)
-    return 2 * src.numel() / ms / 1e6
-
-
-def nbytes(*ts: torch.Tensor | None) -> int:
-    return sum(t.numel() * t.element_size() for t in ts if t is not None)
 
 
 class Layers:
@@ -292,93 +252,6 @@ def block_row(batch: int, ctx: int, device: str, cap_gib: float, bf16: str, back
             t_b = median_ms(lambda: step(bf16), device, graph) / n
         t_q = median_ms(lambda: step("headq"), device, graph) / n
         row[mode] = {"bf16_ms": t_b, "headq_ms": t_q, "time_ratio": t_q / t_b}
-    return row
-
-
-def bench_memory(device: str, ctx: int, budget_gib: float) -> dict:
-    """Bytes one layer's cache really allocates vs the budget formula, and the longest context that
-    fits a fixed budget for all 32 layers (B=1), quantized vs bf16."""
-    n_q = quantized_count(ctx, KEY)
-    k = torch.randn(1, HKV, ctx, D, device=device).bfloat16()
-    v = torch.randn_like(k)
-    u = torch.linalg.qr(torch.randn(HKV, D, HEADQ.rank, device=device))[0]
-    if device == "cuda":
-        torch.cuda.synchronize()
-        before = torch.cuda.memory_allocated()
-    enc = encode(k[:, :, :n_q], v[:, :, :n_q], KEY, VALUE, basis=u)
-    kr, vr = k[:, :, n_q:].clone(), v[:, :, n_q:].clone()
-    alloc = torch.cuda.memory_allocated() - before if device == "cuda" else enc.nbytes() + nbytes(kr, vr)
-    elems = HKV * ctx * D
-    formula = (effective_bits(KEY, D, HEADQ, seq_len=ctx) + effective_bits(VALUE, D, seq_len=ctx)) * elems / 8
-    per_tok = enc.nbytes() / n_q
-    fixed = nbytes(kr, vr)
-    budget = budget_gib * GIB / LAYERS
-    ctx_bf16 = int(budget // (2 * HKV * D * 2))
-    ctx_q = int((budget - fixed) // per_tok // KEY.group_size * KEY.group_size) + kr.shape[2]
-    return {
-        "context": ctx,
-        "allocated_bytes": alloc,
-        "tensor_bytes": enc.nbytes() + fixed,
-        "formula_bytes": formula,
-        "allocated_over_formula": alloc / formula,
-        "budget_gib_all_layers": budget_gib,
-        "max_context_bf16": ctx_bf16,
-        "max_context_headq": ctx_q,
-        "context_ratio": ctx_q / ctx_bf16,
-    }
-
-
-def model_row(ctx: int, device: str) -> dict:
-    """One decode step of a random-weight Llama-3-8B-shaped model (B=1; a 2-layer toy on the CPU)
-    after a ``ctx`` prefill: DynamicCache vs HeadQCache attached to the model, so that its decode
-    steps attend with the Triton kernel on CUDA (``headq``), and the same cache reading the
-    dequantized cache densely (``headq_dense``). Host-clock medians of 6 steps after 2."""
-    from transformers import DynamicCache, LlamaConfig, LlamaForCausalLM
-
-    from headq_core.cache import HeadQCache
-
-    gpu = device == "cuda"
-    layers, hidden, heads, kv, vocab = (LAYERS, HIDDEN, HQ, HKV, 128256) if gpu else (2, 512, 4, 1, 1000)
-    cfg = LlamaConfig(hidden_size=hidden, intermediate_size=14336 if gpu else 1024, num_hidden_layers=layers,
-                      head_dim=D, num_attention_heads=heads, num_key_value_heads=kv, vocab_size=vocab,
-                      max_position_embeddings=2 * ctx)  # fmt: skip
-    torch.set_default_dtype(torch.bfloat16)
-    with torch.device(device):
-        model = LlamaForCausalLM(cfg).eval()
-    torch.set_default_dtype(torch.float32)
-    basis = torch.linalg.qr(torch.randn(layers, kv, D, HEADQ.rank, device=device))[0]
-    ids = torch.randint(0, cfg.vocab_size, (1, ctx + 8), device=device)
-    row: dict = {"context": ctx, "batch": 1, "layers": layers, "elements": layers * kv * ctx * D}
-
-    def headq(kernel: str):
-        cache = HeadQCache(layers, KEY, VALUE, HEADQ, basis)
-        for layer in cache.quant_layers:
-            layer.kernel = kernel
-        return cache
-
-    caches = {"dynamic": DynamicCache, "headq": lambda: headq("auto"), "headq_dense": lambda: headq("off")}
-    for name, make in caches.items():
-        try:
-            cache, times = make(), []
-            with torch.no_grad():
-                model(ids[:, :ctx], past_key_values=cache, use_cache=True, logits_to_keep=1)  # dense prefill
-                with cache.attached(model) if name != "dynamic" else contextlib.nullcontext():
-                    for i in range(8):
-                        nxt = ids[:, ctx + i : ctx + i + 1]
-                        step = lambda: model(nxt, past_key_values=cache, logits_to_keep=1)  # noqa: B023, E731
-                        times.append(wall_ms(step, device))
-            row[f"{name}_step_ms"] = statistics.median(times[2:])
-            if name == "headq":
-                row["headq_cache_bytes"] = cache.nbytes()
-                bits = effective_bits(KEY, D, HEADQ, seq_len=ctx + 8)
-                bits += effective_bits(VALUE, D, seq_len=ctx + 8)
-                row["formula_bytes"] = bits * layers * kv * (ctx + 8) * D / 8
-                row["bytes_over_formula"] = row["headq_cache_bytes"] / row["formula_bytes"]
-        except Exception as exc:  # noqa: BLE001 - reported in the results, the run goes on
-            row[f"{name}_error"] = f"{type(exc).__name__}: {exc}"[:300]
-    for name in ("headq", "headq_dense"):
-        if "dynamic_step_ms" in row and f"{name}_step_ms" in row:
-            row[f"{name}_time_ratio"] = row[f"{name}_step_ms"] / row["dynamic_step_ms"]
     return row
 
 

@@ -1,0 +1,45 @@
+"""Timing helpers of the benchmarks: medians of device-synchronised timings, copy bandwidth."""
+
+from __future__ import annotations
+
+import statistics
+import time
+
+import torch
+
+GIB = 1 << 30
+
+
+def median_ms(fn, device: str, graph: bool = False) -> float:
+    """Median time of ``fn`` in ms: CUDA events (eager or graph replay) on GPU, perf_counter on CPU."""
+    if device == "cuda":
+        import triton.testing
+
+        if graph:
+            return triton.testing.do_bench_cudagraph(fn, rep=100, return_mode="median")
+        return triton.testing.do_bench(fn, warmup=25, rep=150, return_mode="median")
+    fn()
+    return statistics.median(wall_ms(fn, device) for _ in range(5))
+
+
+def wall_ms(fn, device: str) -> float:
+    """Host-clock time of one call of ``fn`` in ms, the device synchronised on both sides."""
+    sync = torch.cuda.synchronize if device.startswith("cuda") else lambda: None
+    sync()
+    t0 = time.perf_counter()
+    fn()
+    sync()
+    return (time.perf_counter() - t0) * 1e3
+
+
+def copy_bandwidth(device: str) -> float:
+    """Device-to-device copy bandwidth in GB/s, bytes read plus written, 2 GiB buffers."""
+    size = 2 * GIB if device == "cuda" else GIB // 8
+    src = torch.randint(0, 255, (size,), dtype=torch.uint8, device=device)
+    dst = torch.empty_like(src)
+    ms = median_ms(lambda: dst.copy_(src), device)
+    return 2 * src.numel() / ms / 1e6
+
+
+def nbytes(*ts: torch.Tensor | None) -> int:
+    return sum(t.numel() * t.element_size() for t in ts if t is not None)
