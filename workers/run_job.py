@@ -145,6 +145,8 @@ def _execute(factory: sessionmaker[Session], job: JobRow, settings: Settings, op
             current = get_job(session, job.id)
             if current.status != "running" or current.attempts != job.attempts:
                 return "failed", "attempt superseded before its results were stored"
+            if current.cancel_requested:  # asked while running: the job ends cancelled, as the API said
+                raise Cancelled("cancel requested before the results were stored")
             save_results(session, job.id, job.attempts, document, artifact)
     except (Cancelled, _Stopped):
         return "cancelled", "cancelled on request"

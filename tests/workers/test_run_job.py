@@ -1,7 +1,8 @@
 """``run_job`` in-process on both databases: the stored document is exactly what the pipeline
 computes for the spec, a finished job is not run again, a dispatcher-claimed attempt is honoured,
 an evaluation receives its calibration's artifact, and a model that cannot be loaded fails the job
-with the loader's message."""
+with the loader's message; a cancel requested while running ends the job cancelled even when its
+windows finished before the runner noticed."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from app.store import claim_next_queued, load_results
+from app.store import cancel_job, claim_next_queued, load_results
 from tests.workers.conftest import add_job
 from tests.workers.waiting import job_row, result_attempts
 from workers.pipeline import execute
@@ -135,3 +136,27 @@ def test_evaluation_fails_with_the_reason_when_its_calibration_failed(settings, 
         evaluation = add_job(s, spec)
     assert run_job(evaluation.id, settings=settings, options=options) == "failed"
     assert "calibration_job" in job_row(sessions, evaluation.id).error
+
+
+def test_cancel_requested_while_running_ends_cancelled_even_if_the_windows_finished(
+        settings, options, sessions, make_spec) -> None:
+    """The heartbeat polls once at the start only (interval 1000 s), so the runner never sees the
+    request between windows: the check before storing results must still honour it."""
+    import threading
+
+    with sessions() as s:
+        job = add_job(s, make_spec(max_tokens=512, runs=2))
+    outcome: dict[str, str | None] = {}
+    runner = threading.Thread(target=lambda: outcome.update(status=run_job(
+        job.id, settings=settings, options=options.model_copy(update={"heartbeat_s": 1000.0}))))
+    runner.start()
+    deadline = time.monotonic() + 60
+    while job_row(sessions, job.id).status != "running":
+        assert time.monotonic() < deadline and runner.is_alive(), job_row(sessions, job.id).error
+        time.sleep(0.01)
+    with sessions() as s:
+        assert cancel_job(s, job.id).cancel_requested
+    runner.join(timeout=120)
+    row = job_row(sessions, job.id)
+    assert outcome["status"] == "cancelled" and row.status == "cancelled", row.error
+    assert row.error == "cancelled on request" and result_attempts(sessions, job.id) == []
