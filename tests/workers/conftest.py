@@ -24,6 +24,9 @@ from tests.workers.tinymodel import save_tiny_llama, write_corpus
 
 HEARTBEAT_TIMEOUT_S = 10.0  # the runner beats before it loads torch, so this can be short
 LONG_JOB = {"max_tokens": 1536, "window": 64, "runs": 2}  # 24 windows x 2 runs: long enough to interrupt
+# 1024 windows x 5 runs: for tests that interrupt a job and never let it finish, so that a fast
+# machine cannot finish it between "it made progress" and the interruption
+ENDLESS_JOB = {"max_tokens": 16384, "window": 16, "runs": 5}
 
 
 @pytest.fixture(scope="session", params=["sqlite", "postgresql"])

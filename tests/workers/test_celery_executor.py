@@ -22,7 +22,7 @@ from app.executors.settings import ExecutorSettings
 from app.executors.spawn import settings_env
 from app.settings import Settings
 from app.store import cancel_job, load_results
-from tests.workers.conftest import LONG_JOB, add_job, make_options, make_settings
+from tests.workers.conftest import ENDLESS_JOB, LONG_JOB, add_job, make_options, make_settings
 from tests.workers.waiting import FINISHED, job_row, result_attempts, wait_for, wait_started, wait_status
 
 pytestmark = [pytest.mark.services, pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)]
@@ -136,7 +136,7 @@ def test_cancel_is_forced_after_the_grace_period(worker, celery_settings, celery
                                                  make_spec) -> None:
     executor = CeleryExecutor(celery_settings, celery_options.model_copy(update={"cancel_grace_s": 0.0}))
     with sessions() as s:
-        job = add_job(s, make_spec(**LONG_JOB))
+        job = add_job(s, make_spec(**ENDLESS_JOB))
     executor.submit(job.id)
     wait_started(sessions, job.id, 120, worker)
     pid = worker_pid(sessions, job.id)

@@ -16,7 +16,7 @@ from app.executors import LocalExecutor
 from app.executors.settings import ExecutorSettings
 from app.settings import Settings
 from app.store import cancel_job, load_results
-from tests.workers.conftest import LONG_JOB, add_job
+from tests.workers.conftest import ENDLESS_JOB, LONG_JOB, add_job
 from tests.workers.waiting import FINISHED, job_row, result_attempts, wait_for, wait_started, wait_status
 
 pytestmark = pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
@@ -73,7 +73,7 @@ def test_sigkilled_worker_is_retried_and_results_are_stored_once(
 def test_sigkilled_worker_without_attempts_left_fails_with_the_reason(
         start_local, options, sessions, make_spec, tmp_path) -> None:
     with sessions() as s:
-        job = add_job(s, make_spec(**LONG_JOB), max_attempts=1)
+        job = add_job(s, make_spec(**ENDLESS_JOB), max_attempts=1)
     executor = start_local(options)
     wait_started(sessions, job.id, 120, tmp_path)
     pid = executor.worker_pids()[job.id]
@@ -88,7 +88,7 @@ def test_sigkilled_worker_without_attempts_left_fails_with_the_reason(
 def test_cancel_running_job(start_local, options, sessions, make_spec, tmp_path, grace, reason) -> None:
     """Grace 60 s: the runner stops itself at its next window. Grace 0: the dispatcher kills it."""
     with sessions() as s:
-        job = add_job(s, make_spec(**LONG_JOB))
+        job = add_job(s, make_spec(**ENDLESS_JOB))
     executor = start_local(options.model_copy(update={"cancel_grace_s": grace}))
     wait_started(sessions, job.id, 120, tmp_path)
     pid = executor.worker_pids()[job.id]
