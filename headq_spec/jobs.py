@@ -96,11 +96,13 @@ class DatasetSpec(_Strict):
     batch: int = Field(default=1, ge=1, le=1024)
 
     @model_validator(mode="after")
-    def _files_match_source(self) -> DatasetSpec:
+    def _consistent(self) -> DatasetSpec:
         if self.source == "files" and not self.files:
             raise ValueError("files: required when source is 'files'")
         if self.source != "files" and self.files:
             raise ValueError("files: only allowed when source is 'files'")
+        if self.max_tokens is not None and self.max_tokens < self.window:
+            raise ValueError(f"max_tokens: must be >= window ({self.window}), got {self.max_tokens}")
         return self
 
 

@@ -50,3 +50,12 @@ def test_errors_carry_the_dataclass_wording() -> None:
     with pytest.raises(ValidationError, match="trust_remote_code"):
         JobSpec.model_validate({"kind": "calibration", "model": {"id": "a/b"},
                                 "dataset": {"trust_remote_code": True}})
+
+
+def test_max_tokens_below_one_window_is_refused_before_any_work() -> None:
+    with pytest.raises(ValidationError, match=r"max_tokens: must be >= window \(128\), got 64"):
+        JobSpec.model_validate({"kind": "calibration", "model": {"id": "a/b"},
+                                "dataset": {"window": 128, "max_tokens": 64}})
+    spec = JobSpec.model_validate({"kind": "calibration", "model": {"id": "a/b"},
+                                   "dataset": {"window": 128, "max_tokens": 128}})
+    assert spec.dataset.max_tokens == 128
