@@ -10,6 +10,7 @@ from __future__ import annotations
 import gzip
 import importlib.resources
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Any, Literal
 
 import torch
@@ -66,6 +67,14 @@ class CorpusSpec:
         """Build from a job spec's ``dataset`` block (``window`` / ``max_tokens`` are ignored here)."""
         known = {"source", "name", "split", "config", "files", "text_field"}
         return cls(**{k: v for k, v in data.items() if k in known and v is not None})
+
+
+def check_files(spec: CorpusSpec) -> None:
+    """Fail fast (before a model is loaded) when a named local file is missing; glob patterns are
+    left to ``datasets``."""
+    missing = [f for f in spec.files or () if not any(c in f for c in "*?[") and not Path(f).is_file()]
+    if missing:
+        raise ValueError(f"dataset.files: no such file: {', '.join(missing)}")
 
 
 def load_texts(spec: CorpusSpec) -> list[str]:

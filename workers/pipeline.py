@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from headq_core.calibrate import Calibration, calibrate
-from headq_core.corpus import CorpusSpec
+from headq_core.corpus import CorpusSpec, check_files
 from headq_core.evaluate import evaluate
 from headq_core.models.loading import LoadedModel, load_model
 from headq_core.results import calibration_document
@@ -79,6 +79,8 @@ def execute(
     report = progress or (lambda fraction, stage: None)
     model_id = _model_path(job, allowed_model_dirs)
     key = (model_id, job.model.revision, job.model.dtype, job.model.device, trust_remote_code)
+    corpus, window, max_tokens = _corpus(job)
+    check_files(corpus)
     report(0.0, "load model")
 
     def load() -> LoadedModel:
@@ -91,7 +93,6 @@ def execute(
         )
 
     loaded = model_cache.get(key, load) if model_cache is not None else load()
-    corpus, window, max_tokens = _corpus(job)
     if job.kind == "calibration":
         started = time.perf_counter()
         rank = job.calibration.rank if job.calibration else 64

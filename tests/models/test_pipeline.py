@@ -63,6 +63,10 @@ def test_refusals(model_dir, tmp_path):
         execute(_spec(model_dir, "evaluation"), calibration_blob=None)
     with pytest.raises(ValueError, match="trust_remote_code"):
         execute({**_spec(model_dir, "calibration"), "trust_remote_code": True}, calibration_blob=None)
+    missing = {"source": "files", "files": [str(tmp_path / "absent.txt")], "window": 16, "max_tokens": 32}
+    no_model = {**_spec(tmp_path / "no-such-model", "calibration"), "dataset": missing}
+    with pytest.raises(ValueError, match=r"dataset.files: no such file: .*absent\.txt"):
+        execute(no_model, calibration_blob=None)  # the files are checked before the model is loaded
     with pytest.raises(Cancelled):
         execute(
             _spec(model_dir, "evaluation", runs=[{"name": "dense"}]),
