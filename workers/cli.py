@@ -12,6 +12,9 @@ import argparse
 import sys
 from collections.abc import Callable, Sequence
 
+from pydantic import ValidationError
+
+from headq_spec.errors import describe
 from workers.commands import core, demo, jobs, service
 
 REGISTRARS: tuple[Callable[[argparse._SubParsersAction], None], ...] = (
@@ -37,7 +40,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return int(args.func(args) or 0)
     except (ValueError, OSError) as exc:
-        print(f"headq: {exc}", file=sys.stderr)
+        print(f"headq: {describe(exc) if isinstance(exc, ValidationError) else exc}", file=sys.stderr)
         return 2
 
 

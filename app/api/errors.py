@@ -6,9 +6,6 @@ store exceptions map to 404 / 409; oversized bodies are refused with 413 before 
 from __future__ import annotations
 
 import logging
-import re
-from collections.abc import Iterable
-from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -18,11 +15,9 @@ from starlette.routing import Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app.store import IdempotencyConflict, JobNotFound, JobStateError
+from headq_spec.errors import field_errors
 
 log = logging.getLogger(__name__)
-_FIELD_PREFIX = re.compile(r"^(?:Value error, )?([A-Za-z_][\w.]*): (.*)$", re.S)
-_LOCATION_ROOTS = ("body", "query", "path", "header")
-_UNION_TAGS = ("document", "bundle")
 
 
 class ApiError(Exception):
@@ -31,34 +26,6 @@ class ApiError(Exception):
     def __init__(self, status_code: int, detail: str, headers: dict[str, str] | None = None) -> None:
         super().__init__(detail)
         self.status_code, self.detail, self.headers = status_code, detail, headers
-
-
-def field_errors(errors: Iterable[dict[str, Any]]) -> list[dict[str, str]]:
-    """``[{"field": "runs.0.key.bits", "message": "..."}]`` from pydantic-style errors.
-
-    The field a dataclass ``__post_init__`` names in its message (``"bits: must be ..."``) is
-    appended to the location, so the path reaches the offending field.
-    """
-    out = []
-    for error in errors:
-        loc = [str(part) for part in error.get("loc", ())]
-        if error.get("type") == "json_invalid":  # the location is a character offset
-            position = (error.get("ctx") or {}).get("error", "invalid JSON")
-            out.append({"field": "body", "message": f"invalid JSON ({position}) at character {loc[-1]}"})
-            continue
-        if loc and loc[0] in _LOCATION_ROOTS:
-            loc = loc[1:]
-        loc = [part for part in loc if part not in _UNION_TAGS]
-        message = str(error.get("msg", "invalid"))
-        match = _FIELD_PREFIX.match(message)
-        if match:
-            named, message = match.groups()
-            if not loc or loc[-1] != named.split(".")[0]:
-                loc.append(named)
-        elif message.startswith("Value error, "):
-            message = message[len("Value error, "):]
-        out.append({"field": ".".join(loc) or "body", "message": message})
-    return out
 
 
 def validation_response(errors: list[dict[str, str]]) -> JSONResponse:

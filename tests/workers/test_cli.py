@@ -153,3 +153,17 @@ def test_import_a_gzipped_bundle_in_parts(server: str, tmp_path: Path, capsys) -
     (tmp_path / "bad.json").write_text("[1, 2]")
     code, _, err = run_cli(capsys, "import", str(tmp_path / "bad.json"), "--url", server)
     assert code == 2 and "bundle object" in err
+
+
+def test_invalid_local_spec_is_one_line_naming_each_field(tmp_path: Path, capsys) -> None:
+    """``headq eval --spec`` validates before loading anything: one line per CLI error, the dotted
+    path and the message (no pydantic boilerplate)."""
+    path = tmp_path / "bad.yaml"
+    path.write_text(yaml.safe_dump({"kind": "evaluation", "model": {"id": "builtin:smollm2-135m"},
+                                    "dataset": {"window": 64, "max_tokens": 8},
+                                    "runs": [{"name": "k9", "key": {"bits": 9}}]}))
+    code, _, err = run_cli(capsys, "eval", "--spec", str(path))
+    assert code == 2
+    assert err.strip().splitlines() == [
+        "headq: dataset.max_tokens: must be >= window (64), got 8; "
+        "runs.0.key.bits: must be one of (1, 2, 3, 4, 8), got 9"]

@@ -9,6 +9,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from headq_spec.jobs import JobSpec
 from headq_spec.metrics import HEAD_METRICS
 
 PRESETS = ("k-only", "headq", "controls", "full-kv")
@@ -88,6 +89,7 @@ class _Bar:
 def _run(spec: dict[str, Any], blob: bytes | None) -> tuple[dict[str, Any], bytes | None]:
     from workers.pipeline import execute
 
+    JobSpec.model_validate(spec)  # a bad spec is refused before the progress bar is drawn
     bar = _Bar()
     try:
         return execute(spec, calibration_blob=blob, progress=bar)
