@@ -274,9 +274,9 @@ class HeadQCacheLayer(DynamicLayer):
             enc, k_res, v_res = from_packed(keys.whole(), values.whole(), keys.side)
         if self.basis is not None and self.basis.device != call.query.device:
             self.basis = self.basis.to(call.query.device)
-        backend = "triton" if self.kernel == "triton" else "auto"
         return decode_attention(call.query, enc, k_res, v_res.to(call.query.dtype), basis=self.basis,
-                                scale=call.scaling, sign=sign, backend=backend)
+                                scale=call.scaling, sign=sign,
+                                backend="triton" if self.kernel == "triton" else "auto")
 
     def get_seq_length(self) -> int:
         side = self.key_side

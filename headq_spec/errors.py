@@ -4,7 +4,7 @@ the message, shared by the REST API (422 bodies) and the CLI (one line on stderr
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 from pydantic import ValidationError
@@ -14,7 +14,7 @@ _LOCATION_ROOTS = ("body", "query", "path", "header")
 _UNION_TAGS = ("document", "bundle")  # the tags of the import endpoint's union body
 
 
-def field_errors(errors: Iterable[dict[str, Any]]) -> list[dict[str, str]]:
+def field_errors(errors: Iterable[Mapping[str, Any]]) -> list[dict[str, str]]:
     """``[{"field": "runs.0.key.bits", "message": "..."}]`` from pydantic-style errors.
 
     The field a dataclass ``__post_init__`` names in its message (``"bits: must be ..."``) is
