@@ -47,12 +47,22 @@ def a2_weights(attn: torch.Tensor, kv_heads: int, *, until: torch.Tensor | None 
     return sq.sum(2)
 
 
-def online_scores(attn: torch.Tensor, kv_heads: int, value_cfg: QuantConfig) -> torch.Tensor:
-    """Online A² scores float64 [B, Hkv, S] from the attention of every step, attn [B, Hq, S, S]."""
-    if attn.shape[-2] != attn.shape[-1]:
+def online_scores(attn: torch.Tensor, kv_heads: int, value_cfg: QuantConfig,
+                  block: int = 128) -> torch.Tensor:
+    """Online A² scores float64 [B, Hkv, S] from the attention of every step, attn [B, Hq, S, S]
+    (causal). Token j counts rows j..leave_step(j) only, so each block of ``block`` tokens reads
+    just that band of rows (rows above the diagonal hold zero attention)."""
+    b, _, t, s = attn.shape
+    if t != s:
         raise ValueError(f"attn: online scores need every decode step (T == S), got {tuple(attn.shape)}")
-    until = leave_step(torch.arange(attn.shape[-1]), value_cfg)
-    return a2_weights(attn, kv_heads, until=until, relative=True)
+    until = leave_step(torch.arange(s), value_cfg)  # nondecreasing in j
+    out = torch.empty(b, kv_heads, s, dtype=torch.float64, device=attn.device)
+    for j0 in range(0, s, block):
+        j1 = min(s, j0 + block)
+        r1 = min(s, int(until[j1 - 1]) + 1)
+        out[..., j0:j1] = a2_weights(attn[..., j0:r1, j0:j1], kv_heads, until=until[j0:j1],
+                                     offset=j0, relative=True)
+    return out
 
 
 def online_keep_decision(score: torch.Tensor, earlier: torch.Tensor, position: int,

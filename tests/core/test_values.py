@@ -76,10 +76,12 @@ def test_online_rule_vectorised_equals_step_by_step(fraction, residual):
         assert not vec.any()
 
 
-def test_online_scores_stop_at_leave_step():
+@pytest.mark.parametrize("block", [1, 5, 128])
+def test_online_scores_stop_at_leave_step(block):
+    """Direct sums over the rows j..stop of each token, for any block of columns (banded rows)."""
     a = causal_attention(1, 1, 2, 12)
     cfg = QuantConfig(bits=2, axis="per_channel", group_size=4, residual=2)
-    got = online_scores(a, 1, cfg)
+    got = online_scores(a, 1, cfg, block=block)
     first_quantized = decode_mask(12, 12, cfg).float().argmax(0)  # step each token is first read quantized
     for j in range(12):
         stop = int(first_quantized[j]) if decode_mask(12, 12, cfg)[:, j].any() else 11
