@@ -19,7 +19,12 @@ from dataclasses import dataclass
 import torch
 
 IMPLEMENTATION = "headq"
-SUPPORTED_MODEL_TYPES = ("llama", "mistral", "qwen2", "qwen3", "gpt_neox", "gpt2")
+# model types whose tiny models the tests check against transformers' own attention and cache
+VERIFIED_MODEL_TYPES = (
+    "llama", "mistral", "qwen2", "qwen3", "gpt_neox", "gpt2", "phi3", "phi", "stablelm", "olmo", "olmo2",
+    "olmo3", "gemma", "gemma2", "gemma3_text", "starcoder2", "granite", "cohere", "cohere2", "smollm3",
+    "mixtral", "qwen2_moe", "qwen3_moe",
+)
 
 _state = threading.local()
 
@@ -129,13 +134,18 @@ def _register() -> None:
 
 
 def architecture_of(model) -> str:
-    """The model's ``model_type`` if supported; otherwise a ValueError naming the supported ones."""
-    model_type = getattr(model.config, "model_type", None)
-    if model_type not in SUPPORTED_MODEL_TYPES:
-        raise ValueError(
-            f"model: architecture {model_type!r} is not supported; supported model types: "
-            f"{', '.join(SUPPORTED_MODEL_TYPES)}"
-        )
+    """The model's ``model_type``: a verified one, or any other whose attention passes the runtime
+    probe (``models.probe``, run once per model); otherwise a ValueError saying what failed."""
+    model_type = str(getattr(model.config, "model_type", ""))
+    if model_type not in VERIFIED_MODEL_TYPES:
+        from headq_core.models.probe import probe_failure  # the probe imports this module
+
+        failure = probe_failure(model)
+        if failure is not None:
+            raise ValueError(
+                f"model: architecture {model_type!r} is not in the verified list and its attention is "
+                f"not standard: {failure}; verified model types: {', '.join(VERIFIED_MODEL_TYPES)}"
+            )
     return model_type
 
 
@@ -153,22 +163,32 @@ def attention_modules(model) -> dict[int, torch.nn.Module]:
     return dict(sorted(found.items()))
 
 
+def config_geometry(config) -> tuple[int, int, int, int]:
+    """(layers, q_heads, kv_heads, head_dim) as a transformers config states them."""
+    heads = config.num_attention_heads
+    kv_heads = getattr(config, "num_key_value_heads", None) or heads
+    head_dim = getattr(config, "head_dim", None) or config.hidden_size // heads
+    return config.num_hidden_layers, heads, kv_heads, head_dim
+
+
 def model_geometry(model) -> tuple[int, int, int, int, float]:
     """(layers, q_heads, kv_heads, head_dim, logit scale of layer 0) of a supported model."""
     architecture_of(model)
-    cfg = model.config
-    heads = cfg.num_attention_heads
-    kv_heads = getattr(cfg, "num_key_value_heads", None) or heads
-    head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // heads
-    modules = attention_modules(model)
-    scale = modules[0].scaling
-    return cfg.num_hidden_layers, heads, kv_heads, head_dim, float(scale)  # type: ignore[arg-type]
+    scale = attention_modules(model)[0].scaling
+    return (*config_geometry(model.config), float(scale))  # type: ignore[arg-type]
 
 
 @contextmanager
 def attention_handler(model, handler: Handler) -> Iterator[None]:
     """Route every attention call of ``model`` through ``handler``; always restores the model."""
     architecture_of(model)
+    with routed(model, handler):
+        yield
+
+
+@contextmanager
+def routed(model, handler: Handler) -> Iterator[None]:
+    """:func:`attention_handler` without the architecture check (what the probe runs)."""
     _register()
     previous_impl = model.config._attn_implementation
     previous_handler = getattr(_state, "handler", None)

@@ -160,6 +160,6 @@ def load_model(
     except OSError as exc:
         raise ValueError(f"model_id: cannot load {model_id!r}: {exc}") from exc
     model.to(dev).eval()  # type: ignore[arg-type]
-    architecture_of(model)  # unsupported architectures fail here, naming the supported ones
+    architecture_of(model)  # an unverified model type is probed here; a failure names the verified ones
     info = ModelInfo.of(model, model_id, revision, dtype, dev)
     return LoadedModel(model=model, tokenizer=tokenizer, info=info)

@@ -1,12 +1,13 @@
-"""The adapter: the ``headq`` attention reproduces each family's own attention, hands the handler
-post-RoPE q/k/v (checked against the keys transformers' own cache stores), the model's own scale and
-mask, and always restores the model."""
+"""The adapter: the ``headq`` attention reproduces each verified family's own attention (softcap,
+sliding window, q/k norm, partial rotary, attention multiplier included), hands the handler post-RoPE
+q/k/v (checked against the keys transformers' own cache stores), the model's own scale and mask, and
+always restores the model."""
 
 import pytest
 import torch
 
 from headq_core.models.adapter import (
-    SUPPORTED_MODEL_TYPES,
+    VERIFIED_MODEL_TYPES,
     AttentionCall,
     attention_handler,
     attention_modules,
@@ -32,8 +33,10 @@ def test_dense_handler_matches_model_and_captures_cached_keys(family):
     for layer, (q, k, v) in seen.items():
         assert q.shape == (2, heads, 11, head_dim) and k.shape == (2, kv_heads, 11, head_dim)
         cached = ref.past_key_values.layers[layer]
-        torch.testing.assert_close(k, cached.keys)  # post-RoPE keys, exactly what a cache holds
-        torch.testing.assert_close(v, cached.values)
+        n = cached.keys.shape[-2]  # a sliding-window layer caches only its window's last tokens
+        assert n == 11 or (cached.is_sliding and n < 11)
+        torch.testing.assert_close(k[..., -n:, :], cached.keys)  # post-RoPE keys, what a cache holds
+        torch.testing.assert_close(v[..., -n:, :], cached.values)
 
 
 def test_handler_sees_module_scaling_gpt2_inverse_layer_idx():
@@ -83,10 +86,12 @@ def test_model_restored_even_when_handler_raises():
     model(torch.randint(3, 90, (1, 4)))  # plain forward works again
 
 
-def test_unsupported_architecture_names_supported_ones():
+def test_unverified_architecture_without_attention_interface_is_refused():
+    """Bloom (ALiBi) computes its attention itself: the probe sees no call and names the verified types."""
     from transformers import BloomConfig, BloomForCausalLM
 
-    model = BloomForCausalLM(BloomConfig(vocab_size=64, hidden_size=16, n_layer=1, n_head=2))
-    match = "bloom.*not supported.*" + ", ".join(SUPPORTED_MODEL_TYPES)
+    model = BloomForCausalLM(BloomConfig(vocab_size=64, hidden_size=16, n_layer=2, n_head=2))
+    match = (r"'bloom' is not in the verified list.*layer\(s\) \[0, 1\] never reached the attention "
+             r"interface; verified model types: " + ", ".join(VERIFIED_MODEL_TYPES))
     with pytest.raises(ValueError, match=match), attention_handler(model, dense_attention):
         pass

@@ -1,22 +1,9 @@
-"""Tiny random-weight models of every supported family, and a tokenizer for them (shared helpers)."""
+"""Tiny random-weight models of every verified family, and a tokenizer for them (shared helpers)."""
 
 from __future__ import annotations
 
 import torch
-from transformers import (
-    GPT2Config,
-    GPT2LMHeadModel,
-    GPTNeoXConfig,
-    GPTNeoXForCausalLM,
-    LlamaConfig,
-    LlamaForCausalLM,
-    MistralConfig,
-    MistralForCausalLM,
-    Qwen2Config,
-    Qwen2ForCausalLM,
-    Qwen3Config,
-    Qwen3ForCausalLM,
-)
+from transformers import AutoConfig, AutoModelForCausalLM, GPT2Config, GPT2LMHeadModel
 
 from headq_core.models.loading import LoadedModel, ModelInfo
 
@@ -31,32 +18,51 @@ _COMMON = dict(
     eos_token_id=2,
     pad_token_id=0,
 )
+_GQA = dict(num_key_value_heads=2)
+# weights large enough that scale, softcap and window visibly move the logits
+_SHARP = dict(_GQA, initializer_range=0.2)
+_MOE = dict(_GQA, num_experts_per_tok=2)
+# layer 0 slides over a window of 4 tokens, layer 1 attends to all
+_SLIDING = dict(_SHARP, sliding_window=4, layer_types=["sliding_attention", "full_attention"])
+_FAMILY_CONFIG: dict[str, dict] = {
+    "llama": _GQA,
+    "mistral": dict(_GQA, head_dim=8),
+    "qwen2": _GQA,
+    "qwen3": dict(_GQA, head_dim=8),
+    "gpt_neox": {},
+    "phi3": _GQA,
+    "phi": dict(_SHARP, partial_rotary_factor=0.5),
+    "stablelm": dict(_SHARP, partial_rotary_factor=0.5, qk_layernorm=True),
+    "olmo": _GQA,
+    "olmo2": _SHARP,  # q/k norm over all heads
+    "olmo3": _SLIDING,
+    "gemma": dict(_GQA, head_dim=8),
+    "gemma2": dict(_SLIDING, head_dim=8, query_pre_attn_scalar=1, attn_logit_softcapping=1.0),
+    "gemma3_text": dict(_SLIDING, head_dim=8, query_pre_attn_scalar=2),  # per-head q/k norm
+    "starcoder2": dict(_SHARP, sliding_window=4),  # every layer slides
+    "granite": dict(_SHARP, attention_multiplier=1.0),
+    "cohere": dict(_SHARP, use_qk_norm=True),
+    "cohere2": _SLIDING,  # full layers without RoPE
+    "smollm3": dict(_GQA, no_rope_layers=[1, 0]),  # layer 1 without RoPE
+    "mixtral": dict(_MOE, num_local_experts=4),
+    "qwen2_moe": dict(_MOE, num_experts=4, moe_intermediate_size=16, shared_expert_intermediate_size=16),
+    "qwen3_moe": dict(_MOE, num_experts=4, moe_intermediate_size=16, head_dim=8),
+}
 
 
 def build(family: str, seed: int = 0, **overrides):
-    """A tiny eval-mode model of ``family`` (llama uses GQA: 4 query heads, 2 KV heads)."""
+    """A tiny eval-mode model of ``family``: a verified model type, or any other transformers
+    causal-LM model type with ``overrides`` completing its config (most use GQA: 4 query heads,
+    2 KV heads)."""
     torch.manual_seed(seed)
-    if family == "llama":
-        cfg, cls = LlamaConfig(**_COMMON, num_key_value_heads=2), LlamaForCausalLM
-    elif family == "mistral":
-        cfg, cls = MistralConfig(**_COMMON, num_key_value_heads=2, head_dim=8), MistralForCausalLM
-    elif family == "qwen2":
-        cfg, cls = Qwen2Config(**_COMMON, num_key_value_heads=2), Qwen2ForCausalLM
-    elif family == "qwen3":
-        cfg, cls = Qwen3Config(**_COMMON, num_key_value_heads=2, head_dim=8), Qwen3ForCausalLM
-    elif family == "gpt_neox":
-        cfg, cls = GPTNeoXConfig(**_COMMON), GPTNeoXForCausalLM
-    elif family == "gpt2":
-        cfg = GPT2Config(vocab_size=VOCAB, n_embd=32, n_layer=2, n_head=4, bos_token_id=1, eos_token_id=2)
-        cls = GPT2LMHeadModel
-    else:
-        raise KeyError(family)
-    for key, value in overrides.items():
-        setattr(cfg, key, value)
-    return cls(cfg).eval()
+    if family == "gpt2":
+        gpt2 = dict(vocab_size=VOCAB, n_embd=32, n_layer=2, n_head=4, bos_token_id=1, eos_token_id=2)
+        return GPT2LMHeadModel(GPT2Config(**gpt2 | overrides)).eval()
+    cfg = AutoConfig.for_model(family, **_COMMON | _FAMILY_CONFIG.get(family, {}) | overrides)
+    return AutoModelForCausalLM.from_config(cfg).eval()
 
 
-FAMILIES = ("llama", "mistral", "qwen2", "qwen3", "gpt_neox", "gpt2")
+FAMILIES = ("gpt2", *_FAMILY_CONFIG)
 
 
 class CharTokenizer:
