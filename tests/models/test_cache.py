@@ -1,5 +1,6 @@
-"""HeadQCache: a token-by-token decode loop gives the teacher-forced evaluator's perplexity; it
-works with generate(); it holds packed codes (fewer bytes than a dense cache)."""
+"""HeadQCache: a token-by-token decode loop gives the teacher-forced evaluator's perplexity (also
+with a sliding window and a logit softcap: the cache keeps every token, the model's mask hides those
+outside the window); it works with generate(); it holds packed codes (fewer bytes than a dense cache)."""
 
 import math
 
@@ -37,7 +38,7 @@ def _check_same_perplexity(lm, run, calibration, window, make_cache):
     return cache
 
 
-@pytest.mark.parametrize("family", ["llama", "gpt2"])
+@pytest.mark.parametrize("family", ["llama", "gpt2", "gemma2", "starcoder2"])
 def test_decode_loop_matches_evaluator(family):
     lm = loaded(family)
     cal = calibrate(lm, CorpusSpec(split="calibration"), window=16, max_tokens=32, rank=4)
@@ -94,8 +95,9 @@ def test_cache_keys_equal_evaluator_effective_keys(side_bits, side_scale):
     torch.testing.assert_close(keys, views[0].key_eff, rtol=0, atol=1e-6)
 
 
-def test_generate_runs_with_the_cache():
-    lm = loaded("llama")
+@pytest.mark.parametrize("family", ["llama", "gemma2"])
+def test_generate_runs_with_the_cache(family):
+    lm = loaded(family)
     ids = torch.randint(3, 90, (1, 6))
     cache = HeadQCache(lm.info.layers, QuantConfig(bits=8, axis="per_channel", group_size=2, residual=0))
     out = lm.model.generate(ids, past_key_values=cache, max_new_tokens=8, do_sample=False, pad_token_id=0)
