@@ -49,6 +49,10 @@ _FAMILY_CONFIG: dict[str, dict] = {
     "qwen3_moe": dict(_MOE, num_experts=4, moe_intermediate_size=16, head_dim=8),
 }
 
+# transformers 5.17 runs gemma2 with sdpa by default, which drops the logit softcap: eager is its
+# reference (the default from some later release on)
+_EAGER = {"gemma2"}
+
 
 def build(family: str, seed: int = 0, **overrides):
     """A tiny eval-mode model of ``family``: a verified model type, or any other transformers
@@ -59,7 +63,8 @@ def build(family: str, seed: int = 0, **overrides):
         gpt2 = dict(vocab_size=VOCAB, n_embd=32, n_layer=2, n_head=4, bos_token_id=1, eos_token_id=2)
         return GPT2LMHeadModel(GPT2Config(**gpt2 | overrides)).eval()
     cfg = AutoConfig.for_model(family, **_COMMON | _FAMILY_CONFIG.get(family, {}) | overrides)
-    return AutoModelForCausalLM.from_config(cfg).eval()
+    implementation = "eager" if family in _EAGER else None
+    return AutoModelForCausalLM.from_config(cfg, attn_implementation=implementation).eval()
 
 
 FAMILIES = ("gpt2", *_FAMILY_CONFIG)
