@@ -187,18 +187,27 @@ def attention_handler(model, handler: Handler) -> Iterator[None]:
 
 
 @contextmanager
-def routed(model, handler: Handler) -> Iterator[None]:
-    """:func:`attention_handler` without the architecture check (what the probe runs)."""
-    _register()
-    previous_impl = model.config._attn_implementation
-    previous_handler = getattr(_state, "handler", None)
-    model.set_attn_implementation(IMPLEMENTATION)
-    _state.handler = handler
+def implementation(model, name: str) -> Iterator[None]:
+    """Run ``model`` with the attention implementation ``name`` (e.g. ``"eager"``); always restores."""
+    previous = model.config._attn_implementation
+    model.set_attn_implementation(name)
     try:
         yield
     finally:
+        model.set_attn_implementation(previous)
+
+
+@contextmanager
+def routed(model, handler: Handler) -> Iterator[None]:
+    """:func:`attention_handler` without the architecture check (what the probe runs)."""
+    _register()
+    previous_handler = getattr(_state, "handler", None)
+    _state.handler = handler
+    try:
+        with implementation(model, IMPLEMENTATION):
+            yield
+    finally:
         _state.handler = previous_handler
-        model.set_attn_implementation(previous_impl)
 
 
 @contextmanager

@@ -1,10 +1,11 @@
 """Runtime probe for a model type outside the verified list (``adapter.VERIFIED_MODEL_TYPES``).
 
 One short forward (``PROBE_TOKENS`` tokens, batch 1, no grad, eval mode) with the model's own
-attention implementation, one with the ``headq`` dense handler. The attention is standard when every
-decoder layer hands exactly one call with its ``layer_idx`` to the handler, query [1, q_heads, T, d]
-and key / value [1, kv_heads, T, d] agree with the config, the attention modules carry ``layer_idx``
-and ``scaling``, and the logits agree. The verdict is kept on the model object: one probe per model.
+eager attention (transformers' reference formula), one with the ``headq`` dense handler. The
+attention is standard when every decoder layer hands exactly one call with its ``layer_idx`` to the
+handler, query [1, q_heads, T, d] and key / value [1, kv_heads, T, d] agree with the config, the
+attention modules carry ``layer_idx`` and ``scaling``, and the logits agree.
+The verdict is kept on the model object: one probe per model.
 
 Logits tolerance, relative to ``max(1, max |logit|)``: ``max(1e-4, 8 eps)`` of the logits' dtype.
 Two correct attentions differ by summation order only: SmolLM2-135M (30 layers, max |logit| 33)
@@ -24,6 +25,7 @@ from headq_core.models.adapter import (
     attention_modules,
     config_geometry,
     dense_attention,
+    implementation,
     routed,
 )
 
@@ -60,7 +62,8 @@ def _probe(model) -> str | None:
     model.eval()
     try:
         with torch.no_grad():
-            ref = model(ids, use_cache=False).logits
+            with implementation(model, "eager"):  # the reference formula (sdpa may skip a softcap)
+                ref = model(ids, use_cache=False).logits
             try:
                 with routed(model, record):
                     out = model(ids, use_cache=False).logits
@@ -104,6 +107,6 @@ def _logits_failure(out: torch.Tensor, ref: torch.Tensor) -> str | None:
     diff = (out.double() - ref.double()).abs().max().item()
     tol = max(1e-4, 8 * torch.finfo(ref.dtype).eps)
     if not diff <= tol * scale:  # also catches NaN
-        return (f"logits differ by {diff:.3g} from the model's own attention (allowed {tol * scale:.3g}: "
-                f"{tol:.3g} of max(1, max |logit|) in {ref.dtype})")
+        return (f"logits differ by {diff:.3g} from the model's own eager attention "
+                f"(allowed {tol * scale:.3g}: {tol:.3g} of max(1, max |logit|) in {ref.dtype})")
     return None

@@ -27,7 +27,7 @@ def test_unlisted_standard_family_passes_the_probe_once(caplog):
     with caplog.at_level(logging.INFO, logger="headq_core.models.probe"):
         assert architecture_of(model) == "helium"
         assert model_geometry(model)[:4] == (2, 4, 2, 8)
-    assert forwards == [1, 1]  # the model's own attention, then headq; the verdict is kept
+    assert forwards == [1, 1]  # the model's eager attention, then headq; the verdict is kept
     assert caplog.messages == ["model_type helium is not in the verified list; probe passed"]
     ids = torch.randint(3, 90, (1, 9))
     seen = {}
@@ -46,13 +46,13 @@ def _refused_once(model, reason: str) -> None:
     for _ in range(2):
         with pytest.raises(ValueError, match=match):
             architecture_of(model)
-    assert len(forwards) == 2  # probed once (own attention, headq): the verdict is kept on the model
+    assert len(forwards) == 2  # probed once (eager, headq): the verdict is kept on the model
 
 
 def test_gpt_oss_attention_sinks_are_refused():
     """gpt-oss adds learned attention sinks to the softmax: not standard attention."""
     model = build("gpt_oss", num_key_value_heads=2, head_dim=8, num_local_experts=4, num_experts_per_tok=2)
-    _refused_once(model, r"logits differ by 0\.\d+ from the model's own attention")
+    _refused_once(model, r"logits differ by 0\.\d+ from the model's own eager attention")
 
 
 @pytest.mark.parametrize(
