@@ -18,6 +18,10 @@ from headq_core.models.adapter import (
 from tests.models.tiny import FAMILIES, build
 
 
+def test_every_verified_type_has_a_tiny_model_in_these_tests():
+    assert sorted(FAMILIES) == sorted(VERIFIED_MODEL_TYPES)
+
+
 @pytest.mark.parametrize("family", FAMILIES)
 def test_dense_handler_matches_model_and_captures_cached_keys(family):
     model = build(family)
