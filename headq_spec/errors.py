@@ -42,6 +42,11 @@ def field_errors(errors: Iterable[Mapping[str, Any]]) -> list[dict[str, str]]:
     return out
 
 
+def one_line(errors: Iterable[Mapping[str, str]]) -> str:
+    """``field: message; field: message`` of :func:`field_errors` rows."""
+    return "; ".join(f"{e['field']}: {e['message']}" for e in errors)
+
+
 def describe(exc: ValidationError) -> str:
-    """One line: ``field: message; field: message``."""
-    return "; ".join(f"{e['field']}: {e['message']}" for e in field_errors(exc.errors()))
+    """A pydantic validation error as one line (:func:`one_line`)."""
+    return one_line(field_errors(exc.errors()))

@@ -15,7 +15,7 @@ from starlette.routing import Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app.store import IdempotencyConflict, JobNotFound, JobStateError
-from headq_spec.errors import field_errors
+from headq_spec.errors import field_errors, one_line
 
 log = logging.getLogger(__name__)
 
@@ -30,8 +30,7 @@ class ApiError(Exception):
 
 def validation_response(errors: list[dict[str, str]]) -> JSONResponse:
     """422 with a one-line ``detail`` naming every field, and the list in ``errors``."""
-    detail = "; ".join(f"{e['field']}: {e['message']}" for e in errors)
-    return JSONResponse({"detail": detail, "errors": errors}, status_code=422)
+    return JSONResponse({"detail": one_line(errors), "errors": errors}, status_code=422)
 
 
 def install_error_handlers(app: FastAPI) -> None:
