@@ -18,15 +18,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import statistics
-import time
 from collections.abc import Callable
 from pathlib import Path
 
 import torch
-import transformers
-from bench_timing import wall_ms
+from bench_timing import provenance, wall_ms
 from transformers import LlamaConfig, LlamaForCausalLM
 
 from headq_core.config import HeadQConfig, QuantConfig, RunSpec, ValuePolicyConfig
@@ -127,12 +124,7 @@ def main() -> None:
     print(f"dense: {flops / seconds['dense'] / 1e12:.3f} TFLOP/s = {dense_share:.1%} of the measured "
           f"matmul ceiling {ceiling / 1e12:.3f} TFLOP/s")
     result = {
-        "command": "benchmarks/bench_evaluator.py " + " ".join(
-            f"--{k.replace('_', '-')} {v}" for k, v in vars(args).items() if v is not None),
-        "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
-        "device": torch.cuda.get_device_name() if cuda else platform.processor() or platform.machine(),
-        "threads": torch.get_num_threads(), "torch": torch.__version__,
-        "transformers": transformers.__version__, "shape": args.shape, "dtype": args.dtype,
+        **provenance("bench_evaluator.py", args, args.device), "shape": args.shape, "dtype": args.dtype,
         "windows": args.windows, "window": args.window, "forward_flops": flops,
         "matmul_ceiling_flops_per_s": ceiling, "dense_share_of_ceiling": dense_share, "rows": rows,
     }

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import argparse
+import platform
 import statistics
 import time
 
@@ -43,3 +45,23 @@ def copy_bandwidth(device: str) -> float:
 
 def nbytes(*ts: torch.Tensor | None) -> int:
     return sum(t.numel() * t.element_size() for t in ts if t is not None)
+
+
+def provenance(script: str, args: argparse.Namespace, device: str) -> dict:
+    """What a benchmark's JSON records of its run: the command (from the parsed arguments), date,
+    device, CPU threads and library versions."""
+    import transformers
+
+    def flag(key: str, value: object) -> str:
+        shown = " ".join(map(str, value)) if isinstance(value, list | tuple) else str(value)
+        return f"--{key.replace('_', '-')} {shown}"
+
+    return {
+        "command": " ".join([f"benchmarks/{script}"] + [flag(k, v) for k, v in vars(args).items()
+                                                         if v is not None]),
+        "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+        "device": torch.cuda.get_device_name() if device.startswith("cuda")
+        else platform.processor() or platform.machine(),
+        "threads": torch.get_num_threads(), "torch": torch.__version__,
+        "transformers": transformers.__version__,
+    }

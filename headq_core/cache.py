@@ -30,7 +30,7 @@ from headq_core.config import HeadQConfig, QuantConfig, ValuePolicyConfig
 from headq_core.headq import SideCode, correction_keys, decode_side, encode_side
 from headq_core.kernels import decode_attention
 from headq_core.kernels.layout import KERNEL_BITS, from_packed
-from headq_core.models.adapter import AttentionCall, attention_handler, dense_attention
+from headq_core.models.adapter import AttentionCall, attention_handler, fused_attention
 from headq_core.quant import Packed, dequantize, quantize
 from headq_core.schedule import quantized_count
 from headq_core.values import OnlineA2
@@ -110,7 +110,10 @@ class _PolicySide(_Side):
             else None
         )
         self.keep: torch.Tensor | None = None  # bool [B, H, n_quant]
-        self.high: list[tuple[torch.Tensor, Packed | torch.Tensor]] = []  # (positions, codes or exact)
+        # tokens some (batch, head) keeps: positions int64 [m] and their values [B, H, m, d] at
+        # high_bits (packed; exact at 16 bits), one block for all steps (per-token codes concatenate)
+        self.high_at: torch.Tensor | None = None
+        self.high: Packed | torch.Tensor | None = None
 
     def append(self, x: torch.Tensor, basis: torch.Tensor | None, headq: HeadQConfig | None) -> None:
         self.tail = x if self.tail is None else torch.cat([self.tail, x], dim=-2)
@@ -136,21 +139,28 @@ class _PolicySide(_Side):
         if len(idx):
             kept = leaving[..., idx, :]
             codes = kept if self.high_cfg is None else quantize(kept.float(), self.high_cfg, n_quant=len(idx))
-            self.high.append((idx + first, codes))
+            at = idx + first
+            if self.high is None or self.high_at is None:
+                self.high, self.high_at = codes, at
+            else:
+                self.high, self.high_at = _cat_tokens(self.high, codes), torch.cat([self.high_at, at])
 
     def read(self, basis: torch.Tensor | None, sign: int, like: torch.Tensor) -> torch.Tensor:
         values = super().read(basis, sign, like)
-        for idx, codes in self.high:
-            exact = codes if isinstance(codes, torch.Tensor) else dequantize(codes)
-            keep = self.keep[..., idx, None]  # type: ignore[index]
-            values[..., idx, :] = torch.where(keep, exact.to(values.dtype), values[..., idx, :])
+        if self.high is not None and self.high_at is not None and self.keep is not None:
+            at = self.high_at
+            exact = self.high if isinstance(self.high, torch.Tensor) else dequantize(self.high)
+            keep = self.keep[..., at, None]
+            values[..., at, :] = torch.where(keep, exact.to(values.dtype), values[..., at, :])
         return values
 
     def nbytes(self) -> int:
-        extra = 0
-        for _, codes in self.high:
-            tensors = [codes] if isinstance(codes, torch.Tensor) else [codes.codes, codes.scale, codes.zero]
-            extra += sum(t.numel() * t.element_size() for t in tensors)
+        high = self.high
+        if high is None:
+            tensors = []
+        else:
+            tensors = [high] if isinstance(high, torch.Tensor) else [high.codes, high.scale, high.zero]
+        extra = sum(t.numel() * t.element_size() for t in tensors)
         return super().nbytes() + extra + (0 if self.keep is None else self.keep.numel() // 8)
 
 
@@ -165,6 +175,15 @@ def _cat_packed(a: Packed, b: Packed) -> Packed:
         shape=shape,
         tail=torch.cat([a.tail, b.tail], -2),
     )
+
+
+def _cat_tokens(a: Packed | torch.Tensor, b: Packed | torch.Tensor) -> Packed | torch.Tensor:
+    """Two blocks of per-token values along the token axis: packed codes or exact [B, H, n, d]."""
+    if isinstance(a, Packed) and isinstance(b, Packed):
+        return _cat_packed(a, b)
+    if isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor):
+        return torch.cat([a, b], -2)
+    raise TypeError("high: blocks of one precision only")
 
 
 def _cat_side(a: SideCode, b: SideCode) -> SideCode:
@@ -249,14 +268,14 @@ class HeadQCacheLayer(DynamicLayer):
             self.kernel_step = False
             return self._kernel_attention(call)
         if not isinstance(self.value_side, _PolicySide):
-            return dense_attention(call)
+            return fused_attention(call)
         probs = torch.softmax(call.finish(call.raw_scores()), dim=-1)
         self.value_side.settle(probs)
         values = self.value_side.read(None, 1, call.value)
         q_len = call.query.shape[-2]
         if q_len > 1:  # prefill reads its own tokens in full precision
             values = torch.cat([values[..., :-q_len, :], call.value[..., -q_len:, :]], dim=-2)
-        return dense_attention(call, logits=call.finish(call.raw_scores()), value=values)
+        return call.read(probs, values.to(probs.dtype)).to(call.query.dtype)
 
     def _kernel_attention(self, call: AttentionCall) -> torch.Tensor:
         """This decode step's attention [B, Hq, 1, d] by ``kernels.decode_attention`` over the packed
@@ -267,7 +286,7 @@ class HeadQCacheLayer(DynamicLayer):
         if (call.softcap is not None or (call.mask is not None and not bool(call.allowed().all()))
                 or values.n_quant < keys.n_quant):
             k_all, v_all = keys.read(self.basis, sign, call.query), values.read(None, 1, call.query)
-            return dense_attention(replace(call, key=k_all, value=v_all))
+            return fused_attention(call, k_all, v_all)
         if keys.packed is None:  # nothing quantized yet (values may be: dequantize those)
             enc, k_res, v_res = None, keys.tail, values.read(None, 1, call.query)
         else:

@@ -120,7 +120,8 @@ class OnlineA2:
     """Step-by-step online policy for a decode loop (same rule as :func:`online_keep_mask`).
 
     Each step: :meth:`observe` the step's attention, then :meth:`decide` every token whose leave
-    step it is (``schedule.leave_step``), in position order.
+    step it is (``schedule.leave_step``), in position order. Frozen scores live in one buffer that
+    doubles when full, so a decision costs one vectorised comparison with the earlier scores.
     """
 
     def __init__(self, kv_heads: int, fraction: float) -> None:
@@ -128,7 +129,8 @@ class OnlineA2:
             raise ValueError(f"fraction: must lie in [0, 1], got {fraction!r}")
         self.kv_heads, self.fraction = kv_heads, fraction
         self.running: torch.Tensor | None = None  # float64 [B, Hkv, S_seen]
-        self.final: list[torch.Tensor] = []  # frozen scores [B, Hkv] of decided tokens, in order
+        self._final: torch.Tensor | None = None  # float64 [B, Hkv, capacity]: frozen scores, in order
+        self.decided = 0  # tokens 0..decided-1 have their frozen score in _final
 
     def observe(self, attn: torch.Tensor) -> None:
         """Add one step's attention attn [B, Hq, q, S_now] (S_now grows by the new tokens)."""
@@ -139,9 +141,14 @@ class OnlineA2:
 
     def decide(self, position: int) -> torch.Tensor:
         """Freeze token ``position``'s score and return its keep decision bool [B, Hkv]."""
-        if position != len(self.final) or self.running is None or position >= self.running.shape[-1]:
-            raise ValueError(f"position: tokens are decided in order once seen; next is {len(self.final)}")
-        score = self.running[..., position].clone()
-        earlier = torch.stack(self.final, -1) if self.final else score.new_zeros(*score.shape, 0)
-        self.final.append(score)
-        return online_keep_decision(score, earlier, position, self.fraction)
+        if position != self.decided or self.running is None or position >= self.running.shape[-1]:
+            raise ValueError(f"position: tokens are decided in order once seen; next is {self.decided}")
+        score = self.running[..., position]
+        if self._final is None or position == self._final.shape[-1]:
+            grown = score.new_empty(*score.shape, max(64, 2 * position))
+            if self._final is not None:
+                grown[..., :position] = self._final
+            self._final = grown
+        self._final[..., position] = score
+        self.decided += 1
+        return online_keep_decision(score, self._final[..., :position], position, self.fraction)

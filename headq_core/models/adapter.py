@@ -14,7 +14,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 
@@ -102,6 +102,26 @@ def dense_attention(
     probs = torch.softmax(logits, dim=-1)
     v = call.value if value is None else value
     return (probs @ call.expand(v.to(probs.dtype))).to(call.query.dtype)
+
+
+def fused_attention(call: AttentionCall, key: torch.Tensor | None = None,
+                    value: torch.Tensor | None = None) -> torch.Tensor:
+    """The same attention as :func:`dense_attention` through torch's fused
+    ``scaled_dot_product_attention`` in the model's dtype (no ``[q_len, kv_len]`` float32 logits in
+    memory), for callers that need no logits: [batch, q_heads, q_len, d]. A softcap needs the logits:
+    then :func:`dense_attention`."""
+    k = call.key if key is None else key
+    v = call.value if value is None else value
+    if call.softcap is not None:
+        return dense_attention(replace(call, key=k), value=v)
+    q = call.query
+    mask = call.mask
+    if mask is None and q.shape[-2] > 1:
+        mask = replace(call, key=k).allowed()  # causal, bool
+    elif mask is not None:
+        mask = mask.to(q.device, q.dtype)  # additive
+    return torch.nn.functional.scaled_dot_product_attention(
+        q, k.to(q.dtype), v.to(q.dtype), attn_mask=mask, scale=call.scaling, enable_gqa=call.groups > 1)
 
 
 Handler = Callable[[AttentionCall], torch.Tensor]

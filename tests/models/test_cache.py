@@ -131,11 +131,13 @@ def test_real_smollm2_decode_loop_matches_evaluator():
     )
 
 
-def test_online_a2_value_policy_matches_evaluator():
+@pytest.mark.parametrize("high_bits", [8, 16])
+def test_online_a2_value_policy_matches_evaluator(high_bits):
+    """Kept tokens of every step are stored as one block (packed at 8 bits, exact at 16)."""
     from headq_core.config import ValuePolicyConfig
 
     lm = loaded("llama")
-    policy = ValuePolicyConfig(mode="online", keep_fraction=0.3, high_bits=8)
+    policy = ValuePolicyConfig(mode="online", keep_fraction=0.3, high_bits=high_bits)
     run = RunSpec("kv2_a2", key=K2, value=V2, value_policy=policy)
     cache = HeadQCache(lm.info.layers, K2, V2, value_policy=policy)
     doc = evaluate(lm, SPEC, [run], window=24, max_tokens=24, heads=False)
@@ -147,5 +149,7 @@ def test_online_a2_value_policy_matches_evaluator():
     assert doc["runs"][0]["perplexity"] != plain["runs"][0]["perplexity"]  # the policy kept some tokens
     kept = cache.layers[0].value_side.keep
     assert kept.shape == (1, 2, 21) and 0 < kept.float().mean() < 1
+    at = cache.layers[0].value_side.high_at  # tokens some head keeps, once each, in order
+    assert torch.equal(at, kept[0].any(0).nonzero().flatten())
     with pytest.raises(ValueError, match="value_policy: run the model inside"):
         lm.model(ids[None, :2], past_key_values=HeadQCache(lm.info.layers, K2, V2, value_policy=policy))

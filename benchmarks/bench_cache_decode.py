@@ -1,0 +1,91 @@
+"""Decode steps with the quantized cache (``HeadQCache``) vs ``DynamicCache``, reference path.
+
+A random-weight model of the SmolLM2 shape (``--layers`` of its 30 layers; speed does not depend
+on the weights) prefills ``context`` tokens, then decodes ``--steps`` tokens one by one; each step
+is timed (host clock, device synchronised). Caches: ``dynamic`` (transformers' own), ``kv2`` (keys
+2-bit per-channel G32, values 2-bit per-token G32, residual 128) and ``kv2+a2`` (the same with the
+online A² value policy, which settles the leaving value token from each step's attention). Prints a
+table of median step times and writes JSON.
+
+    .venv/bin/python benchmarks/bench_cache_decode.py --contexts 1024 4096 \
+        --out benchmarks/results/cache_decode_cpu.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import statistics
+import time
+from pathlib import Path
+
+import torch
+from bench_timing import provenance, wall_ms
+from transformers import DynamicCache, LlamaConfig, LlamaForCausalLM
+
+from headq_core.cache import HeadQCache
+from headq_core.config import QuantConfig, ValuePolicyConfig
+
+K2 = QuantConfig(bits=2, axis="per_channel", group_size=32, residual=128)
+V2 = QuantConfig(bits=2, axis="per_token", group_size=32, residual=128)
+CACHES = {
+    "dynamic": lambda layers: DynamicCache(),
+    "kv2": lambda layers: HeadQCache(layers, K2, V2),
+    "kv2+a2": lambda layers: HeadQCache(layers, K2, V2, value_policy=ValuePolicyConfig()),
+}
+
+
+def build(layers: int, device: str) -> LlamaForCausalLM:
+    config = LlamaConfig(num_hidden_layers=layers, hidden_size=576, num_attention_heads=9,
+                         num_key_value_heads=3, intermediate_size=1536, vocab_size=49152,
+                         max_position_embeddings=16384)
+    torch.manual_seed(0)
+    return LlamaForCausalLM(config).to(device).eval()
+
+
+def step_times(model: LlamaForCausalLM, name: str, context: int, steps: int, device: str) -> dict:
+    """Prefill ``context`` tokens into a fresh cache, then time ``steps`` single-token steps."""
+    cache = CACHES[name](model.config.num_hidden_layers)
+    ids = torch.randint(0, model.config.vocab_size, (1, context + steps), device=device)
+    attached = cache.attached(model) if name != "dynamic" else contextlib.nullcontext()
+    times = []
+    with torch.no_grad(), attached:
+        start = time.perf_counter()
+        model(ids[:, :context], past_key_values=cache, use_cache=True, logits_to_keep=1)
+        prefill_s = time.perf_counter() - start
+        for i in range(steps):
+            nxt = ids[:, context + i: context + i + 1]
+            times.append(wall_ms(lambda: model(nxt, past_key_values=cache, logits_to_keep=1),  # noqa: B023
+                                 device))
+    row = {"cache": name, "context": context, "prefill_s": prefill_s, "step_ms": statistics.median(times)}
+    if name != "dynamic":
+        row["cache_bytes"] = cache.nbytes()
+    return row
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--contexts", type=int, nargs="+", default=[1024, 4096])
+    parser.add_argument("--steps", type=int, default=16)
+    parser.add_argument("--layers", type=int, default=4)
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--out", type=Path)
+    args = parser.parse_args()
+    model = build(args.layers, args.device)
+    rows = [step_times(model, name, ctx, args.steps, args.device) for ctx in args.contexts for name in CACHES]
+    for row in rows:
+        dense = next(r for r in rows if r["context"] == row["context"] and r["cache"] == "dynamic")
+        row["vs_dynamic"] = row["step_ms"] / dense["step_ms"]
+    print(f"SmolLM2 shape, {args.layers} layers, {args.device}: median of {args.steps} decode steps")
+    print(f"{'context':>8} {'cache':10} {'prefill s':>10} {'step ms':>9} {'x dynamic':>10}")
+    for r in rows:
+        print(f"{r['context']:>8} {r['cache']:10} {r['prefill_s']:10.2f} {r['step_ms']:9.2f} "
+              f"{r['vs_dynamic']:10.2f}")
+    if args.out:
+        args.out.write_text(json.dumps({**provenance("bench_cache_decode.py", args, args.device),
+                                        "rows": rows}, indent=1) + "\n")
+        print(f"wrote {args.out}")
+
+if __name__ == "__main__":
+    main()
