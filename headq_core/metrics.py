@@ -98,11 +98,13 @@ class HeadMetrics:
                              f"{tuple(s.shape)} and {tuple(s_hat.shape)}")
         dt = torch.promote_types(s.dtype, torch.float32)
         s, s_hat = s.to(dt), s_hat.to(dt)
-        if mask is not None and mask.dtype != torch.bool:
-            s, s_hat = s + mask.to(dt), s_hat + mask.to(dt)
         allowed = allowed_mask(s.shape[-2], s.shape[-1], mask, offset, s.device).to(s.device)
-        s_m = s + torch.zeros((), dtype=dt, device=s.device).masked_fill(~allowed, float("-inf"))
-        delta = torch.where(allowed, s_hat - s, 0.0)
+        if mask is not None and mask.dtype != torch.bool and not bool((mask.eq(0) | ~allowed).all()):
+            # a bias beyond 0 / -inf shapes the attention (it cancels in the logit error)
+            s_m = (s + mask.to(s.device, dt)).masked_fill_(~allowed, float("-inf"))
+        else:
+            s_m = s.masked_fill(~allowed, float("-inf"))
+        delta = (s_hat - s).masked_fill_(~allowed, 0.0)
         return self.add_logit_error(s_m, delta, allowed, eps=eps, value_mask=value_mask)
 
     def add_logit_error(self, s_m: torch.Tensor, delta: torch.Tensor, allowed: torch.Tensor,

@@ -64,6 +64,13 @@ def test_bool_and_additive_masks_and_empty_rows(hq, hkv):
         got = acc.result()
         for name, ref in want.items():
             assert_close(got[name], ref)
+    # an additive mask with a finite bias (ALiBi-like) shapes both attentions; the error is unchanged
+    bias = torch.randn(t, s, generator=gen)
+    acc = HeadMetrics(hq, hkv)
+    acc.add_logits(s_d, s_h, mask=bias.masked_fill(~allowed, float("-inf")), eps=v_hat - v)
+    got = acc.result()
+    for name, ref in reference_metrics(s_d + bias, s_h + bias, allowed, v_hat - v).items():
+        assert_close(got[name], ref)
 
 
 def test_row_constant_invariance():
