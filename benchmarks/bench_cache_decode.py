@@ -22,26 +22,18 @@ from pathlib import Path
 
 import torch
 from bench_timing import provenance, wall_ms
-from transformers import DynamicCache, LlamaConfig, LlamaForCausalLM
+from gpu_shapes import KEY, VALUE
+from random_model import random_llama
+from transformers import DynamicCache, LlamaForCausalLM
 
 from headq_core.cache import HeadQCache
-from headq_core.config import QuantConfig, ValuePolicyConfig
+from headq_core.config import ValuePolicyConfig
 
-K2 = QuantConfig(bits=2, axis="per_channel", group_size=32, residual=128)
-V2 = QuantConfig(bits=2, axis="per_token", group_size=32, residual=128)
 CACHES = {
     "dynamic": lambda layers: DynamicCache(),
-    "kv2": lambda layers: HeadQCache(layers, K2, V2),
-    "kv2+a2": lambda layers: HeadQCache(layers, K2, V2, value_policy=ValuePolicyConfig()),
+    "kv2": lambda layers: HeadQCache(layers, KEY, VALUE),
+    "kv2+a2": lambda layers: HeadQCache(layers, KEY, VALUE, value_policy=ValuePolicyConfig()),
 }
-
-
-def build(layers: int, device: str) -> LlamaForCausalLM:
-    config = LlamaConfig(num_hidden_layers=layers, hidden_size=576, num_attention_heads=9,
-                         num_key_value_heads=3, intermediate_size=1536, vocab_size=49152,
-                         max_position_embeddings=16384)
-    torch.manual_seed(0)
-    return LlamaForCausalLM(config).to(device).eval()
 
 
 def step_times(model: LlamaForCausalLM, name: str, context: int, steps: int, device: str) -> dict:
@@ -72,7 +64,7 @@ def main() -> None:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
-    model = build(args.layers, args.device)
+    model = random_llama("smollm2", layers=args.layers, device=args.device)
     rows = [step_times(model, name, ctx, args.steps, args.device) for ctx in args.contexts for name in CACHES]
     for row in rows:
         dense = next(r for r in rows if r["context"] == row["context"] and r["cache"] == "dynamic")

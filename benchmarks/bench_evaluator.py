@@ -24,34 +24,21 @@ from pathlib import Path
 
 import torch
 from bench_timing import provenance, wall_ms
-from transformers import LlamaConfig, LlamaForCausalLM
+from gpu_shapes import KEY, VALUE
+from random_model import SHAPES, random_llama
+from transformers import LlamaForCausalLM
 
-from headq_core.config import HeadQConfig, QuantConfig, RunSpec, ValuePolicyConfig
+from headq_core.config import HeadQConfig, RunSpec, ValuePolicyConfig
 from headq_core.evaluate_metrics import HeadAccumulator
 from headq_core.evaluate_run import RunAttention
 from headq_core.models.adapter import attention_handler
 
-SHAPES = {  # layers, hidden, q heads, kv heads, intermediate, vocab
-    "smollm2": (30, 576, 9, 3, 1536, 49152),
-    "llama3-8b": (32, 4096, 32, 8, 14336, 128256),
-}
-K2 = QuantConfig(bits=2, axis="per_channel", group_size=32, residual=128)
-V2 = QuantConfig(bits=2, axis="per_token", group_size=32, residual=128)
 HQ8 = HeadQConfig(rank=8, basis="random", side_bits=8)
 RUNS = {
-    "k2": RunSpec("k2", key=K2),
-    "k2+hq8": RunSpec("k2+hq8", key=K2, headq=HQ8),
-    "kv2+hq8+a2": RunSpec("kv2+hq8+a2", key=K2, value=V2, headq=HQ8, value_policy=ValuePolicyConfig()),
+    "k2": RunSpec("k2", key=KEY),
+    "k2+hq8": RunSpec("k2+hq8", key=KEY, headq=HQ8),
+    "kv2+hq8+a2": RunSpec("kv2+hq8+a2", key=KEY, value=VALUE, headq=HQ8, value_policy=ValuePolicyConfig()),
 }
-
-
-def build(shape: str, dtype: torch.dtype, device: str) -> LlamaForCausalLM:
-    layers, hidden, heads, kv, inter, vocab = SHAPES[shape]
-    config = LlamaConfig(num_hidden_layers=layers, hidden_size=hidden, num_attention_heads=heads,
-                         num_key_value_heads=kv, intermediate_size=inter, vocab_size=vocab,
-                         max_position_embeddings=8192, attn_implementation="sdpa")
-    torch.manual_seed(0)
-    return LlamaForCausalLM(config).to(device=device, dtype=dtype).eval()
 
 
 def forward_flops(model: LlamaForCausalLM, batch: int, window: int) -> float:
@@ -102,7 +89,7 @@ def main() -> None:
     args = parser.parse_args()
     dtype = getattr(torch, args.dtype)
     cuda = args.device.startswith("cuda")
-    model = build(args.shape, dtype, args.device)
+    model = random_llama(args.shape, dtype=dtype, device=args.device)
     info = model.config
     ids = torch.randint(0, info.vocab_size, (args.windows, args.window), device=args.device)
     kv, layers = info.num_key_value_heads, info.num_hidden_layers
