@@ -25,11 +25,16 @@ pytestmark = pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
 @pytest.fixture
 def start_local(settings: Settings, tmp_path: Path,
                 reap: Callable[[int], None]) -> Iterator[Callable[..., LocalExecutor]]:
-    """Start local executors (logs of their workers under ``tmp_path``); stopped and reaped at the end."""
+    """Start local executors (logs of their workers under ``tmp_path``); stopped and reaped at the end.
+    ``heartbeat_timeout_s``: for tests about another way a worker ends (its exit code, the cancel
+    grace period), a timeout long enough that a worker starved of CPU under a loaded CI machine is
+    not declared lost first."""
     started: list[LocalExecutor] = []
 
-    def start(options: ExecutorSettings) -> LocalExecutor:
-        executor = LocalExecutor(settings, options, log_dir=tmp_path)
+    def start(options: ExecutorSettings, heartbeat_timeout_s: float | None = None) -> LocalExecutor:
+        own = settings if heartbeat_timeout_s is None else settings.model_copy(
+            update={"heartbeat_timeout_s": heartbeat_timeout_s})
+        executor = LocalExecutor(own, options, log_dir=tmp_path)
         executor.start()
         started.append(executor)
         return executor
@@ -74,7 +79,7 @@ def test_sigkilled_worker_without_attempts_left_fails_with_the_reason(
         start_local, options, sessions, make_spec, tmp_path) -> None:
     with sessions() as s:
         job = add_job(s, make_spec(**ENDLESS_JOB), max_attempts=1)
-    executor = start_local(options)
+    executor = start_local(options, heartbeat_timeout_s=120.0)
     wait_started(sessions, job.id, 120, tmp_path)
     pid = executor.worker_pids()[job.id]
     os.killpg(pid, signal.SIGKILL)
@@ -89,7 +94,7 @@ def test_cancel_running_job(start_local, options, sessions, make_spec, tmp_path,
     """Grace 60 s: the runner stops itself at its next window. Grace 0: the dispatcher kills it."""
     with sessions() as s:
         job = add_job(s, make_spec(**ENDLESS_JOB))
-    executor = start_local(options.model_copy(update={"cancel_grace_s": grace}))
+    executor = start_local(options.model_copy(update={"cancel_grace_s": grace}), heartbeat_timeout_s=120.0)
     wait_started(sessions, job.id, 120, tmp_path)
     pid = executor.worker_pids()[job.id]
     with sessions() as s:
