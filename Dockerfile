@@ -11,6 +11,8 @@ RUN pip install --no-cache-dir build==1.2.2
 COPY pyproject.toml README.md ./
 COPY headq_spec ./headq_spec
 COPY headq_core ./headq_core
+COPY headq_jobs ./headq_jobs
+COPY headq_cli ./headq_cli
 COPY workers ./workers
 COPY app ./app
 RUN python -m build --wheel --outdir /wheels .

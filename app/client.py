@@ -13,7 +13,7 @@ from typing import Any, Literal, overload
 
 import httpx
 
-from app.api.schemas import Job, JobItems, JobPage
+from headq_spec.api import Job, JobItems, JobPage
 from headq_spec.jobs import JobSpec
 
 API_PREFIX = "/api/v1"

@@ -2,7 +2,7 @@
 
 Nothing is built at import time. ``create_app`` reads the settings (or takes the given ones), opens
 the database and migrates it to the newest schema (``alembic upgrade head``), picks the executor
-named by ``settings.executor`` (``app.executors.build_executor``) unless one is given, mounts the
+named by ``settings.executor`` (``headq_jobs.executors.build_executor``) unless one is given, mounts the
 REST API under ``/api/v1`` (OpenAPI at ``/docs``) and the dashboard under ``/dashboard``. The
 executor is started and stopped with the app's lifespan.
 """
@@ -18,8 +18,8 @@ from fastapi.middleware.cors import CORSMiddleware
 
 from app.api import routes_health, routes_jobs, routes_results
 from app.api.errors import BodySizeLimit, install_error_handlers
-from app.settings import Settings, get_settings
-from app.store import make_engine, make_session_factory, migrate
+from headq_jobs.settings import Settings, get_settings
+from headq_jobs.store import make_engine, make_session_factory, migrate
 
 API_PREFIX = "/api/v1"
 
@@ -28,7 +28,7 @@ def _default_executor(settings: Settings) -> Any:
     """The executor ``settings.executor`` names, or None for ``none`` (the API only queues)."""
     if settings.executor == "none":
         return None
-    from app.executors import build_executor
+    from headq_jobs.executors import build_executor
 
     return build_executor(settings)
 

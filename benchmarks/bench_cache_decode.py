@@ -26,8 +26,8 @@ from gpu_shapes import KEY, VALUE
 from random_model import random_llama
 from transformers import DynamicCache, LlamaForCausalLM
 
-from headq_core.cache import HeadQCache
 from headq_core.config import ValuePolicyConfig
+from headq_core.runtime.cache import HeadQCache
 
 CACHES = {
     "dynamic": lambda layers: DynamicCache(),

@@ -23,12 +23,12 @@ from pathlib import Path
 
 import torch
 
-from headq_core.budget import effective_bits
 from headq_core.config import HeadQConfig, QuantConfig
-from headq_core.headq import QueryStats, correction_keys, decode_side, encode_side, query_pca_basis
-from headq_core.metrics import layer_metrics
-from headq_core.quant import dequantize, quantize
-from headq_core.schedule import decode_mask
+from headq_core.evaluation.metrics import layer_metrics
+from headq_core.method.budget import effective_bits
+from headq_core.method.headq import QueryStats, correction_keys, decode_side, encode_side, query_pca_basis
+from headq_core.method.quant import dequantize, quantize
+from headq_core.method.schedule import decode_mask
 
 KEY = QuantConfig(bits=2, axis="per_channel", group_size=32, residual=0)
 VALUE = QuantConfig(bits=2, axis="per_token", group_size=32, residual=0)

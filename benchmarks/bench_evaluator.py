@@ -3,7 +3,8 @@
 Times, on random token windows and a random-weight model of a real shape (speed does not depend on
 the weights), one teacher-forced forward pass + NLL per batch of windows:
 ``dense`` (the model's own attention, what a plain perplexity evaluation runs) and the evaluator's
-run attention (``headq_core.evaluate_run.RunAttention``, the code ``evaluate`` runs per window) for
+run attention (``headq_core.evaluation.run_attention.RunAttention``, the code ``evaluate`` runs per
+window) for
 2-bit keys, 2-bit keys + HeadQ r8, full-KV 2-bit + HeadQ + online A², and 2-bit keys with per-head
 metrics. Reports each as a ratio to dense (target: at most 2x) and dense's achieved FLOP/s as a
 share of the FLOP floor (matmul FLOPs of the forward pass / the matmul throughput measured in the
@@ -29,8 +30,8 @@ from random_model import SHAPES, random_llama
 from transformers import LlamaForCausalLM
 
 from headq_core.config import HeadQConfig, RunSpec, ValuePolicyConfig
-from headq_core.evaluate_metrics import HeadAccumulator
-from headq_core.evaluate_run import RunAttention
+from headq_core.evaluation.head_accumulator import HeadAccumulator
+from headq_core.evaluation.run_attention import RunAttention
 from headq_core.models.adapter import attention_handler
 
 HQ8 = HeadQConfig(rank=8, basis="random", side_bits=8)
@@ -64,7 +65,7 @@ def median_s(fn: Callable[[], object], repeats: int, device: str) -> float:
 
 
 def nll_step(model: LlamaForCausalLM, ids: torch.Tensor, handler: RunAttention | None) -> float:
-    """One teacher-forced pass and its summed NLL, as ``headq_core.evaluate`` does per batch."""
+    """One teacher-forced pass and its summed NLL, as ``headq_core.evaluation.evaluate`` does per batch."""
     with torch.no_grad():
         if handler is None:
             logits = model(ids, use_cache=False).logits

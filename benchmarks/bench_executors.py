@@ -22,11 +22,11 @@ import time
 from pathlib import Path
 from typing import Any
 
-from app.executors import CeleryExecutor, LocalExecutor
-from app.executors.settings import ExecutorSettings
-from app.executors.spawn import settings_env
-from app.settings import Settings
-from app.store import create_job, get_job, make_engine, make_session_factory, migrate, session_scope
+from headq_jobs.executors import CeleryExecutor, LocalExecutor
+from headq_jobs.executors.settings import ExecutorSettings
+from headq_jobs.executors.spawn import settings_env
+from headq_jobs.settings import Settings
+from headq_jobs.store import create_job, get_job, make_engine, make_session_factory, migrate, session_scope
 from tests.workers.tinymodel import save_tiny_llama, write_corpus
 
 RABBITMQ = "amqp://guest:guest@127.0.0.1:5672//"
@@ -64,7 +64,7 @@ def time_job(factory: Any, executor: Any, job_spec: dict[str, Any]) -> dict[str,
 def start_worker(settings: Settings, options: ExecutorSettings, logs: Path) -> subprocess.Popen[bytes]:
     env = {**os.environ, **settings_env(settings, options)}
     with open(logs / "worker.log", "wb") as log:
-        return subprocess.Popen([sys.executable, "-m", "workers.cli", "worker", "--concurrency", "1",
+        return subprocess.Popen([sys.executable, "-m", "headq_cli.main", "worker", "--concurrency", "1",
                                  "--hostname", f"{options.queue}@%h"], env=env, stdout=log,
                                 stderr=subprocess.STDOUT, start_new_session=True)
 

@@ -30,9 +30,9 @@ from bench_timing import GIB, copy_bandwidth, median_ms, nbytes  # noqa: E402
 from gpu_model import bench_memory, model_row  # noqa: E402
 from gpu_shapes import HEADQ, HIDDEN, HKV, HQ, KEY, LAYERS, VALUE, D  # noqa: E402
 
-from headq_core.kernels import decode_attention, encode  # noqa: E402
-from headq_core.kernels.triton_decode import decode_attention_triton  # noqa: E402
-from headq_core.schedule import quantized_count  # noqa: E402
+from headq_core.method.schedule import quantized_count  # noqa: E402
+from headq_core.runtime.kernels import decode_attention, encode  # noqa: E402
+from headq_core.runtime.kernels.triton_decode import decode_attention_triton  # noqa: E402
 
 KINDS = ("headq", "sdpa_gqa", "sdpa_folded", "triton_bf16")
 # decode variants (ptx unpacking, block, warps, register cap), each compiled once; programs per SM
@@ -160,8 +160,8 @@ def check_row(device: str, ctx: int = 8192 + 100) -> dict:
     """Correctness of every compiled decode variant and of the encode kernel on large random inputs
     drawn fresh here (never zeros): relative error of the output against the float32 torch reference
     run on the same device, and encode bit-exactness (side codes within one step)."""
-    from headq_core.kernels.reference import dequantize_side, encode_reference
-    from headq_core.kernels.triton_encode import encode_triton
+    from headq_core.runtime.kernels.reference import dequantize_side, encode_reference
+    from headq_core.runtime.kernels.triton_encode import encode_triton
 
     lay = Layers(2, ctx, 1, device)
     ref = decode_attention(lay.q[0], lay.enc[0], lay.kr[0], lay.vr[0], lay.u[0], backend="reference")
@@ -195,7 +195,7 @@ def check_row(device: str, ctx: int = 8192 + 100) -> dict:
 def tune_row(batch: int, ctx: int, device: str, cap_gib: float, skip: list[str]) -> dict:
     """Graph-replay time of the decode kernel per (ptx, block, warps, programs per SM) variant that
     passed the check, and eager time of the encode kernel (one layer) per warp count."""
-    from headq_core.kernels.triton_encode import encode_triton
+    from headq_core.runtime.kernels.triton_encode import encode_triton
 
     n = layer_count(batch, ctx, device, cap_gib)
     lay = Layers(batch, ctx, n, device)

@@ -10,9 +10,9 @@ import torch
 from bench_timing import GIB, nbytes, wall_ms
 from gpu_shapes import HEADQ, HIDDEN, HKV, HQ, KEY, LAYERS, VALUE, D
 
-from headq_core.budget import effective_bits
-from headq_core.kernels import encode
-from headq_core.schedule import quantized_count
+from headq_core.method.budget import effective_bits
+from headq_core.method.schedule import quantized_count
+from headq_core.runtime.kernels import encode
 
 
 def bench_memory(device: str, ctx: int, budget_gib: float) -> dict:
@@ -55,7 +55,7 @@ def model_row(ctx: int, device: str) -> dict:
     dequantized cache densely (``headq_dense``). Host-clock medians of 6 steps after 2."""
     from transformers import DynamicCache, LlamaConfig, LlamaForCausalLM
 
-    from headq_core.cache import HeadQCache
+    from headq_core.runtime.cache import HeadQCache
 
     gpu = device == "cuda"
     layers, hidden, heads, kv, vocab = (LAYERS, HIDDEN, HQ, HKV, 128256) if gpu else (2, 512, 4, 1, 1000)

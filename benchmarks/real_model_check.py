@@ -18,10 +18,10 @@ from pathlib import Path
 
 from scipy.stats import spearmanr
 
-from headq_core.calibrate import calibrate
 from headq_core.config import HeadQConfig, QuantConfig, RunSpec
-from headq_core.corpus import CorpusSpec
-from headq_core.evaluate import evaluate
+from headq_core.evaluation.calibrate import calibrate
+from headq_core.evaluation.corpus import CorpusSpec
+from headq_core.evaluation.evaluate import evaluate
 from headq_core.models.loading import BUILTIN_SMOLLM2, load_model
 
 

@@ -2,7 +2,6 @@
 model-visible distortion metrics of METHOD.md, on torch + transformers. A plain library: no web,
 no database, no environment variables."""
 
-from headq_core.budget import effective_bits
 from headq_core.config import (
     HeadQConfig,
     InterventionConfig,
@@ -11,7 +10,9 @@ from headq_core.config import (
     ValuePolicyConfig,
 )
 from headq_core.errors import Cancelled
-from headq_core.headq import (
+from headq_core.evaluation.metrics import HeadMetrics, layer_metrics
+from headq_core.method.budget import effective_bits
+from headq_core.method.headq import (
     QueryStats,
     SideCode,
     correction_keys,
@@ -20,12 +21,11 @@ from headq_core.headq import (
     logit_correction,
     make_basis,
 )
-from headq_core.intervention import perturb_keys
-from headq_core.metrics import HeadMetrics, layer_metrics
-from headq_core.packing import pack_bits, unpack_bits
-from headq_core.quant import Packed, dequantize, fake_quantize, quantize
-from headq_core.schedule import decode_mask, quantized_count
-from headq_core.values import OnlineA2, a2_weights, mixed_fake_quantize, value_keep_mask
+from headq_core.method.intervention import perturb_keys
+from headq_core.method.packing import pack_bits, unpack_bits
+from headq_core.method.quant import Packed, dequantize, fake_quantize, quantize
+from headq_core.method.schedule import decode_mask, quantized_count
+from headq_core.method.values import OnlineA2, a2_weights, mixed_fake_quantize, value_keep_mask
 
 __all__ = ["Cancelled", "HeadMetrics", "HeadQConfig", "InterventionConfig", "OnlineA2", "Packed",
            "QuantConfig", "QueryStats", "RunSpec", "SideCode", "ValuePolicyConfig", "a2_weights",

@@ -92,7 +92,7 @@ class DatasetSpec(_Strict):
     max_tokens: int | None = Field(default=32768, ge=1)
     # evaluation: per-head metrics over the first N windows only (perplexity always uses all)
     head_windows: int | None = Field(default=None, ge=1)
-    # evaluation: windows per forward pass (a speed knob; see headq_core.evaluate.evaluate)
+    # evaluation: windows per forward pass (a speed knob; see headq_core.evaluation.evaluate.evaluate)
     batch: int = Field(default=1, ge=1, le=1024)
 
     @model_validator(mode="after")

@@ -16,10 +16,10 @@ from celery import Celery
 from celery.signals import worker_init, worker_process_init
 from celery.utils.log import current_process_index
 
-from app.executors.celery_config import TASK_NAME, celery_config
-from app.executors.gpus import gpu_ids
-from app.executors.settings import ExecutorSettings
-from app.settings import get_settings
+from headq_jobs.executors.celery_config import TASK_NAME, celery_config
+from headq_jobs.executors.gpus import gpu_ids
+from headq_jobs.executors.settings import ExecutorSettings
+from headq_jobs.settings import get_settings
 from workers.run_job import run_job
 
 

@@ -9,11 +9,11 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from headq_core.calibrate import Calibration, calibrate
-from headq_core.corpus import CorpusSpec, check_files
-from headq_core.evaluate import evaluate
+from headq_core.evaluation.calibrate import Calibration, calibrate
+from headq_core.evaluation.corpus import CorpusSpec, check_files
+from headq_core.evaluation.evaluate import evaluate
+from headq_core.evaluation.results import calibration_document
 from headq_core.models.loading import LoadedModel, load_model
-from headq_core.results import calibration_document
 from headq_spec.jobs import JobSpec, model_location
 
 Progress = Callable[[float, str], None]

@@ -21,9 +21,9 @@ from typing import Any
 
 from sqlalchemy.orm import Session, sessionmaker
 
-from app.executors.settings import ExecutorSettings
-from app.settings import Settings, get_settings
-from app.store import (
+from headq_jobs.executors.settings import ExecutorSettings
+from headq_jobs.settings import Settings, get_settings
+from headq_jobs.store import (
     JobNotFound,
     JobRow,
     JobStateError,

@@ -8,8 +8,8 @@ from pathlib import Path
 
 from sqlalchemy.orm import Session
 
-from app.settings import Settings
-from app.store import JobNotFound, get_job
+from headq_jobs.settings import Settings
+from headq_jobs.store import JobNotFound, get_job
 from headq_spec.jobs import JobSpec, model_location
 
 

@@ -12,7 +12,7 @@ from fastapi import Depends, Header, Request
 from sqlalchemy.orm import Session
 
 from app.api.errors import ApiError
-from app.settings import Settings
+from headq_jobs.settings import Settings
 
 
 def get_settings(request: Request) -> Settings:

@@ -14,7 +14,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from app.store import IdempotencyConflict, JobNotFound, JobStateError
+from headq_jobs.store import IdempotencyConflict, JobNotFound, JobStateError
 from headq_spec.errors import field_errors, one_line
 
 log = logging.getLogger(__name__)

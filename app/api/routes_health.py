@@ -6,8 +6,9 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 
 from app.api.deps import ExecutorDep
-from app.api.schemas import Status, problems
-from app.store import ping
+from app.api.problems import problems
+from headq_jobs.store import ping
+from headq_spec.api import Status
 
 router = APIRouter(tags=["health"], responses=problems(413))
 

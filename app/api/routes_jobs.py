@@ -1,5 +1,5 @@
 """``/jobs`` and ``/calibrations``: submit, list, read and cancel jobs. Thin: validation lives in the
-spec and in :mod:`app.api.checks`, state changes in :mod:`app.store`."""
+spec and in :mod:`app.api.checks`, state changes in :mod:`headq_jobs.store`."""
 
 from __future__ import annotations
 
@@ -8,11 +8,12 @@ from typing import Annotated
 
 from fastapi import APIRouter, Header, Query, Response
 
-from app import store
 from app.api.checks import check_calibration_reference, check_local_paths
 from app.api.deps import ExecutorDep, SessionDep, SettingsDep, WriteAccess
 from app.api.errors import ApiError
-from app.api.schemas import Job, JobItems, JobKind, JobPage, JobStatus, problems
+from app.api.problems import problems
+from headq_jobs import store
+from headq_spec.api import Job, JobItems, JobKind, JobPage, JobStatus
 from headq_spec.jobs import JobSpec
 
 log = logging.getLogger(__name__)

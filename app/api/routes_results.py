@@ -10,10 +10,12 @@ from typing import Annotated, Any, Literal
 from fastapi import APIRouter, Body, Query, Response
 from pydantic import Discriminator, Tag
 
-from app import store
 from app.api.deps import SessionDep, WriteAccess
-from app.api.schemas import Bundle, BundleItem, Job, JobItems, ResultsDocument, problems
+from app.api.problems import problems
 from app.api.tables import to_csv, to_parquet
+from headq_jobs import store
+from headq_spec.api import Job, JobItems
+from headq_spec.results import Bundle, BundleItem, ResultsDocument
 
 router = APIRouter(tags=["results"], responses=problems(400, 413, 422))
 

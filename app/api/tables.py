@@ -7,7 +7,7 @@ from typing import Any
 
 import pandas as pd
 
-from app.store import HEAD_METRICS
+from headq_jobs.store import HEAD_METRICS
 
 COLUMNS = ("run", "layer", "head", "kv_head", *HEAD_METRICS)
 

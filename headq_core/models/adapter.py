@@ -1,24 +1,29 @@
-"""The one module that knows transformers internals.
+"""The one module that knows which models the product supports and routes their attention.
 
-It registers an attention implementation named ``headq`` through the public transformers 5
-``AttentionInterface`` (with the eager additive mask through ``AttentionMaskInterface``) and
-switches a model to it inside a context manager that always restores the previous implementation.
-While active, every attention call is handed to a *handler* as an :class:`AttentionCall` holding the
-post-RoPE query ``[batch, q_heads, q_len, d]``, key / value ``[batch, kv_heads, kv_len, d]``, the
-model's own logit scale (``module.scaling``), additive mask (causal, padding, sliding window) and
-logit softcap. The handler returns the attention output ``[batch, q_heads, q_len, d]``.
+A model type is supported when it is in ``VERIFIED_MODEL_TYPES`` (tiny models of each are checked
+against transformers' own attention and cache by the tests) or its attention passes the runtime
+probe (:mod:`headq_core.models.probe`). :func:`attention_handler` switches a supported model to the
+``headq`` implementation (:mod:`headq_core.models.attention`) inside a context manager that always
+restores the previous one.
 """
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, replace
 
 import torch
 
-IMPLEMENTATION = "headq"
+from headq_core.models.attention import (
+    AttentionCall,
+    Handler,
+    attention_modules,
+    config_geometry,
+    dense_attention,
+    routed,
+)
+from headq_core.models.probe import probe_failure
+
 # model types whose tiny models the tests check against transformers' own attention and cache
 VERIFIED_MODEL_TYPES = (
     "llama", "mistral", "qwen2", "qwen3", "gpt_neox", "gpt2", "phi3", "phi", "stablelm", "olmo", "olmo2",
@@ -26,140 +31,12 @@ VERIFIED_MODEL_TYPES = (
     "mixtral", "qwen2_moe", "qwen3_moe",
 )
 
-_state = threading.local()
-
-
-@dataclass
-class AttentionCall:
-    """One attention call of one layer (shapes in the module docstring)."""
-
-    layer: int
-    query: torch.Tensor
-    key: torch.Tensor
-    value: torch.Tensor
-    mask: torch.Tensor | None  # additive, [batch, 1, q_len, kv_len]
-    scaling: float
-    softcap: float | None = None
-
-    @property
-    def groups(self) -> int:
-        """Query heads per KV head."""
-        return self.query.shape[1] // self.key.shape[1]
-
-    def expand(self, x: torch.Tensor) -> torch.Tensor:
-        """[batch, kv_heads, n, d] -> [batch, q_heads, n, d] (transformers ``repeat_kv`` order)."""
-        return x.repeat_interleave(self.groups, dim=1)
-
-    @property
-    def work_dtype(self) -> torch.dtype:
-        """float32, or float64 for a float64 model."""
-        return torch.promote_types(self.query.dtype, torch.float32)
-
-    def raw_scores(self, key: torch.Tensor | None = None) -> torch.Tensor:
-        """``scaling * <q_t, k_j>`` in ``work_dtype``: [batch, q_heads, q_len, kv_len]. The query heads
-        of a KV head share one matmul against it (no repeated keys); the scale goes on the queries."""
-        k = self.key if key is None else key
-        dt = self.work_dtype
-        b, hq, t, d = self.query.shape
-        hkv = k.shape[1]
-        q = (self.query.to(dt) * self.scaling).reshape(b, hkv, (hq // hkv) * t, d)
-        return (q @ k.to(dt).transpose(-1, -2)).view(b, hq, t, k.shape[-2])
-
-    def read(self, probs: torch.Tensor, value: torch.Tensor) -> torch.Tensor:
-        """``probs`` [batch, q_heads, q_len, n] times ``value`` [batch, kv_heads, n, d] ->
-        [batch, q_heads, q_len, d]: one matmul per KV head for all its query heads."""
-        b, hq, t, n = probs.shape
-        hkv = value.shape[1]
-        return (probs.reshape(b, hkv, (hq // hkv) * t, n) @ value).view(b, hq, t, value.shape[-1])
-
-    def cap(self, raw: torch.Tensor) -> torch.Tensor:
-        """Apply the model's logit softcap, if any."""
-        if self.softcap is None:
-            return raw
-        return torch.tanh(raw / self.softcap) * self.softcap
-
-    def finish(self, raw: torch.Tensor) -> torch.Tensor:
-        """Apply the model's softcap and mask to raw logits (quantization never touches these)."""
-        raw = self.cap(raw)
-        if self.mask is not None:
-            raw = raw + self.mask.to(raw.dtype)
-        return raw
-
-    def allowed(self) -> torch.Tensor:
-        """bool [batch, 1 or q_heads, q_len, kv_len]: True where a query may read a key."""
-        if self.mask is None:
-            q_len, kv_len = self.query.shape[-2], self.key.shape[-2]
-            full = torch.ones(q_len, kv_len, dtype=torch.bool, device=self.query.device)
-            return torch.tril(full, diagonal=kv_len - q_len)[None, None]
-        return self.mask > torch.finfo(self.mask.dtype).min / 2
-
-
-def dense_attention(
-    call: AttentionCall, logits: torch.Tensor | None = None, value: torch.Tensor | None = None
-) -> torch.Tensor:
-    """Softmax attention in ``call.work_dtype`` -> [batch, q_heads, q_len, d] in the query's dtype."""
-    logits = call.finish(call.raw_scores()) if logits is None else logits
-    probs = torch.softmax(logits, dim=-1)
-    v = call.value if value is None else value
-    return (probs @ call.expand(v.to(probs.dtype))).to(call.query.dtype)
-
-
-def fused_attention(call: AttentionCall, key: torch.Tensor | None = None,
-                    value: torch.Tensor | None = None) -> torch.Tensor:
-    """The same attention as :func:`dense_attention` through torch's fused
-    ``scaled_dot_product_attention`` in the model's dtype (no ``[q_len, kv_len]`` float32 logits in
-    memory), for callers that need no logits: [batch, q_heads, q_len, d]. A softcap needs the logits:
-    then :func:`dense_attention`."""
-    k = call.key if key is None else key
-    v = call.value if value is None else value
-    if call.softcap is not None:
-        return dense_attention(replace(call, key=k), value=v)
-    q = call.query
-    mask = call.mask
-    if mask is None and q.shape[-2] > 1:
-        mask = replace(call, key=k).allowed()  # causal, bool
-    elif mask is not None:
-        mask = mask.to(q.device, q.dtype)  # additive
-    return torch.nn.functional.scaled_dot_product_attention(
-        q, k.to(q.dtype), v.to(q.dtype), attn_mask=mask, scale=call.scaling, enable_gqa=call.groups > 1)
-
-
-Handler = Callable[[AttentionCall], torch.Tensor]
-
-
-def _headq_attention(
-    module, query, key, value, attention_mask, scaling=None, dropout=0.0, softcap=None, **kwargs
-):
-    """The registered attention function: dispatch to the active handler (dense if none)."""
-    handler: Handler | None = getattr(_state, "handler", None)
-    call = AttentionCall(
-        layer=int(module.layer_idx),
-        query=query,
-        key=key,
-        value=value,
-        mask=attention_mask,
-        scaling=float(scaling if scaling is not None else query.shape[-1] ** -0.5),
-        softcap=softcap,
-    )
-    out = handler(call) if handler is not None else dense_attention(call)
-    return out.transpose(1, 2).contiguous(), None
-
-
-def _register() -> None:
-    from transformers import AttentionInterface
-    from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, AttentionMaskInterface
-
-    AttentionInterface.register(IMPLEMENTATION, _headq_attention)
-    AttentionMaskInterface.register(IMPLEMENTATION, ALL_MASK_ATTENTION_FUNCTIONS["eager"])
-
 
 def architecture_of(model) -> str:
     """The model's ``model_type``: a verified one, or any other whose attention passes the runtime
     probe (``models.probe``, run once per model); otherwise a ValueError saying what failed."""
     model_type = str(getattr(model.config, "model_type", ""))
     if model_type not in VERIFIED_MODEL_TYPES:
-        from headq_core.models.probe import probe_failure  # the probe imports this module
-
         failure = probe_failure(model)
         if failure is not None:
             raise ValueError(
@@ -167,28 +44,6 @@ def architecture_of(model) -> str:
                 f"not standard: {failure}; verified model types: {', '.join(VERIFIED_MODEL_TYPES)}"
             )
     return model_type
-
-
-def attention_modules(model) -> dict[int, torch.nn.Module]:
-    """layer index -> self-attention module (the ones carrying ``layer_idx`` and ``scaling``)."""
-    found = {}
-    for module in model.modules():
-        if (
-            hasattr(module, "layer_idx")
-            and hasattr(module, "scaling")
-            and type(module).__name__.endswith("Attention")
-            and not getattr(module, "is_cross_attention", False)
-        ):
-            found[int(module.layer_idx)] = module
-    return dict(sorted(found.items()))
-
-
-def config_geometry(config) -> tuple[int, int, int, int]:
-    """(layers, q_heads, kv_heads, head_dim) as a transformers config states them."""
-    heads = config.num_attention_heads
-    kv_heads = getattr(config, "num_key_value_heads", None) or heads
-    head_dim = getattr(config, "head_dim", None) or config.hidden_size // heads
-    return config.num_hidden_layers, heads, kv_heads, head_dim
 
 
 def model_geometry(model) -> tuple[int, int, int, int, float]:
@@ -204,30 +59,6 @@ def attention_handler(model, handler: Handler) -> Iterator[None]:
     architecture_of(model)
     with routed(model, handler):
         yield
-
-
-@contextmanager
-def implementation(model, name: str) -> Iterator[None]:
-    """Run ``model`` with the attention implementation ``name`` (e.g. ``"eager"``); always restores."""
-    previous = model.config._attn_implementation
-    model.set_attn_implementation(name)
-    try:
-        yield
-    finally:
-        model.set_attn_implementation(previous)
-
-
-@contextmanager
-def routed(model, handler: Handler) -> Iterator[None]:
-    """:func:`attention_handler` without the architecture check (what the probe runs)."""
-    _register()
-    previous_handler = getattr(_state, "handler", None)
-    _state.handler = handler
-    try:
-        with implementation(model, IMPLEMENTATION):
-            yield
-    finally:
-        _state.handler = previous_handler
 
 
 @contextmanager

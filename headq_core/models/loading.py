@@ -12,6 +12,8 @@ from typing import Any
 
 import torch
 
+from headq_core.models.adapter import architecture_of, model_geometry
+
 BUILTIN_SMOLLM2 = "builtin:smollm2-135m"
 _SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 _DTYPES = {
@@ -41,8 +43,6 @@ class ModelInfo:
     @classmethod
     def of(cls, model: Any, model_id: str, revision: str | None, dtype: str, device: str) -> ModelInfo:
         """Describe a loaded ``model`` (its geometry read by the adapter)."""
-        from headq_core.models.adapter import model_geometry  # the adapter imports this module
-
         layers, heads, kv_heads, head_dim, scale = model_geometry(model)
         return cls(id=model_id, revision=revision, architecture=type(model).__name__, layers=layers,
                    heads=heads, kv_heads=kv_heads, head_dim=head_dim, logit_scale=scale, dtype=dtype,
@@ -144,8 +144,6 @@ def load_model(
 ) -> LoadedModel:
     """Load ``model_id`` (hub id, local folder or ``.gguf`` file, or ``builtin:smollm2-135m``)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    from headq_core.models.adapter import architecture_of
 
     if not isinstance(model_id, str) or not model_id:
         raise ValueError("model_id: must be a non-empty string")

@@ -20,7 +20,7 @@ from collections import Counter
 
 import torch
 
-from headq_core.models.adapter import (
+from headq_core.models.attention import (
     AttentionCall,
     attention_modules,
     config_geometry,

@@ -9,7 +9,7 @@ from typing import Any
 
 
 def make_bundle(items: Sequence[dict[str, Any]]) -> dict[str, Any]:
-    """``{"jobs": [{spec, results, artifact_base64}]}`` (app.api.schemas.Bundle), calibrations first."""
+    """``{"jobs": [{spec, results, artifact_base64}]}`` (headq_spec.api.Bundle), calibrations first."""
     ordered = sorted(items, key=lambda i: i["results"].get("kind") != "calibration")
     return {
         "jobs": [

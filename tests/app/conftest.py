@@ -11,9 +11,9 @@ from sqlalchemy import Engine
 from sqlalchemy.orm import Session
 
 from app.main import create_app
-from app.settings import Settings
-from app.store import make_engine, make_session_factory, migrate
-from app.store.models import Base
+from headq_jobs.settings import Settings
+from headq_jobs.store import make_engine, make_session_factory, migrate
+from headq_jobs.store.models import Base
 from tests.pg import temporary_database
 
 

@@ -12,8 +12,8 @@ from fastapi.testclient import TestClient
 from kombu import Connection
 from sqlalchemy import Engine
 
-from app.executors import ExecutorSettings, build_executor
 from app.main import create_app
+from headq_jobs.executors import ExecutorSettings, build_executor
 
 from .conftest import EVAL_SPEC, make_settings
 

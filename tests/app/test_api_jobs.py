@@ -11,8 +11,8 @@ import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import Engine
 
-from app import store
 from app.main import create_app
+from headq_jobs import store
 
 from .conftest import EVAL_SPEC, make_settings
 

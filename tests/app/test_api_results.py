@@ -14,7 +14,7 @@ import pyarrow.parquet as pq
 from fastapi.testclient import TestClient
 from sqlalchemy import Engine
 
-from app import store
+from headq_jobs import store
 
 from .conftest import EVAL_SPEC
 from .resultgen import METRICS, make_document

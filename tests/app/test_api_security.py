@@ -10,7 +10,7 @@ from fastapi.testclient import TestClient
 from sqlalchemy import Engine
 
 from app.main import create_app
-from app.settings import Settings, check_serve_address, get_settings
+from headq_jobs.settings import Settings, check_serve_address, get_settings
 
 from .conftest import EVAL_SPEC, make_settings
 from .resultgen import make_document

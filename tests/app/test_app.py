@@ -13,7 +13,7 @@ from sqlalchemy import create_engine, inspect, text
 from sqlalchemy.engine import make_url
 
 from app.main import create_app
-from app.settings import get_settings
+from headq_jobs.settings import get_settings
 
 from .conftest import make_settings
 

@@ -12,8 +12,8 @@ from alembic.migration import MigrationContext
 from sqlalchemy import Engine, update
 from sqlalchemy.orm import Session
 
-from app import store
-from app.store.models import Base, JobRow, utcnow
+from headq_jobs import store
+from headq_jobs.store.models import Base, JobRow, utcnow
 
 
 def _new(session: Session, kind: str = "evaluation", model: str = "m/a", **kw: object) -> JobRow:

@@ -10,8 +10,8 @@ import pytest
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from app import store
-from app.store.models import HeadRow, ResultRow
+from headq_jobs import store
+from headq_jobs.store.models import HeadRow, ResultRow
 
 from .resultgen import make_document
 

@@ -2,8 +2,8 @@
 
 import pytest
 
-from headq_core.budget import effective_bits
 from headq_core.config import HeadQConfig, QuantConfig, ValuePolicyConfig
+from headq_core.method.budget import effective_bits
 
 
 def test_hand_counts():

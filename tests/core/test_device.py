@@ -5,12 +5,12 @@ import pytest
 import torch
 
 from headq_core.config import HeadQConfig, InterventionConfig, QuantConfig, ValuePolicyConfig
-from headq_core.headq import QueryStats, decode_side, encode_side, logit_correction, make_basis
-from headq_core.intervention import perturb_keys
-from headq_core.metrics import HeadMetrics, layer_metrics
-from headq_core.quant import dequantize, quantize
-from headq_core.schedule import decode_mask
-from headq_core.values import OnlineA2, a2_weights, value_keep_mask
+from headq_core.evaluation.metrics import HeadMetrics, layer_metrics
+from headq_core.method.headq import QueryStats, decode_side, encode_side, logit_correction, make_basis
+from headq_core.method.intervention import perturb_keys
+from headq_core.method.quant import dequantize, quantize
+from headq_core.method.schedule import decode_mask
+from headq_core.method.values import OnlineA2, a2_weights, value_keep_mask
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 GPU = "cuda"

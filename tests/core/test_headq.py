@@ -4,7 +4,8 @@ import pytest
 import torch
 
 from headq_core.config import HeadQConfig, QuantConfig
-from headq_core.headq import (
+from headq_core.evaluation.metrics import layer_metrics
+from headq_core.method.headq import (
     QueryStats,
     correction_keys,
     decode_side,
@@ -15,9 +16,8 @@ from headq_core.headq import (
     query_pca_basis,
     random_basis,
 )
-from headq_core.metrics import layer_metrics
-from headq_core.quant import fake_quantize
-from headq_core.schedule import decode_mask
+from headq_core.method.quant import fake_quantize
+from headq_core.method.schedule import decode_mask
 
 
 def anisotropic_queries(gen, b, hq, t, d, decay=0.6):

@@ -5,10 +5,10 @@ import pytest
 import torch
 
 from headq_core.config import InterventionConfig, QuantConfig
-from headq_core.headq import QueryStats, query_pca_basis
-from headq_core.intervention import perturb_keys
-from headq_core.metrics import layer_metrics
-from headq_core.quant import fake_quantize
+from headq_core.evaluation.metrics import layer_metrics
+from headq_core.method.headq import QueryStats, query_pca_basis
+from headq_core.method.intervention import perturb_keys
+from headq_core.method.quant import fake_quantize
 from tests.core.test_headq import anisotropic_queries
 
 

@@ -6,9 +6,10 @@ equal to its parts, and the sign of the HeadQ effect for query_pca."""
 import pytest
 import torch
 
-from headq_core.budget import effective_bits
 from headq_core.config import HeadQConfig, QuantConfig, ValuePolicyConfig
-from headq_core.headq import (
+from headq_core.evaluation.metrics import layer_metrics
+from headq_core.method.budget import effective_bits
+from headq_core.method.headq import (
     QueryStats,
     correction_keys,
     decode_side,
@@ -16,10 +17,9 @@ from headq_core.headq import (
     logit_correction,
     make_basis,
 )
-from headq_core.metrics import layer_metrics
-from headq_core.quant import fake_quantize
-from headq_core.schedule import decode_mask
-from headq_core.values import mixed_fake_quantize, value_keep_mask
+from headq_core.method.quant import fake_quantize
+from headq_core.method.schedule import decode_mask
+from headq_core.method.values import mixed_fake_quantize, value_keep_mask
 from tests.core.test_headq import anisotropic_queries
 
 B, HQ, HKV, T, D = 1, 4, 2, 16, 8

@@ -4,9 +4,9 @@ import pytest
 import torch
 
 from headq_core.config import QuantConfig
-from headq_core.metrics import SCORE_METRICS, HeadMetrics, allowed_mask, layer_metrics
-from headq_core.quant import fake_quantize
-from headq_core.schedule import decode_mask
+from headq_core.evaluation.metrics import SCORE_METRICS, HeadMetrics, allowed_mask, layer_metrics
+from headq_core.method.quant import fake_quantize
+from headq_core.method.schedule import decode_mask
 from tests.core.refs import reference_metrics, reference_tensor_mse
 
 GQA = [(2, 2), (6, 2), (4, 1)]  # (q_heads, kv_heads): ratios 1, 3, 4

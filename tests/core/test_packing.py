@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from headq_core.packing import pack_bits, packed_size, unpack_bits
+from headq_core.method.packing import pack_bits, packed_size, unpack_bits
 
 
 @pytest.mark.parametrize("bits", [1, 2, 3, 4, 5, 6, 7, 8])

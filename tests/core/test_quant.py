@@ -4,8 +4,8 @@ import pytest
 import torch
 
 from headq_core.config import QuantConfig
-from headq_core.quant import dequantize, fake_quantize, quantize
-from headq_core.schedule import quantized_count
+from headq_core.method.quant import dequantize, fake_quantize, quantize
+from headq_core.method.schedule import quantized_count
 
 
 def reference(x, cfg):

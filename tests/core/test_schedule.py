@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from headq_core.config import QuantConfig
-from headq_core.schedule import decode_mask, leave_step, quantized_count
+from headq_core.method.schedule import decode_mask, leave_step, quantized_count
 
 
 def simulate(n_steps, cfg):

@@ -4,13 +4,13 @@ direct float64 computations; the 2-bit packing layout; the budget; the evaluator
 import pytest
 import torch
 
-from headq_core.budget import effective_bits, side_code_bits
 from headq_core.config import HeadQConfig, QuantConfig, RunSpec
-from headq_core.evaluate_run import RunAttention
-from headq_core.headq import decode_side, encode_side, random_basis
-from headq_core.models.adapter import AttentionCall
-from headq_core.quant import fake_quantize
-from headq_core.schedule import decode_mask
+from headq_core.evaluation.run_attention import RunAttention
+from headq_core.method.budget import effective_bits, side_code_bits
+from headq_core.method.headq import decode_side, encode_side, random_basis
+from headq_core.method.quant import fake_quantize
+from headq_core.method.schedule import decode_mask
+from headq_core.models.attention import AttentionCall
 
 
 def _codes64(residual, basis):

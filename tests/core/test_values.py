@@ -4,9 +4,9 @@ import pytest
 import torch
 
 from headq_core.config import QuantConfig, ValuePolicyConfig
-from headq_core.quant import fake_quantize
-from headq_core.schedule import decode_mask, leave_step
-from headq_core.values import (
+from headq_core.method.quant import fake_quantize
+from headq_core.method.schedule import decode_mask, leave_step
+from headq_core.method.values import (
     OnlineA2,
     a2_weights,
     mixed_fake_quantize,

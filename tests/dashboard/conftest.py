@@ -15,7 +15,7 @@ import pytest
 import uvicorn
 
 from app.main import create_app
-from app.settings import Settings
+from headq_jobs.settings import Settings
 from tests.dashboard.synthetic import make_results
 
 SCREENSHOTS = Path(__file__).resolve().parents[2] / "docs" / "screenshots"

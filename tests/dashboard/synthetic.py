@@ -95,7 +95,7 @@ def make_results(
                     }
                 )
         pos = np.arange(1, window + 1, dtype=float)
-        # six significant digits, as headq_core.results.compact_list stores result arrays
+        # six significant digits, as headq_core.evaluation.results.compact_list stores result arrays
         a2[name] = [[[float(f"{v:.6g}") for v in pos**-0.5 * (1 + kv)] for kv in range(kv_heads)]
                     for _ in range(layers)]
     spectrum = [

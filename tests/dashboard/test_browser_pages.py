@@ -11,10 +11,10 @@ import pytest
 from fastapi import FastAPI
 from scipy.stats import spearmanr
 
-from app import store
 from app.dashboard import figures as F
 from app.dashboard import results as R
 from app.dashboard.mount import mount_dashboard
+from headq_jobs import store
 from tests.dashboard.browser import figures, open_page, screenshot, wait_for_graphs
 from tests.dashboard.conftest import LiveServer, free_port, start_api
 

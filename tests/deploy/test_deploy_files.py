@@ -87,15 +87,15 @@ def _env_example() -> dict[str, str | None]:
 
 def _setting_names() -> set[str]:
     """Every HEADQ_ variable the server and the executors read."""
-    from app.executors.settings import ExecutorSettings
-    from app.settings import Settings
+    from headq_jobs.executors.settings import ExecutorSettings
+    from headq_jobs.settings import Settings
 
     return {f"HEADQ_{name.upper()}" for cls in (Settings, ExecutorSettings) for name in cls.model_fields}
 
 
 def test_env_example_lists_every_server_setting_and_parses(monkeypatch):
-    from app.executors.settings import ExecutorSettings
-    from app.settings import Settings
+    from headq_jobs.executors.settings import ExecutorSettings
+    from headq_jobs.settings import Settings
 
     env = _env_example()
     expected = _setting_names()

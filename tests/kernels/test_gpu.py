@@ -7,8 +7,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from headq_core.kernels import decode_attention, encode
-from headq_core.kernels.reference import dequantize_side
+from headq_core.runtime.kernels import decode_attention, encode
+from headq_core.runtime.kernels.reference import dequantize_side
 from tests.kernels.helpers import configs
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
@@ -17,7 +17,7 @@ FIELDS = ("k_codes", "k_scale", "k_zero", "v_codes", "v_scale", "v_zero", "side_
 
 @pytest.fixture(autouse=True)
 def _compiled_kernels():
-    from headq_core.kernels import triton_decode
+    from headq_core.runtime.kernels import triton_decode
 
     if "Interpreted" in type(triton_decode._decode_kernel).__name__:
         pytest.skip("kernels were imported under TRITON_INTERPRET=1 in this process")
@@ -95,7 +95,7 @@ def test_bf16_only_cache_is_split_across_programs_gpu():
 
 def test_ptx_and_float_unpacking_agree_gpu():
     """The inline-PTX code unpacking (default on the GPU) and the float32 one (the interpreter's)."""
-    from headq_core.kernels.triton_decode import decode_attention_triton
+    from headq_core.runtime.kernels.triton_decode import decode_attention_triton
 
     q, k, v, kr, vr, u = _inputs(2, 8, 8192, 50, 8)
     enc = encode(k, v, *configs(2, 32, 2, 32), basis=u)

@@ -7,9 +7,9 @@ import dataclasses
 import pytest
 import torch
 
-from headq_core.kernels import decode_attention, encode
-from headq_core.kernels.reference import dequantize_kv, dequantize_side
-from headq_core.quant import fake_quantize
+from headq_core.method.quant import fake_quantize
+from headq_core.runtime.kernels import decode_attention, encode
+from headq_core.runtime.kernels.reference import dequantize_kv, dequantize_side
 from tests.kernels.helpers import configs, random_basis, random_kv
 
 
@@ -79,9 +79,9 @@ def test_full_rank_fp16_correction_restores_dense_logits():
 def test_from_packed_cache_parts_matches_dense_attention_on_what_the_cache_holds(seq):
     """A cache's Packed keys/values (values quantized further than keys) and side code, turned into
     kernel inputs, give attention over exactly the keys/values the cache represents."""
-    from headq_core.headq import correction_keys, decode_side, encode_side
-    from headq_core.kernels.layout import from_packed
-    from headq_core.quant import dequantize, quantize
+    from headq_core.method.headq import correction_keys, decode_side, encode_side
+    from headq_core.method.quant import dequantize, quantize
+    from headq_core.runtime.kernels.layout import from_packed
 
     gen = torch.Generator().manual_seed(seq)
     k, v = random_kv(1, 2, seq, 32, gen)

@@ -17,10 +17,10 @@ import torch  # noqa: E402
 triton = pytest.importorskip("triton")  # the gpu extra; its interpreter needs no GPU
 tl = pytest.importorskip("triton.language")
 
-from headq_core.kernels import decode_attention, encode  # noqa: E402
-from headq_core.kernels.layout import EncodedKV  # noqa: E402
-from headq_core.kernels.reference import dequantize_side  # noqa: E402
-from headq_core.kernels.triton_encode import round_half_even  # noqa: E402
+from headq_core.runtime.kernels import decode_attention, encode  # noqa: E402
+from headq_core.runtime.kernels.layout import EncodedKV  # noqa: E402
+from headq_core.runtime.kernels.reference import dequantize_side  # noqa: E402
+from headq_core.runtime.kernels.triton_encode import round_half_even  # noqa: E402
 from tests.kernels.helpers import configs, random_basis, random_kv  # noqa: E402
 
 FIELDS = ("k_codes", "k_scale", "k_zero", "v_codes", "v_scale", "v_zero", "side", "side_scale")
@@ -126,9 +126,9 @@ def test_cache_decode_steps_read_the_packed_cache_with_the_kernel():
     """HeadQCacheLayer under ``attached``: single-token steps hand the packed cache (values ahead of
     keys, residual windows, side code) to the interpreted Triton kernel and give the dense path's
     attention; the prefill stays dense."""
-    from headq_core.cache import HeadQCacheLayer
     from headq_core.config import HeadQConfig, QuantConfig
-    from headq_core.models.adapter import AttentionCall
+    from headq_core.models.attention import AttentionCall
+    from headq_core.runtime.cache import HeadQCacheLayer
 
     gen = torch.Generator().manual_seed(9)
     kc = QuantConfig(bits=2, axis="per_channel", group_size=16, residual=8)
@@ -168,7 +168,7 @@ def test_cache_decode_steps_read_the_packed_cache_with_the_kernel():
 def test_combine_merges_many_splits_in_chunks():
     """The split combine against softmax weights computed directly, with more splits than one step
     takes (300 > 256) and a split that saw no token (lse = -inf)."""
-    from headq_core.kernels.triton_decode import _combine_kernel
+    from headq_core.runtime.kernels.triton_decode import _combine_kernel
 
     gen = torch.Generator().manual_seed(10)
     o = torch.randn(3, 300, 64, generator=gen)

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from headq_core.config import QuantConfig
-from headq_core.kernels import decode_attention, encode
+from headq_core.runtime.kernels import decode_attention, encode
 from tests.kernels.helpers import configs, random_basis, random_kv
 
 
@@ -78,8 +78,8 @@ def test_encoded_kv_checks_its_shapes(case):
 
 
 def test_from_packed_rejects_swapped_sides(case):
-    from headq_core.kernels.layout import from_packed
-    from headq_core.quant import quantize
+    from headq_core.method.quant import quantize
+    from headq_core.runtime.kernels.layout import from_packed
 
     keys = quantize(case["k"], case["kc"], n_quant=32)
     values = quantize(case["v"], case["vc"], n_quant=32)

@@ -6,15 +6,8 @@ always restores the model."""
 import pytest
 import torch
 
-from headq_core.models.adapter import (
-    VERIFIED_MODEL_TYPES,
-    AttentionCall,
-    attention_handler,
-    attention_modules,
-    capture,
-    dense_attention,
-    model_geometry,
-)
+from headq_core.models.adapter import VERIFIED_MODEL_TYPES, attention_handler, capture, model_geometry
+from headq_core.models.attention import AttentionCall, attention_modules, dense_attention
 from tests.models.tiny import FAMILIES, build
 
 

@@ -7,11 +7,11 @@ import math
 import pytest
 import torch
 
-from headq_core.cache import HeadQCache
-from headq_core.calibrate import calibrate
 from headq_core.config import HeadQConfig, QuantConfig, RunSpec
-from headq_core.corpus import CorpusSpec, corpus_windows
-from headq_core.evaluate import evaluate
+from headq_core.evaluation.calibrate import calibrate
+from headq_core.evaluation.corpus import CorpusSpec, corpus_windows
+from headq_core.evaluation.evaluate import evaluate
+from headq_core.runtime.cache import HeadQCache
 from tests.models.tiny import loaded
 
 K2 = QuantConfig(bits=2, axis="per_channel", group_size=4, residual=3)
@@ -76,10 +76,10 @@ def test_key_only_and_wrong_sign_match_evaluator(side_bits, side_scale):
 def test_cache_keys_equal_evaluator_effective_keys(side_bits, side_scale):
     """Token by token, the cache holds exactly the evaluator's effective keys k^ + U c^ (the
     perplexity checks above barely see a rank-2 side code of a tiny model)."""
-    from headq_core.cache import HeadQCacheLayer
-    from headq_core.evaluate_run import RunAttention
-    from headq_core.headq import random_basis
-    from headq_core.models.adapter import AttentionCall
+    from headq_core.evaluation.run_attention import RunAttention
+    from headq_core.method.headq import random_basis
+    from headq_core.models.attention import AttentionCall
+    from headq_core.runtime.cache import HeadQCacheLayer
 
     gen = torch.Generator().manual_seed(side_bits)
     q, k, v = (torch.randn(1, h, 19, 8, generator=gen) for h in (4, 2, 2))

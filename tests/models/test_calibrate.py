@@ -4,9 +4,9 @@ import pytest
 import torch
 from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
 
-from headq_core.calibrate import Calibration, calibrate
-from headq_core.corpus import CorpusSpec
 from headq_core.errors import Cancelled
+from headq_core.evaluation.calibrate import Calibration, calibrate
+from headq_core.evaluation.corpus import CorpusSpec
 from tests.models.tiny import loaded
 
 SPEC = CorpusSpec(split="calibration")
@@ -45,7 +45,7 @@ def test_spectrum_and_basis_match_direct_computation():
     lm = loaded("llama")
     fractions = []
     cal = calibrate(lm, SPEC, window=16, max_tokens=48, rank=3, progress=lambda f, s: fractions.append(f))
-    from headq_core.corpus import corpus_windows
+    from headq_core.evaluation.corpus import corpus_windows
 
     moment = _direct_moments(lm, corpus_windows(lm.tokenizer, SPEC, 16, 48))
     values, vectors = torch.linalg.eigh(moment)

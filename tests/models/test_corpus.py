@@ -6,7 +6,7 @@ from importlib import resources
 import pytest
 import torch
 
-from headq_core.corpus import CorpusSpec, corpus_windows, load_texts, token_windows
+from headq_core.evaluation.corpus import CorpusSpec, corpus_windows, load_texts, token_windows
 from tests.models.tiny import CharTokenizer
 
 

@@ -7,11 +7,12 @@ import pytest
 import torch
 
 from headq_core.config import HeadQConfig, QuantConfig, RunSpec
-from headq_core.corpus import CorpusSpec, corpus_windows
 from headq_core.errors import Cancelled
-from headq_core.evaluate import evaluate
-from headq_core.models.adapter import attention_handler, dense_attention
-from headq_core.quant import fake_quantize
+from headq_core.evaluation.corpus import CorpusSpec, corpus_windows
+from headq_core.evaluation.evaluate import evaluate
+from headq_core.method.quant import fake_quantize
+from headq_core.models.adapter import attention_handler
+from headq_core.models.attention import dense_attention
 from tests.models.tiny import loaded
 
 SPEC = CorpusSpec(split="eval")
@@ -137,8 +138,8 @@ def test_errors_and_cancel():
 
 
 def test_interventions_and_value_policies():
-    from headq_core.calibrate import calibrate
     from headq_core.config import InterventionConfig, ValuePolicyConfig
+    from headq_core.evaluation.calibrate import calibrate
 
     lm = loaded("llama")
     cal = calibrate(lm, CorpusSpec(split="calibration"), window=16, max_tokens=32, rank=4)
@@ -169,7 +170,7 @@ def test_interventions_and_value_policies():
 
 def test_batched_windows_give_the_same_numbers():
     from headq_core.config import ValuePolicyConfig
-    from headq_core.evaluate import window_batches
+    from headq_core.evaluation.evaluate import window_batches
 
     assert window_batches(7, 3, 2) == [(0, 2), (2, 5), (5, 7)]
     assert window_batches(4, 8, 4) == [(0, 4)]
@@ -195,8 +196,8 @@ def test_metrics_path_and_band_path_agree():
     """Without metrics the evaluator recomputes exact logits / values only in the band near the
     diagonal (``evaluate_run.exact_band``); with metrics it computes them everywhere."""
     from headq_core.config import ValuePolicyConfig
-    from headq_core.evaluate_run import band_blocks
-    from headq_core.schedule import decode_mask
+    from headq_core.evaluation.run_attention import band_blocks
+    from headq_core.method.schedule import decode_mask
 
     mask = decode_mask(300, 300, QuantConfig(bits=2, group_size=32, residual=40))
     blocks = list(band_blocks(mask, rows=128))

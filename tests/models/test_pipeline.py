@@ -5,10 +5,10 @@ import json
 
 import pytest
 
-from headq_core.calibrate import Calibration
+from headq_cli.main import main
 from headq_core.errors import Cancelled
+from headq_core.evaluation.calibrate import Calibration
 from tests.models.tiny import save_tiny
-from workers.cli import main
 from workers.pipeline import ModelCache, execute
 
 K2 = {"bits": 2, "axis": "per_channel", "group_size": 4, "residual": 0}

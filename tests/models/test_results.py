@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from headq_core.config import HeadQConfig, QuantConfig, RunSpec
-from headq_core.results import base_run_name, compact_list, run_rows, versions
+from headq_core.evaluation.results import base_run_name, compact_list, run_rows, versions
 
 K2 = QuantConfig(bits=2)
 RUNS = [

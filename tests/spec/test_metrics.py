@@ -1,6 +1,6 @@
 """The metric names are one list: the store's head_rows columns and the evaluator use it."""
 
-from app.store.models import HeadRow
+from headq_jobs.store.models import HeadRow
 from headq_spec.metrics import HEAD_METRICS
 
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from app.api.schemas import Bundle
+from headq_spec.results import Bundle
 from studies.paper.records import read_jobs
 from studies.paper.specs import study_jobs
 from studies.paper.summary import clean, summarize

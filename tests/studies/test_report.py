@@ -8,7 +8,7 @@ import gzip
 import json
 from pathlib import Path
 
-from app.api.schemas import Bundle
+from headq_spec.results import Bundle
 from studies.paper import report as P
 from studies.paper.bundle import bundle_bytes, make_bundle
 from studies.paper.mdformat import md_table

@@ -15,10 +15,10 @@ from typing import Any
 import pytest
 from sqlalchemy.orm import Session
 
-from app.executors.settings import ExecutorSettings
-from app.settings import Settings
-from app.store import create_job, make_engine, make_session_factory, migrate, session_scope
-from app.store.models import Base, JobRow
+from headq_jobs.executors.settings import ExecutorSettings
+from headq_jobs.settings import Settings
+from headq_jobs.store import create_job, make_engine, make_session_factory, migrate, session_scope
+from headq_jobs.store.models import Base, JobRow
 from tests.pg import temporary_database
 from tests.workers.tinymodel import save_tiny_llama, write_corpus
 

@@ -11,10 +11,10 @@ import pytest
 from celery import Celery
 from fastapi.testclient import TestClient
 
-from app.executors import CeleryExecutor, ExecutorUnavailable
-from app.executors.celery_config import TASK_NAME, celery_config
 from app.main import create_app
-from app.store import get_job
+from headq_jobs.executors import CeleryExecutor, ExecutorUnavailable
+from headq_jobs.executors.celery_config import TASK_NAME, celery_config
+from headq_jobs.store import get_job
 from tests.workers.conftest import add_job
 
 pytestmark = [pytest.mark.services, pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)]

@@ -17,11 +17,11 @@ from pathlib import Path
 
 import pytest
 
-from app.executors import CeleryExecutor
-from app.executors.settings import ExecutorSettings
-from app.executors.spawn import settings_env
-from app.settings import Settings
-from app.store import cancel_job, load_results
+from headq_jobs.executors import CeleryExecutor
+from headq_jobs.executors.settings import ExecutorSettings
+from headq_jobs.executors.spawn import settings_env
+from headq_jobs.settings import Settings
+from headq_jobs.store import cancel_job, load_results
 from tests.workers.conftest import ENDLESS_JOB, LONG_JOB, add_job, make_options, make_settings
 from tests.workers.waiting import FINISHED, job_row, result_attempts, wait_for, wait_started, wait_status
 
@@ -60,7 +60,7 @@ def worker(celery_settings: Settings, celery_options: ExecutorSettings,
     logs = tmp_path_factory.mktemp("celery-worker")
     env = {**os.environ, **settings_env(celery_settings, celery_options)}
     with open(logs / "worker.log", "wb") as log:
-        proc = subprocess.Popen([sys.executable, "-m", "workers.cli", "worker", "--concurrency", "1",
+        proc = subprocess.Popen([sys.executable, "-m", "headq_cli.main", "worker", "--concurrency", "1",
                                  "--hostname", f"{celery_options.queue}@%h"], env=env, stdout=log,
                                 stderr=subprocess.STDOUT, start_new_session=True)
     try:
@@ -168,7 +168,7 @@ def test_the_compose_process_layout_runs_a_job_over_rest(worker, celery_settings
     port = free_port()
     env = {**os.environ, **settings_env(celery_settings, celery_options)}
     with open(tmp_path / "serve.log", "wb") as log:
-        server = subprocess.Popen([sys.executable, "-m", "workers.cli", "serve", "--port", str(port)],
+        server = subprocess.Popen([sys.executable, "-m", "headq_cli.main", "serve", "--port", str(port)],
                                   env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     try:
         with HeadQClient(f"http://127.0.0.1:{port}") as api:

@@ -19,8 +19,8 @@ import pytest
 import yaml
 
 from app.client import HeadQClient
+from headq_cli.main import main
 from tests.app.resultgen import make_document
-from workers.cli import main
 
 
 def free_port() -> int:
@@ -37,7 +37,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     env = {**os.environ, "HEADQ_DATABASE_URL": f"sqlite:///{tmp}/headq.db", "HEADQ_EXECUTOR": "none",
            "HEADQ_DASHBOARD": "false"}
     env.pop("HEADQ_API_TOKEN", None)
-    proc = subprocess.Popen([sys.executable, "-m", "workers.cli", "serve", "--port", str(port)], env=env,
+    proc = subprocess.Popen([sys.executable, "-m", "headq_cli.main", "serve", "--port", str(port)], env=env,
                             stdout=subprocess.DEVNULL, stderr=open(tmp / "serve.log", "wb"))  # noqa: SIM115
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 60

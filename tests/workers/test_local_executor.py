@@ -12,10 +12,10 @@ from pathlib import Path
 
 import pytest
 
-from app.executors import LocalExecutor
-from app.executors.settings import ExecutorSettings
-from app.settings import Settings
-from app.store import cancel_job, load_results
+from headq_jobs.executors import LocalExecutor
+from headq_jobs.executors.settings import ExecutorSettings
+from headq_jobs.settings import Settings
+from headq_jobs.store import cancel_job, load_results
 from tests.workers.conftest import ENDLESS_JOB, LONG_JOB, add_job
 from tests.workers.waiting import FINISHED, job_row, result_attempts, wait_for, wait_started, wait_status
 

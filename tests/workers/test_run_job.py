@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from app.store import cancel_job, claim_next_queued, load_results
+from headq_jobs.store import cancel_job, claim_next_queued, load_results
 from tests.workers.conftest import add_job
 from tests.workers.waiting import job_row, result_attempts
 from workers.pipeline import execute

@@ -14,9 +14,9 @@ from pathlib import Path
 import pytest
 
 from app.client import HeadQClient
-from app.executors.settings import ExecutorSettings
-from app.executors.spawn import settings_env
-from app.settings import Settings
+from headq_jobs.executors.settings import ExecutorSettings
+from headq_jobs.executors.spawn import settings_env
+from headq_jobs.settings import Settings
 from tests.workers.conftest import LONG_JOB
 from tests.workers.test_cli import free_port
 from tests.workers.waiting import FINISHED, result_attempts, wait_for, wait_started, wait_status
@@ -47,7 +47,7 @@ def serve(settings: Settings, options: ExecutorSettings, tmp_path: Path,
     def start() -> tuple[subprocess.Popen[bytes], str]:
         port = free_port()
         log = open(tmp_path / f"serve-{len(procs)}.log", "wb")  # noqa: SIM115 - the process owns it
-        proc = subprocess.Popen([sys.executable, "-m", "workers.cli", "serve", "--port", str(port)],
+        proc = subprocess.Popen([sys.executable, "-m", "headq_cli.main", "serve", "--port", str(port)],
                                 env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
         log.close()
         procs.append(proc)

@@ -11,14 +11,14 @@ import time
 
 import pytest
 
-from app.executors.celery_config import TASK_NAME, celery_config
-from app.executors.celery_executor import _redact
-from app.executors.gpus import default_concurrency, gpu_ids
-from app.executors.settings import ExecutorSettings, check_timing
-from app.executors.spawn import settings_env
-from app.settings import Settings
+from headq_cli.service import worker_argv
+from headq_jobs.executors.celery_config import TASK_NAME, celery_config
+from headq_jobs.executors.celery_executor import _redact
+from headq_jobs.executors.gpus import default_concurrency, gpu_ids
+from headq_jobs.executors.settings import ExecutorSettings, check_timing
+from headq_jobs.executors.spawn import settings_env
+from headq_jobs.settings import Settings
 from workers.celery_app import pin_gpu
-from workers.commands.service import worker_argv
 from workers.heartbeat import Heartbeat
 
 
@@ -47,7 +47,8 @@ def test_settings_env_rebuilds_the_same_settings_in_a_child(tmp_path) -> None:
     options = ExecutorSettings(heartbeat_s=0.5, worker_concurrency=3)
     env = settings_env(settings, options)
     assert "HEADQ_API_TOKEN" not in env
-    code = ("from app.settings import Settings; from app.executors.settings import ExecutorSettings;"
+    code = ("from headq_jobs.settings import Settings;"
+            "from headq_jobs.executors.settings import ExecutorSettings;"
             "import json; s=Settings(); o=ExecutorSettings();"
             "print(json.dumps([s.database_url, [str(p) for p in s.allowed_model_dirs], s.trust_remote_code,"
             " s.heartbeat_timeout_s, s.token, o.heartbeat_s, o.worker_concurrency]))")
@@ -134,8 +135,8 @@ def test_worker_argv_one_process_per_gpu(monkeypatch: pytest.MonkeyPatch) -> Non
 
 def test_server_side_never_imports_torch(tmp_path) -> None:
     """The API process (``headq serve`` with an executor) and the Celery parent stay torch-free."""
-    code = ("import sys; import workers.cli, workers.celery_app; from app.main import create_app;"
-            "from app.settings import Settings;"
+    code = ("import sys; import headq_cli.main, workers.celery_app; from app.main import create_app;"
+            "from headq_jobs.settings import Settings;"
             f"create_app(Settings(database_url='sqlite:///{tmp_path}/t.db', executor='local'));"
             "print(sorted({m.split('.')[0] for m in sys.modules} & {'torch', 'transformers', 'headq_core'}))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout

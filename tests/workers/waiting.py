@@ -9,8 +9,8 @@ from typing import Any, TypeVar
 
 from sqlalchemy import select
 
-from app.store import get_job
-from app.store.models import JobRow, ResultRow
+from headq_jobs.store import get_job
+from headq_jobs.store.models import JobRow, ResultRow
 
 T = TypeVar("T")
 FINISHED = ("succeeded", "failed", "cancelled")

@@ -1,0 +1,2 @@
+"""The ``headq`` command: one module per command group (``service``, ``jobs``, ``core``, ``demo``),
+calling the REST client, the worker pipeline or the server."""

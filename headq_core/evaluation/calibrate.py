@@ -1,0 +1,138 @@
+"""Calibration: stream text through the model, accumulate the uncentred second moment of the
+post-RoPE queries per (layer, KV head) in float64, keep the full spectrum and the top-``rank``
+eigenvectors (the HeadQ ``query_pca`` basis). :class:`Calibration` saves to a folder
+(safetensors + JSON) or to one self-describing byte blob (what the database stores).
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import tarfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load as st_load
+from safetensors.torch import save as st_save
+
+from headq_core.errors import Cancelled
+from headq_core.evaluation.corpus import CorpusSpec, corpus_windows
+from headq_core.evaluation.results import versions
+from headq_core.method.headq import QueryStats
+from headq_core.models.adapter import capture
+from headq_core.models.loading import LoadedModel
+
+FORMAT = "headq-calibration/1"
+
+
+@dataclass
+class Calibration:
+    """eigenvalues: float64 [layers, kv_heads, d], descending; basis: float32 [layers, kv_heads, d, rank]
+    (orthonormal columns, matching eigenvalues); meta: model, tokenizer, corpus, tokens, rank, versions."""
+
+    eigenvalues: torch.Tensor
+    basis: torch.Tensor
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def rank(self) -> int:
+        return int(self.basis.shape[-1])
+
+    def layer_basis(self, layer: int, rank: int) -> torch.Tensor:
+        """Top-``rank`` query directions of one layer: [kv_heads, d, rank]."""
+        if rank > self.rank:
+            raise ValueError(f"rank: calibration keeps {self.rank} directions, {rank} requested")
+        return self.basis[layer, :, :, :rank]
+
+    def _tensors(self) -> dict[str, torch.Tensor]:
+        return {"eigenvalues": self.eigenvalues.contiguous(), "basis": self.basis.contiguous()}
+
+    def save(self, directory: str | Path) -> None:
+        """Write ``calibration.safetensors`` and ``calibration.json`` into ``directory``."""
+        path = Path(directory)
+        path.mkdir(parents=True, exist_ok=True)
+        (path / "calibration.safetensors").write_bytes(st_save(self._tensors()))
+        (path / "calibration.json").write_text(json.dumps({"format": FORMAT, **self.meta}, indent=1))
+
+    @classmethod
+    def load(cls, directory: str | Path) -> Calibration:
+        path = Path(directory)
+        meta = json.loads((path / "calibration.json").read_text())
+        return cls._from_parts(st_load((path / "calibration.safetensors").read_bytes()), meta)
+
+    def to_bytes(self) -> bytes:
+        """One uncompressed tar holding the JSON metadata and the safetensors."""
+        buffer = io.BytesIO()
+        with tarfile.open(fileobj=buffer, mode="w") as tar:
+            for name, data in (
+                ("calibration.json", json.dumps({"format": FORMAT, **self.meta}).encode()),
+                ("calibration.safetensors", st_save(self._tensors())),
+            ):
+                info = tarfile.TarInfo(name)
+                info.size = len(data)
+                tar.addfile(info, io.BytesIO(data))
+        return buffer.getvalue()
+
+    @classmethod
+    def from_bytes(cls, blob: bytes) -> Calibration:
+        try:
+            with tarfile.open(fileobj=io.BytesIO(blob), mode="r") as tar:
+                meta = json.loads(tar.extractfile("calibration.json").read())  # type: ignore[union-attr]
+                tensors = st_load(tar.extractfile("calibration.safetensors").read())  # type: ignore[union-attr]
+        except (tarfile.TarError, KeyError, AttributeError, json.JSONDecodeError) as exc:
+            raise ValueError(f"calibration: not a calibration blob ({exc})") from exc
+        return cls._from_parts(tensors, meta)
+
+    @classmethod
+    def _from_parts(cls, tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> Calibration:
+        if meta.pop("format", None) != FORMAT:
+            raise ValueError(f"calibration: unknown format (expected {FORMAT})")
+        return cls(eigenvalues=tensors["eigenvalues"], basis=tensors["basis"], meta=meta)
+
+
+def calibrate(
+    loaded: LoadedModel,
+    corpus: CorpusSpec,
+    *,
+    window: int,
+    max_tokens: int,
+    rank: int,
+    progress: Callable[[float, str], None] | None = None,
+    should_stop: Callable[[], bool] | None = None,
+) -> Calibration:
+    """Query statistics of ``loaded`` over ``corpus`` (at most ``max_tokens`` in windows of ``window``)."""
+    info = loaded.info
+    if not isinstance(rank, int) or not 1 <= rank <= info.head_dim:
+        raise ValueError(f"rank: must lie in [1, {info.head_dim}], got {rank!r}")
+    started = time.perf_counter()
+    windows = corpus_windows(loaded.tokenizer, corpus, window, max_tokens)
+    stats = QueryStats(info.layers, info.kv_heads, info.head_dim)
+
+    def on_layer(layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> None:
+        stats.update(layer, q.cpu())
+
+    device = next(loaded.model.parameters()).device
+    with torch.no_grad(), capture(loaded.model, on_layer):
+        for i, ids in enumerate(windows):
+            if should_stop is not None and should_stop():
+                raise Cancelled("calibration cancelled")
+            loaded.model(ids[None].to(device), use_cache=False)
+            if progress is not None:
+                progress((i + 1) / len(windows), "calibrate")
+    values, vectors = stats.spectrum()
+    meta = {
+        "model": info.to_dict(),
+        "tokenizer": getattr(loaded.tokenizer, "name_or_path", None),
+        "corpus": corpus.to_dict(),
+        "window": window,
+        "tokens": int(windows.numel()),
+        "windows": int(windows.shape[0]),
+        "rank": rank,
+        "versions": versions(),
+        "seconds": round(time.perf_counter() - started, 3),
+    }
+    return Calibration(eigenvalues=values, basis=vectors[..., :rank].float().contiguous(), meta=meta)

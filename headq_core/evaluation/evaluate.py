@@ -1,0 +1,171 @@
+"""Decode-exact teacher-forced evaluation of many configurations on one model.
+
+For every window of ``window`` tokens and every run, one forward pass through the model with the
+run's attention (:class:`~headq_core.evaluation.run_attention.RunAttention`): its NLL gives the run's
+perplexity and the same pass yields its per-head metrics (dense vs quantized logits on that run's
+own inputs). Returns the results document of docs/contracts.md.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import torch
+
+from headq_core.config import RunSpec
+from headq_core.errors import Cancelled
+from headq_core.evaluation.calibrate import Calibration
+from headq_core.evaluation.corpus import CorpusSpec, corpus_windows
+from headq_core.evaluation.head_accumulator import HeadAccumulator
+from headq_core.evaluation.results import SCHEMA_VERSION, compact_list, run_rows, versions
+from headq_core.evaluation.run_attention import RunAttention
+from headq_core.method.budget import effective_bits
+from headq_core.models.adapter import attention_handler
+from headq_core.models.loading import LoadedModel
+
+
+def check_runs(
+    runs: Sequence[RunSpec | dict], calibration: Calibration | None, head_dim: int
+) -> list[RunSpec]:
+    """Validate the run list: RunSpecs, unique names, calibration present and deep enough when needed."""
+    specs = [RunSpec.from_dict(r) if isinstance(r, dict) else r for r in runs]
+    if not specs:
+        raise ValueError("runs: give at least one run")
+    names = [r.name for r in specs]
+    if len(set(names)) != len(names):
+        raise ValueError(f"runs: names must be unique, got {names}")
+    for run in specs:
+        need = max(
+            run.headq.rank if run.headq and run.headq.basis == "query_pca" else 0,
+            run.intervention.dims if run.intervention else 0,
+        )
+        if need and calibration is None:
+            raise ValueError(f"calibration: run {run.name!r} needs a calibration")
+        if need and calibration is not None and need > calibration.rank:
+            raise ValueError(
+                f"calibration: run {run.name!r} needs rank {need}, calibration keeps {calibration.rank}"
+            )
+        if run.headq and run.headq.rank > head_dim:
+            raise ValueError(f"headq.rank: {run.headq.rank} exceeds head_dim {head_dim}")
+    return specs
+
+
+def _bits(run: RunSpec, head_dim: int) -> dict[str, float]:
+    return {
+        "key": effective_bits(run.key, head_dim, run.headq),
+        "value": effective_bits(run.value, head_dim, policy=run.value_policy),
+    }
+
+
+def window_batches(n_windows: int, batch: int, head_windows: int) -> list[tuple[int, int]]:
+    """[start, stop) ranges of at most ``batch`` windows; none straddles ``head_windows`` (the
+    windows with per-head metrics form batches of their own)."""
+    edges = [(0, head_windows), (head_windows, n_windows)]
+    return [(s, min(s + batch, hi)) for lo, hi in edges for s in range(lo, hi, batch)]
+
+
+def evaluate(
+    loaded: LoadedModel,
+    corpus: CorpusSpec,
+    runs: Sequence[RunSpec | dict],
+    calibration: Calibration | None = None,
+    *,
+    window: int = 1024,
+    max_tokens: int = 32768,
+    seed: int = 0,
+    heads: bool = True,
+    head_windows: int | None = None,
+    batch: int = 1,
+    progress: Callable[[float, str], None] | None = None,
+    should_stop: Callable[[], bool] | None = None,
+) -> dict[str, Any]:
+    """Perplexity and per-head metrics of every run over ``corpus`` (the results document).
+
+    Perplexity uses every window; per-head metrics the first ``head_windows`` (default: all). The
+    dense run uses the model's own attention and gives no head rows. ``batch`` windows go through
+    the model together: the same numbers up to float rounding, except the ``key_pca`` control,
+    whose basis is fitted on the residuals of the windows it corrects (those of its batch)."""
+    started = time.perf_counter()
+    info = loaded.info
+    runs = check_runs(runs, calibration, info.head_dim)
+    if calibration is not None and calibration.basis.shape[:2] != (info.layers, info.kv_heads):
+        raise ValueError(
+            "calibration: it was made for another model geometry "
+            f"{tuple(calibration.basis.shape[:2])} != {(info.layers, info.kv_heads)}"
+        )
+    torch.manual_seed(seed)
+    windows = corpus_windows(loaded.tokenizer, corpus, window, max_tokens)
+    device = next(loaded.model.parameters()).device
+    basis_for = calibration.layer_basis if calibration is not None else None
+    if head_windows is not None and (not isinstance(head_windows, int) or head_windows < 1):
+        raise ValueError(f"head_windows: must be a positive integer or None, got {head_windows!r}")
+    head_windows = len(windows) if head_windows is None else min(head_windows, len(windows))
+    if not isinstance(batch, int) or isinstance(batch, bool) or batch < 1:
+        raise ValueError(f"batch: must be a positive integer, got {batch!r}")
+    accumulators = {
+        r.name: HeadAccumulator(info.layers, info.heads, info.kv_heads, keep_a2=r.value is not None)
+        for r in runs
+    }
+    nll = dict.fromkeys((r.name for r in runs), 0.0)
+    chunks = window_batches(len(windows), batch, head_windows)
+    steps, done = len(windows) * len(runs), 0
+    with torch.no_grad():
+        for start, stop in chunks:
+            ids = windows[start:stop].to(device)
+            for run in runs:
+                if should_stop is not None and should_stop():
+                    raise Cancelled("evaluation cancelled")
+                if run.is_dense:
+                    logits = loaded.model(ids, use_cache=False).logits
+                else:
+                    sink = accumulators[run.name].add if heads and start < head_windows else None
+                    with attention_handler(loaded.model, RunAttention(run, basis_for=basis_for, sink=sink)):
+                        logits = loaded.model(ids, use_cache=False).logits
+                nll[run.name] += torch.nn.functional.cross_entropy(
+                    logits[:, :-1].flatten(0, 1).float(), ids[:, 1:].flatten(), reduction="sum"
+                ).item()
+                del logits
+                done += stop - start
+                if progress is not None:
+                    progress(done / steps, f"evaluate {run.name}")
+    tokens = int(windows.shape[0] * (window - 1))
+    head_rows = (
+        [row for r in runs if not r.is_dense for row in accumulators[r.name].rows(r.name)] if heads else []
+    )
+    return {
+        "schema_version": SCHEMA_VERSION,
+        "kind": "evaluation",
+        "model": info.to_dict(),
+        "dataset": {
+            **corpus.to_dict(),
+            "tokens": int(windows.numel()),
+            "windows": int(windows.shape[0]),
+            "window": window,
+            "head_windows": head_windows if heads else 0,
+            "batch": batch,
+        },
+        "calibration": None
+        if calibration is None
+        else {
+            "job_id": calibration.meta.get("job_id"),
+            "tokens": calibration.meta.get("tokens"),
+            "dataset": calibration.meta.get("corpus"),
+        },
+        "versions": versions(),
+        "seed": seed,
+        "device": str(device),
+        "dtype": info.dtype,
+        "runs": run_rows(runs, nll, tokens, {r.name: _bits(r, info.head_dim) for r in runs}),
+        "heads": head_rows,
+        "arrays": {
+            "query_spectrum": [] if calibration is None else compact_list(calibration.eigenvalues),
+            "a2_weights": {
+                r.name: accumulators[r.name].a2_profile()
+                for r in runs
+                if heads and accumulators[r.name].keep_a2
+            },
+        },
+        "timing": {"seconds": round(time.perf_counter() - started, 3)},
+    }

@@ -1,0 +1,170 @@
+"""The attention of one evaluated configuration (a :class:`RunSpec`) inside a teacher-forced window.
+
+Decode-exact: query ``t`` reads key ``j`` in quantized form iff ``schedule.decode_mask`` says so
+(complete group of G, older than the R most recent tokens), else exactly. A token's quantized form
+depends only on its own group, so it is computed once for the whole window (tokens past
+``quantized_count(L)`` are never read quantized and stay exact). Quantizing layer ``l`` changes the
+inputs of layer ``l + 1``, so each run has its own forward pass; its per-head metrics compare, on
+that run's own inputs, the dense logits with the quantized ones.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, replace
+
+import torch
+
+from headq_core.config import RunSpec
+from headq_core.method.headq import (
+    correction_keys,
+    decode_side,
+    encode_side,
+    key_pca_basis,
+    random_basis,
+)
+from headq_core.method.intervention import perturb_keys
+from headq_core.method.quant import fake_quantize
+from headq_core.method.schedule import decode_mask, quantized_count
+from headq_core.method.values import mixed_fake_quantize, value_keep_mask
+from headq_core.models.attention import AttentionCall
+
+
+@dataclass
+class LayerView:
+    """What the metrics see of one layer of one run.
+
+    raw_dense / raw: softcapped logits before the mask [b, hq, L, L], dense / as the run reads them;
+    key_mask / value_mask: bool [L, L] decode masks; key_eff: the keys the queries effectively see
+    (k^ + sign U c^ for HeadQ) [b, hkv, L, d]; value_hat: quantized values or None when dense."""
+
+    call: AttentionCall
+    raw_dense: torch.Tensor
+    raw: torch.Tensor
+    key_mask: torch.Tensor
+    key_eff: torch.Tensor
+    value_mask: torch.Tensor
+    value_hat: torch.Tensor | None
+
+
+MetricsSink = Callable[[LayerView], None]
+BAND_ROWS = 128
+
+
+def band_blocks(mask: torch.Tensor, rows: int = BAND_ROWS) -> Iterator[tuple[int, int, int]]:
+    """``(t0, t1, j0)`` per block of ``rows`` query rows of a decode mask bool [L, L] (a prefix of
+    each row, growing with t): rows t0..t1-1 read every key below j0 quantized, so the keys they read
+    exactly (causal, ``j <= t``) lie in [j0, t1). Blocks with nothing exact are skipped."""
+    counts = mask.sum(-1).tolist()
+    for t0 in range(0, mask.shape[0], rows):
+        t1 = min(mask.shape[0], t0 + rows)
+        if counts[t0] < t1:
+            yield t0, t1, int(counts[t0])
+
+
+def exact_band(call: AttentionCall, raw: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Put the exact logits back into ``raw`` [b, hq, L, L] (quantized-key logits) where ``mask``
+    says the key is read exactly: only the band near the diagonal is recomputed. In place."""
+    for t0, t1, j0 in band_blocks(mask):
+        exact = replace(call, query=call.query[:, :, t0:t1], key=call.key[:, :, j0:t1]).raw_scores()
+        block = raw[..., t0:t1, j0:t1]
+        block.copy_(torch.where(mask[t0:t1, j0:t1], block, exact))
+    return raw
+
+
+class RunAttention:
+    """Attention handler (``models.adapter``) for ``run``; ``basis_for(layer, rank)`` gives the
+    calibration's query basis [kv_heads, d, rank]; ``sink`` receives a :class:`LayerView` per layer."""
+
+    def __init__(
+        self,
+        run: RunSpec,
+        *,
+        basis_for: Callable[[int, int], torch.Tensor] | None = None,
+        sink: MetricsSink | None = None,
+    ) -> None:
+        needs_basis = (
+            run.headq is not None and run.headq.basis == "query_pca"
+        ) or run.intervention is not None
+        if needs_basis and basis_for is None:
+            raise ValueError(f"calibration: run {run.name!r} needs a calibration (query basis)")
+        self.run, self.basis_for, self.sink = run, basis_for, sink
+
+    def _keys(self, call: AttentionCall) -> tuple[torch.Tensor, torch.Tensor]:
+        """(raw logits of the run's keys with the HeadQ term [b, hq, L, L], effective keys [b, hkv, L, d]).
+
+        HeadQ's logits ``tau <q, k^> + sign tau <U^T q, c^>`` are computed as ``tau <q, k^ + sign U c^>``
+        (the same numbers, ``headq.correction_keys``; one matmul, no extra [L, L] pass); the caller
+        keeps them only where the decode rule reads the key quantized."""
+        cfg, k = self.run.key, call.key.to(call.work_dtype)
+        assert cfg is not None
+        k_hat = fake_quantize(k, cfg)
+        basis_for = self.basis_for
+        if self.run.intervention is not None:
+            assert basis_for is not None  # checked in __init__
+            iv = self.run.intervention
+            k_hat = perturb_keys(k, k_hat, basis_for(call.layer, iv.dims), iv)
+        hq = self.run.headq
+        if hq is None:
+            return call.raw_scores(k_hat), k_hat
+        residual = k - k_hat
+        if hq.basis == "query_pca":
+            assert basis_for is not None
+            basis = basis_for(call.layer, hq.rank).to(k.device)
+        elif hq.basis == "key_pca":
+            basis = key_pca_basis(residual, hq.rank)
+        else:
+            basis = random_basis(k.shape[1], k.shape[-1], hq.rank, hq.seed + call.layer).to(k.device)
+        # only the quantized_count(L) leading tokens (whole key groups) are ever read quantized;
+        # the rest have zero residual and get a zero code
+        n_q = quantized_count(k.shape[-2], cfg)
+        side = encode_side(residual[..., :n_q, :], basis, hq.side_bits, scale=hq.side_scale,
+                           group_size=cfg.group_size)
+        c_hat = torch.nn.functional.pad(decode_side(side), (0, 0, 0, k.shape[-2] - n_q))
+        key_eff = k_hat + correction_keys(basis, c_hat, hq.sign)
+        return call.raw_scores(key_eff), key_eff
+
+    def _values(self, call: AttentionCall, probs: torch.Tensor) -> torch.Tensor | None:
+        """Quantized values [b, hkv, L, d] as read once quantized (None for dense values)."""
+        cfg, v = self.run.value, call.value.to(call.work_dtype)
+        if cfg is None:
+            return None
+        policy = self.run.value_policy
+        if policy is None:
+            return fake_quantize(v, cfg)
+        # the policy's A² comes from the attention this run's decode loop would see
+        keep = value_keep_mask(probs, v.shape[1], policy, cfg)  # bool [b, hkv, L]
+        return mixed_fake_quantize(v, cfg, keep, policy.high_bits)
+
+    def __call__(self, call: AttentionCall) -> torch.Tensor:
+        """[b, hq, L, d] attention output of this run for one layer."""
+        q_len, kv_len = call.query.shape[-2], call.key.shape[-2]
+        if q_len != kv_len:
+            raise ValueError("window: the teacher-forced evaluator runs without a cache (q_len == kv_len)")
+        device = call.query.device
+        k_mask = decode_mask(q_len, kv_len, self.run.key).to(device)
+        if self.run.key is None:
+            raw = raw_dense = call.raw_scores()
+            key_eff = call.key.to(call.work_dtype)
+        else:
+            raw, key_eff = self._keys(call)
+            if self.sink is None:  # no metrics: exact logits only where the decode rule reads them
+                raw = exact_band(call, raw, k_mask)
+            else:
+                raw_dense = call.raw_scores()
+                raw = torch.where(k_mask, raw, raw_dense)
+        probs = torch.softmax(call.finish(raw), dim=-1)
+        v_mask = decode_mask(q_len, kv_len, self.run.value).to(device)
+        value_hat = self._values(call, probs)
+        v = call.value.to(probs.dtype)
+        if value_hat is None:
+            out = call.read(probs, v)
+        else:  # read every value quantized, then the exact ones of the band
+            v_hat = value_hat.to(probs.dtype)
+            out = call.read(probs, v_hat)
+            for t0, t1, j0 in band_blocks(v_mask):
+                exact = probs[..., t0:t1, j0:t1] * ~v_mask[t0:t1, j0:t1]
+                out[..., t0:t1, :] += call.read(exact, v[..., j0:t1, :] - v_hat[..., j0:t1, :])
+        if self.sink is not None:
+            self.sink(LayerView(call, call.cap(raw_dense), call.cap(raw), k_mask, key_eff, v_mask, value_hat))
+        return out.to(call.query.dtype)

@@ -1,0 +1,117 @@
+"""Kernels for the packed KV cache: :func:`encode` and :func:`decode_attention`.
+
+Both validate their inputs (``ValueError`` naming the field) and dispatch to Triton for CUDA
+tensors whose layout the kernels cover (bits 1/2/4/8, power-of-two head_dim and groups, key group
+>= 16 for encode, code rows of whole 32-bit words for decode), to the pure-torch reference
+otherwise. ``backend="triton"`` forces the Triton path (used with ``TRITON_INTERPRET=1`` on the CPU
+in tests), ``"reference"`` the torch path.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+
+from headq_core.config import QuantConfig
+from headq_core.runtime.kernels.layout import KERNEL_BITS, EncodedKV
+from headq_core.runtime.kernels.reference import decode_attention_reference, encode_reference
+
+Backend = Literal["auto", "triton", "reference"]
+
+__all__ = ["EncodedKV", "decode_attention", "encode"]
+
+
+def _require(ok: bool, field_name: str, message: str) -> None:
+    if not ok:
+        raise ValueError(f"{field_name}: {message}")
+
+
+def _pow2(x: int) -> bool:
+    return x >= 1 and x & (x - 1) == 0
+
+
+def _use_triton(backend: Backend, device: torch.device, fits: bool) -> bool:
+    _require(backend in ("auto", "triton", "reference"), "backend",
+             f"must be 'auto', 'triton' or 'reference', got {backend!r}")
+    if backend == "triton":
+        _require(fits, "backend", "this layout is not covered by the Triton kernels")
+    return backend == "triton" or (backend == "auto" and fits and device.type == "cuda")
+
+
+def _check_basis(basis: torch.Tensor | None, heads: int, d: int) -> None:
+    if basis is not None:
+        _require(basis.dim() == 3 and basis.shape[0] == heads and basis.shape[1] == d and basis.shape[2] >= 1,
+                 "basis", f"expected [Hkv={heads}, d={d}, r], got {list(basis.shape)}")
+
+
+def encode(k: torch.Tensor, v: torch.Tensor, key_cfg: QuantConfig, value_cfg: QuantConfig,
+           basis: torch.Tensor | None = None, side_bits: int = 8, backend: Backend = "auto") -> EncodedKV:
+    """Quantize k, v [B, Hkv, N, d] (N a multiple of ``key_cfg.group_size``) into an
+    :class:`EncodedKV`; with ``basis`` U [Hkv, d, r] also the HeadQ side code at ``side_bits``."""
+    _require(k.dim() == 4 and k.is_floating_point(), "k",
+             f"expected a float [B, Hkv, N, d], got {k.dtype} {list(k.shape)}")
+    _require(v.shape == k.shape and v.is_floating_point(), "v",
+             f"expected {list(k.shape)}, got {list(v.shape)}")
+    _require(key_cfg.axis == "per_channel", "key_cfg.axis", "the cache stores keys per_channel")
+    _require(value_cfg.axis == "per_token", "value_cfg.axis", "the cache stores values per_token")
+    _b, h, n, d = k.shape
+    _require(n % key_cfg.group_size == 0, "k",
+             f"{n} tokens is not a multiple of the key group {key_cfg.group_size}")
+    _require(d % value_cfg.group_size == 0, "value_cfg.group_size", f"must divide head_dim {d}")
+    _require(side_bits in (4, 8, 16), "side_bits", f"must be 4, 8 or 16, got {side_bits!r}")
+    _check_basis(basis, h, d)
+    fits = (key_cfg.bits in KERNEL_BITS and value_cfg.bits in KERNEL_BITS and _pow2(d) and d >= 16
+            and _pow2(key_cfg.group_size) and key_cfg.group_size >= 16 and _pow2(value_cfg.group_size))
+    if _use_triton(backend, k.device, fits):
+        from headq_core.runtime.kernels.triton_encode import encode_triton
+
+        return encode_triton(k, v, key_cfg.bits, key_cfg.group_size, value_cfg.bits, value_cfg.group_size,
+                             basis, side_bits)
+    return encode_reference(k, v, key_cfg, value_cfg, basis, side_bits)
+
+
+def decode_attention(q: torch.Tensor, enc: EncodedKV | None, k_res: torch.Tensor | None = None,
+                     v_res: torch.Tensor | None = None, basis: torch.Tensor | None = None,
+                     scale: float | None = None, sign: int = 1, backend: Backend = "auto",
+                     num_splits: int | None = None) -> torch.Tensor:
+    """Attention of one decode query q [B, Hq, 1, d] over the ``N`` quantized tokens of ``enc``
+    followed by the residual window k_res, v_res [B, Hkv, R, d]. Returns [B, Hq, 1, d] in q.dtype.
+
+    Logits ``scale*<q, k^_j> + sign*scale*<U^T q, c^_j>`` (``scale`` defaults to ``d**-0.5``);
+    ``num_splits`` sets the Triton split count over all cached tokens (default: about 8 programs per
+    SM, at most 32 splits per batch row and KV head)."""
+    _require(q.dim() == 4 and q.shape[2] == 1 and q.is_floating_point(), "q",
+             f"expected a float [B, Hq, 1, d], got {q.dtype} {list(q.shape)}")
+    b, hq, _, d = q.shape
+    _require((k_res is None) == (v_res is None), "v_res", "give both k_res and v_res, or neither")
+    if k_res is not None:
+        _require(k_res.dim() == 4 and k_res.shape[0] == b and k_res.shape[3] == d, "k_res",
+                 f"expected [B={b}, Hkv, R, d={d}], got {list(k_res.shape)}")
+        _require(v_res is not None and v_res.shape == k_res.shape, "v_res", f"expected {list(k_res.shape)}")
+    if enc is not None:
+        _require(enc.k_codes.shape[0] == b and enc.head_dim == d, "enc",
+                 f"batch/head_dim {enc.k_codes.shape[0]}/{enc.head_dim} do not match q {b}/{d}")
+        _require(k_res is None or k_res.shape[1] == enc.k_codes.shape[1], "k_res", "KV heads differ from enc")
+        _require(enc.side is None or basis is not None, "basis", "needed to read the HeadQ side code")
+        if enc.side is not None:
+            _check_basis(basis, enc.k_codes.shape[1], d)
+            rank = basis.shape[2]  # type: ignore[union-attr]
+            _require(rank == enc.rank, "basis", f"rank {rank} != side code rank {enc.rank}")
+    ref = enc.k_codes if enc is not None else k_res
+    _require(ref is not None, "enc", "nothing to attend to: give enc and/or k_res")
+    tokens = (enc.tokens if enc is not None else 0) + (k_res.shape[2] if k_res is not None else 0)
+    _require(tokens > 0, "enc", "nothing to attend to: zero cached tokens")
+    hkv = ref.shape[1]  # type: ignore[union-attr]
+    _require(hq % hkv == 0, "q", f"{hq} query heads is not a multiple of {hkv} KV heads")
+    _require(sign in (1, -1), "sign", f"must be +1 or -1, got {sign!r}")
+    _require(num_splits is None or num_splits >= 1, "num_splits", f"must be >= 1, got {num_splits!r}")
+    scale = d ** -0.5 if scale is None else float(scale)
+    fits = _pow2(d) and d >= 16 and (enc is None or (
+        enc.key_bits in KERNEL_BITS and enc.value_bits in KERNEL_BITS and _pow2(enc.key_group)
+        and _pow2(enc.value_group) and d * enc.key_bits % 32 == 0 and d * enc.value_bits % 32 == 0))
+    if _use_triton(backend, q.device, fits):
+        from headq_core.runtime.kernels.triton_decode import decode_attention_triton
+
+        return decode_attention_triton(q, enc, k_res, v_res, basis, scale, sign, num_splits)
+    return decode_attention_reference(q, enc, k_res, v_res, basis, scale, sign)
