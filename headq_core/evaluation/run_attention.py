@@ -20,8 +20,7 @@ from headq_core.method.headq import (
     correction_keys,
     decode_side,
     encode_side,
-    key_pca_basis,
-    random_basis,
+    make_basis,
 )
 from headq_core.method.intervention import perturb_keys
 from headq_core.method.quant import fake_quantize
@@ -108,13 +107,9 @@ class RunAttention:
         if hq is None:
             return call.raw_scores(k_hat), k_hat
         residual = k - k_hat
-        if hq.basis == "query_pca":
-            assert basis_for is not None
-            basis = basis_for(call.layer, hq.rank).to(k.device)
-        elif hq.basis == "key_pca":
-            basis = key_pca_basis(residual, hq.rank)
-        else:
-            basis = random_basis(k.shape[1], k.shape[-1], hq.rank, hq.seed + call.layer).to(k.device)
+        query_basis = basis_for(call.layer, hq.rank) if hq.basis == "query_pca" and basis_for else None
+        basis = make_basis(hq, call.layer, query_basis=query_basis, residual=residual,
+                           kv_heads=k.shape[1], head_dim=k.shape[-1]).to(k.device)
         # only the quantized_count(L) leading tokens (whole key groups) are ever read quantized;
         # the rest have zero residual and get a zero code
         n_q = quantized_count(k.shape[-2], cfg)

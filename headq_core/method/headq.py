@@ -18,6 +18,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Protocol
 
 import torch
 
@@ -105,19 +106,32 @@ def random_basis(kv_heads: int, head_dim: int, rank: int, seed: int = 0) -> torc
     return (qmat * torch.sign(torch.diagonal(rmat, dim1=-2, dim2=-1)).unsqueeze(-2)).float()
 
 
-def make_basis(cfg: HeadQConfig, *, query_moment: torch.Tensor | None = None,
+class BasisSource(Protocol):
+    """What holds a calibration's query directions (``evaluation.calibrate.Calibration``)."""
+
+    def layer_basis(self, layer: int, rank: int) -> torch.Tensor:
+        """The top-``rank`` directions of ``layer``: [Hkv, d, rank]."""
+        ...
+
+
+def make_basis(cfg: HeadQConfig, layer: int, *, query_basis: torch.Tensor | None = None,
                residual: torch.Tensor | None = None, kv_heads: int, head_dim: int) -> torch.Tensor:
-    """The basis [Hkv, d, r] that ``cfg.basis`` names: ``query_moment`` [Hkv, d, d] for query_pca,
-    ``residual`` [B, Hkv, S, d] for key_pca."""
+    """The basis U [Hkv, d, rank] of ``layer`` that ``cfg.basis`` names; the one place a run's basis
+    is chosen (evaluator and cache alike). query_pca: the leading ``rank`` columns of
+    ``query_basis`` [Hkv, d, >= rank] (a calibration's directions of that layer); key_pca: from
+    ``residual`` [B, Hkv, S, d]; random: seeded ``cfg.seed + layer`` (each layer its own draw)."""
     if cfg.basis == "query_pca":
-        if query_moment is None:
-            raise ValueError("basis: query_pca needs the calibration query second moment")
-        return query_pca_basis(query_moment, cfg.rank)
+        if query_basis is None:
+            raise ValueError("basis: query_pca needs the calibration's query basis")
+        if query_basis.shape[-1] < cfg.rank:
+            raise ValueError(f"rank: the calibration keeps {query_basis.shape[-1]} directions, "
+                             f"{cfg.rank} requested")
+        return query_basis[..., : cfg.rank]
     if cfg.basis == "key_pca":
         if residual is None:
             raise ValueError("basis: key_pca needs the key residual")
         return key_pca_basis(residual, cfg.rank)
-    return random_basis(kv_heads, head_dim, cfg.rank, cfg.seed)
+    return random_basis(kv_heads, head_dim, cfg.rank, cfg.seed + layer)
 
 
 def _check_basis(basis: torch.Tensor, kv_heads: int, head_dim: int) -> None:

@@ -26,15 +26,23 @@ from dataclasses import replace
 import torch
 from transformers.cache_utils import Cache, DynamicLayer
 
-from headq_core.config import HeadQConfig, QuantConfig, ValuePolicyConfig
-from headq_core.method.headq import SideCode, correction_keys, decode_side, encode_side
+from headq_core.config import HeadQConfig, QuantConfig, RunSpec, ValuePolicyConfig
+from headq_core.method.headq import (
+    BasisSource,
+    SideCode,
+    correction_keys,
+    decode_side,
+    encode_side,
+    make_basis,
+)
 from headq_core.method.quant import Packed, dequantize, quantize
 from headq_core.method.schedule import quantized_count
 from headq_core.method.values import OnlineA2
 from headq_core.models.adapter import attention_handler
 from headq_core.models.attention import AttentionCall, fused_attention
+from headq_core.models.loading import ModelInfo
 from headq_core.runtime.kernels import decode_attention
-from headq_core.runtime.kernels.layout import KERNEL_BITS, from_packed
+from headq_core.runtime.kernels.layout import decode_covers, from_packed
 
 
 class _Side:
@@ -233,11 +241,9 @@ class HeadQCacheLayer(DynamicLayer):
         if (not self.attached or x.shape[-2] != 1 or self.kernel == "off" or keys is None or values is None
                 or isinstance(self.value_side, _PolicySide) or not (x.is_cuda or self.kernel == "triton")):
             return False
-        d = x.shape[-1]
-        widths = all(c.bits in KERNEL_BITS and d * c.bits % 32 == 0 and c.group_size & (c.group_size - 1) == 0
-                     for c in (keys, values))
         side = self.headq is None or (self.headq.side_scale == "token" and self.headq.side_bits in (4, 8, 16))
-        return keys.axis == "per_channel" and values.axis == "per_token" and widths and side
+        return (keys.axis == "per_channel" and values.axis == "per_token" and side
+                and decode_covers(x.shape[-1], keys.bits, keys.group_size, values.bits, values.group_size))
 
     def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args, **kwargs):
         """Append [B, kv_heads, s, d] keys/values; return what attention reads ([B, kv_heads, n, d])."""
@@ -333,6 +339,26 @@ class HeadQCache(Cache):
         ]
         super().__init__(layers=list(layers))
         self.quant_layers = layers  # the same objects, typed
+
+    @classmethod
+    def from_run(cls, run: RunSpec, calibration: BasisSource | None, info: ModelInfo) -> HeadQCache:
+        """The cache that decodes as the evaluator scores ``run``: the same configuration objects and
+        the same basis rule (``headq.make_basis``), for the model ``info`` describes."""
+        if run.intervention is not None:
+            raise ValueError("intervention: a perturbation for analysis, not something a cache stores")
+        basis = None
+        if run.headq is not None:
+            hq = run.headq
+            if hq.basis == "key_pca":
+                raise ValueError("headq.basis: key_pca needs every key before it encodes one; a cache "
+                                 "encodes keys as they arrive: use query_pca or random")
+            if hq.basis == "query_pca" and calibration is None:
+                raise ValueError(f"calibration: run {run.name!r} needs a calibration (query basis)")
+            basis = torch.stack([
+                make_basis(hq, layer, kv_heads=info.kv_heads, head_dim=info.head_dim,
+                           query_basis=calibration.layer_basis(layer, hq.rank) if calibration else None)
+                for layer in range(info.layers)])
+        return cls(info.layers, run.key, run.value, run.headq, basis, run.value_policy)
 
     def nbytes(self) -> int:
         """Bytes held by all layers (packed codes, scales, side codes, residual tails)."""

@@ -20,10 +20,8 @@ import subprocess
 import threading
 import time
 from dataclasses import dataclass
-from datetime import timedelta
 from pathlib import Path
 
-from sqlalchemy import update
 from sqlalchemy.orm import Session
 
 from headq_jobs.executors.base import Loop
@@ -37,10 +35,10 @@ from headq_jobs.store.jobs import (
     claim_next_queued,
     finish,
     get_job,
-    note_error,
+    release_attempt,
     requeue_or_fail_stale,
 )
-from headq_jobs.store.models import JobRow, utcnow
+from headq_jobs.store.models import JobRow
 
 log = logging.getLogger(__name__)
 
@@ -147,20 +145,10 @@ class LocalExecutor:
     def _release_dead(self, session: Session, job_id: str, child: _Child, code: int) -> None:
         """The worker exited without finishing its attempt: requeue or fail it now, by the same
         rules (and retry cap) as a stale heartbeat."""
-        timeout = self.settings.heartbeat_timeout_s
-        session.execute(update(JobRow).where(JobRow.id == job_id, JobRow.status == "running",
-                                             JobRow.attempts == child.attempt)
-                        .values(heartbeat_at=utcnow() - timedelta(seconds=timeout + 1)))
-        session.commit()
-        for changed_id, status in requeue_or_fail_stale(session, timeout):
-            if changed_id == job_id:
-                job = get_job(session, job_id)
-                outcome = {"queued": f"requeued (attempt {job.attempts} of {job.max_attempts})",
-                           "failed": f"gave up after {job.attempts} attempts"}.get(status, status)
-                note_error(session, job_id, f"worker process {child.proc.pid} exited with code {code} "
-                                            f"before finishing; {outcome}")
-                log.warning("job %s: worker pid %d exited with %d, now %s", job_id, child.proc.pid, code,
-                            status)
+        reason = f"worker process {child.proc.pid} exited with code {code} before finishing"
+        status = release_attempt(session, job_id, child.attempt, reason)
+        if status is not None:
+            log.warning("job %s: worker pid %d exited with %d, now %s", job_id, child.proc.pid, code, status)
 
 
 def _kill(proc: subprocess.Popen[bytes]) -> None:

@@ -17,6 +17,7 @@ from headq_jobs.store.jobs import (
     list_jobs,
     mark_running,
     note_error,
+    release_attempt,
     requeue_or_fail_stale,
     update_progress,
 )
@@ -36,6 +37,6 @@ __all__ = [
     "JobStateError", "cancel_job", "claim_next_queued", "create_job", "find_idempotent", "finish",
     "get_job", "heartbeat", "import_documents", "is_cancel_requested", "list_jobs",
     "load_calibration_artifact", "load_head_rows", "load_results", "make_engine", "make_session_factory",
-    "mark_running", "migrate", "note_error", "ping", "requeue_or_fail_stale", "save_results",
-    "session_scope", "update_progress",
+    "mark_running", "migrate", "note_error", "ping", "release_attempt", "requeue_or_fail_stale",
+    "save_results", "session_scope", "update_progress",
 ]

@@ -190,24 +190,42 @@ def finish(session: Session, job_id: str, status: str, error: str | None = None,
 
 def requeue_or_fail_stale(session: Session, heartbeat_timeout: float,
                           max_attempts: int | None = None) -> list[tuple[str, str]]:
-    """Running jobs whose heartbeat is older than ``heartbeat_timeout`` seconds: requeued if attempts
-    remain (the job's own ``max_attempts`` unless given), else failed with the reason; cancelled if a
-    cancel was requested. Returns ``[(job_id, new_status)]``."""
+    """Running jobs whose heartbeat is older than ``heartbeat_timeout`` seconds, released by
+    :func:`_release` with the reason. Returns ``[(job_id, new_status)]``."""
     cutoff: datetime = utcnow() - timedelta(seconds=heartbeat_timeout)
     stale = session.scalars(select(JobRow).where(JobRow.status == "running", JobRow.heartbeat_at < cutoff))
     changed: list[tuple[str, str]] = []
     for job in list(stale):
-        cap = job.max_attempts if max_attempts is None else max_attempts
         reason = f"worker {job.worker or '?'} lost: no heartbeat for over {heartbeat_timeout:g} s"
-        if job.cancel_requested:
-            values: dict[str, Any] = {"status": "cancelled", "finished_at": utcnow(), "error": reason}
-        elif job.attempts < cap:
-            values = {"status": "queued", "worker": None, "stage": "requeued", "progress": 0.0,
-                      "error": f"{reason} (attempt {job.attempts} of {cap}); requeued"}
-        else:
-            values = {"status": "failed", "finished_at": utcnow(),
-                      "error": f"{reason}; gave up after {job.attempts} attempts"}
-        if _guarded_update(session, job.id, [JobRow.status == "running", JobRow.attempts == job.attempts,
-                                             JobRow.heartbeat_at < cutoff], **values):
-            changed.append((job.id, values["status"]))
+        status = _release(session, job, reason, max_attempts, [JobRow.heartbeat_at < cutoff])
+        if status is not None:
+            changed.append((job.id, status))
     return changed
+
+
+def release_attempt(session: Session, job_id: str, attempt: int, reason: str) -> str | None:
+    """End attempt ``attempt`` of a running job whose worker is known gone (it exited early), by the
+    same rules and retry cap as a stale heartbeat; the new status, or None if that attempt is no
+    longer running."""
+    job = get_job(session, job_id)
+    if job.status != "running" or job.attempts != attempt:
+        return None
+    return _release(session, job, reason, None, [])
+
+
+def _release(session: Session, job: JobRow, reason: str, max_attempts: int | None,
+             where: Sequence[Any]) -> str | None:
+    """A running attempt whose worker is gone: requeued if attempts remain (the job's own
+    ``max_attempts`` unless given), else failed with the reason; cancelled if a cancel was requested.
+    The new status, or None when another writer changed the row first."""
+    cap = job.max_attempts if max_attempts is None else max_attempts
+    if job.cancel_requested:
+        values: dict[str, Any] = {"status": "cancelled", "finished_at": utcnow(), "error": reason}
+    elif job.attempts < cap:
+        values = {"status": "queued", "worker": None, "stage": "requeued", "progress": 0.0,
+                  "error": f"{reason} (attempt {job.attempts} of {cap}); requeued"}
+    else:
+        values = {"status": "failed", "finished_at": utcnow(),
+                  "error": f"{reason}; gave up after {job.attempts} attempts"}
+    guard = [JobRow.status == "running", JobRow.attempts == job.attempts, *where]
+    return values["status"] if _guarded_update(session, job.id, guard, **values) else None

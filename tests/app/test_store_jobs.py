@@ -176,3 +176,16 @@ def test_racing_submissions_with_one_idempotency_key_make_one_job(clean_engine: 
     assert len(ids) == 4 and len(set(ids)) == 1
     with factory() as s:
         assert store.list_jobs(s)[1] == 1
+
+
+def test_release_attempt_requeues_then_fails_by_the_retry_cap(session: Session) -> None:
+    """A worker known gone releases only its own attempt, requeued until ``max_attempts``."""
+    job, _ = store.create_job(session, kind="evaluation", spec={}, model_id="m", max_attempts=2)
+    store.claim_next_queued(session, "w1")
+    assert store.release_attempt(session, job.id, attempt=2, reason="gone") is None  # not this attempt
+    assert store.release_attempt(session, job.id, attempt=1, reason="gone") == "queued"
+    assert store.get_job(session, job.id).error == "gone (attempt 1 of 2); requeued"
+    assert store.release_attempt(session, job.id, attempt=1, reason="gone") is None  # no longer running
+    store.claim_next_queued(session, "w2")
+    assert store.release_attempt(session, job.id, attempt=2, reason="gone again") == "failed"
+    assert store.get_job(session, job.id).error == "gone again; gave up after 2 attempts"

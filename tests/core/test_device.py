@@ -4,9 +4,9 @@ are created where the inputs live, so the evaluator can keep a whole layer on th
 import pytest
 import torch
 
-from headq_core.config import HeadQConfig, InterventionConfig, QuantConfig, ValuePolicyConfig
+from headq_core.config import InterventionConfig, QuantConfig, ValuePolicyConfig
 from headq_core.evaluation.metrics import HeadMetrics, layer_metrics
-from headq_core.method.headq import QueryStats, decode_side, encode_side, logit_correction, make_basis
+from headq_core.method.headq import QueryStats, decode_side, encode_side, logit_correction, query_pca_basis
 from headq_core.method.intervention import perturb_keys
 from headq_core.method.quant import dequantize, quantize
 from headq_core.method.schedule import decode_mask
@@ -42,7 +42,7 @@ def test_headq_metrics_values_intervention_on_gpu():
     stats_c.update(0, q)
     stats_g.update(0, q.to(GPU), torch.ones(b, t, dtype=torch.bool, device=GPU))
     close(stats_c.second_moment(), stats_g.second_moment(), 1e-9)
-    basis = make_basis(HeadQConfig(rank=4), query_moment=stats_c.second_moment()[0], kv_heads=hkv, head_dim=d)
+    basis = query_pca_basis(stats_c.second_moment()[0], 4)
     mask = decode_mask(t, t, kc)
     c_hat = {dev: decode_side(encode_side((k - k_hat).to(dev), basis.to(dev), 4)) for dev in ("cpu", GPU)}
     close(c_hat["cpu"], c_hat[GPU])

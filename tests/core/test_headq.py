@@ -88,9 +88,15 @@ def test_bases_are_orthonormal_and_as_specified():
     direct = torch.einsum("bhsd,bhse->hde", residual.double(), residual.double()) / 30
     torch.testing.assert_close(kp, query_pca_basis(direct, 2))
     cfg = HeadQConfig(rank=2, basis="random", seed=4)
-    assert torch.equal(make_basis(cfg, kv_heads=2, head_dim=6), random_basis(2, 6, 2, 4))
+    assert torch.equal(make_basis(cfg, 0, kv_heads=2, head_dim=6), random_basis(2, 6, 2, 4))
+    assert torch.equal(make_basis(cfg, 3, kv_heads=2, head_dim=6), random_basis(2, 6, 2, 7))  # seed + layer
     with pytest.raises(ValueError, match="basis"):
-        make_basis(HeadQConfig(rank=2), kv_heads=2, head_dim=6)
+        make_basis(HeadQConfig(rank=2), 0, kv_heads=2, head_dim=6)
+    wide = query_pca_basis(direct, 3)
+    picked = make_basis(HeadQConfig(rank=2), 0, query_basis=wide, kv_heads=2, head_dim=6)
+    assert torch.equal(picked, wide[..., :2])
+    with pytest.raises(ValueError, match="rank"):
+        make_basis(HeadQConfig(rank=4), 0, query_basis=wide, kv_heads=2, head_dim=6)
     with pytest.raises(ValueError, match="rank"):
         query_pca_basis(moment, 7)
 

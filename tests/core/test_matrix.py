@@ -16,6 +16,7 @@ from headq_core.method.headq import (
     encode_side,
     logit_correction,
     make_basis,
+    query_pca_basis,
 )
 from headq_core.method.quant import fake_quantize
 from headq_core.method.schedule import decode_mask
@@ -46,7 +47,8 @@ def keys_for(q, k, moment, cfg, hq):
     k_hat, mask = fake_quantize(k, cfg), decode_mask(T, T, cfg)
     if hq is None:
         return k_hat, mask, None
-    basis = make_basis(hq, query_moment=moment, residual=k - k_hat, kv_heads=HKV, head_dim=D)
+    query_basis = query_pca_basis(moment, hq.rank) if hq.basis == "query_pca" else None
+    basis = make_basis(hq, 0, query_basis=query_basis, residual=k - k_hat, kv_heads=HKV, head_dim=D)
     c_hat = decode_side(encode_side(k - k_hat, basis, hq.side_bits))
     tau = D ** -0.5
     logits = tau * q @ k_hat.repeat_interleave(HQ // HKV, 1).transpose(-1, -2)

@@ -153,3 +153,34 @@ def test_online_a2_value_policy_matches_evaluator(high_bits):
     assert torch.equal(at, kept[0].any(0).nonzero().flatten())
     with pytest.raises(ValueError, match="value_policy: run the model inside"):
         lm.model(ids[None, :2], past_key_values=HeadQCache(lm.info.layers, K2, V2, value_policy=policy))
+
+
+@pytest.mark.parametrize(("head_dim", "expected"), [(16, True), (48, False), (8, False)])
+def test_cache_takes_the_kernel_path_only_for_layouts_the_kernel_covers(head_dim, expected):
+    """One rule (``kernels.layout.decode_covers``) for the cache and the kernel's dispatch: a
+    head_dim of 48 has whole 32-bit code rows but is not a power of two, so the kernel refuses it
+    and the cache must read it densely (it used to pick the kernel and fail)."""
+    from headq_core.runtime.cache import HeadQCacheLayer
+
+    v2 = QuantConfig(bits=2, axis="per_token", group_size=8, residual=0)
+    layer = HeadQCacheLayer(K2, v2)
+    layer.attached, layer.kernel = True, "triton"
+    assert layer._kernel_reads(torch.zeros(1, 2, 1, head_dim)) is expected
+
+
+@pytest.mark.parametrize("basis", ["query_pca", "random"])
+def test_cache_from_run_decodes_as_the_evaluator_scores(basis):
+    """``HeadQCache.from_run`` takes the evaluator's run spec and calibration and picks each layer's
+    basis by the same rule (a random basis is seeded per layer in both)."""
+    lm = loaded("llama")
+    cal = calibrate(lm, CorpusSpec(split="calibration"), window=16, max_tokens=32, rank=4)
+    run = RunSpec("kv2_headq", key=K2, value=V2, headq=HeadQConfig(rank=3, side_bits=8, basis=basis))
+    _check_same_perplexity(lm, run, cal, 24, lambda: HeadQCache.from_run(run, cal, lm.info))
+
+
+def test_cache_from_run_refuses_what_a_cache_cannot_store():
+    lm = loaded("llama")
+    with pytest.raises(ValueError, match="headq.basis: key_pca"):
+        HeadQCache.from_run(RunSpec("kp", key=K2, headq=HeadQConfig(rank=2, basis="key_pca")), None, lm.info)
+    with pytest.raises(ValueError, match="calibration"):
+        HeadQCache.from_run(RunSpec("q", key=K2, headq=HeadQConfig(rank=2)), None, lm.info)

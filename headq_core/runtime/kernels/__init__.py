@@ -14,7 +14,7 @@ from typing import Literal
 import torch
 
 from headq_core.config import QuantConfig
-from headq_core.runtime.kernels.layout import KERNEL_BITS, EncodedKV
+from headq_core.runtime.kernels.layout import EncodedKV, decode_covers, encode_covers, head_dim_covered
 from headq_core.runtime.kernels.reference import decode_attention_reference, encode_reference
 
 Backend = Literal["auto", "triton", "reference"]
@@ -25,10 +25,6 @@ __all__ = ["EncodedKV", "decode_attention", "encode"]
 def _require(ok: bool, field_name: str, message: str) -> None:
     if not ok:
         raise ValueError(f"{field_name}: {message}")
-
-
-def _pow2(x: int) -> bool:
-    return x >= 1 and x & (x - 1) == 0
 
 
 def _use_triton(backend: Backend, device: torch.device, fits: bool) -> bool:
@@ -61,8 +57,7 @@ def encode(k: torch.Tensor, v: torch.Tensor, key_cfg: QuantConfig, value_cfg: Qu
     _require(d % value_cfg.group_size == 0, "value_cfg.group_size", f"must divide head_dim {d}")
     _require(side_bits in (4, 8, 16), "side_bits", f"must be 4, 8 or 16, got {side_bits!r}")
     _check_basis(basis, h, d)
-    fits = (key_cfg.bits in KERNEL_BITS and value_cfg.bits in KERNEL_BITS and _pow2(d) and d >= 16
-            and _pow2(key_cfg.group_size) and key_cfg.group_size >= 16 and _pow2(value_cfg.group_size))
+    fits = encode_covers(d, key_cfg.bits, key_cfg.group_size, value_cfg.bits, value_cfg.group_size)
     if _use_triton(backend, k.device, fits):
         from headq_core.runtime.kernels.triton_encode import encode_triton
 
@@ -107,9 +102,8 @@ def decode_attention(q: torch.Tensor, enc: EncodedKV | None, k_res: torch.Tensor
     _require(sign in (1, -1), "sign", f"must be +1 or -1, got {sign!r}")
     _require(num_splits is None or num_splits >= 1, "num_splits", f"must be >= 1, got {num_splits!r}")
     scale = d ** -0.5 if scale is None else float(scale)
-    fits = _pow2(d) and d >= 16 and (enc is None or (
-        enc.key_bits in KERNEL_BITS and enc.value_bits in KERNEL_BITS and _pow2(enc.key_group)
-        and _pow2(enc.value_group) and d * enc.key_bits % 32 == 0 and d * enc.value_bits % 32 == 0))
+    fits = (head_dim_covered(d) if enc is None
+            else decode_covers(d, enc.key_bits, enc.key_group, enc.value_bits, enc.value_group))
     if _use_triton(backend, q.device, fits):
         from headq_core.runtime.kernels.triton_decode import decode_attention_triton
 

@@ -19,6 +19,31 @@ from headq_core.method.quant import Packed, dequantize
 KERNEL_BITS = (1, 2, 4, 8)  # widths whose codes never straddle a byte: the Triton paths
 
 
+def _pow2(x: int) -> bool:
+    return x >= 1 and x & (x - 1) == 0
+
+
+def head_dim_covered(head_dim: int) -> bool:
+    """The kernels' tiles span a power-of-two head_dim of at least 16."""
+    return _pow2(head_dim) and head_dim >= 16
+
+
+def decode_covers(head_dim: int, key_bits: int, key_group: int, value_bits: int, value_group: int) -> bool:
+    """Whether the Triton decode kernel reads this packed layout: bits in ``KERNEL_BITS``,
+    power-of-two head_dim >= 16 and groups, code rows of whole 32-bit words. The one rule that the
+    kernels' dispatch and the cache's choice of path share."""
+    return (head_dim_covered(head_dim) and key_bits in KERNEL_BITS and value_bits in KERNEL_BITS
+            and _pow2(key_group) and _pow2(value_group)
+            and head_dim * key_bits % 32 == 0 and head_dim * value_bits % 32 == 0)
+
+
+def encode_covers(head_dim: int, key_bits: int, key_group: int, value_bits: int, value_group: int) -> bool:
+    """Whether the Triton encode kernel writes this layout: as :func:`decode_covers` without the
+    word rule, and key groups of at least 16 tokens."""
+    return (head_dim_covered(head_dim) and key_bits in KERNEL_BITS and value_bits in KERNEL_BITS
+            and _pow2(key_group) and key_group >= 16 and _pow2(value_group))
+
+
 def _require(ok: bool, field_name: str, message: str) -> None:
     if not ok:
         raise ValueError(f"{field_name}: {message}")
