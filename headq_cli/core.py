@@ -11,6 +11,7 @@ from typing import Any
 
 from headq_spec.jobs import JobSpec
 from headq_spec.metrics import HEAD_METRICS
+from headq_spec.runs import HeadQConfig
 
 PRESETS = ("k-only", "headq", "controls", "full-kv")
 HEAD_FIELDS = ("run", "layer", "head", "kv_head", *HEAD_METRICS)
@@ -108,7 +109,7 @@ def calibrate_command(args: argparse.Namespace) -> int:
     from headq_core.evaluation.calibrate import Calibration
 
     spec = _base_spec(args, "calibration")
-    if not args.spec:
+    if not args.spec and args.rank is not None:
         spec["calibration"] = {"rank": args.rank}
     doc, blob = _run(spec, None)
     assert blob is not None  # a calibration job always returns its artifact
@@ -124,7 +125,8 @@ def eval_command(args: argparse.Namespace) -> int:
 
     spec = _base_spec(args, "evaluation")
     if not args.spec:
-        spec["runs"] = preset_runs(args.runs, args.bits, args.group, args.residual, args.rank)
+        rank = HeadQConfig().rank if args.rank is None else args.rank
+        spec["runs"] = preset_runs(args.runs, args.bits, args.group, args.residual, rank)
         spec["seed"] = args.seed
     blob = None
     if args.calibration:
@@ -156,7 +158,8 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--files", nargs="+", help="local text files instead of the built-in corpus")
     p.add_argument("--window", type=int, default=1024, help="tokens per window")
     p.add_argument("--max-tokens", type=int, default=32768, help="at most this many tokens")
-    p.add_argument("--rank", type=int, default=8, help="HeadQ rank (calibrate: eigenvectors kept)")
+    p.add_argument("--rank", type=int, help="eval: HeadQ rank (default 8); calibrate: query directions "
+                   "kept (default 64, as a calibration job's spec)")
     p.add_argument("--out", help="write the results document (JSON) here")
 
 

@@ -22,10 +22,10 @@ from typing import Any, Literal, Union
 
 from pydantic import BaseModel, ConfigDict, Field, field_serializer, field_validator, model_validator
 
-from headq_spec.runs import RunSpec
+from headq_spec.runs import RunSpec, check_run_list
 
 BUILTIN_MODELS = ("builtin:smollm2-135m",)
-MAX_RUN_NAME = 200
+DEFAULT_CALIBRATION_RANK = 64  # query directions a calibration keeps unless told
 _HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*(/[A-Za-z0-9][A-Za-z0-9._-]*)?$")
 _FORBIDDEN_KEYS = ("trust_remote_code",)
 
@@ -109,7 +109,7 @@ class DatasetSpec(_Strict):
 class CalibrationOptions(_Strict):
     """Calibration-only options: how many eigenvectors to keep (the spectrum is always kept whole)."""
 
-    rank: int = Field(default=64, ge=1, le=4096)
+    rank: int = Field(default=DEFAULT_CALIBRATION_RANK, ge=1, le=4096)
 
 
 class JobSpec(_Strict):
@@ -159,13 +159,7 @@ class JobSpec(_Strict):
             raise ValueError("calibration: only a calibration job takes calibration options")
         if not self.runs:
             raise ValueError("runs: an evaluation needs at least one run")
-        names = [run.name for run in self.runs]
-        too_long = [i for i, name in enumerate(names) if len(name) > MAX_RUN_NAME]
-        if too_long:
-            raise ValueError(f"runs.{too_long[0]}.name: at most {MAX_RUN_NAME} characters")
-        duplicates = sorted({n for n in names if names.count(n) > 1})
-        if duplicates:
-            raise ValueError(f"runs: duplicate run names {duplicates}")
+        check_run_list(self.runs)
         needs = [run.name for run in self.runs if run.headq is not None or run.intervention is not None]
         if needs and self.calibration_job is None:
             raise ValueError(f"calibration_job: required by the HeadQ / intervention runs {needs}")

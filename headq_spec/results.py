@@ -1,19 +1,20 @@
-"""The results document as the API accepts it (docs/contracts.md): typed where the store relies on a
-field, every other key kept as sent. Pure pydantic."""
+"""The results document (docs/contracts.md), typed: what the workers write and the API accepts.
+Every block is typed where present, every other key kept as sent. Pure pydantic."""
 
 from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, create_model, model_validator
 
 from headq_spec.api import JobKind
 from headq_spec.jobs import JobSpec, check_text
 from headq_spec.limits import INT32_MAX
+from headq_spec.metrics import HEAD_METRICS
 
 
-class HeadRowIn(BaseModel):
-    """One per-head row of a results document; metrics are numbers or null, other keys are kept."""
+class HeadKeys(BaseModel):
+    """Which head a per-head row describes; other keys are kept."""
 
     model_config = ConfigDict(extra="allow", strict=True)
 
@@ -21,15 +22,13 @@ class HeadRowIn(BaseModel):
     layer: int = Field(ge=0, le=INT32_MAX)
     head: int = Field(ge=0, le=INT32_MAX)
     kv_head: int = Field(ge=0, le=INT32_MAX)
-    key_mse: float | None = None
-    score_mse: float | None = None
-    fisher: float | None = None
-    attn_kl: float | None = None
-    entropy: float | None = None
-    route_flip: float | None = None
-    value_mse: float | None = None
-    value_a2: float | None = None
-    readout_err: float | None = None
+
+
+# one per-head row: the keys, then every metric of HEAD_METRICS as a number or null
+HeadRowIn = create_model(
+    "HeadRowIn", __base__=HeadKeys, __doc__="One per-head row of a results document.",
+    **{name: (float | None, None) for name in HEAD_METRICS},  # type: ignore[call-overload]
+)
 
 
 class ModelInfo(BaseModel):
@@ -40,17 +39,63 @@ class ModelInfo(BaseModel):
     id: str = Field(min_length=1, max_length=500)
 
 
+class RunResult(BaseModel):
+    """One run's row: its spec, effective bits per side, perplexity over ``tokens`` scored tokens
+    (``nll`` their mean), excess over the dense run and share of its base run's excess removed."""
+
+    model_config = ConfigDict(extra="allow", strict=True)
+
+    name: str = Field(min_length=1, max_length=200)
+    spec: dict[str, Any] = Field(default_factory=dict)
+    effective_bits: dict[str, float | None] = Field(default_factory=dict)
+    perplexity: float | None = None
+    nll: float | None = None
+    tokens: int | None = Field(default=None, ge=0)
+    excess_perplexity: float | None = None
+    excess_removed: float | None = None
+
+
+class DatasetInfo(BaseModel):
+    """What was read: the corpus (source, split, files, ...), ``tokens`` and ``windows`` of
+    ``window`` tokens each; other keys are kept."""
+
+    model_config = ConfigDict(extra="allow", strict=True)
+
+    tokens: int | None = Field(default=None, ge=0)
+    windows: int | None = Field(default=None, ge=0)
+    window: int | None = Field(default=None, ge=1)
+
+
+class CalibrationRef(BaseModel):
+    """The calibration an evaluation used: its job, tokens and corpus."""
+
+    model_config = ConfigDict(extra="allow", strict=True)
+
+    job_id: str | None = None
+    tokens: int | None = None
+    dataset: dict[str, Any] | None = None
+
+
 class ResultsDocument(BaseModel):
-    """A results document (docs/contracts.md). Required: ``schema_version``, ``kind``, ``model.id``;
-    every other key is kept as sent."""
+    """A results document (docs/contracts.md), of both job kinds. Required: ``schema_version``,
+    ``kind``, ``model.id``; the blocks below are typed where present, other keys kept as sent."""
 
     model_config = ConfigDict(extra="allow", strict=True)
 
     schema_version: Literal[1]
     kind: JobKind
     model: ModelInfo
-    runs: list[dict[str, Any]] = Field(default_factory=list)
-    heads: list[HeadRowIn] = Field(default_factory=list)
+    dataset: DatasetInfo | None = None
+    calibration: CalibrationRef | None = None
+    versions: dict[str, str] = Field(default_factory=dict)
+    seed: int | None = None
+    device: str | None = None
+    dtype: str | None = None
+    rank: int | None = Field(default=None, ge=1)
+    runs: list[RunResult] = Field(default_factory=list)
+    heads: list[HeadRowIn] = Field(default_factory=list)  # type: ignore[valid-type]
+    arrays: dict[str, Any] = Field(default_factory=dict)
+    timing: dict[str, float] = Field(default_factory=dict)
 
     @model_validator(mode="before")
     @classmethod

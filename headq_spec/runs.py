@@ -175,3 +175,21 @@ class RunSpec:
                 except TypeError as exc:
                     raise ValueError(f"{key}: {exc}") from exc
         return cls(**kwargs)
+
+
+MAX_RUN_NAME = 200  # characters: the store's run column
+
+
+def check_run_list(runs: list[Any]) -> list[RunSpec]:
+    """The model-free rules of a run list (each run's own rules are in :class:`RunSpec`): at least
+    one run, names unique and at most ``MAX_RUN_NAME`` characters. Dicts become RunSpecs."""
+    specs = [RunSpec.from_dict(r) if isinstance(r, dict) else r for r in runs]
+    _require(bool(specs), "runs", "give at least one run")
+    too_long = [i for i, run in enumerate(specs) if len(run.name) > MAX_RUN_NAME]
+    if too_long:
+        raise ValueError(f"runs.{too_long[0]}.name: at most {MAX_RUN_NAME} characters")
+    names = [run.name for run in specs]
+    duplicates = sorted({n for n in names if names.count(n) > 1})
+    _require(not duplicates, "runs", f"duplicate run names {duplicates}")
+    return specs
+

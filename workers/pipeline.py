@@ -14,7 +14,7 @@ from headq_core.evaluation.corpus import CorpusSpec, check_files
 from headq_core.evaluation.evaluate import evaluate
 from headq_core.evaluation.results import calibration_document
 from headq_core.models.loading import LoadedModel, load_model
-from headq_spec.jobs import JobSpec, model_location
+from headq_spec.jobs import CalibrationOptions, JobSpec, model_location
 
 Progress = Callable[[float, str], None]
 
@@ -95,13 +95,12 @@ def execute(
     loaded = model_cache.get(key, load) if model_cache is not None else load()
     if job.kind == "calibration":
         started = time.perf_counter()
-        rank = job.calibration.rank if job.calibration else 64
         cal = calibrate(
             loaded,
             corpus,
             window=window,
             max_tokens=max_tokens,
-            rank=rank,
+            rank=(job.calibration or CalibrationOptions()).rank,
             progress=report,
             should_stop=should_stop,
         )
@@ -113,15 +112,13 @@ def execute(
         }
         doc = calibration_document(cal, loaded.info.to_dict(), dataset, time.perf_counter() - started)
         return doc, cal.to_bytes()
-    calibration = None
-    if calibration_blob is not None:
-        calibration = Calibration.from_bytes(calibration_blob)
-        calibration.meta["job_id"] = job.calibration_job
+    calibration = None if calibration_blob is None else Calibration.from_bytes(calibration_blob)
     doc = evaluate(
         loaded,
         corpus,
         job.runs,
         calibration,
+        calibration_job=job.calibration_job,
         window=window,
         max_tokens=max_tokens,
         seed=job.seed,

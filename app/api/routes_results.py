@@ -72,7 +72,7 @@ def import_results(payload: Annotated[ImportPayload, Body()], session: SessionDe
     items = payload.jobs if isinstance(payload, Bundle) else [BundleItem(results=payload)]
     prepared = []
     for index, item in enumerate(items):
-        document = item.results.model_dump(mode="json")
+        document = item.results.model_dump(mode="json", exclude_unset=True)
         spec = item.spec.model_dump(mode="json") if item.spec else _spec_from_document(document)
         described = (document["kind"], document["model"]["id"])
         if item.spec and (item.spec.kind, item.spec.model.id) != described:

@@ -19,23 +19,20 @@ from headq_core.errors import Cancelled
 from headq_core.evaluation.calibrate import Calibration
 from headq_core.evaluation.corpus import CorpusSpec, corpus_windows
 from headq_core.evaluation.head_accumulator import HeadAccumulator
-from headq_core.evaluation.results import SCHEMA_VERSION, compact_list, run_rows, versions
+from headq_core.evaluation.results import compact_list, results_document, run_rows
 from headq_core.evaluation.run_attention import RunAttention
 from headq_core.method.budget import effective_bits
 from headq_core.models.adapter import attention_handler
 from headq_core.models.loading import LoadedModel
+from headq_spec.runs import check_run_list
 
 
 def check_runs(
     runs: Sequence[RunSpec | dict], calibration: Calibration | None, head_dim: int
 ) -> list[RunSpec]:
-    """Validate the run list: RunSpecs, unique names, calibration present and deep enough when needed."""
-    specs = [RunSpec.from_dict(r) if isinstance(r, dict) else r for r in runs]
-    if not specs:
-        raise ValueError("runs: give at least one run")
-    names = [r.name for r in specs]
-    if len(set(names)) != len(names):
-        raise ValueError(f"runs: names must be unique, got {names}")
+    """The run list as RunSpecs, checked: the model-free rules (``check_run_list``), then what needs
+    the model and calibration (rank <= head_dim, a calibration deep enough where needed)."""
+    specs = check_run_list(list(runs))
     for run in specs:
         need = max(
             run.headq.rank if run.headq and run.headq.basis == "query_pca" else 0,
@@ -72,6 +69,7 @@ def evaluate(
     runs: Sequence[RunSpec | dict],
     calibration: Calibration | None = None,
     *,
+    calibration_job: str | None = None,
     window: int = 1024,
     max_tokens: int = 32768,
     seed: int = 0,
@@ -86,7 +84,8 @@ def evaluate(
     Perplexity uses every window; per-head metrics the first ``head_windows`` (default: all). The
     dense run uses the model's own attention and gives no head rows. ``batch`` windows go through
     the model together: the same numbers up to float rounding, except the ``key_pca`` control,
-    whose basis is fitted on the residuals of the windows it corrects (those of its batch)."""
+    whose basis is fitted on the residuals of the windows it corrects (those of its batch).
+    ``calibration_job`` names the job that made ``calibration`` in the document."""
     started = time.perf_counter()
     info = loaded.info
     runs = check_runs(runs, calibration, info.head_dim)
@@ -134,38 +133,18 @@ def evaluate(
     head_rows = (
         [row for r in runs if not r.is_dense for row in accumulators[r.name].rows(r.name)] if heads else []
     )
-    return {
-        "schema_version": SCHEMA_VERSION,
-        "kind": "evaluation",
-        "model": info.to_dict(),
-        "dataset": {
-            **corpus.to_dict(),
-            "tokens": int(windows.numel()),
-            "windows": int(windows.shape[0]),
-            "window": window,
-            "head_windows": head_windows if heads else 0,
-            "batch": batch,
-        },
-        "calibration": None
-        if calibration is None
-        else {
-            "job_id": calibration.meta.get("job_id"),
-            "tokens": calibration.meta.get("tokens"),
-            "dataset": calibration.meta.get("corpus"),
-        },
-        "versions": versions(),
-        "seed": seed,
-        "device": str(device),
-        "dtype": info.dtype,
-        "runs": run_rows(runs, nll, tokens, {r.name: _bits(r, info.head_dim) for r in runs}),
-        "heads": head_rows,
-        "arrays": {
-            "query_spectrum": [] if calibration is None else compact_list(calibration.eigenvalues),
-            "a2_weights": {
-                r.name: accumulators[r.name].a2_profile()
-                for r in runs
-                if heads and accumulators[r.name].keep_a2
-            },
-        },
-        "timing": {"seconds": round(time.perf_counter() - started, 3)},
-    }
+    dataset = {**corpus.to_dict(), "tokens": int(windows.numel()), "windows": int(windows.shape[0]),
+               "window": window, "head_windows": head_windows if heads else 0, "batch": batch}
+    used = None if calibration is None else {
+        "job_id": calibration_job, "tokens": calibration.meta.get("tokens"),
+        "dataset": calibration.meta.get("corpus")}
+    a2_weights = {r.name: accumulators[r.name].a2_profile()
+                  for r in runs if heads and accumulators[r.name].keep_a2}
+    return results_document(
+        "evaluation", info.to_dict(), dataset, time.perf_counter() - started,
+        calibration=used, seed=seed, device=str(device), dtype=info.dtype,
+        runs=run_rows(runs, nll, tokens, {r.name: _bits(r, info.head_dim) for r in runs}),
+        heads=head_rows,
+        arrays={"query_spectrum": [] if calibration is None else compact_list(calibration.eigenvalues),
+                "a2_weights": a2_weights},
+    )

@@ -1,5 +1,6 @@
-"""The results document of docs/contracts.md: versions, run rows (perplexity, excess, share of
-excess removed), head rows and arrays, assembled from the evaluator's sums."""
+"""The results document of docs/contracts.md, built in one place for every job kind
+(:func:`results_document`, typed by ``headq_spec.results.ResultsDocument``): versions, run rows
+(perplexity, excess, share of excess removed), head rows and arrays."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from typing import Any
 import torch
 
 from headq_core.config import RunSpec
+from headq_spec.results import ResultsDocument
 
 SCHEMA_VERSION = 1
 
@@ -88,17 +90,19 @@ def run_rows(
     return rows
 
 
+def results_document(kind: str, model: dict[str, Any], dataset: dict[str, Any], seconds: float,
+                     **fields: Any) -> dict[str, Any]:
+    """A results document of ``kind``: the fields every kind has (schema version, model, dataset,
+    library versions, timing) and the kind's own ``fields``, validated against the typed document
+    (a ``pydantic.ValidationError`` is a bug here, never a user's error)."""
+    doc = {"schema_version": SCHEMA_VERSION, "kind": kind, "model": model, "dataset": dataset,
+           "versions": versions(), **fields, "timing": {"seconds": round(seconds, 3)}}
+    return ResultsDocument.model_validate(doc).model_dump(exclude_unset=True)
+
+
 def calibration_document(
     calibration: Any, model: dict[str, Any], dataset: dict[str, Any], seconds: float
 ) -> dict[str, Any]:
     """The results document of a calibration job (its artifact is ``calibration.to_bytes()``)."""
-    return {
-        "schema_version": SCHEMA_VERSION,
-        "kind": "calibration",
-        "model": model,
-        "dataset": dataset,
-        "versions": versions(),
-        "rank": calibration.rank,
-        "arrays": {"query_spectrum": compact_list(calibration.eigenvalues)},
-        "timing": {"seconds": round(seconds, 3)},
-    }
+    return results_document("calibration", model, dataset, seconds, rank=calibration.rank,
+                            arrays={"query_spectrum": compact_list(calibration.eigenvalues)})

@@ -15,6 +15,8 @@ from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 from sqlalchemy.types import TypeDecorator
 
+from headq_spec.metrics import HEAD_METRICS
+
 FINISHED_STATUSES = ("succeeded", "failed", "cancelled")
 HEAD_KEYS = ("run", "layer", "head", "kv_head")
 SHORT_TEXT = 200  # length of the label / stage / worker / run columns
@@ -87,7 +89,8 @@ class ResultRow(Base):
 
 
 class HeadRow(Base):
-    """One (run, layer, query head) row of per-head metrics; unknown extra keys kept in ``extra``."""
+    """One (run, layer, query head) row of per-head metrics (a float column per name of
+    ``HEAD_METRICS``, added below); unknown extra keys kept in ``extra``."""
 
     __tablename__ = "head_rows"
     __table_args__ = (Index("ix_head_rows_job_attempt", "job_id", "attempt"),)
@@ -99,16 +102,11 @@ class HeadRow(Base):
     layer: Mapped[int] = mapped_column(Integer)
     head: Mapped[int] = mapped_column(Integer)
     kv_head: Mapped[int] = mapped_column(Integer)
-    key_mse: Mapped[float | None] = mapped_column(Float)
-    score_mse: Mapped[float | None] = mapped_column(Float)
-    fisher: Mapped[float | None] = mapped_column(Float)
-    attn_kl: Mapped[float | None] = mapped_column(Float)
-    entropy: Mapped[float | None] = mapped_column(Float)
-    route_flip: Mapped[float | None] = mapped_column(Float)
-    value_mse: Mapped[float | None] = mapped_column(Float)
-    value_a2: Mapped[float | None] = mapped_column(Float)
-    readout_err: Mapped[float | None] = mapped_column(Float)
     extra: Mapped[dict[str, Any] | None] = mapped_column(JsonType)
+
+
+for _metric in HEAD_METRICS:  # one nullable float column per metric, from the one metric list
+    setattr(HeadRow, _metric, mapped_column(_metric, Float, nullable=True))
 
 
 class CalibrationArtifactRow(Base):

@@ -127,7 +127,7 @@ def test_errors_and_cancel():
     hq = RunSpec("h", key=K2, headq=HeadQConfig(rank=2))
     with pytest.raises(ValueError, match="calibration: run 'h' needs a calibration"):
         evaluate(lm, SPEC, [hq], window=8, max_tokens=8)
-    with pytest.raises(ValueError, match="runs: names must be unique"):
+    with pytest.raises(ValueError, match="runs: duplicate run names"):
         evaluate(lm, SPEC, [RunSpec("a"), RunSpec("a")], window=8, max_tokens=8)
     with pytest.raises(ValueError, match="runs"):
         evaluate(lm, SPEC, [], window=8, max_tokens=8)
