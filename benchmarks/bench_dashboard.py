@@ -1,7 +1,7 @@
 """Dashboard speed in a real headless browser: time from navigation to every Run heatmap drawn.
 
 A real server (uvicorn, one worker, the real ``create_app``, SQLite in a temp dir) holds one
-SYNTHETIC results document (tests/dashboard/synthetic.py: numbers of the right shapes, not a
+SYNTHETIC results document (testkit/synthetic.py: numbers of the right shapes, not a
 measurement) of a 32-layer × 32-head model (8 KV heads, head_dim 128, 1024-token window) with 8
 configurations, imported through ``POST /api/v1/results/import``. Chromium (Playwright) opens
 ``/dashboard/run?job=..&run=..`` and the clock stops when all five heatmaps hold their image.
@@ -30,10 +30,10 @@ import httpx
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from tests.chromium import CHROMIUM, CHROMIUM_ARGS  # noqa: E402
-from tests.dashboard.browser import click_cell  # noqa: E402
-from tests.dashboard.conftest import start_api  # noqa: E402
-from tests.dashboard.synthetic import make_results  # noqa: E402
+from testkit.browser import click_cell  # noqa: E402
+from testkit.chromium import CHROMIUM, CHROMIUM_ARGS  # noqa: E402
+from testkit.live_server import start_api  # noqa: E402
+from testkit.synthetic import make_results  # noqa: E402
 
 DRAWN = """() => { const g = [...document.querySelectorAll('.run-heatmap .js-plotly-plot')];
   return g.length === 5 && g.every(x => x.querySelector('.heatmaplayer image, .heatmaplayer .hm')); }"""
@@ -137,7 +137,7 @@ def main() -> None:
         "load_average_1m": round(os.getloadavg()[0], 2),
         "cpus": os.cpu_count(),
         "machine": {"python": platform.python_version(), "cpu": platform.processor() or platform.machine()},
-        "data": "synthetic (tests/dashboard/synthetic.py), shapes of a real evaluation",
+        "data": "synthetic (testkit/synthetic.py), shapes of a real evaluation",
     }
     rows = [
         ("results document (MiB)", result["document_mib"]),

@@ -27,7 +27,7 @@ from headq_jobs.executors.settings import ExecutorSettings
 from headq_jobs.executors.spawn import settings_env
 from headq_jobs.settings import Settings
 from headq_jobs.store import create_job, get_job, make_engine, make_session_factory, migrate, session_scope
-from tests.workers.tinymodel import save_tiny_llama, write_corpus
+from testkit.tinymodel import save_tiny_llama, write_corpus
 
 RABBITMQ = "amqp://guest:guest@127.0.0.1:5672//"
 

@@ -8,11 +8,12 @@ quantized cache imports the kernels, so the interpreter tests must not depend on
 from __future__ import annotations
 
 import os
+import subprocess
 from pathlib import Path
 
 import pytest
 
-from tests.chromium import CHROMIUM, CHROMIUM_ARGS
+from testkit.chromium import CHROMIUM, CHROMIUM_ARGS
 
 if not Path("/dev/nvidiactl").exists():
     os.environ.setdefault("TRITON_INTERPRET", "1")
@@ -29,3 +30,34 @@ def browser():
         chromium = pw.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
         yield chromium
         chromium.close()
+
+
+_ROOT = Path(__file__).resolve().parents[1]
+_STAMPS = pytest.StashKey[dict[str, int]]()
+
+
+def _tracked_stamps() -> dict[str, int]:
+    """mtime (ns) of every file git tracks here, or {} outside a git checkout."""
+    try:
+        names = subprocess.run(["git", "ls-files", "-z"], cwd=_ROOT, capture_output=True, check=True,
+                               timeout=30).stdout.decode().split("\0")
+    except (OSError, subprocess.SubprocessError):
+        return {}
+    return {n: (_ROOT / n).stat().st_mtime_ns for n in names if n and (_ROOT / n).is_file()}
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    session.config.stash[_STAMPS] = _tracked_stamps()
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    """No test may rewrite a committed file (they write to temporary folders; docs are regenerated
+    by scripts): a run that touched one fails, naming the files."""
+    before = session.config.stash.get(_STAMPS, {})
+    if os.environ.get("HEADQ_SCREENSHOTS") or not before:
+        return  # scripts/screenshots.sh regenerates docs/screenshots on purpose
+    after = _tracked_stamps()
+    touched = sorted(n for n, stamp in before.items() if after.get(n, stamp) != stamp)
+    if touched:
+        session.config.get_terminal_writer().line(f"\ntests rewrote committed files: {touched}", red=True)
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from app.dashboard.api import ApiClient, ApiError, ResultsCache
-from tests.dashboard.conftest import free_port
+from testkit.live_server import free_port
 
 
 def test_base_url_is_checked():

@@ -15,8 +15,8 @@ from app.dashboard import figures as F
 from app.dashboard import results as R
 from app.dashboard.mount import mount_dashboard
 from headq_jobs import store
-from tests.dashboard.browser import figures, open_page, screenshot, wait_for_graphs
-from tests.dashboard.conftest import LiveServer, free_port, start_api
+from testkit.browser import figures, open_page, screenshot, wait_for_graphs
+from testkit.live_server import LiveServer, free_port, start_api
 
 pytestmark = pytest.mark.browser
 PAGES = {  # path, graphs drawn, graphs with data (the Run page's default run has dense values)

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from app.dashboard import results as R
-from tests.dashboard.browser import click_cell, figures, open_page, screenshot, wait_for_graphs
+from testkit.browser import click_cell, figures, open_page, screenshot, wait_for_graphs
 
 pytestmark = pytest.mark.browser
 HEATMAPS = ".run-heatmap"

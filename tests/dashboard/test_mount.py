@@ -10,7 +10,7 @@ import httpx
 import pytest
 
 from app.dashboard import create_dash
-from tests.dashboard.conftest import free_port
+from testkit.live_server import free_port
 
 
 def _route(server_url: str, path: str, search: str) -> httpx.Response:

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from app.dashboard import results as R
-from tests.dashboard.synthetic import make_results
+from testkit.synthetic import make_results
 
 
 @pytest.fixture(scope="module")

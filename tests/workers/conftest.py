@@ -19,8 +19,8 @@ from headq_jobs.executors.settings import ExecutorSettings
 from headq_jobs.settings import Settings
 from headq_jobs.store import create_job, make_engine, make_session_factory, migrate, session_scope
 from headq_jobs.store.models import Base, JobRow
+from testkit.tinymodel import save_tiny_llama, write_corpus
 from tests.pg import temporary_database
-from tests.workers.tinymodel import save_tiny_llama, write_corpus
 
 HEARTBEAT_TIMEOUT_S = 10.0  # the runner beats before it loads torch, so this can be short
 LONG_JOB = {"max_tokens": 1536, "window": 64, "runs": 2}  # 24 windows x 2 runs: long enough to interrupt

@@ -1,8 +1,11 @@
-"""Helpers the browser tests share: wait for Dash to settle, read Plotly figures, click a heatmap cell."""
+"""Browser helpers the dashboard tests and benchmarks share: wait for Dash to settle, read Plotly
+figures, click a heatmap cell, save a screenshot."""
 
 from __future__ import annotations
 
-from tests.dashboard.conftest import SCREENSHOTS
+import os
+import tempfile
+from pathlib import Path
 
 TIMEOUT_MS = 30_000
 
@@ -47,7 +50,15 @@ def click_cell(page, graph_selector: str, layer: int, head: int) -> None:
     page.mouse.click(box["x"] + x, box["y"] + y)
 
 
+def screenshot_dir() -> Path:
+    """Where :func:`screenshot` writes: ``$HEADQ_SCREENSHOTS`` (``scripts/screenshots.sh`` points it
+    at docs/screenshots/), else a temporary folder: a test run never rewrites a committed file."""
+    chosen = os.environ.get("HEADQ_SCREENSHOTS")
+    folder = Path(chosen) if chosen else Path(tempfile.gettempdir()) / "headq-screenshots"
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder
+
+
 def screenshot(page, name: str) -> None:
-    """Save a full-page PNG under docs/screenshots/."""
-    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
-    page.screenshot(path=str(SCREENSHOTS / f"{name}.png"), full_page=True)
+    """Save a full-page PNG named ``name`` in :func:`screenshot_dir`."""
+    page.screenshot(path=str(screenshot_dir() / f"{name}.png"), full_page=True)
