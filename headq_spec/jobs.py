@@ -94,6 +94,10 @@ class DatasetSpec(_Strict):
     head_windows: int | None = Field(default=None, ge=1)
     # evaluation: windows per forward pass (a speed knob; see headq_core.evaluation.evaluate.evaluate)
     batch: int = Field(default=1, ge=1, le=1024)
+    # start every window as the tokenizer starts a sequence (its BOS): auto, or force it on / off
+    add_bos: Literal["auto"] | bool = "auto"
+    # which chunks of the corpus become windows: spread evenly over it, or the first ones
+    placement: Literal["spread", "contiguous"] = "spread"
 
     @model_validator(mode="after")
     def _consistent(self) -> DatasetSpec:

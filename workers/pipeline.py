@@ -13,6 +13,7 @@ from headq_core.evaluation.calibrate import Calibration, calibrate
 from headq_core.evaluation.corpus import CorpusSpec, check_files
 from headq_core.evaluation.evaluate import evaluate
 from headq_core.evaluation.results import calibration_document
+from headq_core.evaluation.windows import WINDOW_FIELDS
 from headq_core.models.loading import LoadedModel, load_model
 from headq_spec.jobs import CalibrationOptions, JobSpec, model_location
 
@@ -101,15 +102,12 @@ def execute(
             window=window,
             max_tokens=max_tokens,
             rank=(job.calibration or CalibrationOptions()).rank,
+            add_bos=job.dataset.add_bos,
+            placement=job.dataset.placement,
             progress=report,
             should_stop=should_stop,
         )
-        dataset = {
-            **corpus.to_dict(),
-            "tokens": cal.meta["tokens"],
-            "windows": cal.meta["windows"],
-            "window": window,
-        }
+        dataset = {**corpus.to_dict(), **{k: cal.meta[k] for k in WINDOW_FIELDS}}
         doc = calibration_document(cal, loaded.info.to_dict(), dataset, time.perf_counter() - started)
         return doc, cal.to_bytes()
     calibration = None if calibration_blob is None else Calibration.from_bytes(calibration_blob)
@@ -120,6 +118,8 @@ def execute(
         calibration,
         calibration_job=job.calibration_job,
         window=window,
+        add_bos=job.dataset.add_bos,
+        placement=job.dataset.placement,
         max_tokens=max_tokens,
         seed=job.seed,
         head_windows=job.dataset.head_windows,

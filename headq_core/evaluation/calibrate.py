@@ -20,8 +20,9 @@ from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 
 from headq_core.errors import Cancelled
-from headq_core.evaluation.corpus import CorpusSpec, corpus_windows
+from headq_core.evaluation.corpus import CorpusSpec
 from headq_core.evaluation.results import versions
+from headq_core.evaluation.windows import AddBos, Placement, corpus_windows
 from headq_core.method.headq import QueryStats
 from headq_core.models.adapter import capture
 from headq_core.models.loading import LoadedModel
@@ -101,15 +102,19 @@ def calibrate(
     window: int,
     max_tokens: int,
     rank: int,
+    add_bos: AddBos = "auto",
+    placement: Placement = "spread",
     progress: Callable[[float, str], None] | None = None,
     should_stop: Callable[[], bool] | None = None,
 ) -> Calibration:
-    """Query statistics of ``loaded`` over ``corpus`` (at most ``max_tokens`` in windows of ``window``)."""
+    """Query statistics of ``loaded`` over ``corpus``: at most ``max_tokens`` in windows of ``window``,
+    cut as the evaluator cuts them (``evaluation.windows``: ``add_bos``, ``placement``)."""
     info = loaded.info
     if not isinstance(rank, int) or not 1 <= rank <= info.head_dim:
         raise ValueError(f"rank: must lie in [1, {info.head_dim}], got {rank!r}")
     started = time.perf_counter()
-    windows = corpus_windows(loaded.tokenizer, corpus, window, max_tokens)
+    windows = corpus_windows(loaded.tokenizer, corpus, window, max_tokens, add_bos=add_bos,
+                             placement=placement)
     stats = QueryStats(info.layers, info.kv_heads, info.head_dim)
 
     def on_layer(layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> None:
@@ -117,20 +122,18 @@ def calibrate(
 
     device = next(loaded.model.parameters()).device
     with torch.no_grad(), capture(loaded.model, on_layer):
-        for i, ids in enumerate(windows):
+        for i, ids in enumerate(windows.ids):
             if should_stop is not None and should_stop():
                 raise Cancelled("calibration cancelled")
             loaded.model(ids[None].to(device), use_cache=False)
             if progress is not None:
-                progress((i + 1) / len(windows), "calibrate")
+                progress((i + 1) / len(windows.ids), "calibrate")
     values, vectors = stats.spectrum()
     meta = {
         "model": info.to_dict(),
         "tokenizer": getattr(loaded.tokenizer, "name_or_path", None),
         "corpus": corpus.to_dict(),
-        "window": window,
-        "tokens": int(windows.numel()),
-        "windows": int(windows.shape[0]),
+        **windows.describe(),
         "rank": rank,
         "versions": versions(),
         "seconds": round(time.perf_counter() - started, 3),

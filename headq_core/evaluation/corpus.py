@@ -1,8 +1,7 @@
 """Text corpora: the built-in State of the Union addresses and Shakespeare plays, any Hugging Face
 dataset, local files.
 
-A corpus is read as a list of documents, tokenised, concatenated with EOS separators and cut into
-windows of ``window`` tokens (the remainder is dropped), capped at ``max_tokens``.
+A corpus is read as a list of documents; ``evaluation.windows`` cuts them into token windows.
 """
 
 from __future__ import annotations
@@ -12,8 +11,6 @@ import importlib.resources
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Literal
-
-import torch
 
 SOURCES = ("builtin", "hf", "files")
 BUILTIN_NAMES = ("sotu", "shakespeare")
@@ -96,29 +93,3 @@ def load_texts(spec: CorpusSpec) -> list[str]:
             f"dataset.text_field: {spec.text_field!r} is not a column (columns: {dataset.column_names})"
         )
     return [t for t in dataset[spec.text_field] if t and t.strip()]
-
-
-def token_windows(tokenizer, texts: list[str], window: int, max_tokens: int) -> torch.Tensor:
-    """Tokenise and concatenate ``texts`` (EOS between documents) into int64 [n_windows, window],
-    ``n_windows = min(max_tokens, available) // window``."""
-    if not isinstance(window, int) or window < 2:
-        raise ValueError(f"window: must be an integer >= 2, got {window!r}")
-    if not isinstance(max_tokens, int) or max_tokens < window:
-        raise ValueError(f"max_tokens: must be an integer >= window ({window}), got {max_tokens!r}")
-    eos = tokenizer.eos_token_id
-    ids: list[int] = []
-    for text in texts:
-        ids.extend(tokenizer(text, add_special_tokens=False)["input_ids"])
-        if eos is not None:
-            ids.append(eos)
-        if len(ids) >= max_tokens:
-            break
-    n_windows = min(len(ids), max_tokens) // window
-    if n_windows == 0:
-        raise ValueError(f"dataset: only {len(ids)} tokens of text, fewer than one window of {window}")
-    return torch.tensor(ids[: n_windows * window], dtype=torch.long).view(n_windows, window)
-
-
-def corpus_windows(tokenizer, spec: CorpusSpec, window: int, max_tokens: int) -> torch.Tensor:
-    """``token_windows`` of ``load_texts(spec)``."""
-    return token_windows(tokenizer, load_texts(spec), window, max_tokens)

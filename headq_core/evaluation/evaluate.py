@@ -17,10 +17,12 @@ import torch
 from headq_core.config import RunSpec
 from headq_core.errors import Cancelled
 from headq_core.evaluation.calibrate import Calibration
-from headq_core.evaluation.corpus import CorpusSpec, corpus_windows
+from headq_core.evaluation.corpus import CorpusSpec
 from headq_core.evaluation.head_accumulator import HeadAccumulator
 from headq_core.evaluation.results import compact_list, results_document, run_rows
 from headq_core.evaluation.run_attention import RunAttention
+from headq_core.evaluation.uncertainty import uncertainty_note
+from headq_core.evaluation.windows import AddBos, Placement, corpus_windows
 from headq_core.method.budget import effective_bits
 from headq_core.models.adapter import attention_handler
 from headq_core.models.loading import LoadedModel
@@ -56,6 +58,14 @@ def _bits(run: RunSpec, head_dim: int) -> dict[str, float]:
     }
 
 
+def _window_nll(logits: torch.Tensor, ids: torch.Tensor, first: int) -> torch.Tensor:
+    """NLL sums [batch] (float64) of ``ids`` [batch, L] from positions ``first`` on, predicted by
+    ``logits`` [batch, L, vocab] of the positions before them."""
+    per_token = torch.nn.functional.cross_entropy(
+        logits[:, first - 1 : -1].transpose(1, 2).float(), ids[:, first:], reduction="none")
+    return per_token.double().sum(dim=1).cpu()
+
+
 def window_batches(n_windows: int, batch: int, head_windows: int) -> list[tuple[int, int]]:
     """[start, stop) ranges of at most ``batch`` windows; none straddles ``head_windows`` (the
     windows with per-head metrics form batches of their own)."""
@@ -72,6 +82,8 @@ def evaluate(
     calibration_job: str | None = None,
     window: int = 1024,
     max_tokens: int = 32768,
+    add_bos: AddBos = "auto",
+    placement: Placement = "spread",
     seed: int = 0,
     heads: bool = True,
     head_windows: int | None = None,
@@ -81,10 +93,13 @@ def evaluate(
 ) -> dict[str, Any]:
     """Perplexity and per-head metrics of every run over ``corpus`` (the results document).
 
-    Perplexity uses every window; per-head metrics the first ``head_windows`` (default: all). The
-    dense run uses the model's own attention and gives no head rows. ``batch`` windows go through
-    the model together: the same numbers up to float rounding, except the ``key_pca`` control,
-    whose basis is fitted on the residuals of the windows it corrects (those of its batch).
+    Windows are cut by ``evaluation.windows`` (``add_bos``: start as the tokenizer starts a
+    sequence; ``placement``: spread over the corpus or contiguous). Perplexity uses every window
+    (per-window NLL sums kept in the run rows); per-head metrics the first ``head_windows``
+    (default: all). The dense run uses the model's own attention and gives no head rows. ``batch``
+    windows go through the model together: the same numbers up to float rounding, except the
+    ``key_pca`` control, whose basis is fitted on the residuals of the windows it corrects (those
+    of its batch).
     ``calibration_job`` names the job that made ``calibration`` in the document."""
     started = time.perf_counter()
     info = loaded.info
@@ -95,24 +110,27 @@ def evaluate(
             f"{tuple(calibration.basis.shape[:2])} != {(info.layers, info.kv_heads)}"
         )
     torch.manual_seed(seed)
-    windows = corpus_windows(loaded.tokenizer, corpus, window, max_tokens)
+    windows = corpus_windows(loaded.tokenizer, corpus, window, max_tokens, add_bos=add_bos,
+                             placement=placement)
+    first = windows.first_scored
     device = next(loaded.model.parameters()).device
     basis_for = calibration.layer_basis if calibration is not None else None
     if head_windows is not None and (not isinstance(head_windows, int) or head_windows < 1):
         raise ValueError(f"head_windows: must be a positive integer or None, got {head_windows!r}")
-    head_windows = len(windows) if head_windows is None else min(head_windows, len(windows))
+    n_windows = int(windows.ids.shape[0])
+    head_windows = n_windows if head_windows is None else min(head_windows, n_windows)
     if not isinstance(batch, int) or isinstance(batch, bool) or batch < 1:
         raise ValueError(f"batch: must be a positive integer, got {batch!r}")
     accumulators = {
         r.name: HeadAccumulator(info.layers, info.heads, info.kv_heads, keep_a2=r.value is not None)
         for r in runs
     }
-    nll = dict.fromkeys((r.name for r in runs), 0.0)
-    chunks = window_batches(len(windows), batch, head_windows)
-    steps, done = len(windows) * len(runs), 0
+    window_nll = {r.name: torch.zeros(n_windows, dtype=torch.float64) for r in runs}
+    chunks = window_batches(n_windows, batch, head_windows)
+    steps, done = n_windows * len(runs), 0
     with torch.no_grad():
         for start, stop in chunks:
-            ids = windows[start:stop].to(device)
+            ids = windows.ids[start:stop].to(device)
             for run in runs:
                 if should_stop is not None and should_stop():
                     raise Cancelled("evaluation cancelled")
@@ -122,19 +140,16 @@ def evaluate(
                     sink = accumulators[run.name].add if heads and start < head_windows else None
                     with attention_handler(loaded.model, RunAttention(run, basis_for=basis_for, sink=sink)):
                         logits = loaded.model(ids, use_cache=False).logits
-                nll[run.name] += torch.nn.functional.cross_entropy(
-                    logits[:, :-1].flatten(0, 1).float(), ids[:, 1:].flatten(), reduction="sum"
-                ).item()
+                window_nll[run.name][start:stop] = _window_nll(logits, ids, first)
                 del logits
                 done += stop - start
                 if progress is not None:
                     progress(done / steps, f"evaluate {run.name}")
-    tokens = int(windows.shape[0] * (window - 1))
     head_rows = (
         [row for r in runs if not r.is_dense for row in accumulators[r.name].rows(r.name)] if heads else []
     )
-    dataset = {**corpus.to_dict(), "tokens": int(windows.numel()), "windows": int(windows.shape[0]),
-               "window": window, "head_windows": head_windows if heads else 0, "batch": batch}
+    dataset = {**corpus.to_dict(), **windows.describe(), "head_windows": head_windows if heads else 0,
+               "batch": batch}
     used = None if calibration is None else {
         "job_id": calibration_job, "tokens": calibration.meta.get("tokens"),
         "dataset": calibration.meta.get("corpus")}
@@ -143,7 +158,9 @@ def evaluate(
     return results_document(
         "evaluation", info.to_dict(), dataset, time.perf_counter() - started,
         calibration=used, seed=seed, device=str(device), dtype=info.dtype,
-        runs=run_rows(runs, nll, tokens, {r.name: _bits(r, info.head_dim) for r in runs}),
+        runs=run_rows(runs, window_nll, windows.scored_per_window,
+                      {r.name: _bits(r, info.head_dim) for r in runs}, seed=seed),
+        uncertainty=uncertainty_note(seed),
         heads=head_rows,
         arrays={"query_spectrum": [] if calibration is None else compact_list(calibration.eigenvalues),
                 "a2_weights": a2_weights},

@@ -4,7 +4,6 @@
 
 from __future__ import annotations
 
-import math
 import platform
 from importlib import metadata
 from typing import Any
@@ -12,6 +11,7 @@ from typing import Any
 import torch
 
 from headq_core.config import RunSpec
+from headq_core.evaluation.uncertainty import Statistic, bootstrap, resample_indices
 from headq_spec.results import ResultsDocument
 
 SCHEMA_VERSION = 1
@@ -60,33 +60,46 @@ def base_run_name(run: RunSpec, runs: list[RunSpec]) -> str | None:
     return None
 
 
-def run_rows(
-    runs: list[RunSpec], nll_sums: dict[str, float], tokens: int, effective_bits: dict[str, dict[str, float]]
-) -> list[dict[str, Any]]:
-    """One row per run. ``excess_perplexity`` needs a dense run; ``excess_removed`` is set on HeadQ
-    runs whose base run (:func:`base_run_name`) is present and has a non-zero excess."""
-    ppl = {r.name: math.exp(nll_sums[r.name] / tokens) for r in runs}
+def _perplexity(name: str) -> Statistic:
+    return lambda nll: torch.exp(nll[name])
+
+
+def _excess(name: str, dense: str) -> Statistic:
+    return lambda nll: torch.exp(nll[name]) - torch.exp(nll[dense])
+
+
+def _removed(name: str, base: str, dense: str) -> Statistic:
+    run_excess, base_excess = _excess(name, dense), _excess(base, dense)
+    return lambda nll: 1.0 - run_excess(nll) / base_excess(nll)
+
+
+def run_rows(runs: list[RunSpec], window_nll: dict[str, torch.Tensor], window_tokens: int,
+             effective_bits: dict[str, dict[str, float]], seed: int = 0) -> list[dict[str, Any]]:
+    """One row per run from its per-window NLL sums [n_windows] over ``window_tokens`` scored tokens
+    each. ``excess_perplexity`` needs a dense run; ``excess_removed`` is set on HeadQ runs whose
+    base run (:func:`base_run_name`) is present and has a non-zero excess. Each aggregate comes
+    with a paired bootstrap standard error and interval (``evaluation.uncertainty``)."""
+    per_window = {name: sums.double() / window_tokens for name, sums in window_nll.items()}
+    point = {name: m.mean() for name, m in per_window.items()}  # mean NLL per token of each run
+    indices = resample_indices(len(next(iter(per_window.values()))), seed)
     dense = next((r.name for r in runs if r.is_dense), None)
-    excess = {name: (p - ppl[dense]) if dense else None for name, p in ppl.items()}
     rows = []
     for run in runs:
-        removed = None
-        base = base_run_name(run, runs) if run.headq is not None else None
-        base_excess, run_excess = excess.get(base or ""), excess[run.name]
-        if base_excess and run_excess is not None:
-            removed = 1.0 - run_excess / base_excess
-        rows.append(
-            {
-                "name": run.name,
-                "spec": run.to_dict(),
-                "effective_bits": effective_bits[run.name],
-                "perplexity": ppl[run.name],
-                "nll": nll_sums[run.name] / tokens,
-                "tokens": tokens,
-                "excess_perplexity": excess[run.name],
-                "excess_removed": removed,
-            }
-        )
+        name = run.name
+        statistics = {"perplexity": _perplexity(name)}
+        if dense is not None:
+            statistics["excess_perplexity"] = _excess(name, dense)
+            base = base_run_name(run, runs) if run.headq is not None else None
+            if base is not None and float(_excess(base, dense)(point)) != 0.0:
+                statistics["excess_removed"] = _removed(name, base, dense)
+        row: dict[str, Any] = {"name": name, "spec": run.to_dict(), "effective_bits": effective_bits[name],
+                               "nll": float(point[name]), "tokens": window_tokens * len(per_window[name]),
+                               "excess_perplexity": None, "excess_removed": None}
+        for field, statistic in statistics.items():
+            row[field] = float(statistic(point))
+            row.update(bootstrap(per_window, statistic, indices).fields(field))
+        row.update(window_nll=[float(v) for v in window_nll[name]], window_tokens=window_tokens)
+        rows.append(row)
     return rows
 
 

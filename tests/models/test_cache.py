@@ -9,8 +9,9 @@ import torch
 
 from headq_core.config import HeadQConfig, QuantConfig, RunSpec
 from headq_core.evaluation.calibrate import calibrate
-from headq_core.evaluation.corpus import CorpusSpec, corpus_windows
+from headq_core.evaluation.corpus import CorpusSpec
 from headq_core.evaluation.evaluate import evaluate
+from headq_core.evaluation.windows import corpus_windows
 from headq_core.runtime.cache import HeadQCache
 from tests.models.tiny import loaded
 
@@ -31,7 +32,7 @@ def _decode_nll(lm, ids, cache):
 
 def _check_same_perplexity(lm, run, calibration, window, make_cache):
     doc = evaluate(lm, SPEC, [run], calibration, window=window, max_tokens=window, heads=False)
-    ids = corpus_windows(lm.tokenizer, SPEC, window, window)[0]
+    ids = corpus_windows(lm.tokenizer, SPEC, window, window).ids[0]
     cache = make_cache()
     nll = _decode_nll(lm, ids, cache)
     assert math.exp(nll) == pytest.approx(doc["runs"][0]["perplexity"], rel=1e-3)
@@ -141,7 +142,7 @@ def test_online_a2_value_policy_matches_evaluator(high_bits):
     run = RunSpec("kv2_a2", key=K2, value=V2, value_policy=policy)
     cache = HeadQCache(lm.info.layers, K2, V2, value_policy=policy)
     doc = evaluate(lm, SPEC, [run], window=24, max_tokens=24, heads=False)
-    ids = corpus_windows(lm.tokenizer, SPEC, 24, 24)[0]
+    ids = corpus_windows(lm.tokenizer, SPEC, 24, 24).ids[0]
     with cache.attached(lm.model):
         nll = _decode_nll(lm, ids, cache)
     assert math.exp(nll) == pytest.approx(doc["runs"][0]["perplexity"], rel=1e-3)

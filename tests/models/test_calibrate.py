@@ -45,9 +45,9 @@ def test_spectrum_and_basis_match_direct_computation():
     lm = loaded("llama")
     fractions = []
     cal = calibrate(lm, SPEC, window=16, max_tokens=48, rank=3, progress=lambda f, s: fractions.append(f))
-    from headq_core.evaluation.corpus import corpus_windows
+    from headq_core.evaluation.windows import corpus_windows
 
-    moment = _direct_moments(lm, corpus_windows(lm.tokenizer, SPEC, 16, 48))
+    moment = _direct_moments(lm, corpus_windows(lm.tokenizer, SPEC, 16, 48).ids)
     values, vectors = torch.linalg.eigh(moment)
     torch.testing.assert_close(cal.eigenvalues, values.flip(-1), rtol=1e-6, atol=1e-9)
     top = vectors.flip(-1)[..., :3]

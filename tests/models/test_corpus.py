@@ -4,9 +4,9 @@ import json
 from importlib import resources
 
 import pytest
-import torch
 
-from headq_core.evaluation.corpus import CorpusSpec, corpus_windows, load_texts, token_windows
+from headq_core.evaluation.corpus import CorpusSpec, load_texts
+from headq_core.evaluation.windows import corpus_windows, token_windows
 from tests.models.tiny import CharTokenizer
 
 
@@ -34,21 +34,6 @@ def test_builtin_shakespeare_plays_match_index():
         CorpusSpec(name="milton")
 
 
-def test_token_windows_concatenate_with_eos_and_cap():
-    tok = CharTokenizer()
-    out = token_windows(tok, ["abc", "de", "fghij"], window=4, max_tokens=100)
-    ids = (
-        [3 + b % 93 for b in b"abc"]
-        + [2]
-        + [3 + b % 93 for b in b"de"]
-        + [2]
-        + [3 + b % 93 for b in b"fghij"]
-        + [2]
-    )
-    assert torch.equal(out, torch.tensor(ids[:12]).view(3, 4))
-    assert token_windows(tok, ["abcdefghij"], window=4, max_tokens=5).shape == (1, 4)
-
-
 def test_local_files_through_datasets(tmp_path):
     a, b = tmp_path / "a.txt", tmp_path / "b.txt"
     a.write_text("first document\nsecond line")
@@ -56,7 +41,7 @@ def test_local_files_through_datasets(tmp_path):
     texts = load_texts(CorpusSpec(source="files", name=None, files=(str(a), str(b))))
     assert texts == ["first document\nsecond line", "another file"]
     windows = corpus_windows(CharTokenizer(), CorpusSpec(source="files", name=None, files=[str(a)]), 4, 8)
-    assert windows.shape == (2, 4)
+    assert windows.ids.shape == (2, 4)
 
 
 @pytest.mark.parametrize(

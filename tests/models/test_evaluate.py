@@ -8,8 +8,9 @@ import torch
 
 from headq_core.config import HeadQConfig, QuantConfig, RunSpec
 from headq_core.errors import Cancelled
-from headq_core.evaluation.corpus import CorpusSpec, corpus_windows
+from headq_core.evaluation.corpus import CorpusSpec
 from headq_core.evaluation.evaluate import evaluate
+from headq_core.evaluation.windows import corpus_windows
 from headq_core.method.quant import fake_quantize
 from headq_core.models.adapter import attention_handler
 from headq_core.models.attention import dense_attention
@@ -50,7 +51,7 @@ def test_perplexity_is_decode_exact(family, heads):
     lm = loaded(family)
     runs = [RunSpec("dense"), RunSpec("k2", key=K2), RunSpec("kv2", key=K2, value=V2)]
     doc = evaluate(lm, SPEC, runs, window=12, max_tokens=24, heads=heads)
-    windows = corpus_windows(lm.tokenizer, SPEC, 12, 24)
+    windows = corpus_windows(lm.tokenizer, SPEC, 12, 24).ids
     rows = {r["name"]: r for r in doc["runs"]}
     for run in runs:
         nll = sum(_decode_loop_nll(lm, w, run.key, run.value) for w in windows) / (2 * 11)
@@ -66,7 +67,7 @@ def test_layer0_metrics_match_direct_computation():
     lm = loaded("llama")
     cfg = QuantConfig(bits=2, axis="per_channel", group_size=4, residual=0)
     doc = evaluate(lm, SPEC, [RunSpec("k2", key=cfg)], window=12, max_tokens=12)
-    ids = corpus_windows(lm.tokenizer, SPEC, 12, 12)
+    ids = corpus_windows(lm.tokenizer, SPEC, 12, 12).ids
     seen = {}
     from headq_core.models.adapter import capture
 

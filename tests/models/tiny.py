@@ -71,29 +71,42 @@ FAMILIES = ("gpt2", *_FAMILY_CONFIG)
 
 
 class CharTokenizer:
-    """A real (if simple) tokenizer: one id per byte, folded into the tiny vocabulary."""
+    """A real (if simple) tokenizer: one id per byte, folded into the tiny vocabulary; with ``bos``
+    it starts a sequence with BOS (id 1) as Llama 3's tokenizer does, unless told not to add
+    special tokens."""
 
     eos_token_id = 2
     name_or_path = "char-tokenizer"
 
-    def __call__(self, text: str, add_special_tokens: bool = False) -> dict:
-        return {"input_ids": [3 + b % (VOCAB - 3) for b in text.encode("utf-8")]}
+    def __init__(self, bos: bool = False) -> None:
+        self.bos_token_id = 1 if bos else None
+
+    def __call__(self, text: str, add_special_tokens: bool = True) -> dict:
+        ids = [3 + b % (VOCAB - 3) for b in text.encode("utf-8")]
+        start = [self.bos_token_id] if add_special_tokens and self.bos_token_id is not None else []
+        return {"input_ids": start + ids}
 
 
-def loaded(family: str = "llama", seed: int = 0, **overrides) -> LoadedModel:
-    """A :class:`LoadedModel` around ``build(family)`` with :class:`CharTokenizer`."""
+def loaded(family: str = "llama", seed: int = 0, bos: bool = False, **overrides) -> LoadedModel:
+    """A :class:`LoadedModel` around ``build(family)`` with :class:`CharTokenizer` (``bos``: one
+    that starts every sequence with BOS)."""
     model = build(family, seed, **overrides)
     info = ModelInfo.of(model, f"tiny-{family}", None, "float32", "cpu")
-    return LoadedModel(model=model, tokenizer=CharTokenizer(), info=info)
+    return LoadedModel(model=model, tokenizer=CharTokenizer(bos), info=info)
 
 
-def save_tiny(folder, family: str = "llama") -> None:
-    """Save ``build(family)`` with a real character-level fast tokenizer (printable ASCII) to ``folder``."""
-    from tokenizers import Regex, Tokenizer, models, pre_tokenizers
+def save_tiny(folder, family: str = "llama", bos: bool = False) -> None:
+    """Save ``build(family)`` with a real character-level fast tokenizer (printable ASCII) to
+    ``folder``; with ``bos`` its post-processor starts every sequence with ``^`` (BOS), as Llama 3's
+    does with ``<|begin_of_text|>``."""
+    from tokenizers import Regex, Tokenizer, models, pre_tokenizers, processors
     from transformers import PreTrainedTokenizerFast
 
     build(family).save_pretrained(folder)
     vocab = {chr(32 + i): i for i in range(VOCAB - 1)} | {"[UNK]": VOCAB - 1}
     tok = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
     tok.pre_tokenizer = pre_tokenizers.Split(Regex("."), behavior="isolated")
-    PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="~").save_pretrained(folder)
+    if bos:
+        tok.post_processor = processors.TemplateProcessing(single="^ $A", special_tokens=[("^", vocab["^"])])
+    special = {"bos_token": "^"} if bos else {}
+    PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="~", **special).save_pretrained(folder)
