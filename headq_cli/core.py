@@ -98,6 +98,23 @@ def _run(spec: dict[str, Any], blob: bytes | None) -> tuple[dict[str, Any], byte
         bar.close()
 
 
+def _interval(row: dict[str, Any], name: str, fmt: str) -> str:
+    """`` [lo, hi]`` of ``row``'s ``<name>_ci`` formatted with ``fmt``, or nothing."""
+    ci = row.get(f"{name}_ci")
+    return "" if not ci else f" [{ci[0]:{fmt}}, {ci[1]:{fmt}}]"
+
+
+def run_line(row: dict[str, Any]) -> str:
+    """One run of a results document as a line: perplexity, excess and share removed, each with its
+    95% interval when the document has one."""
+    line = f"{row['name']:28s} ppl {row['perplexity']:9.3f}{_interval(row, 'perplexity', '.3f')}"
+    if row.get("excess_perplexity") is not None:
+        line += f"  excess {row['excess_perplexity']:+.3f}{_interval(row, 'excess_perplexity', '+.3f')}"
+    if row.get("excess_removed") is not None:
+        line += f"  removed {row['excess_removed']:.1%}{_interval(row, 'excess_removed', '.1%')}"
+    return line
+
+
 def _write_json(path: str | None, doc: dict[str, Any]) -> None:
     if path:
         Path(path).write_text(json.dumps(doc, indent=1))
@@ -137,10 +154,10 @@ def eval_command(args: argparse.Namespace) -> int:
             "calibration: HeadQ runs need --calibration DIR (made by 'headq calibrate --save DIR')"
         )
     doc, _ = _run(spec, blob)
+    print(f"95% intervals: paired bootstrap over {doc['dataset']['windows']} windows "
+          f"({doc['dataset']['tokens_scored']} tokens scored)")
     for row in doc["runs"]:
-        removed = "" if row["excess_removed"] is None else f"  removed {row['excess_removed']:.1%}"
-        excess = "" if row["excess_perplexity"] is None else f"  excess {row['excess_perplexity']:+.3f}"
-        print(f"{row['name']:32s} ppl {row['perplexity']:10.3f}{excess}{removed}")
+        print(run_line(row))
     _write_json(args.out, doc)
     if args.csv:
         with open(args.csv, "w", newline="") as fh:

@@ -12,7 +12,7 @@ from pydantic import Discriminator, Tag
 
 from app.api.deps import SessionDep, WriteAccess
 from app.api.problems import problems
-from app.api.tables import to_csv, to_parquet
+from app.api.tables import frame_of, to_csv, to_parquet
 from headq_jobs import store
 from headq_spec.api import Job, JobItems
 from headq_spec.results import Bundle, BundleItem, ResultsDocument
@@ -30,17 +30,21 @@ ImportPayload = Annotated[Annotated[ResultsDocument, Tag("document")] | Annotate
 
 @router.get("/jobs/{job_id}/results", responses={
     200: {"content": {"application/json": {}, "text/csv": {}, "application/vnd.apache.parquet": {}},
-          "description": "the results document, or its head rows as CSV / Parquet"}, **problems(404, 409)})
+          "description": "the results document, or its head or run rows as CSV / Parquet"},
+    **problems(404, 409)})
 def get_results(job_id: str, session: SessionDep,
-                format: Annotated[Literal["json", "csv", "parquet"], Query()] = "json") -> Any:
-    """The results document of the latest successful attempt; ``format=csv|parquet`` for head rows."""
+                format: Annotated[Literal["json", "csv", "parquet"], Query()] = "json",
+                table: Annotated[Literal["heads", "runs"], Query()] = "heads") -> Any:
+    """The results document of the latest successful attempt; ``format=csv|parquet`` for its head
+    rows, or with ``table=runs`` its run rows (each aggregate with SE and 95% interval)."""
     document = store.load_results(session, job_id)
+    name = job_id if table == "heads" else f"{job_id}-runs"
     if format == "csv":
-        return Response(to_csv(document["heads"]), media_type="text/csv",
-                        headers={"Content-Disposition": f'attachment; filename="{job_id}.csv"'})
+        return Response(to_csv(frame_of(document, table)), media_type="text/csv",
+                        headers={"Content-Disposition": f'attachment; filename="{name}.csv"'})
     if format == "parquet":
-        return Response(to_parquet(document["heads"]), media_type="application/vnd.apache.parquet",
-                        headers={"Content-Disposition": f'attachment; filename="{job_id}.parquet"'})
+        return Response(to_parquet(frame_of(document, table)), media_type="application/vnd.apache.parquet",
+                        headers={"Content-Disposition": f'attachment; filename="{name}.parquet"'})
     return document
 
 

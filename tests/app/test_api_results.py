@@ -101,3 +101,22 @@ def test_malformed_imports_name_the_field(api: TestClient) -> None:
         assert response.status_code == 422, (field, response.text)
         assert field in [e["field"] for e in response.json()["errors"]], (field, response.json())
     assert api.get(f"{API}/jobs").json()["total"] == 0
+
+
+def test_run_rows_as_csv_and_parquet_carry_standard_errors_and_intervals(api: TestClient) -> None:
+    doc = make_document(seed=12)
+    doc["runs"][0].update(perplexity_se=0.5, perplexity_ci=[29.0, 31.0])
+    doc["runs"][1].update(excess_removed_se=0.05, excess_removed_ci=[0.4, 0.6])
+    [job] = _import(api, doc)
+    text = api.get(f"{API}/jobs/{job['id']}/results", params={"format": "csv", "table": "runs"})
+    assert 'filename="' + job["id"] + '-runs.csv"' in text.headers["content-disposition"]
+    rows = list(csv.DictReader(io.StringIO(text.text)))
+    assert [r["run"] for r in rows] == ["k2", "k2_headq"]
+    assert (float(rows[0]["perplexity_se"]), float(rows[0]["perplexity_ci_low"]),
+            float(rows[0]["perplexity_ci_high"])) == (0.5, 29.0, 31.0)
+    assert math.isclose(float(rows[0]["perplexity"]), doc["runs"][0]["perplexity"], rel_tol=1e-12)
+    assert rows[0]["excess_removed_se"] == "" and float(rows[1]["excess_removed_ci_high"]) == 0.6
+    blob = api.get(f"{API}/jobs/{job['id']}/results", params={"format": "parquet", "table": "runs"}).content
+    table = pq.read_table(io.BytesIO(blob)).to_pylist()
+    assert table[1]["excess_removed_ci_low"] == 0.4 and table[1]["key_bits"] == 3.0
+    assert api.get(f"{API}/jobs/{job['id']}/results", params={"table": "cells"}).status_code == 422
