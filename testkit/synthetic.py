@@ -38,6 +38,56 @@ RUNS: list[tuple[str, dict, float, float]] = [
 ]
 
 
+REPLICATES = 2000
+UNCERTAINTY_FIELDS = ("window_nll", "window_tokens", *(f"{a}_{s}" for a in
+                      ("perplexity", "excess_perplexity", "excess_removed") for s in ("se", "ci")))
+WINDOW_FIELDS = ("tokens_scored", "bos_prepended", "prefix_tokens", "placement", "stream_tokens",
+                 "window_offsets")
+
+
+def _base_run(spec: dict, runs: list[tuple[str, dict, float, float]]) -> str | None:
+    """The run with ``spec``'s quantizers and value policy but no HeadQ (as the evaluator finds it)."""
+    same = ("key", "value", "value_policy")
+    return next((n for n, other, _, _ in runs if "headq" not in other
+                 and all(other.get(k) == spec.get(k) for k in same)), None) if "headq" in spec else None
+
+
+def _spread(values: np.ndarray) -> tuple[float, list[float]]:
+    return float(values.std(ddof=1)), [float(v) for v in np.percentile(values, [2.5, 97.5])]
+
+
+def _run_aggregates(
+    rng: np.random.Generator, chosen: list[tuple[str, dict, float, float]], n_windows: int, scored: int
+) -> dict[str, dict[str, Any]]:
+    """Per-window NLL sums of every run (a shared text difficulty plus a smaller per-run wobble, centred
+    so each run's perplexity is 20 + its excess) and the aggregates with paired bootstrap SE and
+    interval, computed as ``headq_core.evaluation.results.run_rows`` does."""
+    difficulty = rng.normal(0.0, 0.2, n_windows)
+    means = {}
+    for name, _, _, excess in chosen:
+        wobble = rng.normal(0.0, 0.01 + 0.004 * excess, n_windows) * (excess > 0)
+        centred = difficulty + wobble - (difficulty + wobble).mean()
+        means[name] = np.log(20.0 + excess) + centred
+    idx = rng.integers(0, n_windows, (REPLICATES, n_windows))
+    point = {n: np.exp(m.mean()) for n, m in means.items()}
+    boot = {n: np.exp(m[idx].mean(axis=1)) for n, m in means.items()}
+    dense = chosen[0][0]
+    out: dict[str, dict[str, Any]] = {}
+    for name, spec, _, _ in chosen:
+        row = {"perplexity": point[name], "nll": float(means[name].mean()), "tokens": scored * n_windows,
+               "excess_perplexity": point[name] - point[dense], "excess_removed": None,
+               "window_nll": [float(v) for v in means[name] * scored], "window_tokens": scored}
+        stats = {"perplexity": boot[name], "excess_perplexity": boot[name] - boot[dense]}
+        base = _base_run(spec, chosen)
+        if base is not None:
+            row["excess_removed"] = 1 - row["excess_perplexity"] / (point[base] - point[dense])
+            stats["excess_removed"] = 1 - stats["excess_perplexity"] / (boot[base] - boot[dense])
+        for field, values in stats.items():
+            row[f"{field}_se"], row[f"{field}_ci"] = _spread(values)
+        out[name] = {k: float(v) if isinstance(v, np.floating) else v for k, v in row.items()}
+    return out
+
+
 def make_results(
     layers: int = 4,
     heads: int = 6,
@@ -46,29 +96,24 @@ def make_results(
     window: int = 32,
     n_runs: int = len(RUNS),
     seed: int = 0,
+    windows: int = 16,
+    uncertainty: bool = True,
 ) -> dict[str, Any]:
-    """A synthetic evaluation results document: ``n_runs`` configurations × ``layers`` × ``heads``."""
+    """A synthetic evaluation results document: ``n_runs`` configurations × ``layers`` × ``heads``,
+    scored on ``windows`` windows. ``uncertainty=False``: a document from before per-window values
+    (no ``window_nll``, ``*_se``, ``*_ci``, window offsets nor ``uncertainty`` block)."""
     rng = np.random.default_rng(seed)
     group = heads // kv_heads
     align = rng.lognormal(0.0, 1.2, (layers, heads))  # how much query energy meets the key error
     key_err = rng.lognormal(-3.0, 0.5, (layers, heads))  # storage error, unrelated to `align`
-    base_ppl = 20.0
+    aggregates = _run_aggregates(np.random.default_rng([seed, 1]), RUNS[:n_runs], windows, window - 1)
     runs, rows, a2 = [], [], {}
-    for name, spec, factor, excess in RUNS[:n_runs]:
+    for name, spec, factor, _ in RUNS[:n_runs]:
         kbits = 16.0 if "key" not in spec else spec["key"]["bits"] + 1.0 + (1.0 if "headq" in spec else 0.0)
         vbits = 16.0 if "value" not in spec else spec["value"]["bits"] + 1.0
-        runs.append(
-            {
-                "name": name,
-                "spec": {"name": name, **spec},
-                "effective_bits": {"key": kbits, "value": vbits},
-                "perplexity": base_ppl + excess,
-                "nll": float(np.log(base_ppl + excess)),
-                "tokens": 4064,
-                "excess_perplexity": excess,
-                "excess_removed": (1 - excess / 6.0) if "headq" in spec else None,
-            }
-        )
+        run = {"name": name, "spec": {"name": name, **spec}, "effective_bits": {"key": kbits, "value": vbits},
+               **aggregates[name]}
+        runs.append({k: v for k, v in run.items() if uncertainty or k not in UNCERTAINTY_FIELDS})
         has_key, has_value = "key" in spec, "value" in spec
         bits_scale = 16.0 ** -(spec["key"]["bits"] - 2) if has_key else 0.0
         kmse = key_err * bits_scale
@@ -102,7 +147,7 @@ def make_results(
         [sorted(rng.lognormal(0.0, 2.0, head_dim).tolist(), reverse=True) for _ in range(kv_heads)]
         for _ in range(layers)
     ]
-    return {
+    doc = {
         "schema_version": 1,
         "kind": "evaluation",
         "label": "synthetic test data",
@@ -120,8 +165,8 @@ def make_results(
             "name": "sotu",
             "split": "eval",
             "files": None,
-            "tokens": 4096,
-            "windows": 4,
+            "tokens": windows * window,
+            "windows": windows,
             "window": window,
         },
         "calibration": None,
@@ -139,3 +184,10 @@ def make_results(
         "arrays": {"query_spectrum": spectrum, "a2_weights": a2},
         "timing": {"seconds": 0.0},
     }
+    if uncertainty:
+        offsets = [64 * window * i for i in range(windows)]  # spread over a stream 64 times longer
+        doc["dataset"] |= dict(zip(WINDOW_FIELDS, (windows * (window - 1), False, 0, "spread",
+                                                   64 * window * windows, offsets), strict=True))
+        doc["uncertainty"] = {"method": "paired bootstrap over windows (percentile interval)",
+                              "replicates": REPLICATES, "confidence": 0.95, "seed": seed}
+    return doc

@@ -7,9 +7,11 @@ numpy values, so tests can check each against a direct computation.
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import Any, TypeGuard
 
 import numpy as np
+
+from app.dashboard.stats import paired_difference
 
 KEY_FIELDS = ("run", "layer", "head", "kv_head")
 MAIN_METRICS = ("fisher", "attn_kl", "key_mse", "value_a2")
@@ -128,8 +130,17 @@ def run_rank(doc: dict, run: str) -> int | None:
     return None
 
 
+def interval(run: dict, name: str) -> list[float] | None:
+    """``[lo, hi]`` of a run row's ``<name>_ci``, or None (an older document, or no interval)."""
+    ci = run.get(f"{name}_ci")
+    if isinstance(ci, (list, tuple)) and len(ci) == 2 and all(_is_number(v) for v in ci):
+        return [float(ci[0]), float(ci[1])]
+    return None
+
+
 def perplexity_rows(doc: dict) -> list[dict[str, Any]]:
-    """One row per configuration: perplexity, excess, share of excess removed, effective bits."""
+    """One row per configuration: perplexity, excess, share of excess removed (each with its
+    ``*_ci`` interval or None), effective bits."""
     rows = []
     for r in doc.get("runs", []):
         bits = r.get("effective_bits") or {}
@@ -137,14 +148,73 @@ def perplexity_rows(doc: dict) -> list[dict[str, Any]]:
             {
                 "run": r["name"],
                 "perplexity": r.get("perplexity"),
+                "perplexity_ci": interval(r, "perplexity"),
                 "excess": r.get("excess_perplexity"),
+                "excess_ci": interval(r, "excess_perplexity"),
                 "excess_removed": r.get("excess_removed"),
+                "excess_removed_ci": interval(r, "excess_removed"),
                 "key_bits": bits.get("key"),
                 "value_bits": bits.get("value"),
                 "tokens": r.get("tokens"),
             }
         )
     return rows
+
+
+def uncertainty_line(doc: dict) -> str | None:
+    """How the document's intervals were computed, in words; None when no run has one."""
+    if not any(interval(r, "perplexity") for r in doc.get("runs", [])):
+        return None
+    note, dataset = doc.get("uncertainty") or {}, doc.get("dataset") or {}
+    confidence = note.get("confidence", 0.95)
+    windows, scored = dataset.get("windows"), dataset.get("tokens_scored")
+    over = f" over {windows} windows" if windows else ""
+    tokens = f" ({scored:,} tokens scored)" if scored else ""
+    return f"{confidence:.0%} intervals: paired bootstrap{over}{tokens}."
+
+
+def _run_row(doc: dict, run: str) -> dict[str, Any]:
+    return next((r for r in doc.get("runs", []) if r.get("name") == run), {})
+
+
+def window_means(doc: dict, run: str) -> np.ndarray | None:
+    """Mean NLL per token of each window of ``run`` (``window_nll / window_tokens``) [n_windows],
+    or None when the document has no per-window values."""
+    row = _run_row(doc, run)
+    sums, tokens = row.get("window_nll"), row.get("window_tokens")
+    if not sums or tokens is None:
+        return None
+    return np.asarray(sums, dtype=float) / np.asarray(tokens, dtype=float)
+
+
+WINDOW_KEYS = ("name", "split", "files", "window", "window_offsets", "tokens_scored", "prefix_tokens",
+               "stream_tokens")
+
+
+def same_windows(doc_a: dict, doc_b: dict) -> bool:
+    """Whether two documents scored the same windows: both list ``dataset.window_offsets`` and
+    agree on them, the window size and the corpus (``WINDOW_KEYS``)."""
+    a, b = doc_a.get("dataset") or {}, doc_b.get("dataset") or {}
+    return bool(a.get("window_offsets")) and all(a.get(k) == b.get(k) for k in WINDOW_KEYS)
+
+
+def perplexity_difference(doc_a: dict, run_a: str, doc_b: dict, run_b: str, same_doc: bool) -> str | None:
+    """Perplexity A − B in words, with its paired bootstrap interval (:func:`stats.paired_difference`)
+    when both runs were scored on the same windows (``same_doc``, or :func:`same_windows`); None
+    when either run has no perplexity."""
+    ppl_a, ppl_b = _run_row(doc_a, run_a).get("perplexity"), _run_row(doc_b, run_b).get("perplexity")
+    if not (_is_number(ppl_a) and _is_number(ppl_b)):
+        return None
+    head = f"Perplexity A − B = {ppl_a - ppl_b:.4g}"
+    a, b = window_means(doc_a, run_a), window_means(doc_b, run_b)
+    if a is None or b is None:
+        return head + ": no per-window values (an older document), so no interval."
+    if not (same_doc or same_windows(doc_a, doc_b)) or a.shape != b.shape:
+        return head + ": the runs were measured on different windows, so no paired comparison is possible."
+    diff = paired_difference(a, b)
+    text = (f"Perplexity A − B = {diff.value:.4g} [{diff.ci[0]:.4g}, {diff.ci[1]:.4g}] "
+            f"(95% interval, paired bootstrap over {a.size} windows)")
+    return text + (": not distinguishable on these windows." if diff.contains_zero else ".")
 
 
 def budget_kind(spec: dict) -> str | None:
@@ -158,14 +228,15 @@ def budget_kind(spec: dict) -> str | None:
 
 
 def budget_rows(doc: dict) -> list[dict[str, Any]]:
-    """One row per quantized configuration: ``{run, kind, key_bits, excess}`` (kind: :func:`budget_kind`)."""
+    """One row per quantized configuration: ``{run, kind, key_bits, excess, excess_ci}`` (kind:
+    :func:`budget_kind`)."""
     rows = []
     for r in doc.get("runs", []):
         kind = budget_kind(r.get("spec") or {})
         if kind is not None:
             bits = (r.get("effective_bits") or {}).get("key")
             rows.append({"run": r["name"], "kind": kind, "key_bits": bits,
-                         "excess": r.get("excess_perplexity")})
+                         "excess": r.get("excess_perplexity"), "excess_ci": interval(r, "excess_perplexity")})
     return rows
 
 
@@ -188,7 +259,7 @@ def predictor_points(doc: dict, runs: list[str] | None = None) -> dict[str, np.n
     return {k: np.asarray(v) for k, v in cols.items()}
 
 
-def _is_number(v: Any) -> bool:
+def _is_number(v: Any) -> TypeGuard[float]:
     return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
 
 

@@ -23,7 +23,7 @@ PAGES = {  # path, graphs drawn, graphs with data (the Run page's default run ha
     "jobs": ("", 0, 0),
     "run": ("run", 5, 4),
     "predictor": ("predictor", 2, 2),
-    "perplexity": ("perplexity", 2, 2),
+    "perplexity": ("perplexity", 3, 3),
     "compare": ("compare", 3, 3),
 }
 

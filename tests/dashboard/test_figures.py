@@ -124,3 +124,40 @@ def test_budget_figure_one_trace_per_kind_and_the_frontier():
     front = fig["data"][3]
     assert front["x"] == [3.0, 3.5] and front["y"] == [6.0, 0.8]  # "other" is not on the frontier
     assert F.budget_figure([])["data"] == []
+
+
+def test_error_bars_reach_the_intervals_and_vanish_without_them():
+    rows = [
+        {"run": "dense", "perplexity": 20.0, "perplexity_ci": [18.0, 22.5]},
+        {"run": "k2", "perplexity": 26.0, "perplexity_ci": [23.0, 29.0], "excess": 6.0},
+        {"run": "imported", "perplexity": 27.0, "perplexity_ci": None},
+    ]
+    (bars,) = _valid(F.perplexity_figure(rows))["data"]
+    assert bars["error_y"]["symmetric"] is False
+    assert bars["error_y"]["array"] == pytest.approx([2.5, 3.0, None])
+    assert bars["error_y"]["arrayminus"] == pytest.approx([2.0, 3.0, None])
+    old = [{k: v for k, v in r.items() if not k.endswith("_ci")} for r in rows]
+    assert "error_y" not in F.perplexity_figure(old)["data"][0]
+    assert F.error_bars([1.0], [[1.2, 1.5]])["arrayminus"] == [0.0]  # never a negative length
+    assert F.error_bars([None], [[1.0, 2.0]]) is None
+
+
+def test_budget_and_removed_figures_carry_their_intervals():
+    budget = [{"run": "k2", "kind": "plain", "key_bits": 3.0, "excess": 6.0, "excess_ci": [5.0, 7.5]},
+              {"run": "hq", "kind": "HeadQ", "key_bits": 4.0, "excess": 0.7}]
+    plain, headq, _front = _valid(F.budget_figure(budget))["data"]
+    assert plain["error_y"]["array"] == [1.5] and plain["error_y"]["arrayminus"] == [1.0]
+    assert "error_y" not in headq
+    rows = [{"run": "k2", "excess_removed": None},
+            {"run": "hq", "excess_removed": 0.88, "excess_removed_ci": [0.86, 0.9]}]
+    (removed,) = _valid(F.removed_figure(rows))["data"]
+    assert removed["x"] == ["hq"] and removed["y"] == [0.88]
+    assert removed["error_y"]["array"] == pytest.approx([0.02])
+    assert removed["error_y"]["arrayminus"] == pytest.approx([0.02])
+    assert F.removed_figure([{"run": "hq", "excess_removed": 0.5}])["data"][0].get("error_y") is None
+    assert F.removed_figure(rows[:1])["data"] == []
+
+
+def test_predictor_title_gives_the_interval():
+    fig = F.predictor_figure(np.array([1.0]), np.array([2.0]), np.array(["a"]), "fisher", 0.83, (0.78, 0.871))
+    assert "ρ = 0.830 [0.780, 0.871]" in fig["layout"]["title"]["text"]

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from app.dashboard import results as R
+from app.dashboard.stats import paired_difference
 from testkit.synthetic import make_results
 
 
@@ -90,6 +91,64 @@ def test_perplexity_rows(doc):
         assert (
             row["key_bits"] == run["effective_bits"]["key"] and row["excess_removed"] == run["excess_removed"]
         )
+        assert row["perplexity_ci"] == run["perplexity_ci"]
+        assert row["excess_removed_ci"] == run.get("excess_removed_ci")
+    old = R.perplexity_rows(make_results(layers=2, heads=2, kv_heads=1, head_dim=4, uncertainty=False))
+    assert all(r[f] is None for r in old for f in ("perplexity_ci", "excess_ci", "excess_removed_ci"))
+    assert R.interval({"perplexity_ci": [1.0, None]}, "perplexity") is None
+
+
+def test_synthetic_aggregates_follow_the_window_values(doc):
+    runs = {r["name"]: r for r in doc["runs"]}
+    for name, run in runs.items():
+        means = R.window_means(doc, name)
+        assert len(means) == doc["dataset"]["windows"] == len(doc["dataset"]["window_offsets"])
+        assert run["perplexity"] == pytest.approx(math.exp(means.mean()), rel=1e-12)
+        assert run["excess_perplexity"] == pytest.approx(run["perplexity"] - runs["dense"]["perplexity"])
+        for field in ("perplexity", "excess_perplexity", "excess_removed"):
+            if run.get(field) is not None and name != "dense":
+                lo, hi = run[f"{field}_ci"]
+                assert lo < run[field] < hi and run[f"{field}_se"] > 0
+    assert runs["k2-headq-r8"]["excess_removed"] == pytest.approx(1 - 0.7 / 6.0)
+    assert runs["k2"]["excess_perplexity_se"] < runs["k2"]["perplexity_se"]  # paired: difficulty cancels
+
+
+def test_uncertainty_line(doc):
+    assert R.uncertainty_line(doc) == "95% intervals: paired bootstrap over 16 windows (144 tokens scored)."
+    assert R.uncertainty_line(make_results(layers=2, heads=2, kv_heads=1, uncertainty=False)) is None
+
+
+def test_same_windows_needs_equal_offsets_and_corpus(doc):
+    other = make_results(layers=3, heads=4, kv_heads=2, head_dim=8, window=10, n_runs=5, seed=1)
+    assert R.same_windows(doc, other)
+    offsets = [1, *other["dataset"]["window_offsets"][1:]]
+    assert not R.same_windows(doc, {**other, "dataset": {**other["dataset"], "window_offsets": offsets}})
+    assert not R.same_windows(doc, {**other, "dataset": {**other["dataset"], "name": "wiki"}})
+    old = make_results(layers=3, heads=4, kv_heads=2, head_dim=8, window=10, n_runs=5, uncertainty=False)
+    assert not R.same_windows(old, old) and R.window_means(old, "k2") is None
+
+
+def test_perplexity_difference_in_words(doc):
+    text = R.perplexity_difference(doc, "k2", doc, "k2-headq-r8", same_doc=True)
+    diff = paired_difference(R.window_means(doc, "k2"), R.window_means(doc, "k2-headq-r8"))
+    assert diff.value == pytest.approx(5.3)
+    assert text == (f"Perplexity A − B = {diff.value:.4g} [{diff.ci[0]:.4g}, {diff.ci[1]:.4g}] "
+                    "(95% interval, paired bootstrap over 16 windows).")
+    same = R.perplexity_difference(doc, "k2", doc, "k2", same_doc=True)
+    assert same.startswith("Perplexity A − B = 0 [0, 0]")
+    assert same.endswith(": not distinguishable on these windows.")
+    other = make_results(layers=3, heads=4, kv_heads=2, head_dim=8, window=10, n_runs=5, seed=1)
+    assert "[" in R.perplexity_difference(doc, "k2", other, "k2-headq-r8-key_pca", same_doc=False)
+    moved = {**other, "dataset": {**other["dataset"], "window_offsets": [0] * 16}}
+    assert R.perplexity_difference(doc, "k2", moved, "k2-headq-r8-key_pca", same_doc=False) == (
+        "Perplexity A − B = 2.1: the runs were measured on different windows, "
+        "so no paired comparison is possible."
+    )
+    old = make_results(layers=3, heads=4, kv_heads=2, head_dim=8, window=10, n_runs=5, uncertainty=False)
+    assert R.perplexity_difference(old, "k2", old, "dense", same_doc=True) == (
+        "Perplexity A − B = 6: no per-window values (an older document), so no interval."
+    )
+    assert R.perplexity_difference(doc, "k2", doc, "nope", same_doc=True) is None
 
 
 def test_predictor_points_keep_positive_finite(doc):

@@ -1,4 +1,6 @@
-"""Compare page: two configurations (of one job or of two jobs) side by side, and B − A.
+"""Compare page: two configurations (of one job or of two jobs) side by side, and B − A; above
+them the perplexity difference A − B with a paired bootstrap interval when both were scored on the
+same windows.
 
 Deep link: ``/compare?job=..&run=..&job_b=..&run_b=..&metric=..``.
 """
@@ -39,9 +41,9 @@ def layout(job=None, run=None, job_b=None, run_b=None, metric=None, **_query) ->
     doc, _ = load_results(job_a)
     runs_a, runs_b = _runs(job_a), _runs(job_b)
     run_a = run if run in runs_a else (R.default_run(doc) if doc else None)
-    # B defaults to the configuration after A (e.g. k2 -> k2-headq-r8)
+    # B: the linked configuration, else the one after A (e.g. k2 -> k2-headq-r8)
     after = runs_b[runs_b.index(run_a) + 1 :] if run_a in runs_b else runs_b
-    run_b = pick(run_b, [{"value": r} for r in after] or [{"value": r} for r in runs_b])
+    run_b = run_b if run_b in runs_b else pick(None, [{"value": r} for r in after or runs_b])
     metrics = R.metric_names(doc) if doc else []
     return html.Div(
         [
@@ -59,6 +61,7 @@ def layout(job=None, run=None, job_b=None, run_b=None, metric=None, **_query) ->
             ),
             html.Div(error_banner(note) if note else None, id="cmp-note"),
             html.Div(id="cmp-message"),
+            html.P(id="cmp-ppl", style={"font-size": "15px"}),
             html.Div([dcc.Graph(id="cmp-a"), dcc.Graph(id="cmp-b"), dcc.Graph(id="cmp-diff")], style=GRID),
         ]
     )
@@ -78,6 +81,7 @@ def runs_b(job):
     Output("cmp-a", "figure"),
     Output("cmp-b", "figure"),
     Output("cmp-diff", "figure"),
+    Output("cmp-ppl", "children"),
     Output("cmp-message", "children"),
     Input("cmp-job-a", "value"),
     Input("cmp-run-a", "value"),
@@ -89,6 +93,9 @@ def runs_b(job):
 def draw(job_a, run_a, job_b, run_b, metric, log):
     doc_a, err_a = load_results(job_a)
     doc_b, err_b = load_results(job_b)
+    ppl = None
+    if doc_a is not None and doc_b is not None:
+        ppl = R.perplexity_difference(doc_a, run_a, doc_b, run_b, job_a == job_b)
     try:
         if doc_a is None or doc_b is None or not (run_a and run_b and metric):
             raise ValueError(err_a or err_b or "Choose two configurations and a metric.")
@@ -99,7 +106,7 @@ def draw(job_a, run_a, job_b, run_b, metric, log):
             figures.difference_figure(a, b, metric, bool(log)),
         ]
     except ValueError as exc:
-        return *[figures.empty_figure(str(exc))] * 3, error_banner(str(exc))
+        return *[figures.empty_figure(str(exc))] * 3, ppl, error_banner(str(exc))
     figs[0]["layout"]["title"]["text"] = f"A: {run_a} · {metric}"
     figs[1]["layout"]["title"]["text"] = f"B: {run_b} · {metric}"
-    return *figs, None
+    return *figs, ppl, None

@@ -1,6 +1,7 @@
 """Perplexity page: every configuration's perplexity, excess, share of excess removed by HeadQ and
-effective key/value bits, as a sortable table (CSV export) and a bar chart; below it the budget view
-(excess perplexity against effective key bits, with the Pareto frontier)."""
+effective key/value bits, as a sortable table (CSV export) and bar charts, each value with the
+document's 95% interval when it has one; below them the budget view (excess perplexity against
+effective key bits, with the Pareto frontier)."""
 
 from __future__ import annotations
 
@@ -25,15 +26,28 @@ from app.dashboard.common import (
 
 dash.register_page(__name__, path="/perplexity", name="Perplexity", title="HeadQ Lab · Perplexity")
 
+INTERVAL = "95% interval"
 COLUMNS: list[tuple[str, str, Literal["text", "numeric"]]] = [
     ("run", "configuration", "text"),
     ("perplexity", "perplexity", "numeric"),
+    ("perplexity_ci", INTERVAL, "text"),
     ("excess", "excess perplexity", "numeric"),
+    ("excess_ci", INTERVAL, "text"),
     ("excess_removed", "share of excess removed", "numeric"),
+    ("excess_removed_ci", INTERVAL, "text"),
     ("key_bits", "effective key bits", "numeric"),
     ("value_bits", "effective value bits", "numeric"),
     ("tokens", "tokens", "numeric"),
 ]
+
+CI_FIELDS = ("perplexity_ci", "excess_ci", "excess_removed_ci")
+NO_INTERVALS = "No intervals: this document has no per-window values (it predates them)."
+
+
+def table_rows(rows: list[dict]) -> list[dict]:
+    """The table's rows: each interval as text ``[lo, hi]`` (empty without one)."""
+    return [{**r, **{f: "" if r[f] is None else f"[{r[f][0]:.4g}, {r[f][1]:.4g}]" for f in CI_FIELDS}}
+            for r in rows]
 
 
 def layout(job=None, **_query) -> html.Div:
@@ -57,7 +71,9 @@ def layout(job=None, **_query) -> html.Div:
                 export_format="csv",
                 style_cell={"font-family": "sans-serif"},
             ),
+            html.P(id="ppl-uncertainty", style={"color": "#444", "font-size": "13px"}),
             dcc.Graph(id="ppl-bars"),
+            dcc.Graph(id="ppl-removed"),
             dcc.Graph(id="ppl-budget"),
         ]
     )
@@ -65,7 +81,9 @@ def layout(job=None, **_query) -> html.Div:
 
 @callback(
     Output("ppl-table", "data"),
+    Output("ppl-uncertainty", "children"),
     Output("ppl-bars", "figure"),
+    Output("ppl-removed", "figure"),
     Output("ppl-budget", "figure"),
     Output("ppl-message", "children"),
     Input("ppl-job", "value"),
@@ -74,6 +92,8 @@ def draw(job):
     doc, error = load_results(job)
     if doc is None:
         message = error or "Choose a job."
-        return [], figures.empty_figure(message), figures.empty_figure(message), error_banner(message)
+        empty = figures.empty_figure(message)
+        return [], None, empty, empty, empty, error_banner(message)
     rows = R.perplexity_rows(doc)
-    return rows, figures.perplexity_figure(rows), figures.budget_figure(R.budget_rows(doc)), None
+    return (table_rows(rows), R.uncertainty_line(doc) or NO_INTERVALS, figures.perplexity_figure(rows),
+            figures.removed_figure(rows), figures.budget_figure(R.budget_rows(doc)), None)

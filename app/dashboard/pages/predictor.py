@@ -1,7 +1,8 @@
 """Predictor check: does ``fisher`` predict ``attn_kl`` better than ``key_mse``? (METHOD.md's first claim)
 
 Scatter of per-head ``attn_kl`` against each predictor over all heads of the chosen
-configurations (log axes), with Spearman's rank correlation (scipy.stats.spearmanr).
+configurations (log axes), with Spearman's rank correlation (scipy.stats.spearmanr) and its 95%
+interval over heads resampled with replacement (``stats.spearman_interval``).
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from app.dashboard.common import (
     load_results,
     picker,
 )
+from app.dashboard.stats import SPEARMAN_REPLICATES, spearman_interval
 
 dash.register_page(__name__, path="/predictor", name="Predictor check", title="HeadQ Lab · Predictor check")
 
@@ -83,13 +85,16 @@ def draw(job, runs):
         return figures.empty_figure(message), figures.empty_figure(message), error_banner(message)
     points = R.predictor_points(doc, list(runs or []))
     rho = R.rank_correlations(points)
+    ci = {m: spearman_interval(points[m], points["attn_kl"]) for m in rho}
     figs = [
-        figures.predictor_figure(points[m], points["attn_kl"], points["run"], m, rho[m])
+        figures.predictor_figure(points[m], points["attn_kl"], points["run"], m, rho[m], ci[m])
         for m in ("fisher", "key_mse")
     ]
-    fmt = {m: "n/a (fewer than 3 heads)" if rho[m] is None else f"{rho[m]:.3f}" for m in rho}
+    fmt = {m: "n/a (fewer than 3 heads)" if v is None else f"{v:.3f}" + figures.rho_interval(ci[m])
+           for m, v in rho.items()}
     summary = (
         f"Spearman ρ(attn_kl, fisher) = {fmt['fisher']}   ·   ρ(attn_kl, key_mse) = {fmt['key_mse']}"
         f"   ·   {len(points['attn_kl'])} heads"
+        f"   ·   95% intervals: {SPEARMAN_REPLICATES} bootstrap resamples of the heads"
     )
     return figs[0], figs[1], html.Span(summary, id="pred-rho")
