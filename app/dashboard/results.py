@@ -170,7 +170,21 @@ def uncertainty_line(doc: dict) -> str | None:
     windows, scored = dataset.get("windows"), dataset.get("tokens_scored")
     over = f" over {windows} windows" if windows else ""
     tokens = f" ({scored:,} tokens scored)" if scored else ""
-    return f"{confidence:.0%} intervals: paired bootstrap{over}{tokens}."
+    return f"{confidence:.0%} intervals: paired bootstrap{over}{tokens}.{windows_needed(doc)}"
+
+
+def windows_needed(doc: dict, half_width: float = 0.05) -> str:
+    """`` For a share-removed interval of ±5 points: about N windows (...)`` from the first run
+    with a share-removed SE (the SE shrinks as 1/sqrt(windows): N = n (1.96 SE / half_width)^2);
+    empty when no run has one."""
+    windows = (doc.get("dataset") or {}).get("windows")
+    run = next((r for r in doc.get("runs", []) if r.get("excess_removed_se")), None)
+    if not windows or run is None:
+        return ""
+    needed = max(1, math.ceil(windows * (1.959963984540054 * run["excess_removed_se"] / half_width) ** 2))
+    return (f" For a share-removed interval of ±{half_width * 100:g} percentage points: "
+            f"about {needed:,} windows "
+            f"(from {run['name']}'s standard error at {windows} windows).")
 
 
 def _run_row(doc: dict, run: str) -> dict[str, Any]:

@@ -114,7 +114,11 @@ def test_synthetic_aggregates_follow_the_window_values(doc):
 
 
 def test_uncertainty_line(doc):
-    assert R.uncertainty_line(doc) == "95% intervals: paired bootstrap over 16 windows (144 tokens scored)."
+    line = R.uncertainty_line(doc)
+    assert line.startswith("95% intervals: paired bootstrap over 16 windows (144 tokens scored). For a ")
+    run = next(r for r in doc["runs"] if r.get("excess_removed_se"))
+    expected = math.ceil(16 * (1.959963984540054 * run["excess_removed_se"] / 0.05) ** 2)
+    assert f"±5 percentage points: about {expected:,} windows (from {run['name']}'s standard error" in line
     assert R.uncertainty_line(make_results(layers=2, heads=2, kv_heads=1, uncertainty=False)) is None
 
 
