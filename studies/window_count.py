@@ -25,8 +25,8 @@ from headq_core.evaluation.calibrate import calibrate
 from headq_core.evaluation.corpus import CorpusSpec
 from headq_core.evaluation.evaluate import evaluate
 from headq_core.evaluation.results import run_rows
-from headq_core.evaluation.uncertainty import windows_for_half_width
 from headq_core.models.loading import BUILTIN_SMOLLM2, load_model
+from headq_spec.uncertainty import windows_for_half_width
 
 COUNTS = (8, 16, 32, 64)
 K2 = QuantConfig(bits=2, axis="per_channel", group_size=32, residual=0)

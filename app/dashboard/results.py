@@ -12,6 +12,7 @@ from typing import Any, TypeGuard
 import numpy as np
 
 from app.dashboard.stats import paired_difference
+from headq_spec.uncertainty import windows_for_half_width
 
 KEY_FIELDS = ("run", "layer", "head", "kv_head")
 MAIN_METRICS = ("fisher", "attn_kl", "key_mse", "value_a2")
@@ -181,7 +182,7 @@ def windows_needed(doc: dict, half_width: float = 0.05) -> str:
     run = next((r for r in doc.get("runs", []) if r.get("excess_removed_se")), None)
     if not windows or run is None:
         return ""
-    needed = max(1, math.ceil(windows * (1.959963984540054 * run["excess_removed_se"] / half_width) ** 2))
+    needed = windows_for_half_width(run["excess_removed_se"], windows, half_width)
     return (f" For a share-removed interval of ±{half_width * 100:g} percentage points: "
             f"about {needed:,} windows "
             f"(from {run['name']}'s standard error at {windows} windows).")

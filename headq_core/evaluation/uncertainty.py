@@ -10,7 +10,6 @@ percentiles (docs/method.md gives the rule and how many windows a width needs).
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -63,12 +62,3 @@ def uncertainty_note(seed: int) -> dict[str, object]:
     """How the document's standard errors and intervals were computed."""
     return {"method": "paired bootstrap over windows (percentile interval)", "replicates": REPLICATES,
             "confidence": CONFIDENCE, "seed": seed}
-
-
-def windows_for_half_width(se: float, n_windows: int, half_width: float) -> int:
-    """Windows needed for a ``CONFIDENCE`` interval of +/- ``half_width``, from a standard error
-    ``se`` measured on ``n_windows`` (the error shrinks as 1/sqrt(windows))."""
-    if se <= 0 or half_width <= 0:
-        raise ValueError("se and half_width must be positive")
-    z = 1.959963984540054
-    return max(1, math.ceil(n_windows * (z * se / half_width) ** 2))

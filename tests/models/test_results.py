@@ -94,7 +94,7 @@ def test_bootstrap_is_seeded():
 
 
 def test_windows_for_a_half_width():
-    from headq_core.evaluation.uncertainty import windows_for_half_width
+    from headq_spec.uncertainty import windows_for_half_width
 
     assert windows_for_half_width(se=0.5, n_windows=16, half_width=0.5) == 62  # 16 * 1.96**2
     assert windows_for_half_width(se=0.5, n_windows=16, half_width=1.0) == 16
