@@ -56,6 +56,30 @@ def _spread(values: np.ndarray) -> tuple[float, list[float]]:
     return float(values.std(ddof=1)), [float(v) for v in np.percentile(values, [2.5, 97.5])]
 
 
+def _rho(x: np.ndarray, y: np.ndarray) -> float:
+    """Spearman rho of two tie-free samples."""
+    return float(np.corrcoef(np.argsort(np.argsort(x)), np.argsort(np.argsort(y)))[0, 1])
+
+
+def _rank_blocks(rows: list[dict], runs: list[str]) -> dict[str, dict[str, Any]]:
+    """rho of attn_kl with fisher and key_mse per run (and pooled) over the heads with positive
+    values, with an interval of made-up width where the evaluator's window bootstrap would put one."""
+    out: dict[str, dict[str, Any]] = {}
+    groups = {r: [r] for r in runs} | {"all runs": runs}
+    for group, members in groups.items():
+        kept = [h for h in rows
+                if h["run"] in members and all(h[m] > 0 for m in ("fisher", "key_mse", "attn_kl"))]
+        if len(kept) < 3:
+            continue
+        y = np.array([h["attn_kl"] for h in kept])
+        out[group] = {}
+        for m in ("fisher", "key_mse"):
+            rho = _rho(np.array([h[m] for h in kept]), y)
+            out[group][m] = {"rho": rho, "se": 0.02, "ci": [rho - 0.05, min(1.0, rho + 0.03)],
+                             "heads": len(kept)}
+    return out
+
+
 def _run_aggregates(
     rng: np.random.Generator, chosen: list[tuple[str, dict, float, float]], n_windows: int, scored: int
 ) -> dict[str, dict[str, Any]]:
@@ -147,7 +171,7 @@ def make_results(
         [sorted(rng.lognormal(0.0, 2.0, head_dim).tolist(), reverse=True) for _ in range(kv_heads)]
         for _ in range(layers)
     ]
-    doc = {
+    doc: dict[str, Any] = {
         "schema_version": 1,
         "kind": "evaluation",
         "label": "synthetic test data",
@@ -190,4 +214,11 @@ def make_results(
                                                    64 * window * windows, offsets), strict=True))
         doc["uncertainty"] = {"method": "paired bootstrap over windows (percentile interval)",
                               "replicates": REPLICATES, "confidence": 0.95, "seed": seed}
+        doc["dataset"]["head_windows"] = windows
+        blocks = _rank_blocks(rows, [r["name"] for r in runs])
+        for run in runs:
+            if run["name"] in blocks:
+                run["rank_correlations"] = blocks[run["name"]]
+        if "all runs" in blocks:
+            doc["rank_correlations"] = {"runs": [r for r in blocks if r != "all runs"], **blocks["all runs"]}
     return doc

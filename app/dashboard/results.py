@@ -15,6 +15,7 @@ from app.dashboard.stats import paired_difference
 from headq_spec.uncertainty import windows_for_half_width
 
 KEY_FIELDS = ("run", "layer", "head", "kv_head")
+PREDICTORS = ("fisher", "key_mse")  # what the Predictor page ranks attn_kl against
 MAIN_METRICS = ("fisher", "attn_kl", "key_mse", "value_a2")
 METRIC_LABELS = {
     "fisher": "score-space error (fisher)",
@@ -131,12 +132,16 @@ def run_rank(doc: dict, run: str) -> int | None:
     return None
 
 
-def interval(run: dict, name: str) -> list[float] | None:
-    """``[lo, hi]`` of a run row's ``<name>_ci``, or None (an older document, or no interval)."""
-    ci = run.get(f"{name}_ci")
+def _pair(ci: Any) -> list[float] | None:
+    """``[lo, hi]`` when ``ci`` is two finite numbers, else None."""
     if isinstance(ci, (list, tuple)) and len(ci) == 2 and all(_is_number(v) for v in ci):
         return [float(ci[0]), float(ci[1])]
     return None
+
+
+def interval(run: dict, name: str) -> list[float] | None:
+    """``[lo, hi]`` of a run row's ``<name>_ci``, or None (an older document, or no interval)."""
+    return _pair(run.get(f"{name}_ci"))
 
 
 def perplexity_rows(doc: dict) -> list[dict[str, Any]]:
@@ -283,7 +288,38 @@ def rank_correlations(points: dict[str, np.ndarray]) -> dict[str, float | None]:
     from scipy.stats import spearmanr
 
     out: dict[str, float | None] = {}
-    for predictor in ("fisher", "key_mse"):
+    for predictor in PREDICTORS:
         x, y = points[predictor], points["attn_kl"]
         out[predictor] = float(spearmanr(x, y).statistic) if len(x) >= 3 else None
     return out
+
+
+def window_correlations(doc: dict, runs: list[str]) -> dict[str, list[float]] | None:
+    """The evaluator's interval of rho over windows per predictor, for exactly ``runs``: one run's
+    own block, or the pooled block when ``runs`` are the document's pooled runs; None otherwise
+    (an older document, or another selection)."""
+    pooled = doc.get("rank_correlations") or {}
+    if len(runs) == 1:
+        block = _run_row(doc, runs[0]).get("rank_correlations")
+    else:
+        block = pooled if runs and sorted(runs) == sorted(pooled.get("runs") or []) else None
+    if not isinstance(block, dict):
+        return None
+    out = {m: ci for m in PREDICTORS if (ci := _pair((block.get(m) or {}).get("ci"))) is not None}
+    return out if len(out) == len(PREDICTORS) else None
+
+
+def correlation_rows(doc: dict) -> list[dict[str, Any]]:
+    """One row per configuration with the evaluator's rho: heads, rho and its interval per predictor."""
+    rows = []
+    for r in doc.get("runs", []):
+        block = r.get("rank_correlations")
+        if not isinstance(block, dict):
+            continue
+        row: dict[str, Any] = {"run": r["name"], "heads": (block.get(PREDICTORS[0]) or {}).get("heads")}
+        for m in PREDICTORS:
+            entry = block.get(m) or {}
+            row[m] = entry.get("rho") if _is_number(entry.get("rho")) else None
+            row[f"{m}_ci"] = _pair(entry.get("ci"))
+        rows.append(row)
+    return rows

@@ -19,9 +19,10 @@ from headq_core.errors import Cancelled
 from headq_core.evaluation.calibrate import Calibration
 from headq_core.evaluation.corpus import CorpusSpec
 from headq_core.evaluation.head_accumulator import HeadAccumulator
+from headq_core.evaluation.rank_correlation import POOLED, head_rank_correlations
 from headq_core.evaluation.results import compact_list, results_document, run_rows
 from headq_core.evaluation.run_attention import RunAttention
-from headq_core.evaluation.uncertainty import uncertainty_note
+from headq_core.evaluation.uncertainty import resample_indices, uncertainty_note
 from headq_core.evaluation.windows import AddBos, Placement, corpus_windows
 from headq_core.method.budget import effective_bits
 from headq_core.models.adapter import attention_handler
@@ -140,6 +141,8 @@ def evaluate(
                     sink = accumulators[run.name].add if heads and start < head_windows else None
                     with attention_handler(loaded.model, RunAttention(run, basis_for=basis_for, sink=sink)):
                         logits = loaded.model(ids, use_cache=False).logits
+                    if sink is not None:
+                        accumulators[run.name].close_windows()
                 window_nll[run.name][start:stop] = _window_nll(logits, ids, first)
                 del logits
                 done += stop - start
@@ -148,6 +151,15 @@ def evaluate(
     head_rows = (
         [row for r in runs if not r.is_dense for row in accumulators[r.name].rows(r.name)] if heads else []
     )
+    head_batches = sum(1 for start, _ in chunks if start < head_windows)
+    correlations = head_rank_correlations(
+        {r.name: accumulators[r.name].stacked_states() for r in runs if heads and not r.is_dense},
+        info.heads, resample_indices(head_batches, seed)) if heads and head_batches else {}
+    rows = run_rows(runs, window_nll, windows.scored_per_window,
+                    {r.name: _bits(r, info.head_dim) for r in runs}, seed=seed)
+    for row in rows:
+        if row["name"] in correlations:
+            row["rank_correlations"] = correlations[row["name"]]
     dataset = {**corpus.to_dict(), **windows.describe(), "head_windows": head_windows if heads else 0,
                "batch": batch}
     used = None if calibration is None else {
@@ -158,9 +170,9 @@ def evaluate(
     return results_document(
         "evaluation", info.to_dict(), dataset, time.perf_counter() - started,
         calibration=used, seed=seed, device=str(device), dtype=info.dtype,
-        runs=run_rows(runs, window_nll, windows.scored_per_window,
-                      {r.name: _bits(r, info.head_dim) for r in runs}, seed=seed),
-        uncertainty=uncertainty_note(seed),
+        runs=rows, uncertainty=uncertainty_note(seed),
+        **({"rank_correlations": {"runs": [r for r in correlations if r != POOLED], **correlations[POOLED]}}
+           if POOLED in correlations else {}),
         heads=head_rows,
         arrays={"query_spectrum": [] if calibration is None else compact_list(calibration.eigenvalues),
                 "a2_weights": a2_weights},

@@ -1,5 +1,6 @@
-"""Per-head metrics of one run accumulated over windows (engineer A's ``metrics.HeadMetrics`` per
-layer) and turned into the results document's head rows; optionally the run's A² profile."""
+"""Per-head metrics of one run accumulated over windows (``metrics.HeadMetrics`` per layer, one
+additive state per batch of windows so that the windows can be resampled) and turned into the
+results document's head rows; optionally the run's A² profile."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ from typing import Any
 
 import torch
 
-from headq_core.evaluation.metrics import HeadMetrics
+from headq_core.evaluation.metrics import HeadMetrics, metrics_from_state
 from headq_core.evaluation.results import compact_list
 from headq_core.evaluation.run_attention import LayerView
 from headq_core.method.values import a2_weights
@@ -15,14 +16,16 @@ from headq_spec.metrics import HEAD_METRICS
 
 
 class HeadAccumulator:
-    """Sums of one run over all windows: per layer a ``HeadMetrics``; ``keep_a2`` also sums the
-    dense attention's A² weights per (layer, KV head, window position)."""
+    """Sums of one run over its windows: per batch of windows (closed by :meth:`close_windows`)
+    one state per layer; ``keep_a2`` also sums the dense attention's A² weights per (layer, KV
+    head, window position)."""
 
     def __init__(self, layers: int, heads: int, kv_heads: int, keep_a2: bool = False) -> None:
         self.layers: list[HeadMetrics | None] = [None] * layers
         self.heads, self.kv_heads, self.keep_a2 = heads, kv_heads, keep_a2
         self.a2: list[torch.Tensor | None] = [None] * layers
         self.windows = [0] * layers
+        self.batch_states: list[dict[str, torch.Tensor]] = []
 
     def add(self, view: LayerView) -> None:
         """Sink for :class:`~headq_core.evaluation.run_attention.RunAttention`: one layer of one window."""
@@ -42,18 +45,40 @@ class HeadAccumulator:
             self.a2[call.layer] = a2 if previous is None else previous + a2
             self.windows[call.layer] += call.query.shape[0]
 
+    def close_windows(self) -> None:
+        """End a batch of windows: its sums become one state (name -> float64 [layers, ...], zero
+        for a layer that saw nothing), the unit the evaluator's bootstrap resamples."""
+        states = [None if acc is None else acc.state() for acc in self.layers]
+        template = next((st for st in states if st is not None), None)
+        if template is None:
+            return
+        self.batch_states.append({
+            name: torch.stack([torch.zeros_like(like) if st is None else st[name] for st in states])
+            for name, like in template.items()})
+        self.layers = [None] * len(self.layers)
+
+    def stacked_states(self) -> dict[str, torch.Tensor]:
+        """Every closed batch's state: name -> float64 [batches, layers, ...]."""
+        if not self.batch_states:
+            return {}
+        return {name: torch.stack([st[name] for st in self.batch_states]) for name in self.batch_states[0]}
+
     def rows(self, run: str) -> list[dict[str, Any]]:
-        """Head rows of docs/contracts.md (value metrics 0 when values are dense)."""
+        """Head rows of docs/contracts.md over every closed batch (value metrics 0 when values are
+        dense; layers that saw nothing are left out)."""
+        total = {name: sums.sum(0) for name, sums in self.stacked_states().items()}
+        if not total:
+            return []
+        metrics = metrics_from_state(total, self.heads)  # [layers, Hq]
         groups = self.heads // self.kv_heads
         out = []
-        for layer, acc in enumerate(self.layers):
-            result = {} if acc is None else {k: v.cpu() for k, v in acc.result().items()}
-            if not result:
+        for layer in range(len(self.layers)):
+            if not bool((total["rows"][layer] > 0).all()):
                 continue
             for head in range(self.heads):
                 row: dict[str, Any] = {"run": run, "layer": layer, "head": head, "kv_head": head // groups}
                 for name in HEAD_METRICS:
-                    row[name] = float(result[name][head]) if name in result else 0.0
+                    row[name] = float(metrics[name][layer, head]) if name in metrics else 0.0
                 out.append(row)
         return out
 

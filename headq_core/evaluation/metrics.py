@@ -157,17 +157,42 @@ class HeadMetrics:
         self.sums["value_a2"] += a2.sum((0, 2)).to(self.rows.device, torch.float64)
         self.seen_values = True
 
-    def result(self) -> dict[str, torch.Tensor]:
-        """float64 [Hq] per metric that received data (key/value MSE only once added)."""
-        out: dict[str, torch.Tensor] = {}
-        if bool((self.rows > 0).all()):
-            out["score_mse"] = self.sums["score_mse"] / self.pairs
-            for name in SCORE_METRICS[1:] + (VALUE_METRICS if self.seen_values else ()):
-                out[name] = self.sums[name] / self.rows
+    def state(self) -> dict[str, torch.Tensor]:
+        """The additive sums (float64, CPU) :func:`metrics_from_state` divides: the state of two
+        windows together is the sum of their states, which is how the evaluator resamples windows.
+        Per-head sums [Hq], ``rows`` and ``pairs`` [Hq], ``<key|value>_mse_err`` [Hkv] with their
+        element count ``..._n`` [] (present once added)."""
+        names = SCORE_METRICS + (VALUE_METRICS if self.seen_values else ())
+        out = {name: self.sums[name].cpu() for name in names}
+        out.update(rows=self.rows.cpu(), pairs=self.pairs.cpu())
         for name, n in self.tensor_n.items():
             if n:
-                out[name] = _expand(self.tensor_err[name] / n, self.q_heads)
+                out[f"{name}_err"] = self.tensor_err[name].cpu()
+                out[f"{name}_n"] = torch.tensor(float(n), dtype=torch.float64)
         return out
+
+    def result(self) -> dict[str, torch.Tensor]:
+        """float64 [Hq] per metric that received data (key/value MSE only once added)."""
+        state = self.state()
+        if not bool((self.rows > 0).all()):
+            state = {k: v for k, v in state.items() if k.endswith(("_err", "_n"))}
+        return {k: v.to(self.rows.device) for k, v in metrics_from_state(state, self.q_heads).items()}
+
+
+def metrics_from_state(state: dict[str, torch.Tensor], q_heads: int) -> dict[str, torch.Tensor]:
+    """Per-head metrics [..., Hq] from summed states (:meth:`HeadMetrics.state`, any leading dims
+    [...], e.g. replicates x layers): each metric whose sums are present, NaN where nothing was
+    counted."""
+    out: dict[str, torch.Tensor] = {}
+    if "score_mse" in state:
+        out["score_mse"] = state["score_mse"] / state["pairs"]
+    for name in SCORE_METRICS[1:] + VALUE_METRICS:
+        if name in state:
+            out[name] = state[name] / state["rows"]
+    for name in ("key_mse", "value_mse"):
+        if f"{name}_n" in state:
+            out[name] = _expand(state[f"{name}_err"] / state[f"{name}_n"].unsqueeze(-1), q_heads)
+    return out
 
 
 def grouped_logits(q: torch.Tensor, k: torch.Tensor, tau: float) -> torch.Tensor:

@@ -77,14 +77,26 @@ def test_compare_gives_the_paired_difference(server, job_id, old_job_id, documen
     assert page.errors == []
 
 
-def test_predictor_gives_the_interval_of_rho(server, job_id, document, page):
+def test_predictor_gives_the_interval_of_rho(server, job_id, old_job_id, document, page):
+    """The evaluator's window interval for the whole selection and each configuration's row; an
+    older document falls back to resampling the heads."""
     open_page(page, f"{server.url}/dashboard/predictor?job={job_id}")
     text = page.page.wait_for_selector("#pred-rho", timeout=30_000).inner_text()
     points = R.predictor_points(document, R.run_names(document))
     rho = R.rank_correlations(points)
+    pooled = document["rank_correlations"]
     for name in ("fisher", "key_mse"):
-        lo, hi = spearman_interval(points[name], points["attn_kl"])
-        assert lo <= rho[name] <= hi
+        lo, hi = pooled[name]["ci"]
         assert f"ρ(attn_kl, {name}) = {rho[name]:.3f} [{lo:.3f}, {hi:.3f}]" in text
+    assert "paired bootstrap over the 16 windows" in text
+    k2 = next(r for r in document["runs"] if r["name"] == "k2")["rank_correlations"]["fisher"]
+    cell = page.page.locator("#pred-table tr", has_text="k2").first.locator("td[data-dash-column=fisher]")
+    assert cell.inner_text() == f"{k2['rho']:.3f} [{k2['ci'][0]:.3f}, {k2['ci'][1]:.3f}]"
+    open_page(page, f"{server.url}/dashboard/predictor?job={old_job_id}")
+    text = page.page.wait_for_selector("#pred-rho", timeout=30_000).inner_text()
+    old = R.predictor_points(make_results(**SHAPE, uncertainty=False))
+    for name in ("fisher", "key_mse"):
+        lo, hi = spearman_interval(old[name], old["attn_kl"])
+        assert f"[{lo:.3f}, {hi:.3f}]" in text
     assert "1000 bootstrap resamples of the heads" in text
     assert page.errors == []

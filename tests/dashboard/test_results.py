@@ -174,6 +174,20 @@ def test_rank_correlations_match_direct_spearman(doc):
     assert R.rank_correlations(few) == {"fisher": None, "key_mse": None}
 
 
+def test_window_correlations_follow_the_selection(doc):
+    pooled = doc["rank_correlations"]
+    with_heads = sorted(set(R.predictor_points(doc)["run"].tolist()))
+    assert R.window_correlations(doc, with_heads) == {m: pooled[m]["ci"] for m in R.PREDICTORS}
+    k2 = next(r for r in doc["runs"] if r["name"] == "k2")["rank_correlations"]
+    assert R.window_correlations(doc, ["k2"]) == {m: k2[m]["ci"] for m in R.PREDICTORS}
+    assert R.window_correlations(doc, ["k2", "k4"]) is None  # neither one run nor the pooled set
+    old = make_results(layers=3, heads=4, kv_heads=2, head_dim=8, window=10, uncertainty=False)
+    assert R.window_correlations(old, ["k2"]) is None and R.correlation_rows(old) == []
+    rows = {r["run"]: r for r in R.correlation_rows(doc)}
+    assert "dense" not in rows and rows["k2"]["fisher"] == k2["fisher"]["rho"]
+    assert rows["k2"]["key_mse_ci"] == k2["key_mse"]["ci"] and rows["k2"]["heads"] == k2["fisher"]["heads"]
+
+
 def test_budget_rows_kinds_and_bits(doc):
     full = make_results(layers=2, heads=2, kv_heads=1, head_dim=4, window=4)
     rows = {r["run"]: r for r in R.budget_rows(full)}

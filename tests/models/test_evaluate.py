@@ -232,3 +232,31 @@ def test_an_evaluation_run_twice_on_one_machine_is_bit_identical():
         doc.pop("timing")
     assert docs[0] == docs[1]
     assert docs[0]["runs"][2]["excess_removed_ci"] is not None
+
+
+def test_rank_correlations_are_those_of_the_head_rows():
+    """Each run's rho (and the pooled one) is Spearman's rho of the document's own head rows; the
+    window bootstrap gives an interval around it and is the same on a second evaluation."""
+    from scipy.stats import spearmanr
+
+    lm = loaded("llama")
+    runs = [RunSpec("dense"), RunSpec("k2", key=K2), RunSpec("kv2", key=K2, value=V2)]
+    doc = evaluate(lm, SPEC, runs, window=12, max_tokens=72, seed=3)
+    again = evaluate(lm, SPEC, runs, window=12, max_tokens=72, seed=3)
+
+    def rho(names, predictor):
+        rows = [h for h in doc["heads"] if h["run"] in names
+                and all(h[m] > 0 for m in ("attn_kl", "fisher", "key_mse"))]
+        return spearmanr([h[predictor] for h in rows], [h["attn_kl"] for h in rows]).statistic
+
+    by_run = {r["name"]: r for r in doc["runs"]}
+    assert "rank_correlations" not in by_run["dense"]
+    pooled = doc["rank_correlations"]
+    assert pooled["runs"] == ["k2", "kv2"]
+    for predictor in ("fisher", "key_mse"):
+        for name in ("k2", "kv2"):
+            block = by_run[name]["rank_correlations"][predictor]
+            assert block["rho"] == pytest.approx(rho([name], predictor), abs=1e-9)
+            assert block["ci"][0] <= block["rho"] <= block["ci"][1]
+        assert pooled[predictor]["rho"] == pytest.approx(rho(["k2", "kv2"], predictor), abs=1e-9)
+    assert again["rank_correlations"] == pooled

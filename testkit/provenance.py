@@ -1,0 +1,28 @@
+"""Where a committed result came from: the command line, the date, the commit (``git rev-parse``,
+or ``$HEADQ_COMMIT`` on a machine that got the tree without its history) and the host."""
+
+from __future__ import annotations
+
+import os
+import platform
+import shlex
+import subprocess
+import sys
+import time
+
+
+def commit() -> str:
+    """The checked-out commit, ``$HEADQ_COMMIT``, or "unknown"."""
+    try:
+        found = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=False)
+        if found.returncode == 0 and found.stdout.strip():
+            return found.stdout.strip()
+    except OSError:
+        pass
+    return os.environ.get("HEADQ_COMMIT", "unknown")
+
+
+def provenance() -> dict[str, str]:
+    """command, date (UTC), commit and host of this process."""
+    return {"command": shlex.join([os.path.basename(sys.executable), *sys.argv]),
+            "date": time.strftime("%Y-%m-%d", time.gmtime()), "commit": commit(), "host": platform.node()}
