@@ -95,7 +95,7 @@ def main() -> None:
         "window": args.window,
         "head_windows": doc["dataset"]["head_windows"],
         "runs": {
-            r["name"]: {k: r[k] for f in fields for k in (f, f"{f}_se", f"{f}_ci")}
+            r["name"]: {k: r.get(k) for f in fields for k in (f, f"{f}_se", f"{f}_ci")}
             | {"effective_bits": r["effective_bits"], "rank_correlations": r.get("rank_correlations")}
             for r in doc["runs"]
         },
