@@ -17,6 +17,7 @@ from headq_spec.api import Job, JobItems, JobPage
 from headq_spec.jobs import JobSpec
 
 API_PREFIX = "/api/v1"
+_JSON = {"Content-Type": "application/json"}  # a tokenless server takes writes that say it
 
 
 class HeadQAPIError(RuntimeError):
@@ -76,7 +77,8 @@ class HeadQClient:
 
     def cancel(self, job_id: str) -> Job:
         """Cancel a queued job, or ask a running one to stop."""
-        return Job.model_validate(self._request("POST", f"/jobs/{job_id}/cancel").json())
+        response = self._request("POST", f"/jobs/{job_id}/cancel", headers=_JSON)  # see app.api.security
+        return Job.model_validate(response.json())
 
     @overload
     def results(self, job_id: str, format: Literal["json"] = "json") -> dict[str, Any]: ...

@@ -17,7 +17,9 @@ from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 
 from app.api import routes_health, routes_jobs, routes_results
+from app.api.admission import Admission
 from app.api.errors import BodySizeLimit, install_error_handlers
+from app.api.security import BrowserGuard, host_names
 from headq_jobs.settings import Settings, get_settings
 from headq_jobs.store import make_engine, make_session_factory, migrate
 
@@ -36,7 +38,7 @@ def _default_executor(settings: Settings) -> Any:
 def create_app(settings: Settings | None = None, executor: Any = None) -> FastAPI:
     """Build the FastAPI app (database migrated, routers, error handlers, limits, CORS, dashboard)."""
     settings = settings or get_settings()
-    engine = make_engine(settings.database_url)
+    engine = make_engine(settings.database_url, pool_size=settings.request_threads)
     migrate(engine)
     executor = executor if executor is not None else _default_executor(settings)
 
@@ -64,6 +66,8 @@ def create_app(settings: Settings | None = None, executor: Any = None) -> FastAP
         app.add_middleware(CORSMiddleware, allow_origins=settings.cors_origins, allow_methods=["GET", "POST"],
                            allow_headers=["Authorization", "Content-Type", "Idempotency-Key"])
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_request_bytes)
+    app.add_middleware(BrowserGuard, names=host_names(settings), tokenless=settings.token is None)
+    app.add_middleware(Admission, settings=settings, exempt=[f"{API_PREFIX}/health"])
     if settings.dashboard:
         from app.dashboard.mount import mount_dashboard
 

@@ -16,6 +16,7 @@ from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 LOOPBACK_NAMES = ("localhost",)
+MIN_TOKEN_CHARS = 16  # a shorter HEADQ_API_TOKEN is refused beyond loopback
 
 
 class Settings(BaseSettings):
@@ -33,7 +34,13 @@ class Settings(BaseSettings):
     allowed_model_dirs: list[Path] = Field(default_factory=list)
     allowed_data_dirs: list[Path] = Field(default_factory=list)
     max_request_bytes: int = Field(default=64 * 1024 * 1024, ge=1024)
+    # requests served at once (the request thread pool); the database pool holds as many connections
+    request_threads: int = Field(default=40, ge=1, le=1000)
+    # requests inside the API at once, served or waiting for a thread; one more is answered 503
+    max_open_requests: int = Field(default=512, ge=1)
     cors_origins: list[str] = Field(default_factory=list)
+    # host names the server answers to besides IP addresses, localhost and `host` ("*": any)
+    allowed_hosts: list[str] = Field(default_factory=list)
     executor: Literal["local", "celery", "none"] = "local"
     broker_url: str = "amqp://guest:guest@127.0.0.1:5672//"
     heartbeat_timeout_s: float = Field(default=120.0, gt=0)
@@ -60,21 +67,29 @@ def get_settings() -> Settings:
 
 
 def is_loopback(host: str) -> bool:
-    """True for ``localhost`` and loopback addresses (127.0.0.0/8, ::1)."""
+    """True for ``localhost`` and loopback addresses (127.0.0.0/8, ::1, ::ffff:127.0.0.0/104)."""
     if host.lower() in LOOPBACK_NAMES:
         return True
     try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
+        address = ipaddress.ip_address(host.strip("[]"))
     except ValueError:
         return False
+    mapped = getattr(address, "ipv4_mapped", None)
+    return address.is_loopback or (mapped is not None and mapped.is_loopback)
 
 
 def check_serve_address(settings: Settings) -> None:
-    """Refuse to serve on a non-loopback host without a token, unless explicitly allowed.
+    """Refuse to serve on a non-loopback host without a token (unless explicitly allowed) or with a
+    token shorter than :data:`MIN_TOKEN_CHARS`.
 
-    Raises ``ValueError`` naming ``host`` with what to do instead.
+    Raises ``ValueError`` naming ``host`` or ``api_token`` with what to do instead.
     """
-    if is_loopback(settings.host) or settings.token or settings.allow_remote_without_token:
+    if is_loopback(settings.host):
+        return
+    if settings.token is not None and len(settings.token) < MIN_TOKEN_CHARS:
+        raise ValueError(f"api_token: too weak to serve {settings.host!r}; use at least {MIN_TOKEN_CHARS} "
+                         "random characters")
+    if settings.token or settings.allow_remote_without_token:
         return
     raise ValueError(f"host: refusing to listen on {settings.host!r} without HEADQ_API_TOKEN; set a token "
                      "or HEADQ_ALLOW_REMOTE_WITHOUT_TOKEN=1")

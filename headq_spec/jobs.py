@@ -6,7 +6,9 @@ same rules (and the same ``ValueError`` wording) the core uses. Every model forb
 ``trust_remote_code`` is refused wherever it appears (it is a server setting, never a request field).
 
 Where a model lives is classified by :func:`model_location`; the server checks local paths against
-its allowed model directories (the spec alone cannot know them).
+its allowed model directories (the spec alone cannot know them). Every text must be storable (UTF-8,
+no NUL) and every number finite, anywhere in a spec (:func:`check_text`, :func:`check_numbers`); the
+numeric limits are :mod:`headq_spec.limits`, stated in the JSON Schema as the server enforces them.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
 import re
 import types
 import typing
@@ -22,12 +25,15 @@ from typing import Any, Literal, Union
 
 from pydantic import BaseModel, ConfigDict, Field, field_serializer, field_validator, model_validator
 
+from headq_spec.errors import readable
+from headq_spec.limits import MAX_BATCH, MAX_RANK, MAX_SEED, MAX_TOKENS, MAX_WINDOW, MAX_WINDOWS
 from headq_spec.runs import RunSpec, check_run_list
 
 BUILTIN_MODELS = ("builtin:smollm2-135m",)
 DEFAULT_CALIBRATION_RANK = 64  # query directions a calibration keeps unless told
 _HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*(/[A-Za-z0-9][A-Za-z0-9._-]*)?$")
 _FORBIDDEN_KEYS = ("trust_remote_code",)
+_SURROGATE = re.compile("[\ud800-\udfff]")
 
 ModelLocation = Literal["builtin", "hub", "path"]
 
@@ -53,7 +59,8 @@ class ModelSpec(_Strict):
     dtype: Literal["float32", "float16", "bfloat16"] = "float32"
     device: Literal["auto", "cpu", "cuda"] = "auto"
     weights: Literal["auto", "safetensors", "gguf"] = "auto"
-    gguf_file: str | None = Field(default=None, max_length=200)
+    gguf_file: str | None = Field(default=None, max_length=200,  # the pattern states _gguf_name's rule
+                                  json_schema_extra={"pattern": r"^[^./\\][^/\\]*\.gguf$"})
 
     @field_validator("id")
     @classmethod
@@ -88,12 +95,12 @@ class DatasetSpec(_Strict):
     split: str | None = Field(default=None, max_length=100)
     files: list[str] | None = Field(default=None, max_length=1000)
     text_field: str = Field(default="text", min_length=1, max_length=100)
-    window: int = Field(default=1024, ge=2, le=1_048_576)
-    max_tokens: int | None = Field(default=32768, ge=1)
+    window: int = Field(default=1024, ge=2, le=MAX_WINDOW)
+    max_tokens: int | None = Field(default=32768, ge=2, le=MAX_TOKENS)
     # evaluation: per-head metrics over the first N windows only (perplexity always uses all)
-    head_windows: int | None = Field(default=None, ge=1)
+    head_windows: int | None = Field(default=None, ge=1, le=MAX_WINDOWS)
     # evaluation: windows per forward pass (a speed knob; see headq_core.evaluation.evaluate.evaluate)
-    batch: int = Field(default=1, ge=1, le=1024)
+    batch: int = Field(default=1, ge=1, le=MAX_BATCH)
     # start every window as the tokenizer starts a sequence (its BOS): auto, or force it on / off
     add_bos: Literal["auto"] | bool = "auto"
     # which chunks of the corpus become windows: spread evenly over it, or the first ones
@@ -113,7 +120,7 @@ class DatasetSpec(_Strict):
 class CalibrationOptions(_Strict):
     """Calibration-only options: how many eigenvectors to keep (the spectrum is always kept whole)."""
 
-    rank: int = Field(default=DEFAULT_CALIBRATION_RANK, ge=1, le=4096)
+    rank: int = Field(default=DEFAULT_CALIBRATION_RANK, ge=1, le=MAX_RANK)
 
 
 class JobSpec(_Strict):
@@ -126,7 +133,7 @@ class JobSpec(_Strict):
     calibration_job: str | None = Field(default=None, min_length=1, max_length=64)
     calibration: CalibrationOptions | None = None
     runs: list[RunSpec] = Field(default_factory=list, max_length=256)
-    seed: int = Field(default=0, ge=0, le=2**32 - 1, strict=True)
+    seed: int = Field(default=0, ge=0, le=MAX_SEED, strict=True)
 
     # not strict as a whole: pydantic's strict mode wants RunSpec instances, not dicts; run dicts get
     # the same JSON type check by _runs_json_types, the scalars here are strict one by one.
@@ -142,11 +149,13 @@ class JobSpec(_Strict):
 
     @model_validator(mode="before")
     @classmethod
-    def _no_forbidden_keys(cls, data: Any) -> Any:
+    def _rules_anywhere(cls, data: Any) -> Any:
+        """Every key and value, however nested: no server setting, storable text, finite numbers."""
         found = find_path(data, lambda key: key in _FORBIDDEN_KEYS, values=False)
         if found:
             raise ValueError(f"{found}: is a server setting, never a request field")
         check_text(data)
+        check_numbers(data)
         return data
 
     @model_validator(mode="after")
@@ -207,10 +216,11 @@ def _check_json_types(value: Any, annotation: Any, path: str) -> None:
 def find_path(data: Any, match: Callable[[Any], bool], *, keys: bool = True, values: bool = True,
               path: str = "") -> str | None:
     """Dotted path of the first dict key (if ``keys``) or leaf value (if ``values``), in nested
-    dicts / lists, for which ``match`` is true; None if there is none."""
+    dicts / lists, for which ``match`` is true (keys shown :func:`~headq_spec.errors.readable`); None
+    if there is none."""
     items = data.items() if isinstance(data, dict) else enumerate(data) if isinstance(data, list) else ()
     for name, value in items:
-        here = f"{path}.{name}" if path else str(name)
+        here = f"{path}.{readable(str(name))}" if path else readable(str(name))
         key_hit = keys and isinstance(data, dict) and match(name)
         if key_hit or (values and not isinstance(value, dict | list) and match(value)):
             return here
@@ -225,8 +235,23 @@ def has_nul(value: Any) -> bool:
     return isinstance(value, str) and "\x00" in value
 
 
+def not_utf8(value: Any) -> bool:
+    """True for text that UTF-8 cannot encode: a lone surrogate (JSON ``"\\ud83d"``), which neither
+    database stores and no JSON answer can carry."""
+    return isinstance(value, str) and _SURROGATE.search(value) is not None
+
+
 def check_text(data: Any) -> None:
-    """Refuse NUL characters anywhere in ``data``: ``ValueError`` naming the path."""
-    found = find_path(data, has_nul)
+    """Refuse text that cannot be stored (:func:`has_nul`, :func:`not_utf8`) anywhere in ``data``, keys
+    included: ``ValueError`` naming the path."""
+    found = find_path(data, lambda value: has_nul(value) or not_utf8(value))
     if found:
-        raise ValueError(f"{found}: text must not contain NUL characters")
+        raise ValueError(f"{found}: text must be storable: no NUL character, no lone surrogate (\\ud83d)")
+
+
+def check_numbers(data: Any) -> None:
+    """Refuse NaN and ±Infinity anywhere in ``data`` (a spec's numbers must be finite): ``ValueError``
+    naming the path."""
+    found = find_path(data, lambda v: isinstance(v, float) and not math.isfinite(v), keys=False)
+    if found:
+        raise ValueError(f"{found}: must be a finite number")

@@ -1,16 +1,20 @@
 """The results document (docs/contracts.md), typed: what the workers write and the API accepts.
-Every block is typed where present, every other key kept as sent. Pure pydantic."""
+Every block is typed where present, every other key kept as sent; text must be storable anywhere
+(:func:`headq_spec.jobs.check_text`), counts lie within :mod:`headq_spec.limits`. Pure pydantic."""
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, create_model, model_validator
 
 from headq_spec.api import JobKind
 from headq_spec.jobs import JobSpec, check_text
-from headq_spec.limits import INT32_MAX
+from headq_spec.limits import INT32_MAX, MAX_RANK, MAX_SEED, MAX_TOKENS, MAX_WINDOW, MAX_WINDOWS
 from headq_spec.metrics import HEAD_METRICS
+
+Tokens = Annotated[int, Field(ge=0, le=MAX_TOKENS)]
+Interval = Annotated[list[float | None], Field(min_length=2, max_length=2)]  # [low, high]
 
 
 class HeadKeys(BaseModel):
@@ -22,6 +26,12 @@ class HeadKeys(BaseModel):
     layer: int = Field(ge=0, le=INT32_MAX)
     head: int = Field(ge=0, le=INT32_MAX)
     kv_head: int = Field(ge=0, le=INT32_MAX)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _storable_text(cls, data: Any) -> Any:  # rows may be validated apart from their document
+        check_text(data)
+        return data
 
 
 # one per-head row: the keys, then every metric of HEAD_METRICS as a number or null
@@ -41,7 +51,8 @@ class ModelInfo(BaseModel):
 
 class RunResult(BaseModel):
     """One run's row: its spec, effective bits per side, perplexity over ``tokens`` scored tokens
-    (``nll`` their mean), excess over the dense run and share of its base run's excess removed."""
+    (``nll`` their mean), excess over the dense run and share of its base run's excess removed, each
+    aggregate with its standard error (``_se``) and 95% interval (``_ci``) where known."""
 
     model_config = ConfigDict(extra="allow", strict=True)
 
@@ -50,9 +61,15 @@ class RunResult(BaseModel):
     effective_bits: dict[str, float | None] = Field(default_factory=dict)
     perplexity: float | None = None
     nll: float | None = None
-    tokens: int | None = Field(default=None, ge=0)
+    tokens: Tokens | None = None
     excess_perplexity: float | None = None
     excess_removed: float | None = None
+    perplexity_se: float | None = None
+    perplexity_ci: Interval | None = None
+    excess_perplexity_se: float | None = None
+    excess_perplexity_ci: Interval | None = None
+    excess_removed_se: float | None = None
+    excess_removed_ci: Interval | None = None
 
 
 class DatasetInfo(BaseModel):
@@ -61,9 +78,9 @@ class DatasetInfo(BaseModel):
 
     model_config = ConfigDict(extra="allow", strict=True)
 
-    tokens: int | None = Field(default=None, ge=0)
-    windows: int | None = Field(default=None, ge=0)
-    window: int | None = Field(default=None, ge=1)
+    tokens: Tokens | None = None
+    windows: int | None = Field(default=None, ge=0, le=MAX_WINDOWS)
+    window: int | None = Field(default=None, ge=1, le=MAX_WINDOW)
 
 
 class CalibrationRef(BaseModel):
@@ -72,7 +89,7 @@ class CalibrationRef(BaseModel):
     model_config = ConfigDict(extra="allow", strict=True)
 
     job_id: str | None = None
-    tokens: int | None = None
+    tokens: Tokens | None = None
     dataset: dict[str, Any] | None = None
 
 
@@ -88,10 +105,10 @@ class ResultsDocument(BaseModel):
     dataset: DatasetInfo | None = None
     calibration: CalibrationRef | None = None
     versions: dict[str, str] = Field(default_factory=dict)
-    seed: int | None = None
+    seed: int | None = Field(default=None, ge=0, le=MAX_SEED)
     device: str | None = None
     dtype: str | None = None
-    rank: int | None = Field(default=None, ge=1)
+    rank: int | None = Field(default=None, ge=1, le=MAX_RANK)
     runs: list[RunResult] = Field(default_factory=list)
     heads: list[HeadRowIn] = Field(default_factory=list)  # type: ignore[valid-type]
     arrays: dict[str, Any] = Field(default_factory=dict)

@@ -3,25 +3,52 @@
 Every field is checked in ``__post_init__`` and a bad value raises ``ValueError`` naming the field.
 A :class:`RunSpec` is one evaluated configuration (a row of the results ``runs`` list); it
 round-trips through plain dicts (``to_dict`` / ``from_dict``) so job specs can carry it as JSON.
+Each bounded field's annotation states its rule as JSON Schema (the API's OpenAPI document shows it);
+``__post_init__`` enforces the same rule, with the same limits.
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass, field
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
+
+from pydantic import WithJsonSchema
+
+from headq_spec.limits import MAX_BITS, MAX_RANK, MAX_SEED, MAX_WINDOW
 
 SUPPORTED_BITS = (1, 2, 3, 4, 8)
 SIDE_BITS = (2, 4, 8, 16)
+HIGH_BITS = (*SUPPORTED_BITS, MAX_BITS)
+MAX_RUN_NAME = 200  # characters: the store's run column
 Axis = Literal["per_channel", "per_token"]
 Basis = Literal["query_pca", "key_pca", "random"]
 PolicyMode = Literal["online", "oracle"]
 SideScale = Literal["token", "group"]
 
 
+# the JSON Schema of a bounded field: the OpenAPI document shows it, __post_init__ enforces it
+def _integer(low: int, high: int) -> WithJsonSchema:
+    return WithJsonSchema({"type": "integer", "minimum": low, "maximum": high})
+
+
+def _one_of(values: tuple[int, ...]) -> WithJsonSchema:
+    return WithJsonSchema({"type": "integer", "enum": list(values)})
+
+
+def _number_or_null(low: float, high: float) -> WithJsonSchema:
+    return WithJsonSchema({"anyOf": [{"type": "number", "minimum": low, "maximum": high}, {"type": "null"}]})
+
+
 def _require(ok: bool, field_name: str, message: str) -> None:
     if not ok:
         raise ValueError(f"{field_name}: {message}")
+
+
+def _require_in(value: Any, low: int, high: int, field_name: str) -> None:
+    """An integer (not a bool) in ``[low, high]``."""
+    ok = isinstance(value, int) and not isinstance(value, bool) and low <= value <= high
+    _require(ok, field_name, f"must be an integer in [{low}, {high}], got {value!r}")
 
 
 @dataclass(frozen=True)
@@ -33,19 +60,17 @@ class QuantConfig:
     value layout). ``residual`` most recent tokens stay in full precision.
     """
 
-    bits: int = 2
+    bits: Annotated[int, _one_of(SUPPORTED_BITS)] = 2
     axis: Axis = "per_channel"
-    group_size: int = 32
-    residual: int = 0
+    group_size: Annotated[int, _integer(1, MAX_WINDOW)] = 32
+    residual: Annotated[int, _integer(0, MAX_WINDOW)] = 0
 
     def __post_init__(self) -> None:
         _require(self.bits in SUPPORTED_BITS, "bits", f"must be one of {SUPPORTED_BITS}, got {self.bits!r}")
         _require(self.axis in ("per_channel", "per_token"), "axis",
                  f"must be 'per_channel' or 'per_token', got {self.axis!r}")
-        _require(isinstance(self.group_size, int) and self.group_size >= 1, "group_size",
-                 f"must be a positive integer, got {self.group_size!r}")
-        _require(isinstance(self.residual, int) and self.residual >= 0, "residual",
-                 f"must be a non-negative integer, got {self.residual!r}")
+        _require_in(self.group_size, 1, MAX_WINDOW, "group_size")
+        _require_in(self.residual, 0, MAX_WINDOW, "residual")
 
     @property
     def seq_group(self) -> int:
@@ -62,20 +87,21 @@ class HeadQConfig:
     tokens of a per_channel key group (needs ``side_bits < 16`` and per_channel keys).
     """
 
-    rank: int = 8
+    rank: Annotated[int, _integer(1, MAX_RANK)] = 8
     basis: Basis = "query_pca"
-    sign: int = 1
-    side_bits: int = 8
-    seed: int = 0  # only used by the ``random`` basis
+    sign: Annotated[int, _one_of((1, -1))] = 1
+    side_bits: Annotated[int, _one_of(SIDE_BITS)] = 8
+    seed: Annotated[int, _integer(0, MAX_SEED)] = 0  # only used by the ``random`` basis
     side_scale: SideScale = "token"
 
     def __post_init__(self) -> None:
-        _require(isinstance(self.rank, int) and self.rank >= 1, "rank", f"must be >= 1, got {self.rank!r}")
+        _require_in(self.rank, 1, MAX_RANK, "rank")
         _require(self.basis in ("query_pca", "key_pca", "random"), "basis",
                  f"must be 'query_pca', 'key_pca' or 'random', got {self.basis!r}")
         _require(self.sign in (1, -1), "sign", f"must be +1 or -1, got {self.sign!r}")
         _require(self.side_bits in SIDE_BITS, "side_bits",
                  f"must be one of {SIDE_BITS}, got {self.side_bits!r}")
+        _require_in(self.seed, 0, MAX_SEED, "seed")
         _require(self.side_scale in ("token", "group"), "side_scale",
                  f"must be 'token' or 'group', got {self.side_scale!r}")
         _require(self.side_scale == "token" or self.side_bits != 16, "side_scale",
@@ -87,13 +113,14 @@ class ValuePolicyConfig:
     """A² value policy: the largest-A² tokens keep ``high_bits``, the rest the value quantizer's bits.
 
     Give exactly one budget: ``keep_fraction`` (share of tokens at high precision) or
-    ``target_bits`` (average value code bits, converted to a fraction).
+    ``target_bits`` (average value code bits, converted to a fraction; a run also needs it between its
+    value quantizer's bits and ``high_bits``).
     """
 
     mode: PolicyMode = "online"
-    keep_fraction: float | None = 0.1
-    target_bits: float | None = None
-    high_bits: int = 8
+    keep_fraction: Annotated[float | None, _number_or_null(0, 1)] = 0.1
+    target_bits: Annotated[float | None, _number_or_null(min(SUPPORTED_BITS), MAX_BITS)] = None
+    high_bits: Annotated[int, _one_of(HIGH_BITS)] = 8
 
     def __post_init__(self) -> None:
         _require(self.mode in ("online", "oracle"), "mode",
@@ -103,8 +130,11 @@ class ValuePolicyConfig:
         if self.keep_fraction is not None:
             _require(0.0 <= self.keep_fraction <= 1.0 and not math.isnan(self.keep_fraction),
                      "keep_fraction", f"must lie in [0, 1], got {self.keep_fraction!r}")
-        _require(self.high_bits in SUPPORTED_BITS or self.high_bits == 16, "high_bits",
-                 f"must be one of {SUPPORTED_BITS + (16,)}, got {self.high_bits!r}")
+        if self.target_bits is not None:  # NaN fails the comparison, ±Infinity the bounds
+            _require(min(SUPPORTED_BITS) <= self.target_bits <= MAX_BITS, "target_bits",
+                     f"must lie in [{min(SUPPORTED_BITS)}, {MAX_BITS}], got {self.target_bits!r}")
+        _require(self.high_bits in HIGH_BITS, "high_bits",
+                 f"must be one of {HIGH_BITS}, got {self.high_bits!r}")
 
     def fraction_for(self, low_bits: int) -> float:
         """Share of tokens kept at ``high_bits`` so the average code width meets the budget."""
@@ -123,20 +153,21 @@ class InterventionConfig:
     query subspace (the norm of each token's real quantization error is kept)."""
 
     subspace: Literal["outside", "inside"] = "outside"
-    dims: int = 8
-    seed: int = 0
+    dims: Annotated[int, _integer(1, MAX_RANK)] = 8
+    seed: Annotated[int, _integer(0, MAX_SEED)] = 0
 
     def __post_init__(self) -> None:
         _require(self.subspace in ("outside", "inside"), "subspace",
                  f"must be 'outside' or 'inside', got {self.subspace!r}")
-        _require(isinstance(self.dims, int) and self.dims >= 1, "dims", f"must be >= 1, got {self.dims!r}")
+        _require_in(self.dims, 1, MAX_RANK, "dims")
+        _require_in(self.seed, 0, MAX_SEED, "seed")
 
 
 @dataclass(frozen=True)
 class RunSpec:
     """One evaluated configuration. ``key=None`` / ``value=None`` keeps that side dense."""
 
-    name: str
+    name: Annotated[str, WithJsonSchema({"type": "string", "minLength": 1, "maxLength": MAX_RUN_NAME})]
     key: QuantConfig | None = None
     value: QuantConfig | None = None
     headq: HeadQConfig | None = None
@@ -153,6 +184,13 @@ class RunSpec:
         _require(self.intervention is None or self.key is not None, "intervention", "needs a key quantizer")
         _require(self.value_policy is None or self.value is not None, "value_policy",
                  "needs a value quantizer")
+        policy, value = self.value_policy, self.value
+        if policy is not None and policy.target_bits is not None and value is not None:
+            _require(value.bits < policy.high_bits, "value_policy.high_bits",
+                     f"must exceed the value bits ({value.bits}) to meet a target_bits budget")
+            _require(value.bits <= policy.target_bits <= policy.high_bits, "value_policy.target_bits",
+                     f"must lie between the value bits ({value.bits}) and high_bits ({policy.high_bits}), "
+                     f"got {policy.target_bits!r}")
 
     @property
     def is_dense(self) -> bool:
@@ -175,9 +213,6 @@ class RunSpec:
                 except TypeError as exc:
                     raise ValueError(f"{key}: {exc}") from exc
         return cls(**kwargs)
-
-
-MAX_RUN_NAME = 200  # characters: the store's run column
 
 
 def check_run_list(runs: list[Any]) -> list[RunSpec]:

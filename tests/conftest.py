@@ -3,7 +3,8 @@ sync API allows one running instance per thread, so every browser test must shar
 
 Without an NVIDIA device, Triton kernels are interpreted (``TRITON_INTERPRET=1``) in the whole
 session: Triton fixes the mode when a kernel module is first imported, and any test importing the
-quantized cache imports the kernels, so the interpreter tests must not depend on running first."""
+quantized cache imports the kernels, so the interpreter tests must not depend on running first.
+The in-process API clients' host name is allowed (``HEADQ_ALLOWED_HOSTS``) for the whole session."""
 
 from __future__ import annotations
 
@@ -17,6 +18,9 @@ from testkit.chromium import CHROMIUM, CHROMIUM_ARGS
 
 if not Path("/dev/nvidiactl").exists():
     os.environ.setdefault("TRITON_INTERPRET", "1")
+# the in-process test clients (Starlette's, schemathesis's) send `Host: testserver`, a name the
+# server's Host check (app/api/security.py) refuses unless listed; tests of that check set their own
+os.environ.setdefault("HEADQ_ALLOWED_HOSTS", '["testserver"]')
 
 
 @pytest.fixture(scope="session")

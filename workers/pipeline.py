@@ -44,8 +44,6 @@ def _model_path(spec: JobSpec, allowed_model_dirs: Sequence[str] | None) -> str:
         ):
             raise ValueError(f"model.id: {model_id!r} is not inside the allowed model directories")
         model_id = str(path)
-    if spec.model.gguf_file:
-        model_id = str(Path(model_id) / spec.model.gguf_file)
     return model_id
 
 
@@ -79,7 +77,8 @@ def execute(
     job = JobSpec.model_validate(spec)
     report = progress or (lambda fraction, stage: None)
     model_id = _model_path(job, allowed_model_dirs)
-    key = (model_id, job.model.revision, job.model.dtype, job.model.device, trust_remote_code)
+    key = (model_id, job.model.gguf_file, job.model.revision, job.model.dtype, job.model.device,
+           trust_remote_code)
     corpus, window, max_tokens = _corpus(job)
     check_files(corpus)
     report(0.0, "load model")
@@ -91,6 +90,7 @@ def execute(
             dtype=job.model.dtype,
             device=job.model.device,
             trust_remote_code=trust_remote_code,
+            gguf_file=job.model.gguf_file,
         )
 
     loaded = model_cache.get(key, load) if model_cache is not None else load()

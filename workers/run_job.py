@@ -1,8 +1,10 @@
 """``run_job(job_id)``: the one function both executors call to run a stored job.
 
-Claim an attempt (or take the one a local dispatcher claimed), beat a heartbeat from a thread,
-run the spec through ``workers.pipeline.execute`` with progress and cancellation wired to the job
-row, store the results keyed by ``(job, attempt)`` and finish the attempt. Idempotent: a job that is
+Claim an attempt (or take the one a local dispatcher claimed; or, when the running attempt's
+process on this host is gone, release it and claim the next: Celery sends the message of a dead
+pool process back at the head of the queue), beat a heartbeat from a thread, run the spec through
+``workers.pipeline.execute`` with progress and cancellation wired to the job row, store the results
+keyed by ``(job, attempt)`` and finish the attempt. Idempotent: a job that is
 not queued (already running elsewhere, succeeded, failed, cancelled) is left alone, and every write
 is guarded by the attempt so a worker that was given up on can no longer change the row.
 torch is imported only after the claim and the first heartbeat (it takes seconds to load), so a
@@ -34,11 +36,13 @@ from headq_jobs.store import (
     make_engine,
     make_session_factory,
     mark_running,
+    release_attempt,
     save_results,
     session_scope,
     update_progress,
 )
 from workers.heartbeat import Heartbeat
+from workers.lost import gone
 
 log = logging.getLogger(__name__)
 PROGRESS_EVERY_S = 0.5
@@ -72,6 +76,10 @@ def claim(session: Session, job_id: str, attempt: int | None) -> JobRow | None:
         return None
     if attempt is not None:
         return job if job.status == "running" and job.attempts == attempt else None
+    if job.status == "running" and gone(job.worker):  # retried now, not after the heartbeat timeout
+        status = release_attempt(session, job_id, job.attempts, f"worker process {job.worker} died")
+        log.warning("job %s attempt %d: worker %s died, now %s", job_id, job.attempts, job.worker, status)
+        job = get_job(session, job_id)
     if job.status != "queued":
         log.info("job %s is %s: not run again", job_id, job.status)
         return None

@@ -1,6 +1,7 @@
 """Request dependencies (``Annotated[..., Depends()]``): settings, a database session, the executor,
 and the bearer-token check of write endpoints. Everything hangs off ``app.state``, set by
-``create_app``; nothing is global."""
+``create_app``; nothing is global. Those without I/O are ``async``: they run on the event loop
+instead of waiting for a thread of the request pool."""
 
 from __future__ import annotations
 
@@ -15,29 +16,32 @@ from app.api.errors import ApiError
 from headq_jobs.settings import Settings
 
 
-def get_settings(request: Request) -> Settings:
+async def get_settings(request: Request) -> Settings:
     """The settings this app was created with."""
     return request.app.state.settings
 
 
 def get_session(request: Request) -> Iterator[Session]:
-    """A database session for one request, closed afterwards."""
+    """A database session for one endpoint call. The store functions commit, which hands the
+    connection back to the pool at once; the session is closed when the endpoint returns (``scope=
+    "function"``), before the response is serialized and sent, so no request holds a connection
+    while it waits for a thread."""
     with request.app.state.session_factory() as session:
         yield session
 
 
-def get_executor(request: Request) -> Any:
+async def get_executor(request: Request) -> Any:
     """The executor (``submit``, ``cancel``, ``ready``), or None when the API only queues."""
     return request.app.state.executor
 
 
 SettingsDep = Annotated[Settings, Depends(get_settings)]
-SessionDep = Annotated[Session, Depends(get_session)]
+SessionDep = Annotated[Session, Depends(get_session, scope="function")]
 ExecutorDep = Annotated[Any, Depends(get_executor)]
 
 
-def require_token(settings: SettingsDep,
-                  authorization: Annotated[str | None, Header(include_in_schema=False)] = None) -> None:
+async def require_token(settings: SettingsDep,
+                        authorization: Annotated[str | None, Header(include_in_schema=False)] = None) -> None:
     """401 unless ``Authorization: Bearer <HEADQ_API_TOKEN>`` matches (no check when no token is set)."""
     expected = settings.token
     if expected is None:

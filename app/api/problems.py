@@ -28,8 +28,9 @@ class ValidationProblem(Problem):
 
 def problems(*codes: int) -> dict[int | str, dict[str, Any]]:
     """OpenAPI ``responses`` entries for the given error status codes."""
-    words = {400: "body could not be parsed", 401: "missing or wrong bearer token", 404: "unknown job id",
-             409: "wrong state or conflict",
+    words = {400: "body could not be parsed, Host is not a name of this server, or a tokenless "
+                  "server's write lacks 'Content-Type: application/json'",
+             401: "missing or wrong bearer token", 404: "unknown job id", 409: "wrong state or conflict",
              413: "request body too large", 422: "invalid input (the fields are named)",
              503: "executor or broker unavailable"}
     return {code: {"model": ValidationProblem if code == 422 else Problem, "description": words[code]}

@@ -14,8 +14,8 @@ router = APIRouter(tags=["health"], responses=problems(413))
 
 
 @router.get("/health", response_model=Status)
-def health() -> Status:
-    """The API process is alive."""
+async def health() -> Status:
+    """The API process is alive (answered on the event loop: busy request threads do not delay it)."""
     return Status(status="ok")
 
 

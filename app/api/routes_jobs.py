@@ -45,7 +45,7 @@ def submit_job(spec: JobSpec, session: SessionDep, settings: SettingsDep, execut
             raise ApiError(503, f"job {job.id} is queued but the executor cannot take it now: {exc}") from exc
     if not created:
         response.headers["Idempotent-Replay"] = "true"
-    return Job.model_validate(store.get_job(session, job.id))
+    return Job.model_validate(job)  # the committed row, as written: nothing after the commit may fail
 
 
 @router.get("/jobs", response_model=JobPage)

@@ -26,8 +26,7 @@ from headq_core.evaluation.windows import AddBos, Placement, corpus_windows
 from headq_core.method.headq import QueryStats
 from headq_core.models.adapter import capture
 from headq_core.models.loading import LoadedModel
-
-FORMAT = "headq-calibration/1"
+from headq_spec.artifact import FORMAT, META_NAME, TENSORS_NAME, check_meta, check_tensors, read_artifact
 
 
 @dataclass
@@ -56,22 +55,25 @@ class Calibration:
         """Write ``calibration.safetensors`` and ``calibration.json`` into ``directory``."""
         path = Path(directory)
         path.mkdir(parents=True, exist_ok=True)
-        (path / "calibration.safetensors").write_bytes(st_save(self._tensors()))
-        (path / "calibration.json").write_text(json.dumps({"format": FORMAT, **self.meta}, indent=1))
+        (path / TENSORS_NAME).write_bytes(st_save(self._tensors()))
+        (path / META_NAME).write_text(json.dumps({"format": FORMAT, **self.meta}, indent=1))
 
     @classmethod
     def load(cls, directory: str | Path) -> Calibration:
+        """Read a folder written by :meth:`save` (checked as :meth:`from_bytes` checks a blob)."""
         path = Path(directory)
-        meta = json.loads((path / "calibration.json").read_text())
-        return cls._from_parts(st_load((path / "calibration.safetensors").read_bytes()), meta)
+        meta = check_meta((path / META_NAME).read_bytes())
+        tensors = (path / TENSORS_NAME).read_bytes()
+        check_tensors(tensors)
+        return cls._from_parts(st_load(tensors), meta)
 
     def to_bytes(self) -> bytes:
         """One uncompressed tar holding the JSON metadata and the safetensors."""
         buffer = io.BytesIO()
         with tarfile.open(fileobj=buffer, mode="w") as tar:
             for name, data in (
-                ("calibration.json", json.dumps({"format": FORMAT, **self.meta}).encode()),
-                ("calibration.safetensors", st_save(self._tensors())),
+                (META_NAME, json.dumps({"format": FORMAT, **self.meta}).encode()),
+                (TENSORS_NAME, st_save(self._tensors())),
             ):
                 info = tarfile.TarInfo(name)
                 info.size = len(data)
@@ -80,18 +82,13 @@ class Calibration:
 
     @classmethod
     def from_bytes(cls, blob: bytes) -> Calibration:
-        try:
-            with tarfile.open(fileobj=io.BytesIO(blob), mode="r") as tar:
-                meta = json.loads(tar.extractfile("calibration.json").read())  # type: ignore[union-attr]
-                tensors = st_load(tar.extractfile("calibration.safetensors").read())  # type: ignore[union-attr]
-        except (tarfile.TarError, KeyError, AttributeError, json.JSONDecodeError) as exc:
-            raise ValueError(f"calibration: not a calibration blob ({exc})") from exc
-        return cls._from_parts(tensors, meta)
+        """Read :meth:`to_bytes` output; anything else (a compressed tar, other members, shapes
+        that do not match their bytes) is a ``ValueError`` before any tensor is built."""
+        meta, tensors, _ = read_artifact(blob)
+        return cls._from_parts(st_load(tensors), meta)
 
     @classmethod
     def _from_parts(cls, tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> Calibration:
-        if meta.pop("format", None) != FORMAT:
-            raise ValueError(f"calibration: unknown format (expected {FORMAT})")
         return cls(eigenvalues=tensors["eigenvalues"], basis=tensors["basis"], meta=meta)
 
 

@@ -8,9 +8,12 @@ from __future__ import annotations
 
 import gzip
 import importlib.resources
+import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Literal
+
+from headq_spec.jobs import model_location
 
 SOURCES = ("builtin", "hf", "files")
 BUILTIN_NAMES = ("sotu", "shakespeare")
@@ -29,8 +32,8 @@ _SEPARATOR = "\n\f\n"
 class CorpusSpec:
     """Where text comes from. ``builtin``: ``name`` in :data:`BUILTIN_NAMES` (``sotu``: addresses
     of 1934-2001 / 2002-2021; ``shakespeare``: five comedies / four tragedies), split
-    ``calibration`` or ``eval``; ``hf``: ``datasets.load_dataset(name, config, split=split)``;
-    ``files``: local text files."""
+    ``calibration`` or ``eval``; ``hf``: ``datasets.load_dataset(name, config, split=split)`` of a
+    hub dataset id (``name`` or ``org/name``, never a path); ``files``: local text files."""
 
     source: Literal["builtin", "hf", "files"] = "builtin"
     name: str | None = "sotu"
@@ -49,6 +52,8 @@ class CorpusSpec:
             )
         if self.source == "hf" and not self.name:
             raise ValueError("dataset.name: a Hugging Face dataset needs a name")
+        if self.source == "hf" and model_location(str(self.name)) != "hub":
+            raise ValueError(f"dataset.name: {self.name!r} is not a hub dataset id ('name' or 'org/name')")
         if self.source == "files" and not self.files:
             raise ValueError("dataset.files: source 'files' needs at least one file")
         if self.files is not None:
@@ -87,9 +92,19 @@ def load_texts(spec: CorpusSpec) -> list[str]:
             "text", data_files=list(spec.files or ()), split="train", sample_by="document"
         )
     else:
+        _check_hub_name(str(spec.name))
         dataset = datasets.load_dataset(spec.name, spec.config, split=spec.split)
     if spec.text_field not in dataset.column_names:
         raise ValueError(
             f"dataset.text_field: {spec.text_field!r} is not a column (columns: {dataset.column_names})"
         )
     return [t for t in dataset[spec.text_field] if t and t.strip()]
+
+
+def _check_hub_name(name: str) -> None:
+    """``datasets`` reads a hub-looking name from the disk when a path of that name exists in the
+    working directory, or when it names a builder of local files (``text``, ``json``, ...)."""
+    from datasets.packaged_modules import _PACKAGED_DATASETS_MODULES
+
+    if name in _PACKAGED_DATASETS_MODULES or os.path.lexists(name):
+        raise ValueError(f"dataset.name: {name!r} would be read from local files, not from the hub")

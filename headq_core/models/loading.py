@@ -13,6 +13,7 @@ from typing import Any
 import torch
 
 from headq_core.models.adapter import architecture_of, model_geometry
+from headq_spec.jobs import model_location
 
 BUILTIN_SMOLLM2 = "builtin:smollm2-135m"
 _SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -117,13 +118,26 @@ def _converted_builtin(cache_dir: Path) -> Path:
     return target
 
 
-def _source(model_id: str, cache_dir: Path | None) -> tuple[str, dict[str, Any]]:
-    """Where ``from_pretrained`` reads from, and the extra keyword arguments it needs."""
+def _source(model_id: str, cache_dir: Path | None,
+            gguf_file: str | None = None) -> tuple[str, dict[str, Any]]:
+    """Where ``from_pretrained`` reads from, and the extra keyword arguments it needs
+    (``gguf_file``: that file of a hub repository or local folder)."""
     if model_id == BUILTIN_SMOLLM2:
         return str(_converted_builtin(Path(cache_dir) if cache_dir else DEFAULT_CACHE_DIR)), {}
     if model_id.startswith("builtin:"):
         raise ValueError(f"model_id: unknown built-in model {model_id!r} (known: {BUILTIN_SMOLLM2})")
+    if model_location(model_id) == "hub":
+        # transformers reads a hub id from the disk when a path of that name exists here
+        if os.path.lexists(model_id):
+            raise ValueError(f"model_id: {model_id!r} is a hub id but names a local path in the working "
+                             f"directory; give a local model as a path (./{model_id} or absolute)")
+        hub = {"cache_dir": str(cache_dir)} if cache_dir else {}
+        return model_id, hub | ({"gguf_file": gguf_file} if gguf_file else {})
     path = Path(model_id)
+    if gguf_file and path.is_dir():
+        if not (path / gguf_file).is_file():
+            raise ValueError(f"model.gguf_file: no file {gguf_file!r} in {model_id!r}")
+        return str(path), {"gguf_file": gguf_file}
     if path.is_file() and path.suffix == ".gguf":
         return str(path.parent), {"gguf_file": path.name}
     if path.is_dir():
@@ -131,7 +145,7 @@ def _source(model_id: str, cache_dir: Path | None) -> tuple[str, dict[str, Any]]
         if not (path / "config.json").is_file() and ggufs:
             return str(path), {"gguf_file": ggufs[0].name}
         return str(path), {}
-    return model_id, {"cache_dir": str(cache_dir)} if cache_dir else {}
+    raise ValueError(f"model_id: {model_id!r} is neither a hub id nor a local folder or .gguf file")
 
 
 def load_model(
@@ -141,8 +155,11 @@ def load_model(
     device: str = "auto",
     trust_remote_code: bool = False,
     cache_dir: str | Path | None = None,
+    gguf_file: str | None = None,
 ) -> LoadedModel:
-    """Load ``model_id`` (hub id, local folder or ``.gguf`` file, or ``builtin:smollm2-135m``)."""
+    """Load ``model_id``: a hub id (``name`` or ``org/name``, never read from the disk), a local
+    folder or ``.gguf`` file, or ``builtin:smollm2-135m``; ``gguf_file`` picks a GGUF file of a hub
+    repository or folder."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     if not isinstance(model_id, str) or not model_id:
@@ -150,7 +167,7 @@ def load_model(
     if dtype not in _DTYPES:
         raise ValueError(f"dtype: must be one of {sorted(_DTYPES)}, got {dtype!r}")
     dev = resolve_device(device)
-    source, extra = _source(model_id, Path(cache_dir) if cache_dir else None)
+    source, extra = _source(model_id, Path(cache_dir) if cache_dir else None, gguf_file)
     kwargs = dict(extra, revision=revision, trust_remote_code=trust_remote_code)
     try:
         tokenizer = AutoTokenizer.from_pretrained(source, **kwargs)

@@ -1,7 +1,9 @@
-"""Celery configuration shared by the enqueue side (API) and the workers: JSON only, late acks.
+"""Celery configuration shared by the enqueue side (API) and the workers: JSON only, late acks,
+message priorities.
 
 The API sends the task by name (:data:`TASK_NAME`, argument: the job id), so it never imports the
-workers package.
+workers package. A retried attempt is sent with the top priority (:func:`send_priority`), so it
+runs before the jobs queued after its first attempt instead of behind them.
 """
 
 from __future__ import annotations
@@ -11,6 +13,14 @@ from typing import Any
 TASK_NAME = "headq.run_job"
 # Redis redelivers an unacknowledged message after this long; a job may run for hours.
 REDIS_VISIBILITY_SECONDS = 24 * 3600
+MAX_PRIORITY = 9  # RabbitMQ queues are declared with x-max-priority = 9; Redis has steps 0, 3, 6, 9
+
+
+def send_priority(broker_url: str, retry: bool) -> int:
+    """The message priority of an attempt: a retry before any first attempt. RabbitMQ serves the
+    highest number first, Redis the lowest."""
+    first, retried = (MAX_PRIORITY, 0) if broker_url.startswith("redis") else (0, MAX_PRIORITY)
+    return retried if retry else first
 
 
 def celery_config(broker_url: str, *, queue: str = "headq", max_tasks_per_child: int = 1) -> dict[str, Any]:
@@ -25,7 +35,8 @@ def celery_config(broker_url: str, *, queue: str = "headq", max_tasks_per_child:
         "result_serializer": "json",
         "task_ignore_result": True,  # results live in the database, keyed by (job, attempt)
         "task_acks_late": True,
-        "task_reject_on_worker_lost": True,
+        "task_reject_on_worker_lost": True,  # the broker puts the message of a dead pool process back first
+        "task_queue_max_priority": MAX_PRIORITY,
         "worker_prefetch_multiplier": 1,
         "worker_max_tasks_per_child": max_tasks_per_child or None,
         "task_default_queue": queue,

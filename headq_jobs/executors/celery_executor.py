@@ -5,8 +5,9 @@ A reconciler thread (every ``poll_s`` seconds):
 1. requeues or fails jobs whose heartbeat went stale (a worker died; the broker's redelivery alone
    cannot tell a dead worker from a slow one);
 2. (re)sends every queued job not yet sent for its current attempt: jobs submitted while the broker
-   was down, requeued jobs, and after a restart all queued jobs once (a duplicate message is harmless:
-   only one worker can claim a queued job);
+   was down, requeued jobs (with the retry priority: ahead of jobs that never ran), and after a
+   restart all queued jobs once (a duplicate message is harmless: only one worker can claim a queued
+   job);
 3. forces cancellation: a job still running ``cancel_grace_s`` after its cancel is revoked with
    SIGKILL and marked cancelled.
 """
@@ -21,7 +22,7 @@ from celery import Celery
 from kombu.exceptions import KombuError
 
 from headq_jobs.executors.base import ExecutorUnavailable, Loop
-from headq_jobs.executors.celery_config import TASK_NAME, celery_config
+from headq_jobs.executors.celery_config import TASK_NAME, celery_config, send_priority
 from headq_jobs.executors.settings import ExecutorSettings, check_timing
 from headq_jobs.settings import Settings
 from headq_jobs.store.db import make_engine, make_session_factory, session_scope
@@ -102,7 +103,8 @@ class CeleryExecutor:
                                f"{self.options.cancel_grace_s:g} s grace period")
 
     def _send(self, job_id: str, attempts: int) -> None:
-        self.celery.send_task(TASK_NAME, args=[job_id], task_id=job_id, queue=self.options.queue, retry=False)
+        self.celery.send_task(TASK_NAME, args=[job_id], task_id=job_id, queue=self.options.queue, retry=False,
+                              priority=send_priority(self.settings.broker_url, retry=attempts > 0))
         self._sent[job_id] = attempts
 
 

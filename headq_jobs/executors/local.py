@@ -7,7 +7,11 @@ A dispatcher thread in the server process, every ``poll_s`` seconds (or at once 
    its grace period is over;
 2. requeues or fails jobs whose heartbeat went stale (workers of any server, including one that
    was restarted);
-3. claims queued jobs while fewer than ``concurrency`` (one per GPU, 1 on CPU) processes run.
+3. claims queued jobs while fewer than ``concurrency`` (one per GPU, 1 on CPU) workers run on this
+   host, counted from the job table (running attempts of any local dispatcher here with a live
+   heartbeat, so a worker that outlived a restarted server keeps its slot) and from its own
+   processes. Each attempt's worker name ends with its slot (``local:HOST:PID:gpu3``, ``...:cpu``),
+   so a new job never lands on a card that a surviving worker holds.
 """
 
 from __future__ import annotations
@@ -37,6 +41,7 @@ from headq_jobs.store.jobs import (
     get_job,
     release_attempt,
     requeue_or_fail_stale,
+    running_workers,
 )
 from headq_jobs.store.models import JobRow
 
@@ -61,7 +66,8 @@ class LocalExecutor:
         self.settings, self.log_dir = settings, log_dir
         self.devices = gpu_ids()
         self.concurrency = self.options.worker_concurrency or max(1, len(self.devices))
-        self.name = f"local:{socket.gethostname()}:{os.getpid()}"
+        self.host_prefix = f"local:{socket.gethostname()}:"
+        self.name = f"{self.host_prefix}{os.getpid()}"
         self._factory = make_session_factory(make_engine(settings.database_url))
         self._env = settings_env(settings, self.options)
         self._children: dict[str, _Child] = {}
@@ -104,15 +110,24 @@ class LocalExecutor:
                 self._reap(session, job_id, self._children[job_id])
             for job_id, status in requeue_or_fail_stale(session, self.settings.heartbeat_timeout_s):
                 log.warning("job %s: heartbeat stale, now %s", job_id, status)
-            while len(self._children) < self.concurrency:
-                job = claim_next_queued(session, self.name)
+            busy = self._busy_slots(session)
+            while len(busy) < self.concurrency:
+                device = next((d for d in self.devices if d not in busy.values()), None)
+                job = claim_next_queued(session, f"{self.name}:{_slot(device)}")
                 if job is None:
                     break
-                self._spawn(session, job)
+                busy[job.id] = device
+                self._spawn(session, job, device)
 
-    def _spawn(self, session: Session, job: JobRow) -> None:
-        busy = {child.device for child in self._children.values()}
-        device = next((d for d in self.devices if d not in busy), None)
+    def _busy_slots(self, session: Session) -> dict[str, str | None]:
+        """``{job id: device}`` of every worker alive on this host: from the job table (those of any
+        local dispatcher here, a restarted one included) and this dispatcher's own processes."""
+        alive = running_workers(session, self.host_prefix, self.settings.heartbeat_timeout_s)
+        busy = {job_id: _device(worker) for job_id, worker in alive.items()}
+        busy.update({job_id: child.device for job_id, child in self._children.items()})
+        return busy
+
+    def _spawn(self, session: Session, job: JobRow, device: str | None) -> None:
         try:
             proc = spawn_worker(job.id, job.attempts, self._env, device, self.log_dir)
         except OSError as exc:
@@ -149,6 +164,17 @@ class LocalExecutor:
         status = release_attempt(session, job_id, child.attempt, reason)
         if status is not None:
             log.warning("job %s: worker pid %d exited with %d, now %s", job_id, child.proc.pid, code, status)
+
+
+def _slot(device: str | None) -> str:
+    """The last part of an attempt's worker name: the GPU it runs on, or ``cpu``."""
+    return "cpu" if device is None else f"gpu{device}"
+
+
+def _device(worker: str) -> str | None:
+    """The GPU a running attempt holds, read back from its worker name (None: none or unknown)."""
+    slot = worker.rsplit(":", 1)[-1]
+    return slot[3:] if slot.startswith("gpu") else None
 
 
 def _kill(proc: subprocess.Popen[bytes]) -> None:

@@ -21,14 +21,18 @@ from sqlalchemy.orm import Session, sessionmaker
 MIGRATIONS_DIR = Path(__file__).resolve().parent.parent / "migrations"
 
 
-def make_engine(url: str) -> Engine:
-    """An engine for ``url``; for SQLite: creates the file's folder, turns on foreign keys and WAL."""
+def make_engine(url: str, pool_size: int = 5) -> Engine:
+    """An engine for ``url`` keeping up to ``pool_size`` connections (10 more while busy; the API
+    passes its request thread count); for SQLite: creates the file's folder, turns on foreign keys
+    and WAL."""
     parsed = make_url(url)
     if parsed.get_backend_name() != "sqlite":
-        return create_engine(url, pool_pre_ping=True)
+        return create_engine(url, pool_pre_ping=True, pool_size=pool_size)
+    pool: dict[str, Any] = {}
     if parsed.database and parsed.database != ":memory:":
         Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
-    engine = create_engine(url, connect_args={"timeout": 30, "check_same_thread": False})
+        pool["pool_size"] = pool_size  # a file database gets a QueuePool (:memory: one connection per thread)
+    engine = create_engine(url, connect_args={"timeout": 30, "check_same_thread": False}, **pool)
 
     @event.listens_for(engine, "connect")
     def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:

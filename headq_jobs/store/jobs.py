@@ -1,6 +1,7 @@
 """Job lifecycle: create, read, list, cancel, and the runner's claim / heartbeat / progress / finish.
 
-Every function takes a :class:`~sqlalchemy.orm.Session`, does one unit of work and commits it.
+Every function takes a :class:`~sqlalchemy.orm.Session`, does one unit of work and commits it
+(reads too: the connection goes back to the pool at once, not when the session closes).
 State changes are guarded ``UPDATE ... WHERE status = ...`` statements, so two workers (or a worker
 and the API) racing on one job cannot both win. Runner calls may pass ``attempt`` so that a worker
 which was given up on (and its job requeued) can no longer touch the row.
@@ -46,7 +47,8 @@ def create_job(session: Session, *, kind: str, spec: dict[str, Any], model_id: s
     job = JobRow(id=str(uuid.uuid4()), kind=kind, label=label, spec=spec, model_id=model_id, status=status,
                  progress=1.0 if status == "succeeded" else 0.0, cancel_requested=False, attempts=0,
                  max_attempts=max_attempts, idempotency_key=idempotency_key, request_hash=request_hash,
-                 created_at=now, finished_at=now if status in FINISHED_STATUSES else None)
+                 created_at=now, finished_at=now if status in FINISHED_STATUSES else None,
+                 stage=None, worker=None, error=None, started_at=None, heartbeat_at=None)  # all loaded
     session.add(job)
     try:
         session.commit()
@@ -65,6 +67,7 @@ def find_idempotent(session: Session, key: str, request_hash: str | None) -> Job
     """The job created earlier with this idempotency key (None if none); :class:`IdempotencyConflict`
     if it was created from a request with another hash."""
     job = session.scalars(select(JobRow).where(JobRow.idempotency_key == key)).first()
+    session.commit()
     if job is not None and job.request_hash != request_hash:
         raise IdempotencyConflict(f"Idempotency-Key {key!r} was used for a different request (job {job.id})")
     return job
@@ -73,6 +76,7 @@ def find_idempotent(session: Session, key: str, request_hash: str | None) -> Job
 def get_job(session: Session, job_id: str) -> JobRow:
     """The job with this id (fresh from the database), or :class:`JobNotFound`."""
     job = None if "\x00" in job_id else session.get(JobRow, job_id, populate_existing=True)
+    session.commit()
     if job is None:
         raise JobNotFound(f"job {job_id!r} not found")
     return job
@@ -88,8 +92,22 @@ def list_jobs(session: Session, *, status: str | None = None, kind: str | None =
         if value is not None:
             query = query.where(column == value)
     total = session.scalar(select(func.count()).select_from(query.subquery())) or 0
-    page = session.scalars(query.order_by(JobRow.created_at.desc(), JobRow.id).limit(limit).offset(offset))
-    return list(page), total
+    newest_first = query.order_by(JobRow.created_at.desc(), JobRow.id)
+    page = list(session.scalars(newest_first.limit(limit).offset(offset)))
+    session.commit()
+    return page, total
+
+
+def running_workers(session: Session, prefix: str, heartbeat_timeout: float) -> dict[str, str]:
+    """``{job id: worker}`` of the running attempts whose worker name starts with ``prefix`` and
+    whose heartbeat is younger than ``heartbeat_timeout`` seconds: the work alive now, whichever
+    process started it."""
+    cutoff = utcnow() - timedelta(seconds=heartbeat_timeout)
+    rows = session.execute(select(JobRow.id, JobRow.worker).where(
+        JobRow.status == "running", JobRow.worker.startswith(prefix, autoescape=True),
+        JobRow.heartbeat_at >= cutoff)).all()
+    session.commit()
+    return {job_id: worker or "" for job_id, worker in rows}
 
 
 def _guarded_update(session: Session, job_id: str, where: Sequence[Any], **values: Any) -> bool:
@@ -173,7 +191,9 @@ def update_progress(session: Session, job_id: str, fraction: float, stage: str,
 
 def is_cancel_requested(session: Session, job_id: str) -> bool:
     """Whether someone asked this job to stop (the runner's ``should_stop``)."""
-    return bool(session.scalar(select(JobRow.cancel_requested).where(JobRow.id == job_id)))
+    requested = bool(session.scalar(select(JobRow.cancel_requested).where(JobRow.id == job_id)))
+    session.commit()
+    return requested
 
 
 def finish(session: Session, job_id: str, status: str, error: str | None = None,

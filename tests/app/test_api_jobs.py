@@ -17,6 +17,7 @@ from headq_jobs import store
 from .conftest import EVAL_SPEC, make_settings
 
 API = "/api/v1"
+JSON = {"Content-Type": "application/json"}  # a tokenless server's writes need it (app/api/security.py)
 
 
 def _spec(**changes: Any) -> dict[str, Any]:
@@ -169,7 +170,7 @@ def test_list_filters_and_pagination(api: TestClient, clean_engine: Engine) -> N
 
 def test_unknown_ids_are_404(api: TestClient) -> None:
     for method, path in (("get", "/jobs/nope"), ("post", "/jobs/nope/cancel"), ("get", "/jobs/nope/results")):
-        response = getattr(api, method)(f"{API}{path}")
+        response = getattr(api, method)(f"{API}{path}", headers=JSON)
         assert response.status_code == 404 and "nope" in response.json()["detail"]
 
 
@@ -177,15 +178,15 @@ def test_cancel_semantics(api: TestClient, clean_engine: Engine) -> None:
     queued, running = (_post(api, _spec()).json()["id"] for _ in range(2))
     with store.make_session_factory(clean_engine)() as s:
         store.mark_running(s, running, "w")
-    done = api.post(f"{API}/jobs/{queued}/cancel")
+    done = api.post(f"{API}/jobs/{queued}/cancel", headers=JSON)
     assert done.status_code == 202 and done.json()["status"] == "cancelled" and done.json()["finished_at"]
-    asked = api.post(f"{API}/jobs/{running}/cancel").json()
+    asked = api.post(f"{API}/jobs/{running}/cancel", headers=JSON).json()
     assert asked["status"] == "running" and asked["cancel_requested"] is True
     with store.make_session_factory(clean_engine)() as s:
         assert store.is_cancel_requested(s, running)
         store.finish(s, running, "cancelled")
     for job_id in (queued, running):
-        again = api.post(f"{API}/jobs/{job_id}/cancel")
+        again = api.post(f"{API}/jobs/{job_id}/cancel", headers=JSON)
         assert again.status_code == 409 and "cancelled" in again.json()["detail"]
 
 
@@ -194,7 +195,7 @@ def test_idempotent_replay_answers_as_the_first_time(api: TestClient) -> None:
     spec = _spec(runs=[{"name": "hq", "key": {"bits": 2}, "headq": {"rank": 4}}], calibration_job=cal["id"])
     first = _post(api, spec, headers={"Idempotency-Key": "retry-me"})
     assert first.status_code == 201
-    api.post(f"{API}/jobs/{cal['id']}/cancel")
+    api.post(f"{API}/jobs/{cal['id']}/cancel", headers=JSON)
     assert _post(api, spec).status_code == 422  # a new submission sees the cancelled calibration
     again = _post(api, spec, headers={"Idempotency-Key": "retry-me"})
     assert again.status_code == 201 and again.json()["id"] == first.json()["id"]

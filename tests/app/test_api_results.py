@@ -16,6 +16,7 @@ from sqlalchemy import Engine
 
 from headq_jobs import store
 
+from .artifactgen import make_artifact
 from .conftest import EVAL_SPEC
 from .resultgen import METRICS, make_document
 
@@ -53,7 +54,7 @@ def test_document_round_trip_json_csv_parquet(api: TestClient) -> None:
 
 def test_bundle_with_spec_and_artifact(api: TestClient, clean_engine: Engine) -> None:
     cal_doc = make_document(kind="calibration", seed=2)
-    artifact = bytes(range(200)) * 3
+    artifact = make_artifact()
     cal_spec = {"kind": "calibration", "model": {"id": cal_doc["model"]["id"]}, "label": "cal"}
     bundle = {"jobs": [{"spec": cal_spec, "results": cal_doc,
                         "artifact_base64": base64.b64encode(artifact).decode()},

@@ -1,5 +1,6 @@
 """Security and robustness of the API: bearer token on writes, body size limit (413), CORS closed by
-default, the serve-address guard, settings from the environment, and no 5xx on malformed bodies."""
+default, the serve-address guard (loopback in all its spellings, no weak token beyond it), settings
+from the environment, and no 5xx on malformed bodies."""
 
 from __future__ import annotations
 
@@ -73,14 +74,22 @@ def test_cors_closed_by_default_open_when_configured(clean_engine: Engine, datab
         assert "access-control-allow-origin" not in other.headers
 
 
+STRONG = "sixteen-chars-ok"
+
+
 @pytest.mark.parametrize(("host", "token", "allow", "refused"), [
-    ("127.0.0.1", None, False, False), ("localhost", None, False, False), ("::1", None, False, False),
-    ("0.0.0.0", None, False, True), ("192.168.1.5", None, False, True), ("0.0.0.0", "t", False, False),
-    ("0.0.0.0", None, True, False), ("example.org", None, False, True)])
-def test_serve_address_guard(host: str, token: str | None, allow: bool, refused: bool) -> None:
+    ("127.0.0.1", None, False, None), ("localhost", None, False, None), ("::1", None, False, None),
+    ("127.1.2.3", None, False, None), ("::ffff:127.0.0.1", None, False, None),
+    ("[::ffff:127.0.0.1]", None, False, None), ("127.0.0.1", "t", False, None),
+    ("0.0.0.0", None, False, "host"), ("192.168.1.5", None, False, "host"), ("0.0.0.0", STRONG, False, None),
+    ("0.0.0.0", None, True, None), ("example.org", None, False, "host"),
+    ("::ffff:10.0.0.1", None, False, "host"),
+    ("0.0.0.0", "t", False, "api_token"), ("0.0.0.0", STRONG[:15], False, "api_token"),
+    ("0.0.0.0", "short", True, "api_token")])
+def test_serve_address_guard(host: str, token: str | None, allow: bool, refused: str | None) -> None:
     settings = Settings(host=host, api_token=token, allow_remote_without_token=allow)
     if refused:
-        with pytest.raises(ValueError, match="^host: .*HEADQ_API_TOKEN"):
+        with pytest.raises(ValueError, match=f"^{refused}: .*(HEADQ_API_TOKEN|16 random characters)"):
             check_serve_address(settings)
     else:
         check_serve_address(settings)

@@ -81,3 +81,21 @@ def test_from_dict_ignores_window_fields():
     )
     assert spec == CorpusSpec()
     assert CorpusSpec.from_dict(spec.to_dict()) == spec
+
+
+@pytest.mark.parametrize("name", ["/etc", "../data", "./texts", "a/b/c", "texts/", "builtin:sotu"])
+def test_a_hub_dataset_is_named_by_its_id_never_a_path(name):
+    with pytest.raises(ValueError, match="^dataset.name: .* is not a hub dataset id"):
+        CorpusSpec(source="hf", name=name)
+
+
+def test_a_hub_dataset_id_is_never_read_from_local_files(tmp_path, monkeypatch):
+    # as in the report: `source: hf` read local text; `text` (a datasets builder) read the whole cwd
+    (tmp_path / "texts").mkdir()
+    (tmp_path / "texts" / "secret.txt").write_text("secret")
+    (tmp_path / "org").mkdir()
+    (tmp_path / "org" / "name").symlink_to(tmp_path / "texts")
+    monkeypatch.chdir(tmp_path)
+    for name in ("texts", "org/name", "text", "json"):
+        with pytest.raises(ValueError, match=f"^dataset.name: '{name}' would be read from local files"):
+            load_texts(CorpusSpec(source="hf", name=name, split="train"))

@@ -48,3 +48,35 @@ def test_local_gguf_file_loads_directly():
     loaded = load_model(str(builtin_gguf_path()), device="cpu")
     assert loaded.info.architecture == "LlamaForCausalLM" and loaded.info.kv_heads == 3
     assert loaded.info.id.endswith(".gguf")
+
+
+def test_a_hub_id_never_loads_a_local_folder(tmp_path, monkeypatch):
+    # as in the report: `model.id: "evilmodel"` loaded <cwd>/evilmodel; a path must say it is one
+    save_tiny(tmp_path / "evilmodel", "llama")
+    (tmp_path / "org").mkdir()
+    (tmp_path / "org" / "name").symlink_to(tmp_path / "evilmodel")
+    (tmp_path / "dangling").symlink_to(tmp_path / "nowhere")
+    monkeypatch.chdir(tmp_path)
+    for hub_id in ("evilmodel", "org/name", "dangling"):
+        with pytest.raises(ValueError, match=f"^model_id: '{hub_id}' is a hub id but names a local path"):
+            load_model(hub_id, device="cpu")
+    for path in ("./evilmodel", str(tmp_path / "evilmodel"), "org/name/"):
+        assert load_model(path, device="cpu").info.architecture == "LlamaForCausalLM"
+
+
+def test_gguf_file_of_a_hub_repository_or_folder_is_passed_not_joined(tmp_path):
+    """A job's ``model.gguf_file`` goes to ``from_pretrained(gguf_file=...)``: joining it onto a hub
+    id made a local path of it (``org/name/model.gguf``), which never loads."""
+    from headq_core.models.loading import _source
+    from headq_spec.jobs import JobSpec
+    from workers.pipeline import _model_path
+
+    model = {"id": "org/name", "gguf_file": "m.Q4_0.gguf"}
+    spec = JobSpec.model_validate({"kind": "calibration", "model": model})
+    assert _model_path(spec, None) == "org/name"
+    assert _source("org/name", None, "m.Q4_0.gguf") == ("org/name", {"gguf_file": "m.Q4_0.gguf"})
+    for name in ("a.gguf", "b.gguf"):
+        (tmp_path / name).write_bytes(b"GGUF")
+    assert _source(str(tmp_path), None, "b.gguf") == (str(tmp_path), {"gguf_file": "b.gguf"})
+    with pytest.raises(ValueError, match="gguf_file"):
+        _source(str(tmp_path), None, "c.gguf")

@@ -42,7 +42,7 @@ def drain(broker_url: str, queue: str, timeout: float = 10.0) -> list[tuple[str,
     found: list[tuple[str, list[str]]] = []
     deadline = time.monotonic() + timeout
     with app.connection_for_read() as conn:
-        simple = conn.SimpleQueue(queue)
+        simple = conn.SimpleQueue(app.amqp.queues[queue])  # declared as the executor declares it
         while time.monotonic() < deadline:
             try:
                 message = simple.get(timeout=0.5)

@@ -1,6 +1,7 @@
 """The Celery executor end to end against the real RabbitMQ (and Redis) on localhost, with a real
 ``headq worker`` process started by the test: a job runs; a SIGKILLed pool process mid-job ends
-with exactly one set of results (retried after its heartbeat went stale); a restarted API
+with exactly one set of results (retried at once, ahead of the jobs queued after it); a requeued
+job is sent ahead of jobs that never ran; a restarted API
 (reconciler) mid-job does not run the job twice; a cancel is forced after the grace period; and the
 compose layout (`headq serve` with the Celery executor + `headq worker`, PostgreSQL, RabbitMQ) runs
 a job submitted over REST."""
@@ -21,7 +22,7 @@ from headq_jobs.executors import CeleryExecutor
 from headq_jobs.executors.settings import ExecutorSettings
 from headq_jobs.executors.spawn import settings_env
 from headq_jobs.settings import Settings
-from headq_jobs.store import cancel_job, load_results
+from headq_jobs.store import cancel_job, load_results, mark_running, release_attempt
 from tests.workers.conftest import ENDLESS_JOB, LONG_JOB, add_job, make_options, make_settings
 from tests.workers.waiting import FINISHED, job_row, result_attempts, wait_for, wait_started, wait_status
 
@@ -105,17 +106,49 @@ def test_job_runs_end_to_end_on_a_celery_worker(worker, executors, sessions, mak
     assert [run["name"] for run in document["runs"]] == ["k2", "k4"] and len(document["heads"]) == 16
 
 
-def test_sigkilled_pool_process_ends_with_one_set_of_results(worker, executors, sessions,
-                                                             make_spec) -> None:
+def test_sigkilled_pool_process_is_retried_at_once_ahead_of_later_jobs(
+        worker, celery_settings, celery_options, sessions, make_spec) -> None:
+    """The broker hands the lost message back first and the next pool process releases the dead
+    attempt: no wait for the heartbeat timeout (an hour here), and the job queued behind it waits."""
+    never_stale = celery_settings.model_copy(update={"heartbeat_timeout_s": 3600.0})
+    executor = CeleryExecutor(never_stale, celery_options)
     with sessions() as s:
         job = add_job(s, make_spec(**LONG_JOB))
-    executors().submit(job.id)
+    executor.submit(job.id)
     wait_started(sessions, job.id, 120, worker)
+    with sessions() as s:
+        later = add_job(s, make_spec())
+    executor.submit(later.id)
     os.kill(worker_pid(sessions, job.id), signal.SIGKILL)
     row = wait_status(sessions, job.id, FINISHED, 180, worker)
-    assert row.status == "succeeded", row.error
-    assert row.attempts == 2
+    assert row.status == "succeeded" and row.attempts == 2, row.error
+    after = wait_status(sessions, later.id, FINISHED, 120, worker)
+    assert after.status == "succeeded" and row.finished_at <= after.started_at
     assert result_attempts(sessions, job.id) == [2]
+
+
+@pytest.mark.parametrize("broker", ["rabbitmq", "redis"], indirect=True)
+def test_a_requeued_job_is_sent_ahead_of_jobs_that_never_ran(worker, celery_settings, celery_options,
+                                                             sessions, make_spec) -> None:
+    """While the one pool process is busy, two new jobs are sent, then a job whose first attempt
+    was lost (requeued, as after a stale heartbeat); when the process is free, the retry runs first."""
+    executor = CeleryExecutor(celery_settings, celery_options)
+    with sessions() as s:
+        busy = add_job(s, make_spec(**ENDLESS_JOB))
+    executor.submit(busy.id)
+    wait_started(sessions, busy.id, 120, worker)
+    with sessions() as s:
+        first, second, retried = (add_job(s, make_spec()) for _ in range(3))
+        mark_running(s, retried.id, "gone-host:1")
+        release_attempt(s, retried.id, 1, "worker gone-host:1 lost")
+    executor.submit(first.id)
+    executor.submit(second.id)
+    executor.tick()  # the reconciler sends the requeued job (attempt 2), last
+    with sessions() as s:
+        cancel_job(s, busy.id)  # the busy runner stops at its next window, freeing the process
+    rows = [wait_status(sessions, job.id, FINISHED, 180, worker) for job in (retried, first, second)]
+    assert [row.status for row in rows] == ["succeeded"] * 3, [row.error for row in rows]
+    assert rows[0].started_at < rows[1].started_at < rows[2].started_at
 
 
 def test_restarted_api_does_not_run_a_running_job_twice(worker, executors, sessions,
