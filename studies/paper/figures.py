@@ -6,6 +6,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+from app.dashboard import charts as C
 from app.dashboard import figures as F
 from app.dashboard import results as R
 from studies.paper.analysis import GOAL_RUN
@@ -14,7 +15,7 @@ from studies.paper.records import k_only
 
 def figure_specs(items: dict[str, dict[str, Any]], s: dict[str, Any]) -> dict[str, Callable[[], dict]]:
     """``{file name: builder}`` of the report's figures, each from a dashboard figure function."""
-    out: dict[str, Callable[[], dict]] = {"budget.png": lambda: F.budget_figure(s["frontier"]["rows"])}
+    out: dict[str, Callable[[], dict]] = {"budget.png": lambda: C.budget_figure(s["frontier"]["rows"])}
     exp1 = items.get("exp1-k2-pc-g32", {}).get("results")
     if exp1:
         keep = [
@@ -23,7 +24,7 @@ def figure_specs(items: dict[str, dict[str, Any]], s: dict[str, Any]) -> dict[st
             if r["name"] in ("dense", GOAL_RUN)
             or (r["name"].startswith(GOAL_RUN + "+") and r["name"].endswith("s8"))
         ]
-        out["exp1-k2-pc-g32-r0.png"] = lambda: _wide(F.perplexity_figure(R.perplexity_rows({"runs": keep})))
+        out["exp1-k2-pc-g32-r0.png"] = lambda: _wide(C.perplexity_figure(R.perplexity_rows({"runs": keep})))
         for run in (GOAL_RUN, GOAL_RUN + "+hq16s8"):
             if run in R.run_names(exp1):
                 out[f"heatmap-attn_kl-{run}.png"] = _heatmap(exp1, run, "attn_kl", True)
@@ -31,7 +32,7 @@ def figure_specs(items: dict[str, dict[str, Any]], s: dict[str, Any]) -> dict[st
             out["heatmap-entropy.png"] = _heatmap(exp1, GOAL_RUN, "entropy", False)
     if "exp4-fullkv" in items:
         out["exp4-fullkv.png"] = lambda: _wide(
-            F.perplexity_figure(R.perplexity_rows(items["exp4-fullkv"]["results"]))
+            C.perplexity_figure(R.perplexity_rows(items["exp4-fullkv"]["results"]))
         )
     if "exp2-controls" in items:
         doc = items["exp2-controls"]["results"]
@@ -67,4 +68,4 @@ def _heatmap(doc: dict, run: str, metric: str, log: bool) -> Callable[[], dict]:
 
 
 def _predictor(points: dict, metric: str, rho: float | None) -> Callable[[], dict]:
-    return lambda: F.predictor_figure(points[metric], points["attn_kl"], points["run"], metric, rho)
+    return lambda: C.predictor_figure(points[metric], points["attn_kl"], points["run"], metric, rho)

@@ -11,7 +11,7 @@ import pytest
 from fastapi import FastAPI
 from scipy.stats import spearmanr
 
-from app.dashboard import figures as F
+from app.dashboard import charts as C
 from app.dashboard import results as R
 from app.dashboard.mount import mount_dashboard
 from headq_jobs import store
@@ -132,7 +132,7 @@ def test_perplexity_budget_view_shows_kinds_and_frontier(server, job_id, documen
     plain = [r for r in rows if r["kind"] == "plain"]
     assert fig["data"][0]["x"] == [r["key_bits"] for r in plain]
     assert fig["data"][0]["y"] == [r["excess"] for r in plain]
-    front = F.pareto_front([(r["key_bits"], r["excess"]) for r in rows if r["kind"] != "other"])
+    front = C.pareto_front([(r["key_bits"], r["excess"]) for r in rows if r["kind"] != "other"])
     assert list(zip(fig["data"][-1]["x"], fig["data"][-1]["y"], strict=True)) == [tuple(p) for p in front]
     assert len(fig["data"]) == 4 and "key bits" in fig["title"]  # plain, HeadQ, other, frontier
     assert page.errors == []

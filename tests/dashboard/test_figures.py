@@ -9,6 +9,7 @@ import numpy as np
 import plotly.graph_objects as go
 import pytest
 
+from app.dashboard import charts as C
 from app.dashboard import figures as F
 
 
@@ -83,17 +84,17 @@ def test_detail_figures():
 
 def test_predictor_and_perplexity_figures():
     fig = _valid(
-        F.predictor_figure(np.array([1.0, 2.0]), np.array([3.0, 4.0]), np.array(["a", "b"]), "fisher", 0.5)
+        C.predictor_figure(np.array([1.0, 2.0]), np.array([3.0, 4.0]), np.array(["a", "b"]), "fisher", 0.5)
     )
     assert len(fig["data"]) == 1 and fig["data"][0]["y"] == [3.0, 4.0]
     assert fig["layout"]["xaxis"]["type"] == "log" and "0.500" in fig["layout"]["title"]["text"]
-    none = F.predictor_figure(np.array([]), np.array([]), np.array([]), "key_mse", None)
+    none = C.predictor_figure(np.array([]), np.array([]), np.array([]), "key_mse", None)
     assert "n/a" in none["layout"]["title"]["text"]
     rows = [
         {"run": "dense", "perplexity": 20.0, "key_bits": 16.0, "value_bits": 16.0},
         {"run": "k2h", "perplexity": 20.6, "excess": 0.6, "excess_removed": 0.9, "key_bits": 4.0},
     ]
-    bars = _valid(F.perplexity_figure(rows))
+    bars = _valid(C.perplexity_figure(rows))
     assert len(bars["data"]) == 1 and bars["data"][0]["y"] == [20.0, 20.6]
     assert bars["data"][0]["text"] == ["", "+0.60 (90% removed)"]
     assert bars["data"][0]["x"][1] == "k2h<br>K 4 / V – bits"
@@ -104,8 +105,8 @@ def test_pareto_front_keeps_points_below_every_cheaper_one():
     points = [(3.0, 5.0), (2.0, 9.0), (4.0, 5.0), (3.0, 4.0), (5.0, 1.0), (2.5, 9.5)]
     # by bits: 2.0 -> 9 (first), 2.5 -> 9.5 (worse), 3.0 -> 4 (the lower of the two at 3.0),
     # 4.0 -> 5 (worse than 4), 5.0 -> 1
-    assert F.pareto_front(points) == [(2.0, 9.0), (3.0, 4.0), (5.0, 1.0)]
-    assert F.pareto_front([]) == []
+    assert C.pareto_front(points) == [(2.0, 9.0), (3.0, 4.0), (5.0, 1.0)]
+    assert C.pareto_front([]) == []
 
 
 def test_budget_figure_one_trace_per_kind_and_the_frontier():
@@ -116,14 +117,14 @@ def test_budget_figure_one_trace_per_kind_and_the_frontier():
         {"run": "kv2", "kind": "other", "key_bits": 3.0, "excess": 0.1},
         {"run": "broken", "kind": "plain", "key_bits": 2.0, "excess": None},
     ]
-    fig = _valid(F.budget_figure(rows))
+    fig = _valid(C.budget_figure(rows))
     names = [t["name"] for t in fig["data"]]
     assert names == ["plain", "HeadQ", "other", "Pareto frontier"]
     assert fig["data"][0]["text"] == ["k2", "k3"] and fig["data"][0]["y"] == [6.0, 1.0]
     assert "%{text}" in fig["data"][1]["hovertemplate"]
     front = fig["data"][3]
     assert front["x"] == [3.0, 3.5] and front["y"] == [6.0, 0.8]  # "other" is not on the frontier
-    assert F.budget_figure([])["data"] == []
+    assert C.budget_figure([])["data"] == []
 
 
 def test_error_bars_reach_the_intervals_and_vanish_without_them():
@@ -132,32 +133,32 @@ def test_error_bars_reach_the_intervals_and_vanish_without_them():
         {"run": "k2", "perplexity": 26.0, "perplexity_ci": [23.0, 29.0], "excess": 6.0},
         {"run": "imported", "perplexity": 27.0, "perplexity_ci": None},
     ]
-    (bars,) = _valid(F.perplexity_figure(rows))["data"]
+    (bars,) = _valid(C.perplexity_figure(rows))["data"]
     assert bars["error_y"]["symmetric"] is False
     assert bars["error_y"]["array"] == pytest.approx([2.5, 3.0, None])
     assert bars["error_y"]["arrayminus"] == pytest.approx([2.0, 3.0, None])
     old = [{k: v for k, v in r.items() if not k.endswith("_ci")} for r in rows]
-    assert "error_y" not in F.perplexity_figure(old)["data"][0]
-    assert F.error_bars([1.0], [[1.2, 1.5]])["arrayminus"] == [0.0]  # never a negative length
-    assert F.error_bars([None], [[1.0, 2.0]]) is None
+    assert "error_y" not in C.perplexity_figure(old)["data"][0]
+    assert C.error_bars([1.0], [[1.2, 1.5]])["arrayminus"] == [0.0]  # never a negative length
+    assert C.error_bars([None], [[1.0, 2.0]]) is None
 
 
 def test_budget_and_removed_figures_carry_their_intervals():
     budget = [{"run": "k2", "kind": "plain", "key_bits": 3.0, "excess": 6.0, "excess_ci": [5.0, 7.5]},
               {"run": "hq", "kind": "HeadQ", "key_bits": 4.0, "excess": 0.7}]
-    plain, headq, _front = _valid(F.budget_figure(budget))["data"]
+    plain, headq, _front = _valid(C.budget_figure(budget))["data"]
     assert plain["error_y"]["array"] == [1.5] and plain["error_y"]["arrayminus"] == [1.0]
     assert "error_y" not in headq
     rows = [{"run": "k2", "excess_removed": None},
             {"run": "hq", "excess_removed": 0.88, "excess_removed_ci": [0.86, 0.9]}]
-    (removed,) = _valid(F.removed_figure(rows))["data"]
+    (removed,) = _valid(C.removed_figure(rows))["data"]
     assert removed["x"] == ["hq"] and removed["y"] == [0.88]
     assert removed["error_y"]["array"] == pytest.approx([0.02])
     assert removed["error_y"]["arrayminus"] == pytest.approx([0.02])
-    assert F.removed_figure([{"run": "hq", "excess_removed": 0.5}])["data"][0].get("error_y") is None
-    assert F.removed_figure(rows[:1])["data"] == []
+    assert C.removed_figure([{"run": "hq", "excess_removed": 0.5}])["data"][0].get("error_y") is None
+    assert C.removed_figure(rows[:1])["data"] == []
 
 
 def test_predictor_title_gives_the_interval():
-    fig = F.predictor_figure(np.array([1.0]), np.array([2.0]), np.array(["a"]), "fisher", 0.83, (0.78, 0.871))
+    fig = C.predictor_figure(np.array([1.0]), np.array([2.0]), np.array(["a"]), "fisher", 0.83, (0.78, 0.871))
     assert "ρ = 0.830 [0.780, 0.871]" in fig["layout"]["title"]["text"]

@@ -86,7 +86,7 @@ def test_main_writes_every_output_and_names_missing_jobs(tmp_path: Path):
 
 
 def test_render_draws_a_png(browser):
-    from app.dashboard.figures import budget_figure
+    from app.dashboard.charts import budget_figure
     from studies.paper.render import render_png
 
     png = render_png(

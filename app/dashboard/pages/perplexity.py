@@ -11,7 +11,7 @@ import dash
 from dash import Input, Output, callback, dcc, html
 from dash.dash_table.DataTable import DataTable
 
-from app.dashboard import figures
+from app.dashboard import charts, figures
 from app.dashboard import results as R
 from app.dashboard.common import (
     NO_RESULTS,
@@ -95,5 +95,5 @@ def draw(job):
         empty = figures.empty_figure(message)
         return [], None, empty, empty, empty, error_banner(message)
     rows = R.perplexity_rows(doc)
-    return (table_rows(rows), R.uncertainty_line(doc) or NO_INTERVALS, figures.perplexity_figure(rows),
-            figures.removed_figure(rows), figures.budget_figure(R.budget_rows(doc)), None)
+    return (table_rows(rows), R.uncertainty_line(doc) or NO_INTERVALS, charts.perplexity_figure(rows),
+            charts.removed_figure(rows), charts.budget_figure(R.budget_rows(doc)), None)

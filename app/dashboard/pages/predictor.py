@@ -13,7 +13,7 @@ import dash
 from dash import Input, Output, callback, dcc, html
 from dash.dash_table.DataTable import DataTable
 
-from app.dashboard import figures
+from app.dashboard import charts, figures
 from app.dashboard import results as R
 from app.dashboard.common import (
     GRID,
@@ -71,7 +71,7 @@ TABLE_COLUMNS = [("run", "configuration"), ("heads", "heads"), ("fisher", "ρ(at
 def table_rows(doc: dict) -> list[dict]:
     """Each configuration's rho per predictor as text ``0.912 [0.880, 0.935]`` (the evaluator's own)."""
     return [{"run": r["run"], "heads": r["heads"],
-             **{m: "n/a" if r[m] is None else f"{r[m]:.3f}" + figures.rho_interval(r[f"{m}_ci"])
+             **{m: "n/a" if r[m] is None else f"{r[m]:.3f}" + charts.rho_interval(r[f"{m}_ci"])
                 for m in R.PREDICTORS}}
             for r in R.correlation_rows(doc)]
 
@@ -112,10 +112,10 @@ def draw(job, runs):
         ci = {m: spearman_interval(points[m], points["attn_kl"]) for m in rho}
         source = f"{SPEARMAN_REPLICATES} bootstrap resamples of the heads"
     figs = [
-        figures.predictor_figure(points[m], points["attn_kl"], points["run"], m, rho[m], ci[m])
+        charts.predictor_figure(points[m], points["attn_kl"], points["run"], m, rho[m], ci[m])
         for m in R.PREDICTORS
     ]
-    fmt = {m: "n/a (fewer than 3 heads)" if v is None else f"{v:.3f}" + figures.rho_interval(ci[m])
+    fmt = {m: "n/a (fewer than 3 heads)" if v is None else f"{v:.3f}" + charts.rho_interval(ci[m])
            for m, v in rho.items()}
     summary = (
         f"Spearman ρ(attn_kl, fisher) = {fmt['fisher']}   ·   ρ(attn_kl, key_mse) = {fmt['key_mse']}"
