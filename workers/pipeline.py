@@ -15,6 +15,7 @@ from headq_core.evaluation.evaluate import evaluate
 from headq_core.evaluation.results import calibration_document
 from headq_core.evaluation.windows import WINDOW_FIELDS
 from headq_core.models.loading import LoadedModel, load_model
+from headq_jobs.paths import check_local_paths
 from headq_spec.jobs import CalibrationOptions, JobSpec, model_location
 
 Progress = Callable[[float, str], None]
@@ -34,17 +35,11 @@ class ModelCache:
         return self.loaded
 
 
-def _model_path(spec: JobSpec, allowed_model_dirs: Sequence[str] | None) -> str:
-    """The id or path to load; a local path must lie inside ``allowed_model_dirs`` (None: any)."""
-    model_id = spec.model.id
-    if model_location(model_id) == "path":
-        path = Path(model_id).expanduser().resolve()
-        if allowed_model_dirs is not None and not any(
-            path.is_relative_to(Path(d).expanduser().resolve()) for d in allowed_model_dirs
-        ):
-            raise ValueError(f"model.id: {model_id!r} is not inside the allowed model directories")
-        model_id = str(path)
-    return model_id
+def _model_path(spec: JobSpec) -> str:
+    """The id to load: a local path resolved (``..`` and symbolic links), anything else as given."""
+    if model_location(spec.model.id) == "path":
+        return str(Path(spec.model.id).expanduser().resolve())
+    return spec.model.id
 
 
 def _corpus(spec: JobSpec) -> tuple[CorpusSpec, int, int]:
@@ -71,12 +66,14 @@ def execute(
     should_stop: Callable[[], bool] | None = None,
     model_cache: ModelCache | None = None,
     allowed_model_dirs: Sequence[str] | None = None,
+    allowed_data_dirs: Sequence[str] | None = None,
     trust_remote_code: bool = False,
 ) -> tuple[dict[str, Any], bytes | None]:
     """Run ``spec``: (results document, artifact bytes: the calibration blob or None)."""
     job = JobSpec.model_validate(spec)
     report = progress or (lambda fraction, stage: None)
-    model_id = _model_path(job, allowed_model_dirs)
+    check_local_paths(job, allowed_model_dirs, allowed_data_dirs)  # the worker's own settings
+    model_id = _model_path(job)
     key = (model_id, job.model.gguf_file, job.model.revision, job.model.dtype, job.model.device,
            trust_remote_code)
     corpus, window, max_tokens = _corpus(job)

@@ -148,6 +148,7 @@ def _execute(factory: sessionmaker[Session], job: JobRow, settings: Settings, op
             job.spec, calibration_blob=blob, progress=_Progress(factory, job.id, job.attempts),
             should_stop=should_stop, model_cache=model_cache(),
             allowed_model_dirs=[str(d) for d in settings.allowed_model_dirs],
+            allowed_data_dirs=[str(d) for d in settings.allowed_data_dirs],
             trust_remote_code=settings.trust_remote_code)
         with session_scope(factory) as session:
             current = get_job(session, job.id)

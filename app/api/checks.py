@@ -4,52 +4,17 @@ fits. Each raises ``ValueError`` naming the field (the API answers 422)."""
 
 from __future__ import annotations
 
-import glob
-import itertools
-from pathlib import Path
-
 from sqlalchemy.orm import Session
 
+from headq_jobs import paths
 from headq_jobs.settings import Settings
 from headq_jobs.store import JobNotFound, get_job
-from headq_spec.jobs import JobSpec, model_location
-
-MAX_MATCHES = 10_000  # files one dataset.files pattern may match
-
-
-def _resolved(text: str, field: str, pattern: bool) -> list[Path]:
-    """``text`` with ``..`` and symbolic links resolved; for a glob ``pattern``, every file it matches
-    now as well (the workers glob it again, so each must be allowed)."""
-    try:
-        path = Path(text).expanduser()
-        matches: list[str] = []
-        if pattern and any(c in text for c in "*?["):
-            matches = list(itertools.islice(glob.iglob(str(path), recursive=True), MAX_MATCHES + 1))
-        resolved = [p.resolve() for p in (path, *map(Path, matches))]
-    except (OSError, RuntimeError, ValueError) as exc:
-        raise ValueError(f"{field}: not a usable path ({exc})") from exc
-    if len(matches) > MAX_MATCHES:
-        raise ValueError(f"{field}: {text!r} matches more than {MAX_MATCHES} files")
-    return resolved
-
-
-def _require_under(text: str, roots: list[Path], field: str, pattern: bool = False) -> None:
-    """``ValueError`` naming ``field`` unless the path ``text`` lies under one of ``roots``."""
-    allowed = [root for d in roots for root in _resolved(str(d), field, False)]
-    if not all(any(p.is_relative_to(root) for root in allowed) for p in _resolved(text, field, pattern)):
-        raise ValueError(f"{field}: {text!r} is not in an allowed directory")
+from headq_spec.jobs import JobSpec
 
 
 def check_local_paths(spec: JobSpec, settings: Settings) -> None:
-    """A model id that is a local path must lie under ``allowed_model_dirs``; dataset files under
-    ``allowed_data_dirs`` (the workers read them on the server's machines). A Hugging Face dataset
-    is named by its hub id, never by a path."""
-    if model_location(spec.model.id) == "path":
-        _require_under(spec.model.id, settings.allowed_model_dirs, "model.id")
-    if spec.dataset.source == "hf" and model_location(spec.dataset.name) != "hub":
-        raise ValueError(f"dataset.name: {spec.dataset.name!r} is not a hub dataset id ('org/name')")
-    for index, name in enumerate(spec.dataset.files or []):
-        _require_under(name, settings.allowed_data_dirs, f"dataset.files.{index}", pattern=True)
+    """The spec's local paths against the server's allowed directories (``headq_jobs.paths``)."""
+    paths.check_local_paths(spec, settings.allowed_model_dirs, settings.allowed_data_dirs)
 
 
 def check_calibration_reference(session: Session, spec: JobSpec) -> None:

@@ -57,8 +57,16 @@ def test_calibration_then_evaluation_reusing_the_model(model_dir):
 
 
 def test_refusals(model_dir, tmp_path):
-    with pytest.raises(ValueError, match="model.id: .* allowed model directories"):
+    with pytest.raises(ValueError, match="model.id: .* not in an allowed directory"):
         execute(_spec(model_dir, "calibration"), calibration_blob=None, allowed_model_dirs=[str(tmp_path)])
+    outside = {"source": "files", "files": [str(model_dir / "*.json")], "window": 16, "max_tokens": 32}
+    with pytest.raises(ValueError, match=r"dataset.files.0: .* not in an allowed directory"):
+        # a Celery worker checks the files with its own settings, not only the API with the server's
+        execute({**_spec(model_dir, "calibration"), "dataset": outside}, calibration_blob=None,
+                allowed_data_dirs=[str(tmp_path / "data")])
+    with pytest.raises(ValueError, match="dataset.name: .* not a hub dataset id"):
+        execute({**_spec(model_dir, "calibration"), "dataset": {"source": "hf", "name": str(tmp_path)}},
+                calibration_blob=None)
     with pytest.raises(ValueError, match="runs"):
         execute(_spec(model_dir, "evaluation"), calibration_blob=None)
     with pytest.raises(ValueError, match="trust_remote_code"):

@@ -49,7 +49,8 @@ def test_stored_results_are_the_pipelines_and_a_finished_job_is_not_rerun(
         stored = load_results(s, job.id)
     direct, artifact = execute(spec, calibration_blob=None, progress=lambda f, s: None,
                                should_stop=lambda: False,
-                               allowed_model_dirs=[str(d) for d in settings.allowed_model_dirs])
+                               allowed_model_dirs=[str(d) for d in settings.allowed_model_dirs],
+                               allowed_data_dirs=[str(d) for d in settings.allowed_data_dirs])
     assert artifact is None
     assert_same_document(stored, direct)
     assert len(stored["heads"]) == 2 * 2 * 4  # runs x layers x query heads
