@@ -1,7 +1,8 @@
 """``headq demo``: the first five minutes. Starts ``headq serve`` (embedded SQLite, local executor),
 queues a calibration of the real SmolLM2-135M on the bundled State of the Union corpus and an
 evaluation that reads it (dense, K-only 2-bit, + HeadQ, the wrong-sign control, full-KV 2-bit with
-and without the A² value policy), prints the dashboard URL and follows the jobs.
+and without the A² value policy), prints the dashboard URL, follows the jobs and ends with the
+results table.
 
 Submissions carry idempotency keys, so running the demo again on the same database shows the same
 jobs instead of queueing new ones.
@@ -19,21 +20,25 @@ from typing import Any
 import httpx
 
 from app.client import HeadQAPIError, HeadQClient
+from headq_cli.helptext import HelpFormatter
+from headq_cli.presets import A2_ONLINE, run_name
+from headq_cli.progress import WindowProgress
+from headq_cli.table import results_table
 
 MODEL = {"id": "builtin:smollm2-135m", "dtype": "float32", "device": "auto"}
 K2 = {"bits": 2, "axis": "per_channel", "group_size": 32, "residual": 0}
 K2_R = {**K2, "residual": 128}
 V2_R = {"bits": 2, "axis": "per_token", "group_size": 32, "residual": 128}
 HEADQ = {"rank": 8, "basis": "query_pca", "side_bits": 8}
-A2_ONLINE = {"mode": "online", "keep_fraction": 0.1, "high_bits": 8}
-DEMO_RUNS: list[dict[str, Any]] = [
-    {"name": "dense"},
-    {"name": "k2", "key": K2},
-    {"name": "k2+headq8", "key": K2, "headq": HEADQ},
-    {"name": "k2+headq8 wrong sign", "key": K2, "headq": {**HEADQ, "sign": -1}},
-    {"name": "kv2", "key": K2_R, "value": V2_R},
-    {"name": "kv2+a2", "key": K2_R, "value": V2_R, "value_policy": A2_ONLINE},
-    {"name": "kv2+headq8+a2", "key": K2_R, "value": V2_R, "headq": HEADQ, "value_policy": A2_ONLINE},
+DEMO_RUNS: list[dict[str, Any]] = [  # named as headq eval's presets name them (headq_cli.presets)
+    {"name": run_name()},
+    {"name": run_name(2), "key": K2},
+    {"name": run_name(2, rank=8), "key": K2, "headq": HEADQ},
+    {"name": run_name(2, rank=8, control="wrong sign"), "key": K2, "headq": {**HEADQ, "sign": -1}},
+    {"name": run_name(2, 2), "key": K2_R, "value": V2_R},
+    {"name": run_name(2, 2, a2=True), "key": K2_R, "value": V2_R, "value_policy": A2_ONLINE},
+    {"name": run_name(2, 2, 8, a2=True), "key": K2_R, "value": V2_R, "headq": HEADQ,
+     "value_policy": A2_ONLINE},
 ]
 
 
@@ -67,16 +72,20 @@ def _wait_ready(api: HeadQClient, server: subprocess.Popen, timeout_s: float = 1
 
 
 def _follow(api: HeadQClient, job_ids: list[str], poll_s: float = 2.0) -> dict[str, str]:
-    """Print each job's stage and progress until all have finished; their final statuses."""
+    """Print each job's stage, progress, window n/N and ETA until all have finished; their final
+    statuses."""
     last: dict[str, str] = {}
+    meters: dict[str, WindowProgress] = {}
     while True:
         jobs = [api.get(job_id) for job_id in job_ids]
         for job in jobs:
-            line = f"{job.kind:<11} {job.status:<9} {job.progress:5.0%}  {job.stage or ''}"
-            if last.get(job.id) != line:
+            key = f"{job.kind:<11} {job.status:<9} {job.progress:5.0%}"
+            meter = meters.setdefault(job.id, WindowProgress(len(job.spec.get("runs") or [])))
+            line = f"{key}  {meter.text(job.progress, job.stage or '')}"
+            if last.get(job.id) != f"{key} {job.stage}":
                 print(f"[{time.strftime('%H:%M:%S')}] {line}" + (f"  {job.error}" if job.error else ""),
                       flush=True)
-                last[job.id] = line
+                last[job.id] = f"{key} {job.stage}"
         if all(job.status in ("succeeded", "failed", "cancelled") for job in jobs):
             return {job.id: job.status for job in jobs}
         time.sleep(poll_s)
@@ -100,6 +109,8 @@ def demo(args: argparse.Namespace) -> int:
             print(f"\nHeadQ Lab is running. Dashboard: {base}/dashboard/?job={eval_job.id}\n"
                   f"API docs: {base}/docs   (Ctrl-C stops the server)\n", flush=True)
             statuses = _follow(api, [calib_job.id, eval_job.id])
+            if statuses[eval_job.id] == "succeeded":
+                print(f"\n{results_table(api.results(eval_job.id))}\n", flush=True)
         if any(status != "succeeded" for status in statuses.values()):
             print("headq demo: a job did not succeed; its error is shown above and in the dashboard",
                   file=sys.stderr)
@@ -121,11 +132,12 @@ def demo(args: argparse.Namespace) -> int:
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add ``demo``."""
-    p = subparsers.add_parser("demo", help="serve and fill the dashboard with a real-model demo")
-    p.add_argument("--port", type=int, default=8000)
-    p.add_argument("--calibration-tokens", type=int, default=8192)
-    p.add_argument("--eval-tokens", type=int, default=8192)
-    p.add_argument("--window", type=int, default=1024)
+    p = subparsers.add_parser("demo", help="serve and fill the dashboard with a real-model demo",
+                              formatter_class=HelpFormatter)
+    p.add_argument("--port", type=int, default=8000, help="port of headq serve")
+    p.add_argument("--calibration-tokens", type=int, default=8192, help="calibration split tokens")
+    p.add_argument("--eval-tokens", type=int, default=8192, help="evaluation split tokens")
+    p.add_argument("--window", type=int, default=1024, help="tokens per window")
     p.add_argument("--head-windows", type=int, default=1,
                    help="windows over which per-head metrics are computed (perplexity uses all)")
     p.add_argument("--exit-when-done", action="store_true", help="stop the server once the jobs end")

@@ -10,7 +10,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-_FIELD_PREFIX = re.compile(r"^(?:Value error, )?([A-Za-z_][\w.\\]*): (.*)$", re.S)
+_FIELD_PREFIX = re.compile(r"^(?:Value error, )?((?:\d+\.)*[A-Za-z_][\w.\\]*): (.*)$", re.S)
 _LOCATION_ROOTS = ("body", "query", "path", "header")
 _UNION_TAGS = ("document", "bundle")  # the tags of the import endpoint's union body
 
@@ -18,8 +18,9 @@ _UNION_TAGS = ("document", "bundle")  # the tags of the import endpoint's union 
 def field_errors(errors: Iterable[Mapping[str, Any]]) -> list[dict[str, str]]:
     """``[{"field": "runs.0.key.bits", "message": "..."}]`` from pydantic-style errors.
 
-    The field a dataclass ``__post_init__`` names in its message (``"bits: must be ..."``) is
-    appended to the location, so the path reaches the offending field.
+    The field a dataclass ``__post_init__`` names in its message (``"bits: must be ..."``, or a path
+    below the location such as ``"0.key.bits: ..."``) is appended to the location, so the path
+    reaches the offending field.
     """
     out = []
     for error in errors:

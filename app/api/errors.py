@@ -1,6 +1,7 @@
 """Errors as the API answers them: ``{"detail": "..."}`` with the right status, never a 500 on bad
 input. Validation errors name each field by its dotted path (``model.id``, ``runs.0.key.bits``);
-store exceptions map to 404 / 409; oversized bodies are refused with 413 before they are read whole.
+store exceptions map to 404 / 409 (an ambiguous short id too); oversized bodies are refused with 413
+before they are read whole.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from starlette.routing import Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from headq_jobs.store import IdempotencyConflict, JobNotFound, JobStateError
+from headq_jobs.store.jobs import AmbiguousJobId
 from headq_spec.errors import field_errors, one_line
 
 log = logging.getLogger(__name__)
@@ -57,6 +59,7 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(JobStateError)
     @app.exception_handler(IdempotencyConflict)
+    @app.exception_handler(AmbiguousJobId)
     async def _conflict(_: Request, exc: Exception) -> JSONResponse:
         return JSONResponse({"detail": str(exc)}, status_code=409)
 

@@ -13,6 +13,7 @@ from app.api.deps import ExecutorDep, SessionDep, SettingsDep, WriteAccess
 from app.api.errors import ApiError
 from app.api.problems import problems
 from headq_jobs import store
+from headq_jobs.store.jobs import resolve_job_id
 from headq_spec.api import Job, JobItems, JobKind, JobPage, JobStatus
 from headq_spec.jobs import JobSpec
 
@@ -59,17 +60,19 @@ def list_jobs(session: SessionDep, status: JobStatus | None = None, kind: JobKin
     return JobPage(items=[Job.model_validate(j) for j in items], total=total)
 
 
-@router.get("/jobs/{job_id}", response_model=Job, responses=problems(404))
+@router.get("/jobs/{job_id}", response_model=Job, responses=problems(404, 409))
 def get_job(job_id: str, session: SessionDep) -> Job:
-    """One job: status, stage, progress, timestamps, attempts, worker, error."""
-    return Job.model_validate(store.get_job(session, job_id))
+    """One job: status, stage, progress, timestamps, attempts, worker, error. ``job_id`` may be a
+    unique prefix of at least 8 characters (409 lists the matches of an ambiguous one)."""
+    return Job.model_validate(store.get_job(session, resolve_job_id(session, job_id)))
 
 
 @router.post("/jobs/{job_id}/cancel", status_code=202, response_model=Job, dependencies=[WriteAccess],
              responses=problems(401, 404, 409))
 def cancel_job(job_id: str, session: SessionDep, executor: ExecutorDep) -> Job:
     """Queued: cancelled at once. Running: ``cancel_requested`` is set and the runner stops itself.
-    Finished: 409."""
+    Finished: 409. ``job_id`` may be a unique prefix, as in ``GET /jobs/{job_id}``."""
+    job_id = resolve_job_id(session, job_id)
     job = store.cancel_job(session, job_id)
     if executor is not None:
         try:

@@ -14,6 +14,7 @@ from app.api.imports import ImportPayload, prepare_import
 from app.api.problems import problems
 from app.api.tables import frame_of, to_csv, to_parquet
 from headq_jobs import store
+from headq_jobs.store.jobs import resolve_job_id
 from headq_spec.api import Job, JobItems
 
 router = APIRouter(tags=["results"], responses=problems(400, 413, 422))
@@ -27,7 +28,9 @@ def get_results(job_id: str, session: SessionDep,
                 format: Annotated[Literal["json", "csv", "parquet"], Query()] = "json",
                 table: Annotated[Literal["heads", "runs"], Query()] = "heads") -> Any:
     """The results document of the latest successful attempt; ``format=csv|parquet`` for its head
-    rows, or with ``table=runs`` its run rows (each aggregate with SE and 95% interval)."""
+    rows, or with ``table=runs`` its run rows (each aggregate with SE and 95% interval). ``job_id``
+    may be a unique prefix, as in ``GET /jobs/{job_id}``."""
+    job_id = resolve_job_id(session, job_id)
     document = store.load_results(session, job_id)
     name = job_id if table == "heads" else f"{job_id}-runs"
     if format == "csv":

@@ -1,7 +1,8 @@
 """A results document's head rows or run rows as a table: CSV text or Parquet bytes (pandas +
 pyarrow). Run rows carry each aggregate with its standard error and 95% interval. Any document the
 store holds can be exported: an extra head column whose values are not all text, all booleans or all
-numbers is written as JSON text, and a run value that is not a number is left empty."""
+numbers is written as JSON text, and a run value that is not a number is left empty. A metric that
+does not apply is empty too: the value columns of a run whose spec has no value quantizer."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ import pandas as pd
 from headq_jobs.store import HEAD_METRICS
 
 COLUMNS = ("run", "layer", "head", "kv_head", *HEAD_METRICS)
+VALUE_METRICS = ("value_mse", "value_a2", "readout_err")  # measure the value cache's error
 AGGREGATES = ("perplexity", "excess_perplexity", "excess_removed")
 RUN_COLUMNS = ("run", "key_bits", "value_bits", "tokens", "nll",
                *(f"{a}{suffix}" for a in AGGREGATES for suffix in ("", "_se", "_ci_low", "_ci_high")))
@@ -86,11 +88,19 @@ def run_frame(runs: list[dict[str, Any]]) -> pd.DataFrame:
     return frame
 
 
+def without_value_metrics(heads: list[dict[str, Any]], runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """``heads`` with the value metrics of K-only runs (a ``spec`` without ``value``) set to None."""
+    k_only = {run.get("name") for run in runs
+              if isinstance(run.get("spec"), dict) and run["spec"].get("value") is None}
+    return [{**row, **dict.fromkeys(VALUE_METRICS)} if row.get("run") in k_only else row for row in heads]
+
+
 def frame_of(document: dict[str, Any], table: str) -> pd.DataFrame:
     """``table`` ("heads" or "runs") of ``document``."""
+    runs = document.get("runs") or []
     if table == "runs":
-        return run_frame(document.get("runs") or [])
-    return head_frame(document.get("heads") or [])
+        return run_frame(runs)
+    return head_frame(without_value_metrics(document.get("heads") or [], runs))
 
 
 def to_csv(frame: pd.DataFrame) -> str:

@@ -58,8 +58,8 @@ _RESULTS = ResultsCache(size=4)  # a 32-layer document is ~100 MB of Python obje
 class ApiClient:
     """The calls the pages make; ``base_url`` is the server root or its ``/api/v1`` URL.
 
-    ``token`` goes with reads only. A write (:meth:`submit`) carries the token the user typed, so
-    the dashboard never lends the server's own token to whoever can open the page.
+    ``token`` goes with reads only. A write (:meth:`submit`, :meth:`cancel`) carries the token the
+    user typed, so the dashboard never lends the server's own token to whoever can open the page.
     """
 
     def __init__(self, base_url: str, token: str | None = None) -> None:
@@ -89,6 +89,10 @@ class ApiClient:
     def submit(self, spec: dict[str, Any], user_token: str | None = None) -> dict:
         """``POST /jobs`` with the user's own token (if any); the created Job."""
         return self._call(lambda api: api.submit(spec), user_token or None).model_dump(mode="json")
+
+    def cancel(self, job_id: str, user_token: str | None = None) -> dict:
+        """``POST /jobs/{id}/cancel`` (JSON content type) with the user's own token; the Job."""
+        return self._call(lambda api: api.cancel(job_id), user_token or None).model_dump(mode="json")
 
     def results(self, job_id: str) -> dict:
         """The results document of a finished job (cached: it never changes once written)."""

@@ -9,6 +9,27 @@ import numpy as np
 
 from app.dashboard.figures import base_layout, empty_figure, label
 
+PALETTE = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f",
+           "#bcbd22", "#17becf")
+UNITS = {"attn_kl": "nats", "fisher": "nats", "key_mse": "squared key units"}
+
+
+def axis_title(metric: str) -> str:
+    """A metric's label with its unit, e.g. ``attention KL (attn_kl) [nats]``."""
+    unit = UNITS.get(metric)
+    return label(metric) + (f" [{unit}]" if unit else "")
+
+
+def configuration_colours(names: Sequence[str]) -> tuple[list, dict]:
+    """A stepped colour scale giving configuration ``i`` of ``names`` the palette's colour ``i``, and
+    the colour bar that names them: the legend of a one-trace scatter coloured by configuration."""
+    n = max(len(names), 1)
+    scale = [step for i in range(n) for step in ([i / n, PALETTE[i % len(PALETTE)]],
+                                                 [(i + 1) / n, PALETTE[i % len(PALETTE)]])]
+    bar = {"title": {"text": "configuration"}, "tickvals": list(range(len(names))), "ticktext": list(names),
+           "len": 0.9, "thickness": 12}
+    return scale, bar
+
 
 def predictor_figure(
     x: np.ndarray,
@@ -18,25 +39,28 @@ def predictor_figure(
     rho: float | None,
     rho_ci: tuple[float, float] | None = None,
 ) -> dict:
-    """Scatter of ``attn_kl`` (``y``) against a predictor (``x``) over heads, log-log, one trace;
-    the title gives Spearman ``rho`` and its interval ``rho_ci`` when known."""
+    """Scatter of ``attn_kl`` (``y``) against a predictor (``x``) over heads, log-log, one trace
+    coloured by configuration with a colour bar naming them; axes titled with their units; the title
+    gives Spearman ``rho`` and its interval ``rho_ci`` when known."""
     runs = np.asarray(runs).tolist()
     names = sorted(set(runs))
+    scale, bar = configuration_colours(names)
     trace = {
         "type": "scatter",
         "mode": "markers",
         "x": np.asarray(x).tolist(),
         "y": np.asarray(y).tolist(),
         "text": runs,
-        "marker": {"size": 5, "opacity": 0.6, "color": [names.index(r) for r in runs], "colorscale": "Turbo"},
+        "marker": {"size": 5, "opacity": 0.6, "color": [names.index(r) for r in runs], "colorscale": scale,
+                   "cmin": -0.5, "cmax": len(names) - 0.5, "showscale": bool(names), "colorbar": bar},
         "hovertemplate": "%{text}<br>" + x_metric + " %{x:.3g}<br>attn_kl %{y:.3g}<extra></extra>",
     }
     rho_text = "n/a" if rho is None else f"{rho:.3f}" + rho_interval(rho_ci)
     layout = base_layout(
         f"attn_kl vs {x_metric}: Spearman ρ = {rho_text}",
         380,
-        xaxis={"title": {"text": label(x_metric)}, "type": "log"},
-        yaxis={"title": {"text": label("attn_kl")}, "type": "log"},
+        xaxis={"title": {"text": axis_title(x_metric)}, "type": "log"},
+        yaxis={"title": {"text": axis_title("attn_kl")}, "type": "log"},
     )
     return {"data": [trace], "layout": layout}
 
@@ -135,46 +159,95 @@ def pareto_front(points: Sequence[tuple[float, float]]) -> list[tuple[float, flo
 
 
 BUDGET_KINDS = ("plain", "HeadQ", "other")
+CLIP_FACTOR = 10.0  # an excess this many times the (lower) median one is drawn at the axis top
 
 
-def budget_figure(rows: Sequence[Mapping]) -> dict:
-    """Excess perplexity against effective key bits: one marker trace per kind (``plain``,
-    ``HeadQ``, ``other``; rows ``{run, kind, key_bits, excess}``, rows without both numbers are
-    skipped; error bars from an optional ``excess_ci``) and the Pareto frontier of the plain and
-    HeadQ points as a line."""
-    rows = [r for r in rows if r.get("key_bits") is not None and r.get("excess") is not None]
+def clip_limit(values: Sequence[float]) -> float | None:
+    """The top of the excess axis when a value would flatten the others (``CLIP_FACTOR`` times the
+    lower median of the positive values, when some value exceeds it); else None."""
+    positive = sorted(v for v in values if v > 0)
+    if not positive:
+        return None
+    limit = CLIP_FACTOR * positive[(len(positive) - 1) // 2]
+    return limit if max(values) > limit else None
+
+
+def _off_scale(rows: Sequence[Mapping], x: str, limit: float) -> dict:
+    """Excesses above ``limit`` as up-triangles at the axis top, labelled with their true value."""
+    return {
+        "type": "scatter",
+        "mode": "markers+text",
+        "name": "off the scale",
+        "x": [r[x] for r in rows],
+        "y": [limit] * len(rows),
+        "text": [f"{r['run']} +{r['excess']:.3g}" for r in rows],
+        "textposition": "bottom center",
+        "marker": {"size": 10, "symbol": "triangle-up", "color": "black"},
+        "hovertemplate": "%{text} (off the scale)<extra></extra>",
+    }
+
+
+def budget_figure(rows: Sequence[Mapping], x: str = "key_bits", x_title: str = "effective key bits") -> dict:
+    """Excess perplexity against ``rows[x]`` bits: one marker trace per kind (``plain``, ``HeadQ``,
+    ``other``; rows ``{run, kind, <x>, excess}``, rows without both numbers are skipped; error bars
+    from an optional ``excess_ci``) and the Pareto frontier of the plain and HeadQ points as a line.
+    An excess past :func:`clip_limit` is drawn at the axis top as an ``off the scale`` marker."""
+    rows = [r for r in rows if r.get(x) is not None and r.get("excess") is not None]
+    limit = clip_limit([r["excess"] for r in rows])
+    shown = [r for r in rows if limit is None or r["excess"] <= limit]
     data = []
     for kind in BUDGET_KINDS:
-        chosen = [r for r in rows if r.get("kind") == kind]
+        chosen = [r for r in shown if r.get("kind") == kind]
         if chosen:
             trace = {
                 "type": "scatter",
                 "mode": "markers",
                 "name": kind,
-                "x": [r["key_bits"] for r in chosen],
+                "x": [r[x] for r in chosen],
                 "y": [r["excess"] for r in chosen],
                 "text": [r["run"] for r in chosen],
                 "marker": {"size": 7, "symbol": "diamond" if kind == "HeadQ" else "circle"},
-                "hovertemplate": "%{text}<br>%{x:.4g} key bits<br>excess %{y:.4g}<extra></extra>",
+                "hovertemplate": "%{text}<br>%{x:.4g} " + x_title + "<br>excess %{y:.4g}<extra></extra>",
             }
             data.append(_with_errors(trace, [r.get("excess_ci") for r in chosen]))
-    front = pareto_front([(r["key_bits"], r["excess"]) for r in rows if r.get("kind") in ("plain", "HeadQ")])
+    front = pareto_front([(r[x], r["excess"]) for r in rows if r.get("kind") in ("plain", "HeadQ")])
     if front:
         data.append(
             {
                 "type": "scatter",
                 "mode": "lines",
                 "name": "Pareto frontier",
-                "x": [x for x, _ in front],
-                "y": [y for _, y in front],
+                "x": [bits for bits, _ in front],
+                "y": [excess for _, excess in front],
                 "line": {"color": "black", "shape": "hv", "width": 1},
                 "hoverinfo": "skip",
             }
         )
-    layout = base_layout(
-        "excess perplexity against effective key bits",
-        400,
-        xaxis={"title": {"text": "effective key bits"}},
-        yaxis={"title": {"text": "excess perplexity"}},
-    )
+    yaxis: dict = {"title": {"text": "excess perplexity"}}
+    if limit is not None:
+        data.append(_off_scale([r for r in rows if r["excess"] > limit], x, limit))
+        lows = [r["excess"] for r in shown] + [r["excess_ci"][0] for r in shown if r.get("excess_ci")]
+        low = min([0.0, *lows])
+        yaxis["range"] = [low, limit * 1.1]
+    layout = base_layout(f"excess perplexity against {x_title}", 400, xaxis={"title": {"text": x_title}},
+                         yaxis=yaxis)
+    return {"data": data, "layout": layout}
+
+
+PANELS = (("K only", "key_bits", "effective key bits (values dense)"),
+          ("K and V", "mean_bits", "mean effective bits of K and V"))
+
+
+def budget_panels(key_only: Sequence[Mapping], key_value: Sequence[Mapping]) -> dict:
+    """Two budget panels side by side, each with its own kinds, frontier and clipping: runs that
+    quantize keys only against effective key bits, runs that quantize keys and values against the
+    mean of their key and value bits (a frontier never joins runs of the two kinds)."""
+    data, layout = [], base_layout("excess perplexity against effective bits: K only | K and V", 420)
+    for i, (rows, (panel, x, title)) in enumerate(zip((key_only, key_value), PANELS, strict=True)):
+        fig, axis = budget_figure(rows, x, title), "" if i == 0 else "2"
+        data += [{**t, "name": f"{panel} · {t['name']}", "xaxis": f"x{axis}", "yaxis": f"y{axis}"}
+                 for t in fig["data"]]
+        layout[f"xaxis{axis}"] = {**fig["layout"]["xaxis"], "domain": [0.55 * i, 0.45 + 0.55 * i],
+                                  "anchor": f"y{axis}"}
+        layout[f"yaxis{axis}"] = {**fig["layout"]["yaxis"], "anchor": f"x{axis}"}
     return {"data": data, "layout": layout}

@@ -90,6 +90,15 @@ def linked_job(job: str | None, options: list[dict]) -> tuple[str | None, str | 
     return chosen, None
 
 
+def linked_run(
+    run: str | None, runs: list[str], fallback: str | None, field: str = "run"
+) -> tuple[str | None, str | None]:
+    """The linked configuration when the job has it, else ``fallback`` and a note naming ``field``."""
+    if run is None or run in runs:
+        return (run if run is not None else fallback), None
+    return fallback, f"{field}: {run!r} is not a configuration of this job; showing {fallback} instead."
+
+
 def pick(value: Any, options: list[dict]) -> Any:
     """``value`` when it is one of ``options``, else the first option's value (or None)."""
     values = [o["value"] for o in options]

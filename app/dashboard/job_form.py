@@ -37,8 +37,10 @@ def build_spec(form: dict[str, Any]) -> dict[str, Any]:
 
     Keys: ``label, model, calibration_job, bits, group_size, residual, axis, headq (bool), rank,
     basis, sign, value_bits ('dense' or int), value_policy ('none'|'online'|'oracle'),
-    keep_fraction, baselines (bool)``. With ``baselines`` the spec also evaluates the dense model
-    and, for a HeadQ run, the same quantizer without HeadQ (so excess and excess removed exist).
+    keep_fraction, baselines (bool), dataset_source, dataset_name, split, tokens, window,
+    head_windows`` (empty split or head windows: the API's default). With ``baselines`` the spec
+    also evaluates the dense model and, for a HeadQ run, the same quantizer without HeadQ (so
+    excess and excess removed exist).
     """
     model = (form.get("model") or "").strip()
     if not model:
@@ -85,9 +87,25 @@ def build_spec(form: dict[str, Any]) -> dict[str, Any]:
             base = {k: v for k, v in run.items() if k != "headq"}
             base["name"] = run_name(key["bits"], None, value_bits, policy)
             runs.insert(1, base)
-    spec: dict[str, Any] = {"kind": "evaluation", "model": {"id": model}, "runs": runs}
+    spec: dict[str, Any] = {"kind": "evaluation", "model": {"id": model}, "dataset": dataset(form),
+                            "runs": runs}
     if form.get("label"):
         spec["label"] = str(form["label"])
     if form.get("calibration_job"):
         spec["calibration_job"] = form["calibration_job"]
     return spec
+
+
+def dataset(form: dict[str, Any]) -> dict[str, Any]:
+    """The spec's dataset block: source, name, split, tokens, window, head windows."""
+    out: dict[str, Any] = {
+        "source": form.get("dataset_source") or "builtin",
+        "name": (form.get("dataset_name") or "sotu").strip(),
+        "max_tokens": _number(form.get("tokens"), "tokens"),
+        "window": _number(form.get("window"), "window"),
+    }
+    if (form.get("split") or "").strip():
+        out["split"] = form["split"].strip()
+    if form.get("head_windows") not in (None, ""):
+        out["head_windows"] = _number(form["head_windows"], "head_windows")
+    return out

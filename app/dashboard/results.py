@@ -28,6 +28,17 @@ METRIC_LABELS = {
     "value_mse": "value MSE",
     "readout_err": "readout error",
 }
+METRIC_UNITS = {  # colour-bar units (docs/method.md, "Per-head metrics")
+    "fisher": "nats",
+    "attn_kl": "nats",
+    "entropy": "nats",
+    "key_mse": "key², per dim",
+    "score_mse": "logit²",
+    "route_flip": "share of queries",
+    "value_mse": "value², per dim",
+    "value_a2": "value², per query",
+    "readout_err": "value²",
+}
 
 
 def run_names(doc: dict) -> list[str]:
@@ -237,29 +248,6 @@ def perplexity_difference(doc_a: dict, run_a: str, doc_b: dict, run_b: str, same
     return text + (": not distinguishable on these windows." if diff.contains_zero else ".")
 
 
-def budget_kind(spec: dict) -> str | None:
-    """``HeadQ`` (a HeadQ key correction, values dense), ``plain`` (a key quantizer alone),
-    ``other`` (quantized values, a value policy or an intervention), None for a dense run."""
-    if not spec.get("key") and not spec.get("value"):
-        return None
-    if spec.get("value") or spec.get("value_policy") or spec.get("intervention"):
-        return "other"
-    return "HeadQ" if spec.get("headq") else "plain"
-
-
-def budget_rows(doc: dict) -> list[dict[str, Any]]:
-    """One row per quantized configuration: ``{run, kind, key_bits, excess, excess_ci}`` (kind:
-    :func:`budget_kind`)."""
-    rows = []
-    for r in doc.get("runs", []):
-        kind = budget_kind(r.get("spec") or {})
-        if kind is not None:
-            bits = (r.get("effective_bits") or {}).get("key")
-            rows.append({"run": r["name"], "kind": kind, "key_bits": bits,
-                         "excess": r.get("excess_perplexity"), "excess_ci": interval(r, "excess_perplexity")})
-    return rows
-
-
 def predictor_points(doc: dict, runs: list[str] | None = None) -> dict[str, np.ndarray]:
     """Per-head ``fisher``, ``key_mse``, ``attn_kl`` (and ``run`` labels) over the chosen runs.
 
@@ -323,3 +311,22 @@ def correlation_rows(doc: dict) -> list[dict[str, Any]]:
             row[f"{m}_ci"] = _pair(entry.get("ci"))
         rows.append(row)
     return rows
+
+
+def budget_split(doc: dict) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """Quantized configurations as budget rows ``{run, kind, key_bits, mean_bits, excess,
+    excess_ci}``, split into those quantizing keys only and those quantizing keys and values
+    (``mean_bits``: the mean of the effective key and value bits). ``kind``: ``other`` for an
+    intervention, else ``HeadQ`` or ``plain``."""
+    split: tuple[list[dict[str, Any]], list[dict[str, Any]]] = ([], [])
+    for r in doc.get("runs", []):
+        spec, bits = r.get("spec") or {}, r.get("effective_bits") or {}
+        if not spec.get("key") and not spec.get("value"):
+            continue
+        kind = "other" if spec.get("intervention") else "HeadQ" if spec.get("headq") else "plain"
+        key, value = bits.get("key"), bits.get("value")
+        split[1 if spec.get("value") else 0].append(
+            {"run": r["name"], "kind": kind, "key_bits": key,
+             "mean_bits": None if key is None or value is None else (key + value) / 2,
+             "excess": r.get("excess_perplexity"), "excess_ci": interval(r, "excess_perplexity")})
+    return split

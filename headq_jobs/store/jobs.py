@@ -20,9 +20,16 @@ from sqlalchemy.orm import Session
 
 from headq_jobs.store.models import FINISHED_STATUSES, SHORT_TEXT, JobRow, utcnow
 
+MIN_ID_PREFIX = 8  # characters of a short id (the dashboard shows the first 8)
+_LISTED_MATCHES = 10  # ids an ambiguity error names
+
 
 class JobNotFound(LookupError):
     """No job has this id."""
+
+
+class AmbiguousJobId(LookupError):
+    """A short id is the prefix of several jobs' ids (the API answers 409 listing them)."""
 
 
 class JobStateError(RuntimeError):
@@ -80,6 +87,25 @@ def get_job(session: Session, job_id: str) -> JobRow:
     if job is None:
         raise JobNotFound(f"job {job_id!r} not found")
     return job
+
+
+def resolve_job_id(session: Session, job_id: str) -> str:
+    """The full id of the job whose id is ``job_id``, or starts with it (a unique prefix of at least
+    ``MIN_ID_PREFIX`` characters); :class:`JobNotFound` or :class:`AmbiguousJobId` otherwise."""
+    matches: list[str] = []
+    if "\x00" not in job_id:
+        same_or_longer = JobRow.id.startswith(job_id, autoescape=True) if len(job_id) >= MIN_ID_PREFIX \
+            else JobRow.id == job_id
+        query = select(JobRow.id).where(same_or_longer).order_by(JobRow.id).limit(_LISTED_MATCHES + 1)
+        matches = list(session.scalars(query))
+        session.commit()
+    if job_id in matches or len(matches) == 1:
+        return job_id if job_id in matches else matches[0]
+    if not matches:
+        raise JobNotFound(f"job {job_id!r} not found")
+    more = ", ..." if len(matches) > _LISTED_MATCHES else ""
+    raise AmbiguousJobId(f"job id prefix {job_id!r} matches several jobs: "
+                         f"{', '.join(matches[:_LISTED_MATCHES])}{more}")
 
 
 def list_jobs(session: Session, *, status: str | None = None, kind: str | None = None,

@@ -63,6 +63,7 @@ BAD_SPECS: list[tuple[str, dict[str, Any]]] = [
     ("runs", {"runs": [{"name": "a", "key": {"bits": 2}}, {"name": "a", "key": {"bits": 4}}]}),
     ("runs.0.name", {"runs": [{"name": "", "key": {"bits": 2}}]}),
     ("runs.0.key.bits", {"runs": [{"name": "a", "key": {"bits": 5}}]}),
+    ("runs.0.key.bits", {"runs": [{"name": "a", "key": {"bits": "two"}}]}),  # a type error too
     ("runs.0.key.axis", {"runs": [{"name": "a", "key": {"axis": "diagonal"}}]}),
     ("runs.0.key.group_size", {"runs": [{"name": "a", "key": {"group_size": 0}}]}),
     ("runs.0.value.residual", {"runs": [{"name": "a", "value": {"residual": -3}}]}),

@@ -18,6 +18,8 @@ def test_unreachable_api_is_a_readable_error():
     with pytest.raises(ApiError, match="cannot be reached") as info:
         client.jobs()
     assert info.value.status is None
+    with pytest.raises(ApiError, match="cannot be reached"):
+        client.cancel("some-job")
 
 
 def test_results_cache_is_a_small_lru():

@@ -19,8 +19,10 @@ from testkit.browser import figures, open_page, screenshot, wait_for_graphs
 from testkit.live_server import LiveServer, free_port, start_api
 
 pytestmark = pytest.mark.browser
+PLOT = "sel => document.querySelector(sel + ' .js-plotly-plot')"  # + a property path
 PAGES = {  # path, graphs drawn, graphs with data (the Run page's default run has dense values)
     "jobs": ("", 0, 0),
+    "calibration": ("calibration", 0, 0),
     "run": ("run", 5, 4),
     "predictor": ("predictor", 2, 2),
     "perplexity": ("perplexity", 3, 3),
@@ -43,17 +45,18 @@ def test_jobs_page_lists_jobs_and_submits_through_the_api(server, job_id, page):
     open_page(page, f"{server.url}/dashboard/")
     assert job_id[:8] in page.page.inner_text("#jobs-list")
     page.page.fill("#form-label", "from-the-browser")
-    page.page.click("#form-submit")  # HeadQ is on and no calibration is chosen: the API refuses
-    alert = page.page.wait_for_selector("#form-result [role=alert]", timeout=30_000).inner_text()
-    assert "422" in alert and "calibration_job" in alert
-    page.page.click("#form-headq input[type=checkbox]")  # HeadQ off: a plain 2-bit key evaluation
-    page.page.click("#form-submit")
+    page.page.fill("#form-window", "512")
+    page.page.fill("#form-head_windows", "4")
+    assert not page.page.is_checked("#form-headq input[type=checkbox]")  # no calibration: no HeadQ
+    page.page.click("#form-submit")  # a plain 2-bit key evaluation, accepted
     created = page.page.wait_for_selector("#form-created", timeout=30_000).inner_text()
     new_id = re.search(r"Created job ([0-9a-f-]{36})", created).group(1)
     listed = httpx.get(f"{server.url}/api/v1/jobs", timeout=30).json()["items"]
     (job,) = [j for j in listed if j["id"] == new_id]
     assert job["label"] == "from-the-browser" and job["status"] == "queued"
     assert [r["name"] for r in job["spec"]["runs"]] == ["dense", "k2"]
+    dataset = job["spec"]["dataset"]
+    assert (dataset["window"], dataset["head_windows"], dataset["source"]) == (512, 4, "builtin")
     page.page.wait_for_selector(f"#jobs-list :text('{new_id[:8]}')", timeout=30_000)  # live refresh
     assert page.errors == []
 
@@ -80,7 +83,6 @@ def test_jobs_page_shows_live_progress(server, page):
 def test_writes_need_the_users_own_token(tmp_path, page):
     with start_api(tmp_path, token="s3cret") as guarded:
         open_page(page, f"{guarded.url}/dashboard/")
-        page.page.click("#form-headq input[type=checkbox]")
         page.page.click("#form-submit")  # the server has a token, the dashboard lends it to nobody
         alert = page.page.wait_for_selector("#form-result [role=alert]", timeout=30_000).inner_text()
         assert "401" in alert
@@ -107,6 +109,11 @@ def test_predictor_prints_spearman_of_the_heads(server, job_id, document, page):
         rho = spearmanr([r[name] for r in rows], kl).statistic
         assert f"ρ(attn_kl, {name}) = {rho:.3f}" in text
     assert f"{len(rows)} heads" in text
+    wait_for_graphs(page.page, "main", 2)
+    bar = page.page.evaluate(PLOT + ".data[0].marker.colorbar", "#pred-fisher")
+    assert bar["ticktext"] == sorted({r["run"] for r in rows})  # the legend of the colours
+    titles = page.page.evaluate(PLOT + ".layout.yaxis.title.text", "#pred-fisher")
+    assert titles == "attention KL (attn_kl) [nats]"
     assert page.errors == []
 
 
@@ -120,21 +127,34 @@ def test_perplexity_table_sorts_and_exports(server, job_id, document, page):
     )
     by_ppl = [r["name"] for r in sorted(document["runs"], key=lambda r: r["perplexity"])]
     assert cells.all_inner_texts() == by_ppl
-    assert page.page.locator("#ppl-table button.export").count() == 1
+    removed = next(r for r in document["runs"] if r["name"] == "k2-headq-r8")["excess_removed"]
+    cell = page.page.locator("#ppl-table tr", has_text="k2-headq-r8").first
+    assert cell.locator("td[data-dash-column=excess_removed]").inner_text() == f"{removed:.1%}"
+    with page.page.expect_download() as info:
+        page.page.click("#ppl-export")
+    download = info.value
+    assert download.suggested_filename == f"{job_id}-perplexity.csv"
+    with open(download.path(), "rb") as f:
+        body = f.read()
+    assert not body.startswith(b"\xef\xbb\xbf") and body.startswith(b"run,perplexity,")
+    assert len(body.decode().splitlines()) == len(document["runs"]) + 1
     assert page.errors == []
 
 
-def test_perplexity_budget_view_shows_kinds_and_frontier(server, job_id, document, page):
+def test_perplexity_budget_view_keeps_k_only_and_kv_runs_apart(server, job_id, document, page):
     open_page(page, f"{server.url}/dashboard/perplexity?job={job_id}")
     wait_for_graphs(page.page, "#ppl-budget", 1)
     (fig,) = figures(page.page, "#ppl-budget")
-    rows = R.budget_rows(document)
-    plain = [r for r in rows if r["kind"] == "plain"]
-    assert fig["data"][0]["x"] == [r["key_bits"] for r in plain]
-    assert fig["data"][0]["y"] == [r["excess"] for r in plain]
-    front = C.pareto_front([(r["key_bits"], r["excess"]) for r in rows if r["kind"] != "other"])
-    assert list(zip(fig["data"][-1]["x"], fig["data"][-1]["y"], strict=True)) == [tuple(p) for p in front]
-    assert len(fig["data"]) == 4 and "key bits" in fig["title"]  # plain, HeadQ, other, frontier
+    names = page.page.evaluate(PLOT + ".data.map(t => t.name)", "#ppl-budget")
+    traces = dict(zip(names, fig["data"], strict=True))
+    key_only, key_value = R.budget_split(document)
+    for panel, rows, x in (("K only", key_only, "key_bits"), ("K and V", key_value, "mean_bits")):
+        front = C.pareto_front([(r[x], r["excess"]) for r in rows if r["kind"] != "other"])
+        line = traces[f"{panel} · Pareto frontier"]
+        assert list(zip(line["x"], line["y"], strict=True)) == [tuple(p) for p in front]
+    plain = [r for r in key_only if r["kind"] == "plain"]
+    assert traces["K only · plain"]["x"] == [r["key_bits"] for r in plain]
+    assert "K only" in fig["title"] and "K and V" in fig["title"]
     assert page.errors == []
 
 

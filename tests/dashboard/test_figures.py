@@ -42,7 +42,19 @@ def test_heatmap_log_colours_hover_raw(matrix):
     fig = _valid(F.heatmap_figure(matrix, "attn_kl", log=True))
     z, raw = fig["data"][0]["z"], fig["data"][0]["customdata"]
     assert z[0][0] is None  # log of zero is not drawn
-    assert z[2][1] == pytest.approx(math.log10(matrix[2, 1])) and raw[2][1] == pytest.approx(matrix[2, 1])
+    assert z[2][1] == pytest.approx(math.log10(matrix[2, 1])) and raw[2][1][0] == pytest.approx(matrix[2, 1])
+    assert fig["data"][0]["colorbar"]["title"]["text"] == "log10(nats)"
+
+
+def test_heatmap_units_ticks_hover_and_shared_range(matrix):
+    fig = _valid(F.heatmap_figure(matrix, "fisher", hover={"attn_kl": 2 * matrix, "key_mse": 3 * matrix},
+                                  zrange=(0.0, 5.0)))
+    trace, layout = fig["data"][0], fig["layout"]
+    assert trace["colorbar"]["title"]["text"] == "nats" and (trace["zmin"], trace["zmax"]) == (0.0, 5.0)
+    assert trace["customdata"][2][3] == pytest.approx([matrix[2, 3], 2 * matrix[2, 3], 3 * matrix[2, 3]])
+    assert "attn_kl = %{customdata[1]" in trace["hovertemplate"] and "key_mse" in trace["hovertemplate"]
+    assert all(layout[a]["dtick"] == 1 and layout[a]["tick0"] == 0 for a in ("xaxis", "yaxis"))
+    assert "zmin" not in F.heatmap_figure(matrix, "fisher")["data"][0]
 
 
 def test_heatmap_rejects_non_matrix():
@@ -54,6 +66,8 @@ def test_selection_outline_marks_the_cell(matrix):
     (shape,) = F.heatmap_figure(matrix, "fisher", selected=(2, 1))["layout"]["shapes"]
     assert (shape["x0"], shape["x1"], shape["y0"], shape["y1"]) == (0.5, 1.5, 1.5, 2.5)
     assert F.selection_shapes(None) == []
+    assert F.heatmap_figure(matrix, "fisher", selected=(99, 1))["layout"]["shapes"] == []  # 3 layers
+    assert F.selection_shapes((1, 4), (3, 4)) == [] and len(F.selection_shapes((2, 3), (3, 4))) == 1
 
 
 def test_difference_is_b_minus_a(matrix):
@@ -71,6 +85,8 @@ def test_difference_is_b_minus_a(matrix):
 def test_detail_figures():
     a2 = _valid(F.a2_figure([0.5, 0.25, 0.125], "A²"))
     assert a2["data"][0]["y"] == [0.5, 0.25, 0.125] and a2["layout"]["yaxis"]["type"] == "log"
+    assert a2["data"][1]["y"] == pytest.approx([0.5 / 0.875, 0.75 / 0.875, 1.0])  # cumulative, ranked
+    assert a2["layout"]["shapes"] == []  # no policy, nothing kept
     spec = _valid(F.spectrum_figure([4.0, 2.0, 1.0, 0.5], 2, "spectrum"))
     assert spec["data"][0]["x"] == [1, 2, 3, 4]
     (line,) = spec["layout"]["shapes"]
@@ -79,7 +95,26 @@ def test_detail_figures():
     across = {"k2": {"fisher": 0.1, "attn_kl": 0.2}, "k2-headq": {"fisher": 0.01, "attn_kl": 0.02}}
     runs = _valid(F.head_runs_figure(across, ["fisher", "attn_kl"], "t"))
     assert [t["name"] for t in runs["data"]] == ["fisher", "attn_kl"]
-    assert runs["data"][1]["x"] == ["k2", "k2-headq"] and runs["data"][1]["y"] == [0.2, 0.02]
+    assert runs["data"][1]["y"] == ["k2", "k2-headq"] and runs["data"][1]["x"] == [0.2, 0.02]
+    assert [t["xaxis"] for t in runs["data"]] == ["x", "x2"]  # one panel per metric
+    assert runs["layout"]["xaxis2"]["title"]["text"] == "attn_kl (nats)"
+    assert "type" not in runs["layout"]["yaxis"] and runs["layout"]["yaxis"]["automargin"] is True
+
+
+def test_a2_figure_marks_the_kept_tokens():
+    weights = [0.1, 0.9, 0.3, 0.05, 0.6, 0.2, 0.02, 0.01, 0.4, 0.03]
+    fig = _valid(F.a2_figure(weights, "A²", fraction=0.2))
+    kept = fig["data"][1]
+    assert kept["name"] == "kept by the policy" and kept["x"] == [1, 4] and kept["y"] == [0.9, 0.6]
+    (shade,) = fig["layout"]["shapes"]
+    assert shade["x1"] == pytest.approx(0.2)
+    assert fig["layout"]["annotations"][0]["text"] == f"kept 20% of tokens: {1.5 / sum(weights):.0%} of A²"
+
+
+def test_empty_figure_wraps_a_long_message():
+    text = F.empty_figure("value A² distortion (value_a2): values are not quantized in k2")
+    lines = text["layout"]["annotations"][0]["text"].split("<br>")
+    assert len(lines) > 1 and max(map(len, lines)) <= 40
 
 
 def test_predictor_and_perplexity_figures():

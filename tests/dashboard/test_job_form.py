@@ -23,7 +23,24 @@ FORM = {
     "value_policy": "none",
     "keep_fraction": 0.1,
     "baselines": True,
+    "dataset_source": "builtin",
+    "dataset_name": "sotu",
+    "split": "",
+    "tokens": 32768,
+    "window": 1024,
+    "head_windows": None,
 }
+
+
+def test_dataset_fields_reach_the_spec():
+    spec = build_spec({**FORM, "dataset_source": "hf", "dataset_name": "wikitext", "split": " test ",
+                       "tokens": 4096, "window": 512, "head_windows": 4})
+    assert JobSpec.model_validate(spec).dataset.head_windows == 4
+    assert spec["dataset"] == {"source": "hf", "name": "wikitext", "split": "test", "max_tokens": 4096,
+                               "window": 512, "head_windows": 4}
+    assert "split" not in build_spec(FORM)["dataset"] and "head_windows" not in build_spec(FORM)["dataset"]
+    with pytest.raises(ValueError, match="window"):
+        build_spec({**FORM, "window": ""})
 
 
 def test_headq_with_baselines_is_a_valid_spec():

@@ -188,20 +188,19 @@ def test_window_correlations_follow_the_selection(doc):
     assert rows["k2"]["key_mse_ci"] == k2["key_mse"]["ci"] and rows["k2"]["heads"] == k2["fisher"]["heads"]
 
 
-def test_budget_rows_kinds_and_bits(doc):
+def test_budget_split_kinds_and_bits():
     full = make_results(layers=2, heads=2, kv_heads=1, head_dim=4, window=4)
-    rows = {r["run"]: r for r in R.budget_rows(full)}
-    assert "dense" not in rows
-    kinds = {name: r["kind"] for name, r in rows.items()}
+    key_only, key_value = R.budget_split(full)
+    kinds = {r["run"]: r["kind"] for r in key_only + key_value}
     assert kinds == {"k2": "plain", "k2-headq-r8": "HeadQ", "k2-headq-r8-wrongsign": "HeadQ",
-                     "k2-headq-r8-key_pca": "HeadQ", "k4": "plain", "k2-v2": "other",
-                     "k2-headq-r8-v2-a2online": "other"}
+                     "k2-headq-r8-key_pca": "HeadQ", "k4": "plain", "k2-v2": "plain",
+                     "k2-headq-r8-v2-a2online": "HeadQ"}
+    assert {r["run"] for r in key_value} == {"k2-v2", "k2-headq-r8-v2-a2online"}
     by_name = {r["name"]: r for r in full["runs"]}
-    for name, row in rows.items():
-        assert row["key_bits"] == by_name[name]["effective_bits"]["key"]
-        assert row["excess"] == by_name[name]["excess_perplexity"]
-    assert R.budget_kind({"key": {"bits": 2}, "intervention": {"dims": 8}}) == "other"
-    assert R.budget_kind({"name": "dense"}) is None
+    for row in key_only + key_value:
+        bits = by_name[row["run"]]["effective_bits"]
+        assert row["key_bits"] == bits["key"] and row["excess"] == by_name[row["run"]]["excess_perplexity"]
+        assert row["mean_bits"] == (bits["key"] + bits["value"]) / 2
 
 
 def test_dense_side_note_names_the_unquantized_side():

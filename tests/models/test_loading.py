@@ -73,7 +73,7 @@ def test_gguf_file_of_a_hub_repository_or_folder_is_passed_not_joined(tmp_path):
 
     model = {"id": "org/name", "gguf_file": "m.Q4_0.gguf"}
     spec = JobSpec.model_validate({"kind": "calibration", "model": model})
-    assert _model_path(spec, None) == "org/name"
+    assert _model_path(spec) == "org/name"
     assert _source("org/name", None, "m.Q4_0.gguf") == ("org/name", {"gguf_file": "m.Q4_0.gguf"})
     for name in ("a.gguf", "b.gguf"):
         (tmp_path / name).write_bytes(b"GGUF")

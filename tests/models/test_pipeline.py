@@ -124,24 +124,14 @@ def test_cli_calibrate_and_eval(model_dir, tmp_path, capsys):
     assert [r["name"] for r in doc["runs"]] == [
         "dense",
         "k2",
-        "k2_headq2",
-        "k2_headq2_wrong_sign",
-        "k2_headq2_random",
-        "k2_headq2_key_pca",
+        "k2+headq2",
+        "k2+headq2 wrong sign",
+        "k2+headq2 random",
+        "k2+headq2 key_pca",
     ]
     rows = list(csv.DictReader(heads.open()))
     assert len(rows) == len(doc["heads"]) == 5 * 2 * 4
-    assert "k2_headq2" in capsys.readouterr().out
+    assert "k2+headq2" in capsys.readouterr().out
     assert main(["eval", *common, "--runs", "headq"]) == 2  # HeadQ needs --calibration
     assert "calibration" in capsys.readouterr().err
 
-
-def test_cli_run_line_shows_each_number_with_its_interval():
-    from headq_cli.core import run_line
-
-    row = {"name": "k2_headq8", "perplexity": 28.157, "perplexity_ci": [27.1, 29.3],
-           "excess_perplexity": 0.912, "excess_perplexity_ci": [0.7, 1.1],
-           "excess_removed": 0.734, "excess_removed_ci": [0.65, 0.8]}
-    assert run_line(row) == ("k2_headq8                    ppl    28.157 [27.100, 29.300]"
-                             "  excess +0.912 [+0.700, +1.100]  removed 73.4% [65.0%, 80.0%]")
-    assert run_line({"name": "old", "perplexity": 20.0, "excess_perplexity": None}).endswith("ppl    20.000")

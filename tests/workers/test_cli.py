@@ -1,6 +1,6 @@
 """The ``headq`` command line against a real ``headq serve`` process (SQLite, no executor):
-submit a YAML spec, status, cancel, results in json / csv / parquet, API errors, and the serve
-address guard."""
+submit a YAML spec, status, cancel, results in json / csv / parquet (by full or 8-character id),
+API errors, field paths of type errors, and the serve address guard."""
 
 from __future__ import annotations
 
@@ -167,3 +167,27 @@ def test_invalid_local_spec_is_one_line_naming_each_field(tmp_path: Path, capsys
     assert err.strip().splitlines() == [
         "headq: dataset.max_tokens: must be >= window (64), got 8; "
         "runs.0.key.bits: must be one of (1, 2, 3, 4, 8), got 9"]
+
+
+def test_short_ids_reach_the_job(server: str, tmp_path: Path, capsys) -> None:
+    path = tmp_path / "spec.yaml"
+    path.write_text(yaml.safe_dump({"kind": "calibration", "model": {"id": "builtin:smollm2-135m"}}))
+    job = json.loads(run_cli(capsys, "submit", str(path), "--url", server)[1])
+    code, out, _ = run_cli(capsys, "status", job["id"][:8], "--url", server)
+    assert code == 0 and json.loads(out)["id"] == job["id"]
+    code, out, _ = run_cli(capsys, "cancel", job["id"][:8], "--url", server)
+    assert code == 0 and json.loads(out)["status"] == "cancelled"
+    with HeadQClient(server) as api:
+        (done,) = api.import_results(make_document(seed=7))
+    code, out, _ = run_cli(capsys, "results", done.id[:8], "--url", server, "--format", "csv")
+    assert code == 0 and out.startswith("run,layer,head")
+
+
+def test_a_type_error_names_the_full_field_path(server: str, tmp_path: Path, capsys) -> None:
+    path = tmp_path / "typo.yaml"
+    path.write_text(yaml.safe_dump({"kind": "evaluation", "model": {"id": "builtin:smollm2-135m"},
+                                    "runs": [{"name": "k2", "key": {"bits": "two"}}]}))
+    code, _, err = run_cli(capsys, "eval", "--spec", str(path))
+    assert code == 2 and err.startswith("headq: runs.0.key.bits: ")
+    code, _, err = run_cli(capsys, "submit", str(path), "--url", server)
+    assert code == 1 and "422" in err and "runs.0.key.bits" in err

@@ -1,6 +1,6 @@
 """Compare page: two configurations (of one job or of two jobs) side by side, and B − A; above
 them the perplexity difference A − B with a paired bootstrap interval when both were scored on the
-same windows.
+same windows. A and B share one colour scale unless that option is cleared.
 
 Deep link: ``/compare?job=..&run=..&job_b=..&run_b=..&metric=..``.
 """
@@ -20,10 +20,12 @@ from app.dashboard.common import (
     error_banner,
     evaluation_jobs,
     linked_job,
+    linked_run,
     load_results,
     pick,
     picker,
 )
+from app.dashboard.run_views import shared_range
 
 dash.register_page(__name__, path="/compare", name="Compare", title="HeadQ Lab · Compare")
 
@@ -40,10 +42,11 @@ def layout(job=None, run=None, job_b=None, run_b=None, metric=None, **_query) ->
     (job_a, note), job_b = linked_job(job, options), pick(job_b or job, options)
     doc, _ = load_results(job_a)
     runs_a, runs_b = _runs(job_a), _runs(job_b)
-    run_a = run if run in runs_a else (R.default_run(doc) if doc else None)
+    run_a, note_a = linked_run(run, runs_a, R.default_run(doc)) if doc else (None, None)
     # B: the linked configuration, else the one after A (e.g. k2 -> k2-headq-r8)
     after = runs_b[runs_b.index(run_a) + 1 :] if run_a in runs_b else runs_b
-    run_b = run_b if run_b in runs_b else pick(None, [{"value": r} for r in after or runs_b])
+    run_b, note_b = linked_run(run_b, runs_b, pick(None, [{"value": r} for r in after or runs_b]), "run_b")
+    notes = [error_banner(n) for n in (note, note_a, note_b) if n]
     metrics = R.metric_names(doc) if doc else []
     return html.Div(
         [
@@ -56,10 +59,15 @@ def layout(job=None, run=None, job_b=None, run_b=None, metric=None, **_query) ->
                     picker("cmp-run-b", runs_b, run_b, "configuration B"),
                     picker("cmp-metric", metrics, pick(metric, [{"value": m} for m in metrics]), "metric"),
                     dcc.Checklist(id="cmp-log", options=[{"label": "log", "value": "log"}], value=[]),
+                    dcc.Checklist(
+                        id="cmp-shared",
+                        options=[{"label": "one colour scale for A and B", "value": "shared"}],
+                        value=["shared"],
+                    ),
                 ],
                 style=ROW,
             ),
-            html.Div(error_banner(note) if note else None, id="cmp-note"),
+            html.Div(notes or None, id="cmp-note"),
             html.Div(id="cmp-message"),
             html.P(id="cmp-ppl", style={"font-size": "15px"}),
             html.Div([dcc.Graph(id="cmp-a"), dcc.Graph(id="cmp-b"), dcc.Graph(id="cmp-diff")], style=GRID),
@@ -89,8 +97,9 @@ def runs_b(job):
     Input("cmp-run-b", "value"),
     Input("cmp-metric", "value"),
     Input("cmp-log", "value"),
+    Input("cmp-shared", "value"),
 )
-def draw(job_a, run_a, job_b, run_b, metric, log):
+def draw(job_a, run_a, job_b, run_b, metric, log, shared):
     doc_a, err_a = load_results(job_a)
     doc_b, err_b = load_results(job_b)
     ppl = None
@@ -100,9 +109,10 @@ def draw(job_a, run_a, job_b, run_b, metric, log):
         if doc_a is None or doc_b is None or not (run_a and run_b and metric):
             raise ValueError(err_a or err_b or "Choose two configurations and a metric.")
         a, b = R.head_matrix(doc_a, run_a, metric), R.head_matrix(doc_b, run_b, metric)
+        zrange = shared_range([a, b], bool(log)) if shared else None
         figs = [
-            figures.heatmap_figure(a, metric, bool(log)),
-            figures.heatmap_figure(b, metric, bool(log)),
+            figures.heatmap_figure(a, metric, bool(log), zrange=zrange),
+            figures.heatmap_figure(b, metric, bool(log), zrange=zrange),
             figures.difference_figure(a, b, metric, bool(log)),
         ]
     except ValueError as exc:

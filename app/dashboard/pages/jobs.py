@@ -1,9 +1,12 @@
-"""Jobs page: every job with live status and progress, and the form that submits an evaluation."""
+"""Jobs page: every job with live status, progress, elapsed and estimated remaining time (UTC
+timestamps), a cancel button for queued and running jobs, and the form that submits an evaluation."""
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
+
 import dash
-from dash import Input, Output, State, callback, dcc, html
+from dash import ALL, Input, Output, State, callback, ctx, dcc, html
 
 from app.dashboard.api import ApiError
 from app.dashboard.common import ROW, client, empty_state, error_banner, page_link
@@ -28,6 +31,12 @@ FORM_FIELDS = [
     "value_policy",
     "keep_fraction",
     "baselines",
+    "dataset_source",
+    "dataset_name",
+    "split",
+    "tokens",
+    "window",
+    "head_windows",
 ]
 
 
@@ -82,7 +91,10 @@ def _form() -> html.Div:
             ),
             html.Div(
                 [
-                    dcc.Checklist(id="form-headq", options=[{"label": "HeadQ", "value": "on"}], value=["on"]),
+                    dcc.Checklist(
+                        id="form-headq", value=[],
+                        options=[{"label": "HeadQ (needs a calibration)", "value": "on"}],
+                    ),
                     _field("rank", dcc.Input(id="form-rank", type="number", value=8, min=1)),
                     _dropdown("basis", ["query_pca", "key_pca", "random"], "query_pca"),
                     _dropdown(
@@ -107,6 +119,18 @@ def _form() -> html.Div:
                 ],
                 style=ROW,
             ),
+            html.Div(
+                [
+                    _dropdown("dataset_source", ["builtin", "hf"], "builtin"),
+                    _field("dataset_name", dcc.Input(id="form-dataset_name", type="text", value="sotu")),
+                    _field("split", dcc.Input(id="form-split", type="text", placeholder="default")),
+                    _field("tokens", dcc.Input(id="form-tokens", type="number", value=32768, min=2)),
+                    _field("window", dcc.Input(id="form-window", type="number", value=1024, min=2)),
+                    _field("head_windows", dcc.Input(id="form-head_windows", type="number", min=1,
+                                                     placeholder="all windows")),
+                ],
+                style=ROW,
+            ),
             html.Button("Submit", id="form-submit", n_clicks=0, style={"margin-top": "10px"}),
             html.Div(id="form-result"),
         ],
@@ -120,28 +144,88 @@ def layout(**_query) -> html.Div:
             html.H2("Jobs"),
             dcc.Interval(id="jobs-interval", interval=REFRESH_MS),
             html.Div(id="jobs-table", children=_jobs_table()),
+            html.Div(id="jobs-cancelled"),
             _form(),
         ]
     )
 
 
-def _job_row(job: dict) -> html.Tr:
+def _time(value: str | None) -> datetime | None:
+    return None if not value else datetime.fromisoformat(value).astimezone(UTC)
+
+
+def timestamp(value: str | None) -> str:
+    """An API timestamp as ``2026-05-01 12:34:56 UTC`` (empty for none)."""
+    moment = _time(value)
+    return "" if moment is None else moment.strftime("%Y-%m-%d %H:%M:%S UTC")
+
+
+def duration(seconds: float | None) -> str:
+    """``42 s``, ``3 min 05 s``, ``2 h 07 min`` (empty for none)."""
+    if seconds is None:
+        return ""
+    s = max(int(round(seconds)), 0)
+    if s < 60:
+        return f"{s} s"
+    return f"{s // 60} min {s % 60:02d} s" if s < 3600 else f"{s // 3600} h {s % 3600 // 60:02d} min"
+
+
+def times(job: dict, now: datetime) -> tuple[float | None, float | None]:
+    """Seconds since the job started (to its end when finished) and, while it runs with some
+    progress, the seconds left at the same pace: ``elapsed * (1 - progress) / progress``."""
+    started = _time(job.get("started_at"))
+    if started is None:
+        return None, None
+    elapsed = ((_time(job.get("finished_at")) or now) - started).total_seconds()
     progress = float(job.get("progress") or 0.0)
-    link = job["id"][:8]
-    if job.get("status") == "succeeded" and job.get("kind") == "evaluation":
-        link = dcc.Link(job["id"][:8], href=page_link("/run", job=job["id"]))
+    if job.get("status") != "running" or not 0 < progress < 1:
+        return elapsed, None
+    return elapsed, elapsed * (1 - progress) / progress
+
+
+def job_label(job: dict) -> str:
+    """The job's label, else ``kind · model · date`` (API-submitted jobs often have none)."""
+    date = timestamp(job.get("created_at"))[:10]
+    return job.get("label") or " · ".join(x for x in (job.get("kind"), job.get("model_id"), date) if x)
+
+
+def _link(job: dict):
+    if job.get("status") != "succeeded" or job.get("kind") not in ("evaluation", "calibration"):
+        return job["id"][:8]
+    page = "/run" if job["kind"] == "evaluation" else "/calibration"
+    return dcc.Link(job["id"][:8], href=page_link(page, job=job["id"]))
+
+
+def _cancel(job: dict):
+    if job.get("status") not in ("queued", "running"):
+        return ""
+    asked = bool(job.get("cancel_requested"))
+    return html.Button("cancelling…" if asked else "cancel", id={"type": "job-cancel", "id": job["id"]},
+                       n_clicks=0, disabled=asked, className="job-cancel")
+
+
+def _job_row(job: dict, now: datetime) -> html.Tr:
+    progress = float(job.get("progress") or 0.0)
+    elapsed, left = times(job, now)
     cells = [
-        link,
+        _link(job),
         job.get("kind"),
-        job.get("label") or "",
+        job_label(job),
         job.get("model_id") or "",
         html.Span(job.get("status"), className=f"status-{job.get('status')}"),
         html.Span([html.Progress(value=str(progress), max="1"), f" {progress:.0%}"]),
         job.get("stage") or "",
+        duration(elapsed),
+        duration(left) and f"~{duration(left)}",
         job.get("error") or "",
-        (job.get("created_at") or "")[:19],
+        timestamp(job.get("created_at")),
+        _cancel(job),
     ]
     return html.Tr([html.Td(c) for c in cells], className="job-row")
+
+
+HEADINGS = ("id", "kind", "label", "model", "status", "progress", "stage", "elapsed", "time left", "error",
+            "created", "")
 
 
 def _jobs_table() -> html.Div | html.Table:
@@ -153,14 +237,9 @@ def _jobs_table() -> html.Div | html.Table:
         return empty_state(
             "No jobs yet. Submit an evaluation below, or import results with POST /api/v1/results/import."
         )
-    head = html.Tr(
-        [
-            html.Th(h)
-            for h in ("id", "kind", "label", "model", "status", "progress", "stage", "error", "created")
-        ]
-    )
+    now = datetime.now(UTC)
     return html.Table(
-        [html.Thead(head), html.Tbody([_job_row(j) for j in jobs])],
+        [html.Thead(html.Tr([html.Th(h) for h in HEADINGS])), html.Tbody([_job_row(j, now) for j in jobs])],
         id="jobs-list",
         style={"border-collapse": "collapse", "width": "100%"},
     )
@@ -169,6 +248,31 @@ def _jobs_table() -> html.Div | html.Table:
 @callback(Output("jobs-table", "children"), Input("jobs-interval", "n_intervals"), prevent_initial_call=True)
 def refresh_jobs(_n):
     return _jobs_table()
+
+
+@callback(
+    Output("jobs-cancelled", "children"),
+    Input({"type": "job-cancel", "id": ALL}, "n_clicks"),
+    State("form-api_token", "value"),
+    prevent_initial_call=True,
+)
+def cancel(clicks, token):
+    """Cancel the clicked job through the API, with the token the user typed."""
+    if not isinstance(ctx.triggered_id, dict) or not any(clicks):
+        return dash.no_update
+    job_id = ctx.triggered_id["id"]
+    try:
+        job = client().cancel(job_id, user_token=token)
+    except ApiError as exc:
+        return error_banner(f"Not cancelled: {exc}")
+    state = "cancelled" if job.get("status") == "cancelled" else "asked to stop"
+    return html.Div(f"Job {job_id[:8]} {state}.", id="job-cancel-result", style={"margin": "8px 0"})
+
+
+@callback(Output("form-headq", "value"), Input("form-calibration_job", "value"), prevent_initial_call=True)
+def headq_with_calibration(calibration):
+    """HeadQ runs need a calibration: on when one is chosen, off when none is."""
+    return ["on"] if calibration else []
 
 
 @callback(Output("form-calibration_job", "options"), Input("form-calibration_job", "id"))

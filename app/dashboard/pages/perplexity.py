@@ -1,14 +1,18 @@
 """Perplexity page: every configuration's perplexity, excess, share of excess removed by HeadQ and
 effective key/value bits, as a sortable table (CSV export) and bar charts, each value with the
 document's 95% interval when it has one; below them the budget view (excess perplexity against
-effective key bits, with the Pareto frontier)."""
+effective bits, keys-only and key-and-value runs in separate panels, each with its Pareto frontier).
+The CSV export is ``<job>-perplexity.csv``: plain UTF-8 (no BOM), raw numbers, intervals as
+``*_lo``/``*_hi`` columns, the share removed as a fraction."""
 
 from __future__ import annotations
 
+import csv
+import io
 from typing import Literal
 
 import dash
-from dash import Input, Output, callback, dcc, html
+from dash import Input, Output, State, callback, dcc, html
 from dash.dash_table.DataTable import DataTable
 
 from app.dashboard import charts, figures
@@ -33,7 +37,7 @@ COLUMNS: list[tuple[str, str, Literal["text", "numeric"]]] = [
     ("perplexity_ci", INTERVAL, "text"),
     ("excess", "excess perplexity", "numeric"),
     ("excess_ci", INTERVAL, "text"),
-    ("excess_removed", "share of excess removed", "numeric"),
+    ("excess_removed", "share of excess removed (%)", "numeric"),
     ("excess_removed_ci", INTERVAL, "text"),
     ("key_bits", "effective key bits", "numeric"),
     ("value_bits", "effective value bits", "numeric"),
@@ -41,13 +45,33 @@ COLUMNS: list[tuple[str, str, Literal["text", "numeric"]]] = [
 ]
 
 CI_FIELDS = ("perplexity_ci", "excess_ci", "excess_removed_ci")
+PERCENT = {"excess_removed", "excess_removed_ci"}  # shown as percentages, as on the chart
 NO_INTERVALS = "No intervals: this document has no per-window values (it predates them)."
 
 
+def _interval_text(field: str, ci: list[float] | None) -> str:
+    if ci is None:
+        return ""
+    return f"[{ci[0]:.1%}, {ci[1]:.1%}]" if field in PERCENT else f"[{ci[0]:.4g}, {ci[1]:.4g}]"
+
+
 def table_rows(rows: list[dict]) -> list[dict]:
-    """The table's rows: each interval as text ``[lo, hi]`` (empty without one)."""
-    return [{**r, **{f: "" if r[f] is None else f"[{r[f][0]:.4g}, {r[f][1]:.4g}]" for f in CI_FIELDS}}
-            for r in rows]
+    """The table's rows: each interval as text ``[lo, hi]`` (empty without one; percentages for the
+    share removed)."""
+    return [{**r, **{f: _interval_text(f, r[f]) for f in CI_FIELDS}} for r in rows]
+
+
+def csv_text(rows: list[dict]) -> str:
+    """The rows as CSV: one column per table column, each ``<field>_ci`` as ``<field>_lo, <field>_hi``."""
+    header = [c for field, _, _ in COLUMNS
+              for c in ((f"{field[:-3]}_lo", f"{field[:-3]}_hi") if field in CI_FIELDS else (field,))]
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator="\n")
+    writer.writerow(header)
+    for r in rows:
+        writer.writerow([v for field, _, _ in COLUMNS
+                         for v in ((r[field] or ["", ""]) if field in CI_FIELDS else [r[field]])])
+    return out.getvalue()
 
 
 def layout(job=None, **_query) -> html.Div:
@@ -64,13 +88,15 @@ def layout(job=None, **_query) -> html.Div:
             DataTable(
                 id="ppl-table",
                 columns=[
-                    {"id": c, "name": n, "type": t, "format": {"specifier": ".4~g"}} for c, n, t in COLUMNS
+                    {"id": c, "name": n, "type": t,
+                     "format": {"specifier": ".1%" if c in PERCENT else ".4~g"}} for c, n, t in COLUMNS
                 ],
                 data=[],
                 sort_action="native",
-                export_format="csv",
                 style_cell={"font-family": "sans-serif"},
             ),
+            html.Button("Export CSV", id="ppl-export", n_clicks=0, style={"margin-top": "6px"}),
+            dcc.Download(id="ppl-download"),
             html.P(id="ppl-uncertainty", style={"color": "#444", "font-size": "13px"}),
             dcc.Graph(id="ppl-bars"),
             dcc.Graph(id="ppl-removed"),
@@ -96,4 +122,17 @@ def draw(job):
         return [], None, empty, empty, empty, error_banner(message)
     rows = R.perplexity_rows(doc)
     return (table_rows(rows), R.uncertainty_line(doc) or NO_INTERVALS, charts.perplexity_figure(rows),
-            charts.removed_figure(rows), charts.budget_figure(R.budget_rows(doc)), None)
+            charts.removed_figure(rows), charts.budget_panels(*R.budget_split(doc)), None)
+
+
+@callback(
+    Output("ppl-download", "data"),
+    Input("ppl-export", "n_clicks"),
+    State("ppl-job", "value"),
+    prevent_initial_call=True,
+)
+def export(_clicks, job):
+    doc, _ = load_results(job)
+    if doc is None:
+        return dash.no_update
+    return dcc.send_string(csv_text(R.perplexity_rows(doc)), f"{job}-perplexity.csv", type="text/csv")

@@ -1,16 +1,20 @@
 """Run page: layer × head heatmaps of one configuration side by side, and a head's detail.
 
 Deep link: ``/run?job=<id>&run=<name>&layer=<i>&head=<j>``. Clicking a cell in any panel selects
-that head in every panel (an outline patched onto each drawn figure) and fills the detail panel.
+that head in every panel (an outline patched onto each drawn figure), fills the detail panel and
+rewrites the address bar to that head's deep link (``history.replaceState``: no page reload).
+Above the heatmaps: the run's perplexity, excess, share removed and effective bits, and what the
+per-head metrics cover.
 """
 
 from __future__ import annotations
 
 import dash
-from dash import ALL, Input, Output, Patch, State, callback, ctx, dcc, html
+from dash import ALL, Input, Output, Patch, State, callback, clientside_callback, ctx, dcc, html
 
 from app.dashboard import figures
 from app.dashboard import results as R
+from app.dashboard import run_views as V
 from app.dashboard.common import (
     GRID,
     NO_RESULTS,
@@ -20,6 +24,7 @@ from app.dashboard.common import (
     error_banner,
     evaluation_jobs,
     linked_job,
+    linked_run,
     load_results,
     page_link,
     pick,
@@ -51,7 +56,8 @@ def layout(job=None, run=None, layer=None, head=None, **_query) -> html.Div:
     doc, error = load_results(job)
     runs = R.run_names(doc) if doc else []
     extra = [m for m in R.metric_names(doc) if m not in R.MAIN_METRICS] if doc else []
-    run = run if run in runs else (R.default_run(doc) if doc else None)
+    run, run_note = linked_run(run, runs, R.default_run(doc)) if doc else (None, None)
+    notes = [error_banner(n) for n in (note, run_note) if n]
     return html.Div(
         [
             html.H2("Run"),
@@ -63,13 +69,22 @@ def layout(job=None, run=None, layer=None, head=None, **_query) -> html.Div:
                     dcc.Checklist(
                         id="run-log", options=[{"label": "log colour scale", "value": "log"}], value=[]
                     ),
+                    dcc.Checklist(
+                        id="run-shared",
+                        options=[{"label": "one colour scale for all panels", "value": "shared"}],
+                        value=[],
+                    ),
                 ],
                 style=ROW,
             ),
-            html.Div(error_banner(note) if note else None, id="run-note"),
+            html.Div(notes or None, id="run-note"),
             html.Div(error_banner(error) if error else None, id="run-message"),
+            html.Div(id="run-summary", style={"font-size": "15px", "margin": "8px 0"}),
+            html.P(id="run-coverage", style={"color": "#444", "font-size": "13px"}),
             dcc.Store(id="run-selected", data=selected if None not in selected.values() else None),
             dcc.Store(id="run-drawn", data=False),
+            dcc.Store(id="run-shape"),
+            dcc.Store(id="run-href"),
             html.Div([_graph(p) for p in PANELS], style=GRID),
             html.Div(
                 id="run-detail",
@@ -109,32 +124,58 @@ def _selected_tuple(selected: dict | None) -> tuple[int, int] | None:
 
 
 @callback(
+    Output("run-summary", "children"),
+    Output("run-coverage", "children"),
+    Input("run-job", "value"),
+    Input("run-run", "value"),
+)
+def show_summary(job, run):
+    """The run's headline numbers (with 95% intervals when stored) and the per-head coverage."""
+    doc, _ = load_results(job)
+    if doc is None or run is None:
+        return None, None
+    parts = V.run_summary(doc, run)
+    return html.Span(f"{run}: " + " · ".join(parts)) if parts else None, V.coverage_line(doc)
+
+
+def _panel_metric(doc: dict, run: str, panel: str, extra: str | None) -> tuple[str | None, str | None]:
+    """``(metric, None)`` for a drawable panel, else ``(None, message)``."""
+    metric = extra if panel == "extra" else panel
+    if metric is None or metric not in R.metric_names(doc):
+        return None, f"{metric or 'no other metric'}: not in these results"
+    note = R.dense_side_note(doc, run, metric)
+    return (None, note) if note else (metric, None)
+
+
+@callback(
     Output({"type": "run-heat", "panel": ALL}, "figure"),
     Output("run-message", "children"),
     Output("run-drawn", "data"),
+    Output("run-shape", "data"),
     Input("run-job", "value"),
     Input("run-run", "value"),
     Input("run-extra", "value"),
     Input("run-log", "value"),
+    Input("run-shared", "value"),
     State("run-selected", "data"),
 )
-def draw_heatmaps(job, run, extra, log, selected):
+def draw_heatmaps(job, run, extra, log, shared, selected):
     doc, error = load_results(job)
     if doc is None or run is None:
         message = error or "Choose a job and a configuration."
-        return [figures.empty_figure(message)] * len(PANELS), error_banner(message) if error else None, True
-    sel, present = _selected_tuple(selected), R.metric_names(doc)
-    figs = []
-    for panel in PANELS:
-        metric = extra if panel == "extra" else panel
-        note = None if metric is None else R.dense_side_note(doc, run, metric)
-        if metric is None or metric not in present:
-            figs.append(figures.empty_figure(f"{metric or 'no other metric'}: not in these results"))
-        elif note is not None:
-            figs.append(figures.empty_figure(note))
-        else:
-            figs.append(figures.heatmap_figure(R.head_matrix(doc, run, metric), metric, bool(log), sel))
-    return figs, None, True
+        empty = [figures.empty_figure(message)] * len(PANELS)
+        return empty, error_banner(message) if error else None, True, None
+    panels = [_panel_metric(doc, run, p, extra) for p in PANELS]
+    matrices = {m: R.head_matrix(doc, run, m) for m, _ in panels if m}
+    present = R.metric_names(doc)
+    hover = {m: R.head_matrix(doc, run, m) for m in R.MAIN_METRICS if m in present}
+    zrange = V.shared_range(list(matrices.values()), bool(log)) if shared else None
+    sel, log = _selected_tuple(selected), bool(log)
+    figs = [
+        figures.heatmap_figure(matrices[m], m, log, sel, hover, zrange) if m else figures.empty_figure(n)
+        for m, n in panels
+    ]
+    return figs, None, True, R.model_shape(doc)
 
 
 @callback(
@@ -153,15 +194,38 @@ def select_head(_clicks):
     Output({"type": "run-heat", "panel": ALL}, "figure", allow_duplicate=True),
     Input("run-selected", "data"),
     State("run-drawn", "data"),
+    State("run-shape", "data"),
     prevent_initial_call=True,
 )
-def mark_head(selected, drawn):
+def mark_head(selected, drawn, shape):
     """Move the selection outline on every drawn panel (a patch: the heatmap data stays put)."""
     if not drawn:  # the page is being inserted; draw_heatmaps draws the outline itself
         return [dash.no_update] * len(PANELS)
     patch = Patch()
-    patch["layout"]["shapes"] = figures.selection_shapes(_selected_tuple(selected))
+    patch["layout"]["shapes"] = figures.selection_shapes(_selected_tuple(selected), shape and tuple(shape))
     return [patch] * len(PANELS)
+
+
+@callback(
+    Output("run-href", "data"),
+    Input("run-selected", "data"),
+    Input("run-job", "value"),
+    Input("run-run", "value"),
+)
+def head_link(selected, job, run):
+    """Deep link of the shown job, run and head (what the address bar shows)."""
+    head = selected or {}
+    return page_link("/run", job=job, run=run, layer=head.get("layer"), head=head.get("head"))
+
+
+clientside_callback(
+    """href => { if (href && href !== location.pathname + location.search) {
+                   history.replaceState(history.state, '', href); }
+                 return window.dash_clientside.no_update; }""",
+    Output("run-href", "id"),
+    Input("run-href", "data"),
+    prevent_initial_call=True,
+)
 
 
 @callback(
@@ -197,7 +261,7 @@ def show_detail(selected, job, run):
                 [
                     dcc.Graph(
                         id="run-detail-a2",
-                        figure=figures.a2_figure(a2, f"A² weights, {run}")
+                        figure=figures.a2_figure(a2, f"A² weights, {run}", V.kept_fraction(doc, run))
                         if a2
                         else figures.empty_figure("no A² weights stored for this run"),
                     ),
@@ -211,6 +275,7 @@ def show_detail(selected, job, run):
                     ),
                     dcc.Graph(
                         id="run-detail-runs",
+                        style={"grid-column": "1 / -1"},
                         figure=figures.head_runs_figure(
                             across,
                             [m for m in R.MAIN_METRICS if m in R.metric_names(doc)],
