@@ -50,6 +50,7 @@ def main() -> None:
     parser.add_argument("--device", default="auto")
     parser.add_argument("--head-windows", type=int, default=None, help="windows for per-head metrics")
     args = parser.parse_args()
+    origin = provenance()  # the commit that runs, read before a long run
     timing = {}
 
     t0 = time.perf_counter()
@@ -85,7 +86,7 @@ def main() -> None:
 
     fields = ("perplexity", "excess_perplexity", "excess_removed")
     summary = {
-        **provenance(),
+        **origin,
         "model": args.model,
         "device": doc["device"],
         "eval_tokens": doc["dataset"]["tokens"],

@@ -72,6 +72,7 @@ def main() -> None:
     parser.add_argument("--device", default="auto")
     parser.add_argument("--out", default="docs/results/window_count.json")
     args = parser.parse_args()
+    origin = provenance()  # the commit that runs, read before a long run
     started = time.perf_counter()
     lm = load_model(args.model, device=args.device)
     cal = calibrate(lm, CorpusSpec(split="calibration"), window=args.window, max_tokens=args.calib_tokens,
@@ -91,7 +92,7 @@ def main() -> None:
         for w in (0.10, 0.05, 0.02)} for r in RANKS}
     print(f"\nspread windows needed for a share-removed interval of (from the SE at {max(COUNTS)}): {needed}")
     spread_doc = docs["spread"]
-    out = {**provenance(), "seconds": round(time.perf_counter() - started),
+    out = {**origin, "seconds": round(time.perf_counter() - started),
            "model": spread_doc["model"], "calibration": cal.meta | {"model": None},
            "runs": [r.to_dict() for r in RUNS], "versions": spread_doc["versions"],
            "device": spread_doc["device"], "uncertainty": spread_doc["uncertainty"],
