@@ -37,11 +37,13 @@ from typing import Any
 
 import httpx
 from sqlalchemy import create_engine, text
-from sqlalchemy.engine import make_url
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from testkit.postgres import PG_URL, temporary_database  # noqa: E402
+
 API = "/api/v1"
-PG_URL = os.environ.get("HEADQ_TEST_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
 SPEC = {"kind": "evaluation", "model": {"id": "org/model"},
         "runs": [{"name": "k2", "key": {"bits": 2, "axis": "per_channel", "group_size": 32}}]}
 HEALTH_EVERY_S = 0.05
@@ -53,16 +55,8 @@ def fresh_database(backend: str, tmp: Path) -> Iterator[str]:
     if backend == "sqlite":
         yield f"sqlite:///{tmp / f'bench-{uuid.uuid4().hex[:8]}.db'}"
         return
-    admin = create_engine(PG_URL, isolation_level="AUTOCOMMIT")
-    name = f"headq_bench_{uuid.uuid4().hex[:12]}"
-    with admin.connect() as conn:
-        conn.execute(text(f'CREATE DATABASE "{name}"'))
-    try:
-        yield make_url(PG_URL).set(database=name).render_as_string(hide_password=False)
-    finally:
-        with admin.connect() as conn:
-            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        admin.dispose()
+    with temporary_database("headq_bench") as url:
+        yield url
 
 
 @contextlib.contextmanager

@@ -1,34 +1,25 @@
-"""A throw-away PostgreSQL database for a test session (the server on localhost, trust auth)."""
+"""A throw-away PostgreSQL database for a test session; the tests skip when the server is absent."""
 
 from __future__ import annotations
 
 import contextlib
-import os
-import uuid
 from collections.abc import Iterator
 
 import pytest
-from sqlalchemy import create_engine, text
-from sqlalchemy.engine import make_url
 
-PG_URL = os.environ.get("HEADQ_TEST_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
+from testkit.postgres import Unreachable
+from testkit.postgres import temporary_database as _database
 
 
 @contextlib.contextmanager
 def temporary_database(prefix: str) -> Iterator[str]:
-    """Create a uniquely named database, yield its URL, drop it afterwards; skip the tests when the
-    server is unreachable."""
-    admin = create_engine(PG_URL, isolation_level="AUTOCOMMIT")
-    name = f"{prefix}_{uuid.uuid4().hex[:12]}"
+    """``testkit.postgres.temporary_database``, skipping the tests when PostgreSQL is unreachable."""
     try:
-        with admin.connect() as conn:
-            conn.execute(text(f'CREATE DATABASE "{name}"'))
-    except Exception as exc:  # noqa: BLE001 - the service is absent on this machine
-        admin.dispose()
-        pytest.skip(f"PostgreSQL not reachable at {PG_URL}: {exc}")
+        manager = _database(prefix)
+        url = manager.__enter__()
+    except Unreachable as exc:
+        pytest.skip(str(exc))
     try:
-        yield make_url(PG_URL).set(database=name).render_as_string(hide_password=False)
+        yield url
     finally:
-        with admin.connect() as conn:
-            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        admin.dispose()
+        manager.__exit__(None, None, None)
