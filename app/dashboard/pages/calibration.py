@@ -36,6 +36,8 @@ def layout(job=None, layer=None, kv_head=None, **_query) -> html.Div:
         note = None
     except ValueError as exc:
         chosen, note = [0, 0], str(exc)
+    job = pick(job, options)
+    layer_options, kv_options = choose_job(job)  # in the layout: a deep link's picks are options at once
     return html.Div(
         [
             html.H2("Calibration"),
@@ -43,9 +45,9 @@ def layout(job=None, layer=None, kv_head=None, **_query) -> html.Div:
                    "the dashed line is the calibration's rank (the directions HeadQ can correct)."),
             html.Div(
                 [
-                    picker("cal-job", options, pick(job, options), "calibration job"),
-                    picker("cal-layer", [], chosen[0], "layer"),
-                    picker("cal-kv_head", [], chosen[1], "KV head"),
+                    picker("cal-job", options, job, "calibration job"),
+                    picker("cal-layer", layer_options, chosen[0], "layer"),
+                    picker("cal-kv_head", kv_options, chosen[1], "KV head"),
                 ],
                 style=ROW,
             ),
@@ -59,6 +61,7 @@ def layout(job=None, layer=None, kv_head=None, **_query) -> html.Div:
     Output("cal-layer", "options"),
     Output("cal-kv_head", "options"),
     Input("cal-job", "value"),
+    prevent_initial_call=True,
 )
 def choose_job(job):
     doc, _ = load_results(job)
