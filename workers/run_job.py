@@ -77,8 +77,9 @@ def claim(session: Session, job_id: str, attempt: int | None) -> JobRow | None:
     if attempt is not None:
         return job if job.status == "running" and job.attempts == attempt else None
     if job.status == "running" and gone(job.worker):  # retried now, not after the heartbeat timeout
-        status = release_attempt(session, job_id, job.attempts, f"worker process {job.worker} died")
-        log.warning("job %s attempt %d: worker %s died, now %s", job_id, job.attempts, job.worker, status)
+        dead, attempt = job.worker, job.attempts
+        status = release_attempt(session, job_id, attempt, f"worker process {dead} died")
+        log.warning("job %s attempt %d: worker %s died, now %s", job_id, attempt, dead, status)
         job = get_job(session, job_id)
     if job.status != "queued":
         log.info("job %s is %s: not run again", job_id, job.status)

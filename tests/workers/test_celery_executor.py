@@ -24,7 +24,15 @@ from headq_jobs.executors.spawn import settings_env
 from headq_jobs.settings import Settings
 from headq_jobs.store import cancel_job, load_results, mark_running, release_attempt
 from tests.workers.conftest import ENDLESS_JOB, LONG_JOB, add_job, make_options, make_settings
-from tests.workers.waiting import FINISHED, job_row, result_attempts, wait_for, wait_started, wait_status
+from tests.workers.waiting import (
+    FINISHED,
+    job_row,
+    log_tail,
+    result_attempts,
+    wait_for,
+    wait_started,
+    wait_status,
+)
 
 pytestmark = [pytest.mark.services, pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)]
 BROKERS = {"rabbitmq": ("amqp://guest:guest@127.0.0.1:5672//", 5672),
@@ -121,9 +129,9 @@ def test_sigkilled_pool_process_is_retried_at_once_ahead_of_later_jobs(
     executor.submit(later.id)
     os.kill(worker_pid(sessions, job.id), signal.SIGKILL)
     row = wait_status(sessions, job.id, FINISHED, 180, worker)
-    assert row.status == "succeeded" and row.attempts == 2, row.error
+    assert row.status == "succeeded" and row.attempts == 2, (row.error, log_tail(worker, 6000))
     after = wait_status(sessions, later.id, FINISHED, 120, worker)
-    assert after.status == "succeeded" and row.finished_at <= after.started_at
+    assert after.status == "succeeded" and row.finished_at <= after.started_at, log_tail(worker, 6000)
     assert result_attempts(sessions, job.id) == [2]
 
 

@@ -25,11 +25,15 @@ def wait_for(check: Callable[[], T | None], timeout: float, what: str, logs: Pat
         if value:
             return value
         if time.monotonic() > deadline:
-            tail = ""
-            if logs is not None:
-                tail = "\n".join(f"--- {p.name}\n{p.read_text()[-3000:]}" for p in sorted(logs.glob("*.log")))
-            raise AssertionError(f"timed out after {timeout:g} s waiting for {what}\n{tail}")
+            raise AssertionError(f"timed out after {timeout:g} s waiting for {what}\n{log_tail(logs)}")
         time.sleep(0.1)
+
+
+def log_tail(logs: Path | None, chars: int = 3000) -> str:
+    """The last ``chars`` characters of each worker log under ``logs``, for a failure message."""
+    if logs is None:
+        return ""
+    return "\n".join(f"--- {p.name}\n{p.read_text()[-chars:]}" for p in sorted(logs.glob("*.log")))
 
 
 def job_row(sessions: Callable[[], Any], job_id: str) -> JobRow:
