@@ -1,6 +1,6 @@
 """The ``headq`` command line against a real ``headq serve`` process (SQLite, no executor):
 submit a YAML spec, status, cancel, results in json / csv / parquet (by full or 8-character id),
-API errors, field paths of type errors, and the serve address guard."""
+API errors (an ambiguous short id), field paths of type errors, and the serve address guard."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ import socket
 import subprocess
 import sys
 import time
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -20,6 +21,7 @@ import yaml
 
 from app.client import HeadQClient
 from headq_cli.main import main
+from headq_jobs.store import create_job, make_engine, make_session_factory, session_scope
 from tests.app.resultgen import make_document
 
 
@@ -30,11 +32,17 @@ def free_port() -> int:
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+def server_database(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """The SQLite database URL of :func:`server`."""
+    return f"sqlite:///{tmp_path_factory.mktemp('serve-db')}/headq.db"
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory, server_database: str) -> Iterator[str]:
     """``headq serve`` on a free port with a SQLite database and no executor (jobs stay queued)."""
     tmp = tmp_path_factory.mktemp("serve")
     port = free_port()
-    env = {**os.environ, "HEADQ_DATABASE_URL": f"sqlite:///{tmp}/headq.db", "HEADQ_EXECUTOR": "none",
+    env = {**os.environ, "HEADQ_DATABASE_URL": server_database, "HEADQ_EXECUTOR": "none",
            "HEADQ_DASHBOARD": "false"}
     env.pop("HEADQ_API_TOKEN", None)
     proc = subprocess.Popen([sys.executable, "-m", "headq_cli.main", "serve", "--port", str(port)], env=env,
@@ -181,6 +189,22 @@ def test_short_ids_reach_the_job(server: str, tmp_path: Path, capsys) -> None:
         (done,) = api.import_results(make_document(seed=7))
     code, out, _ = run_cli(capsys, "results", done.id[:8], "--url", server, "--format", "csv")
     assert code == 0 and out.startswith("run,layer,head")
+
+
+def test_an_ambiguous_short_id_is_a_message_naming_the_matches(server: str, server_database: str,
+                                                                monkeypatch, capsys) -> None:
+    """Two jobs share their first 8 characters (written to the server's database directly, with
+    chosen ids): each command exits 1 with the API's 409 message naming both, and prints no JSON."""
+    twins = ("5ca1ab1e-0000-4000-8000-000000000001", "5ca1ab1e-1111-4000-8000-000000000002")
+    ids = iter(uuid.UUID(twin) for twin in twins)
+    monkeypatch.setattr(uuid, "uuid4", lambda: next(ids))
+    with session_scope(make_session_factory(make_engine(server_database))) as session:
+        for _ in twins:
+            create_job(session, kind="calibration", spec={"kind": "calibration"}, model_id="m")
+    for command in ("status", "cancel", "results"):
+        code, out, err = run_cli(capsys, command, "5ca1ab1e", "--url", server)
+        assert code == 1 and out == "", (command, out)
+        assert "HTTP 409" in err and all(twin in err for twin in twins), (command, err)
 
 
 def test_a_type_error_names_the_full_field_path(server: str, tmp_path: Path, capsys) -> None:
