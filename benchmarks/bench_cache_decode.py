@@ -4,8 +4,10 @@ A random-weight model of the SmolLM2 shape (``--layers`` of its 30 layers; speed
 on the weights) prefills ``context`` tokens, then decodes ``--steps`` tokens one by one; each step
 is timed (host clock, device synchronised). Caches: ``dynamic`` (transformers' own), ``kv2`` (keys
 2-bit per-channel G32, values 2-bit per-token G32, residual 128) and ``kv2+a2`` (the same with the
-online A² value policy, which settles the leaving value token from each step's attention). Prints a
-table of median step times and writes JSON.
+online A² value policy, which settles the leaving value token from each step's attention). Every
+cache is built from the model config, as the model's own cache is (``DynamicCache(config=...)``), so
+cache bytes compare with what the model really keeps. Prints a table of median step times and
+cache bytes and writes JSON. bench_sliding_cache.py does the same for a sliding-window model.
 
     .venv/bin/python benchmarks/bench_cache_decode.py --contexts 1024 4096 \
         --out benchmarks/results/cache_decode_cpu.json
@@ -27,32 +29,34 @@ from random_model import random_llama
 from transformers import DynamicCache, LlamaForCausalLM
 
 from headq_core.config import ValuePolicyConfig
+from headq_core.models.calls import cache_kwargs
 from headq_core.runtime.cache import HeadQCache
 
 CACHES = {
-    "dynamic": lambda layers: DynamicCache(),
-    "kv2": lambda layers: HeadQCache(layers, KEY, VALUE),
-    "kv2+a2": lambda layers: HeadQCache(layers, KEY, VALUE, value_policy=ValuePolicyConfig()),
+    "dynamic": lambda cfg: DynamicCache(config=cfg),
+    "kv2": lambda cfg: HeadQCache(cfg.num_hidden_layers, KEY, VALUE, config=cfg),
+    "kv2+a2": lambda cfg: HeadQCache(cfg.num_hidden_layers, KEY, VALUE, value_policy=ValuePolicyConfig(),
+                                     config=cfg),
 }
 
 
 def step_times(model: LlamaForCausalLM, name: str, context: int, steps: int, device: str) -> dict:
     """Prefill ``context`` tokens into a fresh cache, then time ``steps`` single-token steps."""
-    cache = CACHES[name](model.config.num_hidden_layers)
+    cache = CACHES[name](model.config)
     ids = torch.randint(0, model.config.vocab_size, (1, context + steps), device=device)
     attached = cache.attached(model) if name != "dynamic" else contextlib.nullcontext()
     times = []
     with torch.no_grad(), attached:
         start = time.perf_counter()
-        model(ids[:, :context], past_key_values=cache, use_cache=True, logits_to_keep=1)
+        model(ids[:, :context], use_cache=True, logits_to_keep=1, **cache_kwargs(model, cache))
         prefill_s = time.perf_counter() - start
         for i in range(steps):
             nxt = ids[:, context + i: context + i + 1]
-            times.append(wall_ms(lambda: model(nxt, past_key_values=cache, logits_to_keep=1),  # noqa: B023
+            times.append(wall_ms(lambda: model(nxt, logits_to_keep=1, **cache_kwargs(model, cache)),  # noqa: B023
                                  device))
     row = {"cache": name, "context": context, "prefill_s": prefill_s, "step_ms": statistics.median(times)}
-    if name != "dynamic":
-        row["cache_bytes"] = cache.nbytes()
+    row["cache_bytes"] = (cache.nbytes() if isinstance(cache, HeadQCache)
+                          else sum(layer.keys.nbytes + layer.values.nbytes for layer in cache.layers))
     return row
 
 
@@ -69,11 +73,13 @@ def main() -> None:
     for row in rows:
         dense = next(r for r in rows if r["context"] == row["context"] and r["cache"] == "dynamic")
         row["vs_dynamic"] = row["step_ms"] / dense["step_ms"]
+        row["bytes_vs_dynamic"] = row["cache_bytes"] / dense["cache_bytes"]
     print(f"SmolLM2 shape, {args.layers} layers, {args.device}: median of {args.steps} decode steps")
-    print(f"{'context':>8} {'cache':10} {'prefill s':>10} {'step ms':>9} {'x dynamic':>10}")
+    print(f"{'context':>8} {'cache':10} {'prefill s':>10} {'step ms':>9} {'x dynamic':>10} "
+          f"{'x dyn bytes':>11}")
     for r in rows:
         print(f"{r['context']:>8} {r['cache']:10} {r['prefill_s']:10.2f} {r['step_ms']:9.2f} "
-              f"{r['vs_dynamic']:10.2f}")
+              f"{r['vs_dynamic']:10.2f} {r['bytes_vs_dynamic']:11.3f}")
     if args.out:
         args.out.write_text(json.dumps({**provenance("bench_cache_decode.py", args, args.device),
                                         "rows": rows}, indent=1) + "\n")

@@ -5,7 +5,9 @@ from __future__ import annotations
 import argparse
 import platform
 import statistics
+import sys
 import time
+from pathlib import Path
 
 import torch
 
@@ -49,8 +51,11 @@ def nbytes(*ts: torch.Tensor | None) -> int:
 
 def provenance(script: str, args: argparse.Namespace, device: str) -> dict:
     """What a benchmark's JSON records of its run: the command (from the parsed arguments), date,
-    device, CPU threads and library versions."""
+    commit, device, CPU threads and library versions."""
     import transformers
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    from testkit.provenance import commit
 
     def flag(key: str, value: object) -> str:
         shown = " ".join(map(str, value)) if isinstance(value, list | tuple) else str(value)
@@ -60,6 +65,7 @@ def provenance(script: str, args: argparse.Namespace, device: str) -> dict:
         "command": " ".join([f"benchmarks/{script}"] + [flag(k, v) for k, v in vars(args).items()
                                                          if v is not None]),
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+        "commit": commit(),
         "device": torch.cuda.get_device_name() if device.startswith("cuda")
         else platform.processor() or platform.machine(),
         "threads": torch.get_num_threads(), "torch": torch.__version__,

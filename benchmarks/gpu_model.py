@@ -1,5 +1,7 @@
 """Whole-cache sections of ``bench_gpu``: a full decode step of a model with the quantized cache vs
-``DynamicCache``, and the bytes the cache allocates vs the effective-bits formula."""
+``DynamicCache``, and the bytes the cache allocates vs the effective-bits formula. Ratios of bytes
+compare with the model's own cache (``DynamicCache(config=...)``, sliding layers bounded), never with
+a full-length cache of every layer."""
 
 from __future__ import annotations
 
@@ -12,7 +14,10 @@ from gpu_shapes import HEADQ, HIDDEN, HKV, HQ, KEY, LAYERS, VALUE, D
 
 from headq_core.method.budget import effective_bits
 from headq_core.method.schedule import quantized_count
+from headq_core.models.calls import cache_kwargs
+from headq_core.runtime.footprint import model_cache_bytes, quantized_cache_bytes
 from headq_core.runtime.kernels import encode
+from headq_core.runtime.layer_types import layer_windows
 
 
 def bench_memory(device: str, ctx: int, budget_gib: float) -> dict:
@@ -71,29 +76,33 @@ def model_row(ctx: int, device: str) -> dict:
     row: dict = {"context": ctx, "batch": 1, "layers": layers, "elements": layers * kv * ctx * D}
 
     def headq(kernel: str):
-        cache = HeadQCache(layers, KEY, VALUE, HEADQ, basis)
+        cache = HeadQCache(layers, KEY, VALUE, HEADQ, basis, config=cfg)
         for layer in cache.quant_layers:
             layer.kernel = kernel
         return cache
 
-    caches = {"dynamic": DynamicCache, "headq": lambda: headq("auto"), "headq_dense": lambda: headq("off")}
+    caches = {"dynamic": lambda: DynamicCache(config=cfg), "headq": lambda: headq("auto"),
+              "headq_dense": lambda: headq("off")}
+    geometry = dict(batch=1, kv_heads=kv, head_dim=D)
+    row["model_cache_bytes"] = model_cache_bytes(layer_windows(cfg), ctx + 8, **geometry)  # bf16
     for name, make in caches.items():
         try:
             cache, times = make(), []
             with torch.no_grad():
-                model(ids[:, :ctx], past_key_values=cache, use_cache=True, logits_to_keep=1)  # dense prefill
+                # dense prefill
+                model(ids[:, :ctx], use_cache=True, logits_to_keep=1, **cache_kwargs(model, cache))
                 with cache.attached(model) if name != "dynamic" else contextlib.nullcontext():
                     for i in range(8):
                         nxt = ids[:, ctx + i : ctx + i + 1]
-                        step = lambda: model(nxt, past_key_values=cache, logits_to_keep=1)  # noqa: B023, E731
+                        step = lambda: model(nxt, logits_to_keep=1, **cache_kwargs(model, cache))  # noqa: B023, E731
                         times.append(wall_ms(step, device))
             row[f"{name}_step_ms"] = statistics.median(times[2:])
             if name == "headq":
                 row["headq_cache_bytes"] = cache.nbytes()
-                bits = effective_bits(KEY, D, HEADQ, seq_len=ctx + 8)
-                bits += effective_bits(VALUE, D, seq_len=ctx + 8)
-                row["formula_bytes"] = bits * layers * kv * (ctx + 8) * D / 8
+                row["formula_bytes"] = quantized_cache_bytes(layer_windows(cfg), ctx + 8, KEY, VALUE, HEADQ,
+                                                             **geometry)
                 row["bytes_over_formula"] = row["headq_cache_bytes"] / row["formula_bytes"]
+                row["x_smaller_than_model_cache"] = row["model_cache_bytes"] / row["headq_cache_bytes"]
         except Exception as exc:  # noqa: BLE001 - reported in the results, the run goes on
             row[f"{name}_error"] = f"{type(exc).__name__}: {exc}"[:300]
     for name in ("headq", "headq_dense"):

@@ -154,7 +154,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     e.add_argument("--value-bits", type=int, help="value bits of the full-kv preset (default: --bits)")
     e.add_argument("--group", type=int, default=32, help="quantization group size")
     e.add_argument("--residual", type=int, default=0, help="full-precision residual window")
-    e.add_argument("--runs", default="headq", choices=tuple(PRESETS), help="preset list of runs (below)")
+    e.add_argument("--runs", default="headq", choices=tuple(PRESETS), metavar="PRESET",
+                   help="preset list of runs (below)")
     e.add_argument("--head-windows", type=int, help="windows over which per-head metrics are computed "
                    "(default: all; perplexity uses all)")
     e.add_argument("--seed", type=int, default=0, help="evaluation seed (bootstrap intervals)")

@@ -14,7 +14,7 @@ from collections.abc import Callable, Sequence
 
 from pydantic import ValidationError
 
-from headq_cli import core, demo, jobs, service
+from headq_cli import core, demo, jobs, retrieval, service
 from headq_spec.errors import describe
 
 REGISTRARS: tuple[Callable[[argparse._SubParsersAction], None], ...] = (
@@ -22,6 +22,7 @@ REGISTRARS: tuple[Callable[[argparse._SubParsersAction], None], ...] = (
     jobs.register,     # submit, status, cancel, results
     core.register,     # calibrate, eval (headq_cli/core.py)
     demo.register,     # demo (headq_cli/demo.py)
+    retrieval.register,  # retrieve (headq_cli/retrieval.py)
 )
 
 

@@ -1,9 +1,17 @@
 """Run names and the ``--runs`` presets of ``headq eval``; ``headq demo`` names its runs the same way,
-so a name means one configuration everywhere (``k2+headq8``, ``kv2+a2``)."""
+so a name means one configuration everywhere (``k2+headq8``, ``kv2+a2``).
+
+The cache formats engines ship have presets by name (:data:`FORMAT_PRESETS`): ``fp8_e4m3``,
+``q4_0``, ``int8``, ``hadamard+k2``, ... each evaluates dense and that cache; ``<name>+headq`` adds
+HeadQ on its keys; ``formats`` / ``formats+headq`` evaluate all of them in one job.
+"""
 
 from __future__ import annotations
 
+import textwrap
 from typing import Any
+
+from headq_spec.runs import FORMAT_BITS
 
 PRESETS = {
     "k-only": "dense, k{B}",
@@ -12,6 +20,14 @@ PRESETS = {
     "full-kv": "dense, kv{B}, kv{B}+headq{R}, kv{B}+a2, kv{B}+headq{R}+a2 (values at --value-bits)",
 }
 A2_ONLINE = {"mode": "online", "keep_fraction": 0.1, "high_bits": 8}
+# engine caches store keys and values alike (llama.cpp's -ctk/-ctv, vLLM's kv_cache_dtype)
+ENGINE_FORMATS = FORMAT_BITS  # format -> its code width
+INT_PER_TOKEN = {"int8": (8, False), "int4": (4, False), "int8-sym": (8, True), "int4-sym": (4, True)}
+HADAMARD_KEYS = {"hadamard+k2": 2, "hadamard+k3": 3, "hadamard+k4": 4}  # rotated KIVI keys, values dense
+FORMAT_PRESETS = (*ENGINE_FORMATS, *INT_PER_TOKEN, *HADAMARD_KEYS)
+PRESETS.update({name: f"dense, {name}" for name in FORMAT_PRESETS})
+PRESETS.update({f"{name}+headq": f"dense, {name}, {name}+headq{{R}}" for name in FORMAT_PRESETS})
+PRESETS.update({"formats": "dense and every format preset", "formats+headq": "and each + headq{R}"})
 
 
 def run_name(key_bits: int | None = None, value_bits: int | None = None, rank: int | None = None,
@@ -27,8 +43,46 @@ def run_name(key_bits: int | None = None, value_bits: int | None = None, rank: i
 
 
 def preset_help() -> str:
-    """What each preset holds, one line each (``{B}`` bits, ``{R}`` rank), for ``--help``."""
-    return "\n".join(f"  {name:9s} {runs}" for name, runs in PRESETS.items())
+    """What each preset holds, one line each (``{B}`` bits, ``{R}`` rank; the format presets in
+    one paragraph), for ``--help``."""
+    lines = [f"  {name:9s} {runs}" for name, runs in PRESETS.items()
+             if name.removesuffix("+headq") not in (*FORMAT_PRESETS, "formats")]
+    lines.append("  formats   dense and every format preset below; formats+headq: and each + headq{R}")
+    about = (f"format presets: {', '.join(FORMAT_PRESETS)}: dense and that KV cache as engines store it "
+             "(K and V alike); hadamard+kN: rotated N-bit per-channel keys (group --group); "
+             "<name>+headq adds HeadQ rank R on its keys")
+    lines += textwrap.wrap(about, width=100, initial_indent="  ", subsequent_indent="            ")
+    return "\n".join(lines)
+
+
+def format_run(name: str, group: int, residual: int) -> dict[str, Any]:
+    """The run dict of the format preset ``name`` (no dense run, no HeadQ)."""
+    if name in ENGINE_FORMATS:
+        side = {"format": name, "bits": ENGINE_FORMATS[name], "axis": "per_token", "group_size": 32,
+                "residual": residual}
+        return {"name": name, "key": side, "value": side}
+    if name in INT_PER_TOKEN:
+        bits, symmetric = INT_PER_TOKEN[name]
+        side = {"bits": bits, "axis": "per_token", "group_size": group, "residual": residual}
+        side |= {"symmetric": True} if symmetric else {}
+        return {"name": name, "key": side, "value": side}
+    if name in HADAMARD_KEYS:
+        return {"name": name, "key": {"bits": HADAMARD_KEYS[name], "axis": "per_channel", "group_size": group,
+                                      "residual": residual, "rotation": "hadamard"}}
+    raise ValueError(f"runs: unknown format preset {name!r}; choose one of {FORMAT_PRESETS}")
+
+
+def format_preset_runs(preset: str, group: int, residual: int, rank: int) -> list[dict[str, Any]]:
+    """The run dicts of a format preset: dense, the format(s), and with ``+headq`` each + HeadQ."""
+    base = preset.removesuffix("+headq")
+    names = FORMAT_PRESETS if base == "formats" else (base,)
+    runs: list[dict[str, Any]] = [{"name": run_name()}]
+    for name in names:
+        run = format_run(name, group, residual)
+        runs.append(run)
+        if preset.endswith("+headq"):
+            runs.append(run | {"name": f"{name}+headq{rank}", "headq": {"rank": rank, "side_bits": 8}})
+    return runs
 
 
 def preset_runs(preset: str, bits: int, group: int, residual: int, rank: int,
@@ -36,6 +90,8 @@ def preset_runs(preset: str, bits: int, group: int, residual: int, rank: int,
     """The run dicts of ``preset`` (see :data:`PRESETS`)."""
     if preset not in PRESETS:
         raise ValueError(f"runs: unknown preset {preset!r}; choose one of {tuple(PRESETS)}")
+    if preset.removesuffix("+headq") in (*FORMAT_PRESETS, "formats"):
+        return format_preset_runs(preset, group, residual, rank)
     key = {"bits": bits, "axis": "per_channel", "group_size": group, "residual": residual}
     hq = {"rank": rank, "side_bits": 8}
     runs: list[dict[str, Any]] = [{"name": run_name()}]

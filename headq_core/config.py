@@ -1,6 +1,9 @@
 """Run configurations (re-exported from the torch-free `headq_spec.runs`, where they are defined)."""
 
 from headq_spec.runs import (
+    FORMAT_BITS,
+    FORMAT_DEFAULTS,
+    FORMATS,
     SIDE_BITS,
     SUPPORTED_BITS,
     HeadQConfig,
@@ -10,5 +13,5 @@ from headq_spec.runs import (
     ValuePolicyConfig,
 )
 
-__all__ = ["SIDE_BITS", "SUPPORTED_BITS", "HeadQConfig", "InterventionConfig", "QuantConfig", "RunSpec",
-           "ValuePolicyConfig"]
+__all__ = ["FORMATS", "FORMAT_BITS", "FORMAT_DEFAULTS", "SIDE_BITS", "SUPPORTED_BITS", "HeadQConfig",
+           "InterventionConfig", "QuantConfig", "RunSpec", "ValuePolicyConfig"]

@@ -9,7 +9,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict
 
 JobStatus = Literal["queued", "running", "succeeded", "failed", "cancelled"]
-JobKind = Literal["calibration", "evaluation"]
+JobKind = Literal["calibration", "evaluation", "retrieval"]
 
 
 class Job(BaseModel):

@@ -27,6 +27,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_serializer, field_valid
 
 from headq_spec.errors import readable
 from headq_spec.limits import MAX_BATCH, MAX_RANK, MAX_SEED, MAX_TOKENS, MAX_WINDOW, MAX_WINDOWS
+from headq_spec.retrieval import RetrievalOptions, check_retrieval_runs
 from headq_spec.runs import RunSpec, check_run_list
 
 BUILTIN_MODELS = ("builtin:smollm2-135m",)
@@ -101,6 +102,10 @@ class DatasetSpec(_Strict):
     head_windows: int | None = Field(default=None, ge=1, le=MAX_WINDOWS)
     # evaluation: windows per forward pass (a speed knob; see headq_core.evaluation.evaluate.evaluate)
     batch: int = Field(default=1, ge=1, le=MAX_BATCH)
+    # evaluation: attention path (auto: blockwise O(L) memory unless per-head metrics on a window of at
+    # most 2048 tokens) and the query rows per window the blockwise path samples for per-head metrics
+    attention: Literal["auto", "materialised", "blockwise"] = "auto"
+    head_rows: int = Field(default=256, ge=1, le=MAX_WINDOW)
     # start every window as the tokenizer starts a sequence (its BOS): auto, or force it on / off
     add_bos: Literal["auto"] | bool = "auto"
     # which chunks of the corpus become windows: spread evenly over it, or the first ones
@@ -126,12 +131,14 @@ class CalibrationOptions(_Strict):
 class JobSpec(_Strict):
     """One calibration or evaluation job. ``runs`` are evaluated; a calibration has none."""
 
-    kind: Literal["calibration", "evaluation"]
+    kind: Literal["calibration", "evaluation", "retrieval"]
     label: str | None = Field(default=None, max_length=200)
     model: ModelSpec
     dataset: DatasetSpec = Field(default_factory=DatasetSpec)
     calibration_job: str | None = Field(default=None, min_length=1, max_length=64)
     calibration: CalibrationOptions | None = None
+    # a retrieval job's grid (headq_spec.retrieval); left out of other kinds' dumps and fingerprints
+    retrieval: RetrievalOptions | None = Field(default=None, exclude_if=lambda value: value is None)
     runs: list[RunSpec] = Field(default_factory=list, max_length=256)
     seed: int = Field(default=0, ge=0, le=MAX_SEED, strict=True)
 
@@ -160,6 +167,8 @@ class JobSpec(_Strict):
 
     @model_validator(mode="after")
     def _kind_rules(self) -> JobSpec:
+        if self.kind != "retrieval" and self.retrieval is not None:
+            raise ValueError("retrieval: only a retrieval job takes retrieval options")
         if self.kind == "calibration":
             if self.runs:
                 raise ValueError("runs: a calibration job has no runs")
@@ -170,6 +179,10 @@ class JobSpec(_Strict):
             return self
         if self.calibration is not None:
             raise ValueError("calibration: only a calibration job takes calibration options")
+        if self.kind == "retrieval":
+            self.retrieval = self.retrieval or RetrievalOptions()
+            self.retrieval.check(self.model.id, self.dataset.max_tokens)
+            check_retrieval_runs(self.runs)
         if not self.runs:
             raise ValueError("runs: an evaluation needs at least one run")
         check_run_list(self.runs)

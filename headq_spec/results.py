@@ -12,6 +12,7 @@ from headq_spec.api import JobKind
 from headq_spec.jobs import JobSpec, check_text
 from headq_spec.limits import INT32_MAX, MAX_RANK, MAX_SEED, MAX_TOKENS, MAX_WINDOW, MAX_WINDOWS
 from headq_spec.metrics import HEAD_METRICS
+from headq_spec.retrieval import RetrievalBlock
 
 Tokens = Annotated[int, Field(ge=0, le=MAX_TOKENS)]
 Interval = Annotated[list[float | None], Field(min_length=2, max_length=2)]  # [low, high]
@@ -72,15 +73,55 @@ class RunResult(BaseModel):
     excess_removed_ci: Interval | None = None
 
 
+AttentionPath = Literal["materialised", "blockwise"]
+
+
+class AttentionInfo(BaseModel):
+    """Which attention path evaluated the windows with per-head metrics and the others (null: no
+    such windows), and the query rows of each window the per-head metrics read (null: every row)."""
+
+    model_config = ConfigDict(extra="allow", strict=True)
+
+    head_windows: AttentionPath | None = None
+    other_windows: AttentionPath | None = None
+    head_rows: list[Annotated[int, Field(ge=0, lt=MAX_WINDOW)]] | None = Field(
+        default=None, max_length=MAX_WINDOW)
+
+
 class DatasetInfo(BaseModel):
     """What was read: the corpus (source, split, files, ...), ``tokens`` and ``windows`` of
-    ``window`` tokens each; other keys are kept."""
+    ``window`` tokens each, the ``attention`` path; other keys are kept."""
 
     model_config = ConfigDict(extra="allow", strict=True)
 
     tokens: Tokens | None = None
     windows: int | None = Field(default=None, ge=0, le=MAX_WINDOWS)
     window: int | None = Field(default=None, ge=1, le=MAX_WINDOW)
+    attention: AttentionInfo | None = None
+
+
+class PositionNll(BaseModel):
+    """Mean NLL per token-position bucket: bucket i holds window positions ``edges[i]`` to
+    ``edges[i+1] - 1`` and ``tokens[i]`` scored tokens; ``nll`` and ``excess_nll`` (over the
+    ``baseline`` dense run, when there is one) map run names to one value per bucket."""
+
+    model_config = ConfigDict(extra="allow", strict=True)
+
+    edges: list[Annotated[int, Field(ge=0, le=MAX_WINDOW)]] = Field(min_length=2, max_length=MAX_WINDOW + 1)
+    tokens: list[Tokens]
+    nll: dict[str, list[float | None]] = Field(default_factory=dict)
+    excess_nll: dict[str, list[float | None]] = Field(default_factory=dict)
+    baseline: str | None = None
+
+    @model_validator(mode="after")
+    def _one_value_per_bucket(self) -> PositionNll:
+        buckets = len(self.edges) - 1
+        if len(self.tokens) != buckets or any(
+                len(v) != buckets for block in (self.nll, self.excess_nll) for v in block.values()):
+            raise ValueError(f"position_nll: every list needs one value per bucket ({buckets})")
+        if any(a >= b for a, b in zip(self.edges, self.edges[1:], strict=False)):
+            raise ValueError("position_nll.edges: must increase")
+        return self
 
 
 class CalibrationRef(BaseModel):
@@ -111,7 +152,9 @@ class ResultsDocument(BaseModel):
     rank: int | None = Field(default=None, ge=1, le=MAX_RANK)
     runs: list[RunResult] = Field(default_factory=list)
     heads: list[HeadRowIn] = Field(default_factory=list)  # type: ignore[valid-type]
+    position_nll: PositionNll | None = None
     arrays: dict[str, Any] = Field(default_factory=dict)
+    retrieval: RetrievalBlock | None = None  # a retrieval job's prompts and answers
     timing: dict[str, float] = Field(default_factory=dict)
 
     @model_validator(mode="before")

@@ -13,11 +13,18 @@ import math
 from dataclasses import asdict, dataclass, field
 from typing import Annotated, Any, Literal
 
-from pydantic import WithJsonSchema
+from pydantic import Strict, WithJsonSchema
 
 from headq_spec.limits import MAX_BITS, MAX_RANK, MAX_SEED, MAX_WINDOW
 
-SUPPORTED_BITS = (1, 2, 3, 4, 8)
+SUPPORTED_BITS = (1, 2, 3, 4, 8)  # code widths of the "int" format
+# the cache formats engines ship and their code widths (the "int" format takes SUPPORTED_BITS)
+FORMAT_BITS = {"fp8_e4m3": 8, "fp8_e5m2": 8, "q8_0": 8, "q4_0": 4, "q4_1": 4, "q5_0": 5, "q5_1": 5,
+               "iq4_nl": 4}
+FORMATS = ("int", *FORMAT_BITS)
+BLOCK_FORMATS = ("q8_0", "q4_0", "q4_1", "q5_0", "q5_1", "iq4_nl")  # llama.cpp: 32 values a block
+GGML_BLOCK = 32
+CODE_BITS = tuple(sorted({*SUPPORTED_BITS, *FORMAT_BITS.values()}))
 SIDE_BITS = (2, 4, 8, 16)
 HIGH_BITS = (*SUPPORTED_BITS, MAX_BITS)
 MAX_RUN_NAME = 200  # characters: the store's run column
@@ -25,6 +32,14 @@ Axis = Literal["per_channel", "per_token"]
 Basis = Literal["query_pca", "key_pca", "random"]
 PolicyMode = Literal["online", "oracle"]
 SideScale = Literal["token", "group"]
+Format = Literal["int", "fp8_e4m3", "fp8_e5m2", "q8_0", "q4_0", "q4_1", "q5_0", "q5_1", "iq4_nl"]
+Fp8Scale = Literal["tensor", "head", "token", "unit"]
+Rotation = Literal["none", "hadamard"]
+# the format fields' defaults: a config at these values is the original quantizer, and to_dict omits
+# them, so every spec and result written before the formats existed reads (and hashes) the same
+FORMAT_DEFAULTS: dict[str, Any] = {"format": "int", "symmetric": False, "fp8_scale": "tensor",
+                                   "rotation": "none", "rotation_seed": 0}
+SlidingLayers = Literal["quantize", "full_precision"]  # how a cache stores sliding-window layers
 
 
 # the JSON Schema of a bounded field: the OpenAPI document shows it, __post_init__ enforces it
@@ -53,29 +68,83 @@ def _require_in(value: Any, low: int, high: int, field_name: str) -> None:
 
 @dataclass(frozen=True)
 class QuantConfig:
-    """Asymmetric uniform quantizer with fp16 scale and zero-point per group.
+    """One cache format: what a key or value cache stores per element (docs/method.md, "Formats").
 
-    ``per_channel``: groups of ``group_size`` tokens along the sequence, one scale per channel
-    (the KIVI key layout). ``per_token``: groups of ``group_size`` channels along head_dim (the
-    value layout). ``residual`` most recent tokens stay in full precision.
+    ``format="int"`` (default): uniform ``bits``-bit codes with an fp16 scale and zero-point per
+    group (``symmetric``: scale only, codes centred on zero). ``per_channel``: groups of
+    ``group_size`` tokens along the sequence, one scale per channel (the KIVI key layout).
+    ``per_token``: groups of ``group_size`` channels along head_dim (the value layout).
+    The engine formats store each token as it arrives (``axis="per_token"``) and fix their code
+    width (``bits`` must equal it, :data:`FORMAT_BITS`): ``fp8_e4m3`` / ``fp8_e5m2`` with a float32
+    scale per tensor, head or token (``fp8_scale``; ``unit``: no scale, a plain saturating cast;
+    ``group_size`` unused), and llama.cpp's block formats (``q8_0`` ... ``iq4_nl``: blocks of 32
+    values of one token, ``group_size`` 32). ``rotation="hadamard"`` quantizes ``H x`` (a Hadamard
+    transform over head_dim with random signs from ``rotation_seed``) and reads ``Hᵀ Q(H x)``.
+    ``residual`` most recent tokens stay in full precision.
     """
 
-    bits: Annotated[int, _one_of(SUPPORTED_BITS)] = 2
+    bits: Annotated[int, _one_of(CODE_BITS)] = 2
     axis: Axis = "per_channel"
     group_size: Annotated[int, _integer(1, MAX_WINDOW)] = 32
     residual: Annotated[int, _integer(0, MAX_WINDOW)] = 0
+    format: Format = "int"
+    symmetric: Annotated[bool, Strict()] = False  # JSON true / false only, no "true" or 1
+    fp8_scale: Fp8Scale = "tensor"
+    rotation: Rotation = "none"
+    rotation_seed: Annotated[int, _integer(0, MAX_SEED)] = 0
 
     def __post_init__(self) -> None:
-        _require(self.bits in SUPPORTED_BITS, "bits", f"must be one of {SUPPORTED_BITS}, got {self.bits!r}")
+        _require(self.format in FORMATS, "format", f"must be one of {FORMATS}, got {self.format!r}")
+        if self.format == "int":
+            _require(self.bits in SUPPORTED_BITS, "bits",
+                     f"must be one of {SUPPORTED_BITS}, got {self.bits!r}")
+        else:
+            width = FORMAT_BITS[self.format]
+            _require(self.bits == width and not isinstance(self.bits, bool), "bits",
+                     f"format {self.format!r} stores {width}-bit codes: give bits {width}, got {self.bits!r}")
         _require(self.axis in ("per_channel", "per_token"), "axis",
                  f"must be 'per_channel' or 'per_token', got {self.axis!r}")
         _require_in(self.group_size, 1, MAX_WINDOW, "group_size")
         _require_in(self.residual, 0, MAX_WINDOW, "residual")
+        _require(isinstance(self.symmetric, bool), "symmetric",
+                 f"must be true or false, got {self.symmetric!r}")
+        _require(self.fp8_scale in ("tensor", "head", "token", "unit"), "fp8_scale",
+                 f"must be 'tensor', 'head', 'token' or 'unit', got {self.fp8_scale!r}")
+        _require(self.rotation in ("none", "hadamard"), "rotation",
+                 f"must be 'none' or 'hadamard', got {self.rotation!r}")
+        _require_in(self.rotation_seed, 0, MAX_SEED, "rotation_seed")
+        self._check_format_rules()
+
+    def _check_format_rules(self) -> None:
+        """The rules that tie the fields to the format."""
+        fmt = self.format
+        if fmt != "int":
+            _require(self.axis == "per_token", "axis",
+                     f"format {fmt!r} stores each token as it arrives: use 'per_token', got {self.axis!r}")
+            _require(not self.symmetric, "symmetric",
+                     f"only for the 'int' format ({fmt!r} fixes its own encoding)")
+        if fmt in BLOCK_FORMATS:
+            _require(self.group_size == GGML_BLOCK, "group_size",
+                     f"format {fmt!r} has blocks of {GGML_BLOCK} values, got {self.group_size!r}")
+        _require(fmt.startswith("fp8") or self.fp8_scale == "tensor", "fp8_scale",
+                 f"only used by the fp8 formats, got {self.fp8_scale!r} with format {fmt!r}")
+        _require(not self.symmetric or self.bits >= 2, "symmetric", "needs bits >= 2")
+        _require(self.rotation != "none" or self.rotation_seed == 0, "rotation_seed",
+                 "only used with rotation 'hadamard'")
 
     @property
     def seq_group(self) -> int:
         """Tokens that must be complete before any of them can be quantized (1 for per_token)."""
         return self.group_size if self.axis == "per_channel" else 1
+
+    @property
+    def is_plain(self) -> bool:
+        """True for the original quantizer (asymmetric int, no rotation): what packed caches store."""
+        return self.format == "int" and not self.symmetric and self.rotation == "none"
+
+    def to_dict(self) -> dict[str, Any]:
+        """The fields as a dict, the format fields only where they differ from their defaults."""
+        return {k: v for k, v in asdict(self).items() if FORMAT_DEFAULTS.get(k, object()) != v}
 
 
 @dataclass(frozen=True)
@@ -174,6 +243,10 @@ class RunSpec:
     value_policy: ValuePolicyConfig | None = None
     intervention: InterventionConfig | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+    # sliding-window layers in a cache: quantized as the full ones (None, the default, means
+    # "quantize", as serving engines do) or kept in full precision; either way a cache holds only
+    # their window. None keeps existing specs (and their fingerprints) unchanged.
+    sliding_layers: SlidingLayers | None = None
 
     def __post_init__(self) -> None:
         _require(bool(self.name) and isinstance(self.name, str), "name", "must be a non-empty string")
@@ -182,8 +255,12 @@ class RunSpec:
                  or self.key.axis == "per_channel", "headq.side_scale",
                  "'group' needs per_channel keys (the code shares the key group of G tokens)")
         _require(self.intervention is None or self.key is not None, "intervention", "needs a key quantizer")
+        _require(self.sliding_layers in (None, "quantize", "full_precision"), "sliding_layers",
+                 f"must be 'quantize' or 'full_precision', got {self.sliding_layers!r}")
         _require(self.value_policy is None or self.value is not None, "value_policy",
                  "needs a value quantizer")
+        _require(self.value_policy is None or self.value is None or self.value.format == "int",
+                 "value_policy", "needs an 'int' value format (the A² policy mixes int code widths)")
         policy, value = self.value_policy, self.value
         if policy is not None and policy.target_bits is not None and value is not None:
             _require(value.bits < policy.high_bits, "value_policy.high_bits",
@@ -197,15 +274,22 @@ class RunSpec:
         return self.key is None and self.value is None
 
     def to_dict(self) -> dict[str, Any]:
-        return {k: v for k, v in asdict(self).items() if v is not None and v != {}}
+        out = {k: v for k, v in asdict(self).items() if v is not None and v != {}}
+        for side in ("key", "value"):
+            cfg = getattr(self, side)
+            if cfg is not None:
+                out[side] = cfg.to_dict()
+        return out
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> RunSpec:
         parts = {"key": QuantConfig, "value": QuantConfig, "headq": HeadQConfig,
                  "value_policy": ValuePolicyConfig, "intervention": InterventionConfig}
-        unknown = set(data) - set(parts) - {"name", "extra"}
+        unknown = set(data) - set(parts) - {"name", "extra", "sliding_layers"}
         _require(not unknown, "run", f"unknown fields {sorted(unknown)}")
         kwargs: dict[str, Any] = {"name": data.get("name", ""), "extra": dict(data.get("extra") or {})}
+        if "sliding_layers" in data:
+            kwargs["sliding_layers"] = data["sliding_layers"]
         for key, klass in parts.items():
             if data.get(key) is not None:
                 try:

@@ -9,12 +9,14 @@ import shlex
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 
 def commit() -> str:
-    """The checked-out commit, ``$HEADQ_COMMIT``, or "unknown"."""
+    """The commit checked out where this repository lies, ``$HEADQ_COMMIT``, or "unknown"."""
     try:
-        found = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=False)
+        found = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=False,
+                               cwd=Path(__file__).resolve().parents[1])
         if found.returncode == 0 and found.stdout.strip():
             return found.stdout.strip()
     except OSError:

@@ -13,6 +13,7 @@ from headq_core.evaluation.calibrate import Calibration, calibrate
 from headq_core.evaluation.corpus import CorpusSpec, check_files
 from headq_core.evaluation.evaluate import evaluate
 from headq_core.evaluation.results import calibration_document
+from headq_core.evaluation.retrieval import retrieve
 from headq_core.evaluation.windows import WINDOW_FIELDS
 from headq_core.models.loading import LoadedModel, load_model
 from headq_jobs.paths import check_local_paths
@@ -108,6 +109,11 @@ def execute(
         doc = calibration_document(cal, loaded.info.to_dict(), dataset, time.perf_counter() - started)
         return doc, cal.to_bytes()
     calibration = None if calibration_blob is None else Calibration.from_bytes(calibration_blob)
+    if job.kind == "retrieval":
+        doc = retrieve(loaded, corpus, job.runs, calibration, options=job.retrieval, max_tokens=max_tokens,
+                       seed=job.seed, calibration_job=job.calibration_job, progress=report,
+                       should_stop=should_stop)
+        return doc, None
     doc = evaluate(
         loaded,
         corpus,
@@ -121,6 +127,8 @@ def execute(
         seed=job.seed,
         head_windows=job.dataset.head_windows,
         batch=job.dataset.batch,
+        attention=job.dataset.attention,
+        head_rows=job.dataset.head_rows,
         progress=report,
         should_stop=should_stop,
     )

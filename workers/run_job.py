@@ -113,7 +113,8 @@ def _calibration_blob(factory: sessionmaker[Session], job: JobRow, options: Exec
     """The calibration artifact an evaluation names (``calibration_job``), if any. While that
     calibration is still queued or running (another GPU may hold it) this waits, polling, up to
     ``options.calibration_wait_s``; a calibration that failed or was cancelled fails the evaluation."""
-    calibration_job = job.spec.get("calibration_job") if job.spec.get("kind") == "evaluation" else None
+    kind = job.spec.get("kind")
+    calibration_job = job.spec.get("calibration_job") if kind in ("evaluation", "retrieval") else None
     if not calibration_job:
         return None
     deadline = time.monotonic() + options.calibration_wait_s

@@ -20,6 +20,7 @@ NAV = [
     ("Predictor check", "/predictor"),
     ("Perplexity", "/perplexity"),
     ("Compare", "/compare"),
+    ("Retrieval", "/retrieval"),
 ]
 
 

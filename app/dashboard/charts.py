@@ -251,3 +251,31 @@ def budget_panels(key_only: Sequence[Mapping], key_value: Sequence[Mapping]) -> 
                                   "anchor": f"y{axis}"}
         layout[f"yaxis{axis}"] = {**fig["layout"]["yaxis"], "anchor": f"x{axis}"}
     return {"data": data, "layout": layout}
+
+
+NO_POSITIONS = "No NLL per position: this document predates it."
+
+
+def position_figure(block: Mapping | None, runs: Sequence[str]) -> dict:
+    """Excess NLL against token position (log x) for ``runs``: one line per run over the results
+    document's ``position_nll`` buckets, each point at its bucket's first position; the mean NLL
+    when the document has no dense run to take the excess over."""
+    if not block:
+        return empty_figure(NO_POSITIONS)
+    excess = block.get("excess_nll") or {}
+    values = excess or block.get("nll") or {}
+    shown = [r for r in runs if r in values and r != block.get("baseline")]
+    if not shown:
+        return empty_figure("No configuration with NLL per position here.")
+    edges = list(block["edges"])
+    x = [int(lo) for lo in edges[:-1]]
+    ends = [int(hi) - 1 for hi in edges[1:]]
+    data = [{"type": "scatter", "mode": "lines+markers", "name": run, "x": x, "y": values[run],
+             "customdata": ends, "line": {"color": PALETTE[i % len(PALETTE)]}, "marker": {"size": 4},
+             "hovertemplate": f"{run}<br>positions %{{x}}–%{{customdata}}<br>%{{y:.4g}} nats<extra></extra>"}
+            for i, run in enumerate(shown)]
+    what = f"excess NLL over {block['baseline']}" if excess else "NLL"
+    layout = base_layout(f"{what} against token position", 360,
+                         xaxis={"title": {"text": "token position in the window"}, "type": "log"},
+                         yaxis={"title": {"text": f"{what} [nats per token]"}})
+    return {"data": data, "layout": layout}

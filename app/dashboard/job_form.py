@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from headq_spec.runs import FORMAT_BITS, GGML_BLOCK
+
 
 def _number(value: Any, field: str, kind: type = int) -> Any:
     if value is None or value == "":
@@ -21,21 +23,40 @@ def _number(value: Any, field: str, kind: type = int) -> Any:
     return out
 
 
-def run_name(key_bits: int, headq: dict | None, value_bits: int | None, policy: str | None) -> str:
-    """A readable configuration name such as ``k2``, ``k2-headq-r8``, ``k2-v2-a2``."""
-    name = f"k{key_bits}"
+def run_name(key_bits: int, headq: dict | None, value_bits: int | None, policy: str | None,
+             fmt: str = "int", rotation: bool = False) -> str:
+    """A readable configuration name such as ``k2``, ``k2-headq-r8``, ``k2-v2-a2``, ``k-q4_0-v-q4_0``,
+    ``hadamard+k2``."""
+    name = ("hadamard+" if rotation else "") + (f"k{key_bits}" if fmt == "int" else f"k-{fmt}")
     if headq is not None:
         name += f"-headq-r{headq['rank']}" + ("" if headq["basis"] == "query_pca" else f"-{headq['basis']}")
         name += "-wrongsign" if headq["sign"] == -1 else ""
     if value_bits is not None:
-        name += f"-v{value_bits}" + (f"-a2{policy}" if policy else "")
+        name += (f"-v{value_bits}" if fmt == "int" else f"-v-{fmt}") + (f"-a2{policy}" if policy else "")
     return name
+
+
+def _quantizer(form: dict[str, Any], bits: int, axis: str) -> dict[str, Any]:
+    """One side's quantizer: ``int`` codes of ``bits`` along ``axis``, or the form's engine format
+    (its own width, per token, blocks of 32 for llama.cpp's); rotated when the form asks."""
+    fmt = form.get("format") or "int"
+    out: dict[str, Any] = {"bits": bits, "axis": axis,
+                           "group_size": _number(form.get("group_size"), "group_size"),
+                           "residual": _number(form.get("residual"), "residual")}
+    if fmt != "int":
+        if fmt not in FORMAT_BITS:
+            raise ValueError(f"format: must be 'int' or one of {sorted(FORMAT_BITS)}, got {fmt!r}")
+        out.update(format=fmt, bits=FORMAT_BITS[fmt], axis="per_token", group_size=GGML_BLOCK)
+    if form.get("rotation"):
+        out["rotation"] = "hadamard"
+    return out
 
 
 def build_spec(form: dict[str, Any]) -> dict[str, Any]:
     """Job spec from form values.
 
-    Keys: ``label, model, calibration_job, bits, group_size, residual, axis, headq (bool), rank,
+    Keys: ``label, model, calibration_job, bits, group_size, residual, axis, format ('int' or an
+    engine format: keys, and values when value bits are chosen), rotation (bool), headq (bool), rank,
     basis, sign, value_bits ('dense' or int), value_policy ('none'|'online'|'oracle'),
     keep_fraction, baselines (bool), dataset_source, dataset_name, split, tokens, window,
     head_windows`` (empty split or head windows: the API's default). With ``baselines`` the spec
@@ -45,12 +66,7 @@ def build_spec(form: dict[str, Any]) -> dict[str, Any]:
     model = (form.get("model") or "").strip()
     if not model:
         raise ValueError("model: a model id is required")
-    key = {
-        "bits": _number(form.get("bits"), "bits"),
-        "axis": form.get("axis") or "per_channel",
-        "group_size": _number(form.get("group_size"), "group_size"),
-        "residual": _number(form.get("residual"), "residual"),
-    }
+    key = _quantizer(form, _number(form.get("bits"), "bits"), form.get("axis") or "per_channel")
     headq = None
     if form.get("headq"):
         headq = {
@@ -66,12 +82,7 @@ def build_spec(form: dict[str, Any]) -> dict[str, Any]:
     if headq:
         run["headq"] = headq
     if value_bits is not None:
-        run["value"] = {
-            "bits": value_bits,
-            "axis": "per_token",
-            "group_size": key["group_size"],
-            "residual": key["residual"],
-        }
+        run["value"] = _quantizer(form, value_bits, "per_token")
         if policy:
             run["value_policy"] = {
                 "mode": policy,
@@ -79,13 +90,14 @@ def build_spec(form: dict[str, Any]) -> dict[str, Any]:
             }
     elif policy:
         raise ValueError("value_policy: needs quantized values (choose value bits)")
-    run["name"] = run_name(key["bits"], headq, value_bits, policy)
+    fmt, rotation = form.get("format") or "int", bool(form.get("rotation"))
+    run["name"] = run_name(key["bits"], headq, value_bits, policy, fmt, rotation)
     runs = [run]
     if form.get("baselines"):
         runs.insert(0, {"name": "dense"})
         if headq:
             base = {k: v for k, v in run.items() if k != "headq"}
-            base["name"] = run_name(key["bits"], None, value_bits, policy)
+            base["name"] = run_name(key["bits"], None, value_bits, policy, fmt, rotation)
             runs.insert(1, base)
     spec: dict[str, Any] = {"kind": "evaluation", "model": {"id": model}, "dataset": dataset(form),
                             "runs": runs}

@@ -1,9 +1,13 @@
 """Decode-exact teacher-forced evaluation of many configurations on one model.
 
 For every window of ``window`` tokens and every run, one forward pass through the model with the
-run's attention (:class:`~headq_core.evaluation.run_attention.RunAttention`): its NLL gives the run's
-perplexity and the same pass yields its per-head metrics (dense vs quantized logits on that run's
-own inputs). Returns the results document of docs/contracts.md.
+run's attention: its NLL gives the run's perplexity and the same pass yields its per-head metrics
+(dense vs quantized logits on that run's own inputs). The attention is materialised
+(:class:`~headq_core.evaluation.run_attention.RunAttention`, the reference, metrics over every query
+row) or blockwise in O(L) memory
+(:class:`~headq_core.evaluation.blockwise_attention.BlockwiseRunAttention`, metrics over a seeded
+sample of rows); :func:`attention_path` chooses. The NLL is computed in chunks of positions
+(``token_nll``) and also kept per position bucket. Returns the results document of docs/contracts.md.
 """
 
 from __future__ import annotations
@@ -16,17 +20,23 @@ import torch
 
 from headq_core.config import RunSpec
 from headq_core.errors import Cancelled
+from headq_core.evaluation.blockwise_attention import BlockwiseRunAttention
 from headq_core.evaluation.calibrate import Calibration
 from headq_core.evaluation.corpus import CorpusSpec
 from headq_core.evaluation.head_accumulator import HeadAccumulator
+from headq_core.evaluation.positions import position_buckets, sample_rows
 from headq_core.evaluation.rank_correlation import POOLED, head_rank_correlations
 from headq_core.evaluation.results import compact_list, results_document, run_rows
-from headq_core.evaluation.run_attention import RunAttention
+from headq_core.evaluation.run_attention import MetricsSink, RunAttention
+from headq_core.evaluation.token_nll import token_nll
 from headq_core.evaluation.uncertainty import resample_indices, uncertainty_note
 from headq_core.evaluation.windows import AddBos, Placement, corpus_windows
 from headq_core.method.budget import effective_bits
+from headq_core.method.formats import check_head_dim
 from headq_core.models.adapter import attention_handler
+from headq_core.models.attention import AttentionCall
 from headq_core.models.loading import LoadedModel
+from headq_core.runtime.layer_types import layer_windows
 from headq_spec.runs import check_run_list
 
 
@@ -49,6 +59,12 @@ def check_runs(
             )
         if run.headq and run.headq.rank > head_dim:
             raise ValueError(f"headq.rank: {run.headq.rank} exceeds head_dim {head_dim}")
+        for side, cfg in (("key", run.key), ("value", run.value)):
+            if cfg is not None:
+                try:
+                    check_head_dim(cfg, head_dim)
+                except ValueError as exc:
+                    raise ValueError(f"{side}.{exc} (run {run.name!r})") from None
     return specs
 
 
@@ -59,12 +75,56 @@ def _bits(run: RunSpec, head_dim: int) -> dict[str, float]:
     }
 
 
-def _window_nll(logits: torch.Tensor, ids: torch.Tensor, first: int) -> torch.Tensor:
-    """NLL sums [batch] (float64) of ``ids`` [batch, L] from positions ``first`` on, predicted by
-    ``logits`` [batch, L, vocab] of the positions before them."""
-    per_token = torch.nn.functional.cross_entropy(
-        logits[:, first - 1 : -1].transpose(1, 2).float(), ids[:, first:], reduction="none")
-    return per_token.double().sum(dim=1).cpu()
+ATTENTION_PATHS = ("auto", "materialised", "blockwise")
+LONG_WINDOW = 2048  # auto: longer windows always run blockwise
+HEAD_ROWS = 256  # query rows per window sampled for per-head metrics on the blockwise path
+
+
+def attention_path(attention: str, window: int, metrics: bool) -> str:
+    """``materialised`` or ``blockwise`` for a batch of windows: ``auto`` runs blockwise unless
+    per-head metrics are wanted on a window of at most ``LONG_WINDOW`` tokens."""
+    if attention not in ATTENTION_PATHS:
+        raise ValueError(f"attention: must be one of {ATTENTION_PATHS}, got {attention!r}")
+    if attention != "auto":
+        return attention
+    return "materialised" if metrics and window <= LONG_WINDOW else "blockwise"
+
+
+def check_window(model, window: int) -> None:
+    """A window longer than the model's ``max_position_embeddings`` is refused."""
+    limit = getattr(model.config, "max_position_embeddings", None)
+    if isinstance(limit, int) and window > limit:
+        raise ValueError(f"window: {window} tokens exceed the model's max_position_embeddings ({limit})")
+
+
+def _handler(run: RunSpec, path: str, basis_for, sink: MetricsSink | None, rows: torch.Tensor | None,
+             window: int) -> RunAttention:
+    """The attention handler of ``run`` on ``path``; blockwise metrics use the sampled ``rows``
+    (every row when the sample would cover the window)."""
+    if path == "materialised":
+        return RunAttention(run, basis_for=basis_for, sink=sink)
+    rows = torch.arange(window) if sink is not None and rows is None else rows
+    return BlockwiseRunAttention(run, basis_for=basis_for, sink=sink, rows=rows)
+
+
+class ExactSlidingLayers:
+    """A run with ``sliding_layers="full_precision"``: its own handler on the full-attention layers,
+    the same handler of the run without quantizers on the sliding ``layers`` (their metrics are 0)."""
+
+    def __init__(self, quantized: RunAttention, exact: RunAttention, layers: set[int]) -> None:
+        self.quantized, self.exact, self.layers = quantized, exact, layers
+
+    def __call__(self, call: AttentionCall) -> torch.Tensor:
+        """[b, hq, L, d] attention output of layer ``call.layer``."""
+        return (self.exact if call.layer in self.layers else self.quantized)(call)
+
+
+def _run_handler(run: RunSpec, sliding: set[int], *args: Any) -> RunAttention | ExactSlidingLayers:
+    """:func:`_handler` of ``run``, its ``sliding`` layers kept exact when the run asks."""
+    handler = _handler(run, *args)
+    if run.sliding_layers != "full_precision" or not sliding:
+        return handler
+    return ExactSlidingLayers(handler, _handler(RunSpec(run.name), *args), sliding)
 
 
 def window_batches(n_windows: int, batch: int, head_windows: int) -> list[tuple[int, int]]:
@@ -89,6 +149,8 @@ def evaluate(
     heads: bool = True,
     head_windows: int | None = None,
     batch: int = 1,
+    attention: str = "auto",
+    head_rows: int = HEAD_ROWS,
     progress: Callable[[float, str], None] | None = None,
     should_stop: Callable[[], bool] | None = None,
 ) -> dict[str, Any]:
@@ -100,7 +162,9 @@ def evaluate(
     (default: all). The dense run uses the model's own attention and gives no head rows. ``batch``
     windows go through the model together: the same numbers up to float rounding, except the
     ``key_pca`` control, whose basis is fitted on the residuals of the windows it corrects (those
-    of its batch).
+    of its batch). ``attention``: ``auto``, ``materialised`` or ``blockwise`` (:func:`attention_path`);
+    on the blockwise path the per-head metrics use ``head_rows`` sampled query rows of each window
+    (the same rows in every window, recorded in the document).
     ``calibration_job`` names the job that made ``calibration`` in the document."""
     started = time.perf_counter()
     info = loaded.info
@@ -110,6 +174,11 @@ def evaluate(
             "calibration: it was made for another model geometry "
             f"{tuple(calibration.basis.shape[:2])} != {(info.layers, info.kv_heads)}"
         )
+    check_window(loaded.model, window)
+    paths = {kind: attention_path(attention, window, kind == "head_windows" and heads)
+             for kind in ("head_windows", "other_windows")}
+    sampled_rows = sample_rows(window, head_rows, seed)
+    sliding = {i for i, w in enumerate(layer_windows(loaded.model.config)) if w is not None}
     torch.manual_seed(seed)
     windows = corpus_windows(loaded.tokenizer, corpus, window, max_tokens, add_bos=add_bos,
                              placement=placement)
@@ -127,6 +196,7 @@ def evaluate(
         for r in runs
     }
     window_nll = {r.name: torch.zeros(n_windows, dtype=torch.float64) for r in runs}
+    position_nll = {r.name: torch.zeros(window - first, dtype=torch.float64) for r in runs}
     chunks = window_batches(n_windows, batch, head_windows)
     steps, done = n_windows * len(runs), 0
     with torch.no_grad():
@@ -135,20 +205,24 @@ def evaluate(
             for run in runs:
                 if should_stop is not None and should_stop():
                     raise Cancelled("evaluation cancelled")
+                metrics = heads and start < head_windows
+                path = paths["head_windows" if metrics else "other_windows"]
                 if run.is_dense:
-                    logits = loaded.model(ids, use_cache=False).logits
+                    nll = token_nll(loaded.model, ids, first)
                 else:
-                    sink = accumulators[run.name].add if heads and start < head_windows else None
-                    with attention_handler(loaded.model, RunAttention(run, basis_for=basis_for, sink=sink)):
-                        logits = loaded.model(ids, use_cache=False).logits
+                    sink = accumulators[run.name].add if metrics else None
+                    handler = _run_handler(run, sliding, path, basis_for, sink, sampled_rows, window)
+                    with attention_handler(loaded.model, handler):
+                        nll = token_nll(loaded.model, ids, first)
                     if sink is not None:
                         accumulators[run.name].close_windows()
-                window_nll[run.name][start:stop] = _window_nll(logits, ids, first)
-                del logits
+                window_nll[run.name][start:stop] = nll.sum(dim=1).cpu()
+                position_nll[run.name] += nll.sum(dim=0).cpu()
+                del nll
                 done += stop - start
                 if progress is not None:
                     progress(done / steps, f"evaluate {run.name}")
-    head_rows = (
+    head_row_list = (
         [row for r in runs if not r.is_dense for row in accumulators[r.name].rows(r.name)] if heads else []
     )
     head_batches = sum(1 for start, _ in chunks if start < head_windows)
@@ -160,8 +234,14 @@ def evaluate(
     for row in rows:
         if row["name"] in correlations:
             row["rank_correlations"] = correlations[row["name"]]
+    sampled = heads and paths["head_windows"] == "blockwise" and sampled_rows is not None
     dataset = {**corpus.to_dict(), **windows.describe(), "head_windows": head_windows if heads else 0,
-               "batch": batch}
+               "batch": batch, "attention": {
+                   "head_windows": paths["head_windows"] if heads else None,
+                   "other_windows": paths["other_windows"] if n_windows > head_windows or not heads else None,
+                   "head_rows": [int(r) for r in sampled_rows] if sampled and sampled_rows is not None
+                   else None}}
+    dense_name = next((r.name for r in runs if r.is_dense), None)
     used = None if calibration is None else {
         "job_id": calibration_job, "tokens": calibration.meta.get("tokens"),
         "dataset": calibration.meta.get("corpus")}
@@ -173,7 +253,8 @@ def evaluate(
         runs=rows, uncertainty=uncertainty_note(seed),
         **({"rank_correlations": {"runs": [r for r in correlations if r != POOLED], **correlations[POOLED]}}
            if POOLED in correlations else {}),
-        heads=head_rows,
+        heads=head_row_list,
+        position_nll=position_buckets(position_nll, first, window, n_windows, dense_name),
         arrays={"query_spectrum": [] if calibration is None else compact_list(calibration.eigenvalues),
                 "a2_weights": a2_weights},
     )

@@ -33,9 +33,12 @@ from headq_core.models.attention import AttentionCall
 class LayerView:
     """What the metrics see of one layer of one run.
 
-    raw_dense / raw: softcapped logits before the mask [b, hq, L, L], dense / as the run reads them;
-    key_mask / value_mask: bool [L, L] decode masks; key_eff: the keys the queries effectively see
-    (k^ + sign U c^ for HeadQ) [b, hkv, L, d]; value_hat: quantized values or None when dense."""
+    raw_dense / raw: softcapped logits before the mask [b, hq, R, L], dense / as the run reads them,
+    of R query rows: every row (R = L) or the positions ``rows`` int64 [R] (a sample, ascending);
+    key_mask / value_mask: bool [R, L] decode masks of those rows; key_eff: the keys the queries
+    effectively see (k^ + sign U c^ for HeadQ) [b, hkv, L, d]; value_hat: quantized values or None
+    when dense; a2: the dense attention's A² over every row float64 [b, hkv, L] when the caller
+    computed it (a row sample would not give it)."""
 
     call: AttentionCall
     raw_dense: torch.Tensor
@@ -44,6 +47,8 @@ class LayerView:
     key_eff: torch.Tensor
     value_mask: torch.Tensor
     value_hat: torch.Tensor | None
+    rows: torch.Tensor | None = None
+    a2: torch.Tensor | None = None
 
 
 MetricsSink = Callable[[LayerView], None]
@@ -90,11 +95,16 @@ class RunAttention:
         self.run, self.basis_for, self.sink = run, basis_for, sink
 
     def _keys(self, call: AttentionCall) -> tuple[torch.Tensor, torch.Tensor]:
-        """(raw logits of the run's keys with the HeadQ term [b, hq, L, L], effective keys [b, hkv, L, d]).
+        """(raw logits of the run's keys with the HeadQ term [b, hq, L, L], effective keys [b, hkv, L, d])."""
+        key_eff = self.effective_keys(call)
+        return call.raw_scores(key_eff), key_eff
 
-        HeadQ's logits ``tau <q, k^> + sign tau <U^T q, c^>`` are computed as ``tau <q, k^ + sign U c^>``
+    def effective_keys(self, call: AttentionCall) -> torch.Tensor:
+        """The keys [b, hkv, L, d] (work dtype) the run's queries see where they read a key quantized.
+
+        HeadQ's logits ``tau <q, k^> + sign tau <U^T q, c^>`` are those of ``tau <q, k^ + sign U c^>``
         (the same numbers, ``headq.correction_keys``; one matmul, no extra [L, L] pass); the caller
-        keeps them only where the decode rule reads the key quantized."""
+        uses them only where the decode rule reads the key quantized."""
         cfg, k = self.run.key, call.key.to(call.work_dtype)
         assert cfg is not None
         k_hat = fake_quantize(k, cfg)
@@ -105,7 +115,7 @@ class RunAttention:
             k_hat = perturb_keys(k, k_hat, basis_for(call.layer, iv.dims), iv)
         hq = self.run.headq
         if hq is None:
-            return call.raw_scores(k_hat), k_hat
+            return k_hat
         residual = k - k_hat
         query_basis = basis_for(call.layer, hq.rank) if hq.basis == "query_pca" and basis_for else None
         basis = make_basis(hq, call.layer, query_basis=query_basis, residual=residual,
@@ -116,19 +126,28 @@ class RunAttention:
         side = encode_side(residual[..., :n_q, :], basis, hq.side_bits, scale=hq.side_scale,
                            group_size=cfg.group_size)
         c_hat = torch.nn.functional.pad(decode_side(side), (0, 0, 0, k.shape[-2] - n_q))
-        key_eff = k_hat + correction_keys(basis, c_hat, hq.sign)
-        return call.raw_scores(key_eff), key_eff
+        return k_hat + correction_keys(basis, c_hat, hq.sign)
 
     def _values(self, call: AttentionCall, probs: torch.Tensor) -> torch.Tensor | None:
-        """Quantized values [b, hkv, L, d] as read once quantized (None for dense values)."""
+        """Quantized values [b, hkv, L, d] as read once quantized (None for dense values); an A²
+        policy's keep mask comes from ``probs`` [b, hq, L, L], the attention this run's decode loop sees."""
+        policy, cfg = self.run.value_policy, self.run.value
+        keep = None
+        if policy is not None and cfg is not None:
+            keep = value_keep_mask(probs, call.value.shape[1], policy, cfg)  # bool [b, hkv, L]
+        return self.quantized_values(call, keep)
+
+    def quantized_values(self, call: AttentionCall, keep: torch.Tensor | None) -> torch.Tensor | None:
+        """Quantized values [b, hkv, L, d] (work dtype; None for dense values): tokens where ``keep``
+        bool [b, hkv, L] (the A² policy's choice, needed iff the run has one) at its high bits."""
         cfg, v = self.run.value, call.value.to(call.work_dtype)
         if cfg is None:
             return None
         policy = self.run.value_policy
         if policy is None:
             return fake_quantize(v, cfg)
-        # the policy's A² comes from the attention this run's decode loop would see
-        keep = value_keep_mask(probs, v.shape[1], policy, cfg)  # bool [b, hkv, L]
+        if keep is None:
+            raise ValueError(f"value_policy: run {self.run.name!r} needs its keep mask")
         return mixed_fake_quantize(v, cfg, keep, policy.high_bits)
 
     def __call__(self, call: AttentionCall) -> torch.Tensor:

@@ -1,8 +1,11 @@
 """Effective bits per cached element of a configuration: the one budget figure shown everywhere.
 
-Per element of a ``head_dim``-wide row: the packed code width (``ceil(d*bits/8)*8/d``, exact for
-the usual head dims), plus 32 bits (fp16 scale + fp16 zero) per group of ``group_size`` elements,
-plus for HeadQ the side code: ``rank*side_bits/d`` (padded to whole bytes per token) and, when
+Per element of a ``head_dim``-wide row (``formats.row_bits``): for the ``int`` format the packed
+code width (``ceil(d*bits/8)*8/d``, exact for the usual head dims), plus 32 bits (fp16 scale + fp16
+zero; symmetric: 16, the scale only) per group of ``group_size`` elements; for the engine formats
+their own layout (fp8: 8, + 32/d with a float32 scale per token; llama.cpp blocks of 32: q8_0 8.5,
+q4_0 4.5, q4_1 5.0, q5_0 5.5, q5_1 6.0, iq4_nl 4.5); a Hadamard rotation adds nothing; plus for
+HeadQ the side code: ``rank*side_bits/d`` (padded to whole bytes per token) and, when
 ``side_bits < 16``, either a 16-bit scale per token (``side_scale="token"``: ``+ 16/d``) or an fp16
 step and minimum per code component and key group of G tokens (``"group"``: ``+ 2*16*rank/(G*d)``).
 With an A² value policy a ``fraction`` of tokens is stored at
@@ -14,17 +17,9 @@ too; without it the long-context limit is reported.
 from __future__ import annotations
 
 from headq_core.config import HeadQConfig, QuantConfig, ValuePolicyConfig
+from headq_core.method.formats import FP16_BITS, row_bits
 from headq_core.method.packing import packed_size
 from headq_core.method.schedule import quantized_count
-
-FP16_BITS = 16.0
-
-
-def _row_bits(bits: int, head_dim: int, group_size: int) -> float:
-    """Bits per element of one quantized row (codes + fp16 scale and zero per group)."""
-    if bits == 16:
-        return FP16_BITS
-    return packed_size(head_dim, bits) * 8 / head_dim + 2 * FP16_BITS / group_size
 
 
 def side_code_bits(headq: HeadQConfig, head_dim: int, group_size: int | None = None) -> float:
@@ -53,15 +48,14 @@ def effective_bits(cfg: QuantConfig | None, head_dim: int, headq: HeadQConfig | 
         if headq is not None or policy is not None:
             raise ValueError("cfg: HeadQ and a value policy need a quantizer")
         return FP16_BITS
-    if cfg.axis == "per_token" and head_dim % cfg.group_size:
-        raise ValueError(f"group_size: {cfg.group_size} must divide head_dim {head_dim} for per_token")
-    group = cfg.group_size  # G tokens of one channel, or G channels of one token: G elements
-    bits = _row_bits(cfg.bits, head_dim, group)
+    bits = row_bits(cfg, head_dim)  # int: G tokens of one channel, or G channels of one token
     if policy is not None:
+        if cfg.format != "int":
+            raise ValueError(f"value_policy: needs an 'int' value format, got {cfg.format!r}")
         share = policy.fraction_for(cfg.bits) if fraction is None else fraction
         if not 0.0 <= share <= 1.0:
             raise ValueError(f"fraction: must lie in [0, 1], got {share!r}")
-        bits = share * _row_bits(policy.high_bits, head_dim, group) + (1.0 - share) * bits
+        bits = share * row_bits(cfg, head_dim, policy.high_bits) + (1.0 - share) * bits
     elif fraction is not None:
         raise ValueError("fraction: only meaningful with a value policy")
     if headq is not None:

@@ -1,11 +1,18 @@
-"""Asymmetric uniform quantization of keys and values with bit-packed codes.
+"""Uniform quantization of keys and values with bit-packed codes, and the entry point of every format.
 
 ``per_channel``: each group of ``group_size`` consecutive tokens shares one fp16 scale and zero
 per channel (the KIVI key layout). ``per_token``: each token's head_dim is cut into groups of
 ``group_size`` channels with one fp16 scale and zero each (the value layout). Numerics follow
 docs/contracts.md: scale and zero are rounded to fp16 first, codes are computed against the fp16
 values, and ``code * scale + zero`` in float32 is the reconstruction. Codes are stored as a uint8
-bitstream along head_dim (:mod:`headq_core.method.packing`).
+bitstream along head_dim (:mod:`headq_core.method.packing`). ``symmetric``: the scale is
+``amax / (2^(bits-1) - 1)``, codes ``round(x / scale)`` in ``[-(2^(bits-1) - 1), 2^(bits-1) - 1]``
+stored offset by ``2^(bits-1)``; the zero-point ``-2^(bits-1) * scale`` is exact in fp16, so the same
+``Packed`` holds them (the budget counts the scale only).
+
+:func:`fake_quantize` is what the evaluator calls for keys and values: every format of
+:mod:`headq_core.method.formats` (fp8, llama.cpp blocks) and, with ``rotation="hadamard"``,
+``Hᵀ Q(H x)`` (:mod:`headq_core.method.rotation`).
 
 :func:`quantize` quantizes the leading :func:`~headq_core.method.schedule.quantized_count` tokens (the
 cache state after ``seq`` tokens) and keeps the rest, the full-precision residual window plus any
@@ -14,15 +21,15 @@ incomplete group, in ``Packed.tail``.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 
 from headq_core.config import QuantConfig
+from headq_core.method.formats import FP16_MAX, check_head_dim, fake_quantize_engine
 from headq_core.method.packing import pack_bits, unpack_bits
+from headq_core.method.rotation import hadamard_matrix, rotate, unrotate
 from headq_core.method.schedule import quantized_count
-
-FP16_MAX = 65504.0
 
 
 @dataclass
@@ -77,8 +84,7 @@ def _validate(x: torch.Tensor, cfg: QuantConfig, n_quant: int) -> None:
         raise ValueError(f"x: must be a floating tensor, got {x.dtype}")
     check_finite(x)
     seq, d = x.shape[-2:]
-    if cfg.axis == "per_token" and d % cfg.group_size:
-        raise ValueError(f"group_size: {cfg.group_size} must divide head_dim {d} for per_token")
+    check_head_dim(cfg, d)
     if not 0 <= n_quant <= seq:
         raise ValueError(f"n_quant: must lie in [0, {seq}], got {n_quant}")
     if n_quant % cfg.seq_group:
@@ -86,23 +92,50 @@ def _validate(x: torch.Tensor, cfg: QuantConfig, n_quant: int) -> None:
                          "for per_channel")
 
 
+def _asymmetric_codes(xg: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor,
+                      bits: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(scale, zero) fp16 and uint8 codes of grouped values (group on dim -2; lo, hi its extremes)."""
+    levels = (1 << bits) - 1
+    scale = ((hi - lo) / levels).half()
+    scale = torch.where(scale == 0, torch.ones_like(scale), scale)
+    zero = lo.half()
+    codes = torch.round((xg - zero.float()) / scale.float()).clamp_(0, levels).to(torch.uint8)
+    return scale, zero, codes
+
+
+def _symmetric_codes(xg: torch.Tensor, bits: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Symmetric: fp16 scale ``amax / (2^(b-1) - 1)``; codes + ``2^(b-1)``; zero ``-2^(b-1) scale``."""
+    offset = 1 << (bits - 1)
+    qmax = offset - 1
+    scale = (xg.abs().amax(-2, keepdim=True) / qmax).half()
+    scale = torch.where(scale == 0, torch.ones_like(scale), scale)
+    zero = (scale.float() * -offset).half()  # a power of two times an fp16 number: exact unless it overflows
+    if not torch.isfinite(zero).all():
+        raise ValueError("x: values exceed the fp16 range of the scale / zero-point")
+    codes = torch.round(xg / scale.float()).clamp_(-qmax, qmax) + offset
+    return scale, zero, codes.to(torch.uint8)
+
+
 def quantize(x: torch.Tensor, cfg: QuantConfig, n_quant: int | None = None) -> Packed:
     """Quantize x [..., seq, d]: the first ``n_quant`` tokens (default: the decode rule's
     ``quantized_count(seq, cfg)``) become packed codes, the rest stay in ``tail``."""
     seq = x.shape[-2] if x.dim() >= 2 else 0
     n_quant = quantized_count(seq, cfg) if n_quant is None else n_quant
+    if cfg.format != "int" or cfg.rotation != "none":
+        name = "format" if cfg.format != "int" else "rotation"
+        raise ValueError(f"{name}: packed codes hold the 'int' format without a rotation, got "
+                         f"{getattr(cfg, name)!r} (fake_quantize reads every format)")
     _validate(x, cfg, n_quant)
     d = x.shape[-1]
     head = x[..., :n_quant, :].float()
-    levels = (1 << cfg.bits) - 1
     xg = _grouped(head, cfg)
     lo, hi = xg.amin(-2, keepdim=True), xg.amax(-2, keepdim=True)
     if n_quant and (lo.abs().max() > FP16_MAX or hi.abs().max() > FP16_MAX):
         raise ValueError("x: values exceed the fp16 range of the scale / zero-point")
-    scale = ((hi - lo) / levels).half()
-    scale = torch.where(scale == 0, torch.ones_like(scale), scale)
-    zero = lo.half()
-    codes = torch.round((xg - zero.float()) / scale.float()).clamp_(0, levels).to(torch.uint8)
+    if cfg.symmetric:
+        scale, zero, codes = _symmetric_codes(xg, cfg.bits)
+    else:
+        scale, zero, codes = _asymmetric_codes(xg, lo, hi, cfg.bits)
     codes = _ungrouped(codes, cfg, n_quant, d)
     return Packed(codes=pack_bits(codes, cfg.bits), scale=scale.squeeze(-2), zero=zero.squeeze(-2),
                   bits=cfg.bits, axis=cfg.axis, group_size=cfg.group_size, shape=tuple(x.shape),
@@ -120,8 +153,29 @@ def dequantize(p: Packed) -> torch.Tensor:
 
 
 def fake_quantize(x: torch.Tensor, cfg: QuantConfig | None, n_quant: int | None = None) -> torch.Tensor:
-    """``dequantize(quantize(x, cfg, n_quant))``; ``x`` itself when ``cfg`` is None."""
+    """x [..., seq, d] as read back from the cache ``cfg`` describes, in x's dtype: the first
+    ``n_quant`` tokens (default: the decode rule's) through the format, the rest exact. ``int``
+    without a rotation is ``dequantize(quantize(x, cfg, n_quant))``; ``x`` itself when ``cfg`` is None."""
     if cfg is None:
         check_finite(x)
         return x
-    return dequantize(quantize(x, cfg, n_quant))
+    if cfg.format == "int" and cfg.rotation == "none":
+        return dequantize(quantize(x, cfg, n_quant))
+    seq = x.shape[-2] if x.dim() >= 2 else 0
+    n_quant = quantized_count(seq, cfg) if n_quant is None else n_quant
+    _validate(x, cfg, n_quant)
+    head = x[..., :n_quant, :].float()
+    if cfg.rotation == "hadamard":
+        h = hadamard_matrix(x.shape[-1], cfg.rotation_seed)
+        head = unrotate(_read_rows(rotate(head, h), cfg), h)
+    else:
+        head = _read_rows(head, cfg)
+    return torch.cat([head.to(x.dtype), x[..., n_quant:, :]], dim=-2)
+
+
+def _read_rows(rows: torch.Tensor, cfg: QuantConfig) -> torch.Tensor:
+    """Every row of rows float32 [..., n, d] through ``cfg``'s format (no rotation) -> float32."""
+    if cfg.format == "int":
+        plain = replace(cfg, rotation="none", rotation_seed=0)
+        return dequantize(quantize(rows, plain, n_quant=rows.shape[-2]))
+    return fake_quantize_engine(rows, cfg)

@@ -21,6 +21,8 @@ Scores are accumulated in float64 so the vectorised and step-by-step forms agree
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import torch
 
 from headq_core.config import QuantConfig, ValuePolicyConfig
@@ -108,11 +110,7 @@ def mixed_fake_quantize(v: torch.Tensor, value_cfg: QuantConfig, keep: torch.Ten
     """v [B, Hkv, S, d] quantized at ``high_bits`` where ``keep`` [B, Hkv, S] else at the
     quantizer's bits (16 = kept exact). Each precision uses the quantizer's own layout."""
     low = fake_quantize(v, value_cfg)
-    if high_bits == 16:
-        high = v
-    else:
-        high = fake_quantize(v, QuantConfig(bits=high_bits, axis=value_cfg.axis,
-                                            group_size=value_cfg.group_size, residual=value_cfg.residual))
+    high = v if high_bits == 16 else fake_quantize(v, replace(value_cfg, bits=high_bits))
     return torch.where(keep.unsqueeze(-1), high, low)
 
 

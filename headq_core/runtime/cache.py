@@ -1,10 +1,10 @@
 """A real quantized KV cache for ``model.generate`` on the public transformers Cache API.
 
 :class:`HeadQCache` is a ``transformers.Cache`` of :class:`HeadQCacheLayer` (a ``DynamicLayer``
-subclass overriding only public methods). Each layer keeps, per side (keys / values), packed codes
-with fp16 scales and zero-points (``quant.quantize``) for the tokens the decode rule
-(``schedule.quantized_count``) has quantized, plus the full-precision residual tail; with HeadQ
-also the side codes ``c_j = U^T (k_j - k^_j)`` (``headq.encode_side``). Tokens are quantized
+subclass overriding only public methods). Each layer keeps, per side (keys / values: a
+``sides.Side``), packed codes with fp16 scales and zero-points (``quant.quantize``) for the tokens
+the decode rule (``schedule.quantized_count``) has quantized, plus the full-precision residual
+tail; with HeadQ also the side codes ``c_j = U^T (k_j - k^_j)`` (``headq.encode_side``). Tokens are quantized
 when they leave the residual window, a complete group of ``G`` keys at a time.
 
 With an online A² value policy (``ValuePolicyConfig(mode="online")``) values leave the residual
@@ -15,201 +15,52 @@ Attention reads the effective keys ``k^_j + sign * U c^_j`` (``headq.correction_
 logits equal ``tau <q, k^_j> + sign * tau <U^T q, c^_j>`` exactly, so every attention backend of
 the model applies the HeadQ correction. A prefill of several tokens attends in full precision
 (as quantized caches do); every token decoded after it reads the cache as the decode rule says.
+
+Given the model's config (``layer_types``, ``sliding_window``), each layer knows its type, as in
+transformers' ``DynamicCache(config=...)``: a sliding layer frees the quantization groups that lie
+wholly before its window once no later query can see them, so it holds at most the window plus
+what its groups need; the codes it keeps are the ones a full cache would hold (the evaluator's).
+``sliding_layers="full_precision"`` keeps those layers unquantized (still bounded).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import logging
+import math
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import replace
+from typing import Any
 
 import torch
 from transformers.cache_utils import Cache, DynamicLayer
 
 from headq_core.config import HeadQConfig, QuantConfig, RunSpec, ValuePolicyConfig
-from headq_core.method.headq import (
-    BasisSource,
-    SideCode,
-    correction_keys,
-    decode_side,
-    encode_side,
-    make_basis,
-)
-from headq_core.method.quant import Packed, dequantize, quantize
-from headq_core.method.schedule import quantized_count
-from headq_core.method.values import OnlineA2
+from headq_core.method.formats import check_cache_format
+from headq_core.method.headq import BasisSource, make_basis
 from headq_core.models.adapter import attention_handler
 from headq_core.models.attention import AttentionCall, fused_attention
 from headq_core.models.loading import ModelInfo
-from headq_core.runtime.kernels import decode_attention
+from headq_core.runtime.kernels import Backend, decode_attention
 from headq_core.runtime.kernels.layout import decode_covers, from_packed
+from headq_core.runtime.layer_types import check_windows, layer_type, layer_windows
+from headq_core.runtime.sides import PolicySide, Side
 
-
-class _Side:
-    """One side (keys or values) of one layer: packed head + full-precision tail [B, H, n, d]."""
-
-    def __init__(self, cfg: QuantConfig | None) -> None:
-        self.cfg = cfg
-        self.packed: Packed | None = None
-        self.side: SideCode | None = None
-        self.tail: torch.Tensor | None = None
-
-    @property
-    def n_quant(self) -> int:
-        return 0 if self.packed is None else self.packed.n_quant
-
-    def append(self, x: torch.Tensor, basis: torch.Tensor | None, headq: HeadQConfig | None) -> None:
-        """Add tokens x [B, H, s, d]; quantize those the decode rule now wants quantized."""
-        self.tail = x if self.tail is None else torch.cat([self.tail, x], dim=-2)
-        total = self.n_quant + self.tail.shape[-2]
-        move = quantized_count(total, self.cfg) - self.n_quant
-        if move <= 0:
-            return
-        leaving, self.tail = self.tail[..., :move, :], self.tail[..., move:, :]
-        new = quantize(leaving.float(), self.cfg, n_quant=move)  # type: ignore[arg-type]
-        if basis is not None and headq is not None:
-            residual = leaving.float() - dequantize(new)
-            side = encode_side(residual, basis.to(residual.device), headq.side_bits,
-                               scale=headq.side_scale, group_size=self.cfg.group_size)  # type: ignore[union-attr]
-            self.side = side if self.side is None else _cat_side(self.side, side)
-        self.packed = new if self.packed is None else _cat_packed(self.packed, new)
-
-    def read(self, basis: torch.Tensor | None, sign: int, like: torch.Tensor) -> torch.Tensor:
-        """What attention reads: [B, H, n, d] in ``like``'s dtype and device (the dense path; decode
-        steps on CUDA read :meth:`whole` with ``kernels.decode_attention`` instead)."""
-        parts = []
-        if self.packed is not None:
-            head = dequantize(self.packed).float()
-            if self.side is not None and basis is not None:
-                head = head + correction_keys(basis.to(head.device), decode_side(self.side), sign)
-            parts.append(head.to(like.device, like.dtype))
-        if self.tail is not None:
-            parts.append(self.tail)
-        return torch.cat(parts, dim=-2)
-
-    def whole(self) -> Packed:
-        """The packed head with the full-precision tail attached: the side's whole sequence as one
-        ``Packed`` (what ``kernels.layout.from_packed`` reads)."""
-        assert self.packed is not None and self.tail is not None
-        shape = (*self.packed.shape[:-2], self.packed.n_quant + self.tail.shape[-2], self.packed.shape[-1])
-        return replace(self.packed, shape=shape, tail=self.tail)
-
-    def nbytes(self) -> int:
-        """Bytes held: codes, scales, zero-points, side codes and the full-precision tail."""
-        tensors = [] if self.tail is None else [self.tail]
-        if self.packed is not None:
-            tensors += [self.packed.codes, self.packed.scale, self.packed.zero]
-        if self.side is not None:
-            tensors += [self.side.codes] + ([] if self.side.scale is None else [self.side.scale])
-        return sum(t.numel() * t.element_size() for t in tensors)
-
-
-class _PolicySide(_Side):
-    """Values under the online A² policy: tokens leave the residual window only in :meth:`settle`,
-    after the step's attention is known; kept tokens also hold codes at ``high_bits``."""
-
-    def __init__(self, cfg: QuantConfig, policy: ValuePolicyConfig) -> None:
-        super().__init__(cfg)
-        if cfg.axis != "per_token":
-            raise ValueError("value.axis: the A² value policy in the cache needs per_token values")
-        self.policy, self.online = policy, OnlineA2(0, policy.fraction_for(cfg.bits))
-        self.high_cfg = (
-            QuantConfig(bits=policy.high_bits, axis=cfg.axis, group_size=cfg.group_size)
-            if policy.high_bits != 16
-            else None
-        )
-        self.keep: torch.Tensor | None = None  # bool [B, H, n_quant]
-        # tokens some (batch, head) keeps: positions int64 [m] and their values [B, H, m, d] at
-        # high_bits (packed; exact at 16 bits), one block for all steps (per-token codes concatenate)
-        self.high_at: torch.Tensor | None = None
-        self.high: Packed | torch.Tensor | None = None
-
-    def append(self, x: torch.Tensor, basis: torch.Tensor | None, headq: HeadQConfig | None) -> None:
-        self.tail = x if self.tail is None else torch.cat([self.tail, x], dim=-2)
-
-    def settle(self, probs: torch.Tensor) -> None:
-        """Observe one step's attention probs [B, Hq, q, n]; decide and quantize the leaving tokens."""
-        assert self.tail is not None
-        self.online.kv_heads = self.tail.shape[1]
-        self.online.observe(probs)
-        move = quantized_count(self.n_quant + self.tail.shape[-2], self.cfg) - self.n_quant
-        if move <= 0:
-            return
-        keep = torch.stack([self.online.decide(self.n_quant + i) for i in range(move)], -1).to(
-            self.tail.device
-        )
-        leaving = self.tail[..., :move, :]
-        first = self.n_quant
-        new = quantize(leaving.float(), self.cfg, n_quant=move)  # type: ignore[arg-type]
-        self.packed = new if self.packed is None else _cat_packed(self.packed, new)
-        self.tail = self.tail[..., move:, :]
-        self.keep = keep if self.keep is None else torch.cat([self.keep, keep], -1)
-        idx = keep.flatten(0, 1).any(0).nonzero().flatten()
-        if len(idx):
-            kept = leaving[..., idx, :]
-            codes = kept if self.high_cfg is None else quantize(kept.float(), self.high_cfg, n_quant=len(idx))
-            at = idx + first
-            if self.high is None or self.high_at is None:
-                self.high, self.high_at = codes, at
-            else:
-                self.high, self.high_at = _cat_tokens(self.high, codes), torch.cat([self.high_at, at])
-
-    def read(self, basis: torch.Tensor | None, sign: int, like: torch.Tensor) -> torch.Tensor:
-        values = super().read(basis, sign, like)
-        if self.high is not None and self.high_at is not None and self.keep is not None:
-            at = self.high_at
-            exact = self.high if isinstance(self.high, torch.Tensor) else dequantize(self.high)
-            keep = self.keep[..., at, None]
-            values[..., at, :] = torch.where(keep, exact.to(values.dtype), values[..., at, :])
-        return values
-
-    def nbytes(self) -> int:
-        high = self.high
-        if high is None:
-            tensors = []
-        else:
-            tensors = [high] if isinstance(high, torch.Tensor) else [high.codes, high.scale, high.zero]
-        extra = sum(t.numel() * t.element_size() for t in tensors)
-        return super().nbytes() + extra + (0 if self.keep is None else self.keep.numel() // 8)
-
-
-def _cat_packed(a: Packed, b: Packed) -> Packed:
-    """Concatenate two packed blocks along the token axis (their groups never straddle)."""
-    shape = (*a.shape[:-2], a.shape[-2] + b.shape[-2], a.shape[-1])
-    return replace(
-        a,
-        codes=torch.cat([a.codes, b.codes], -2),
-        scale=torch.cat([a.scale, b.scale], -2),
-        zero=torch.cat([a.zero, b.zero], -2),
-        shape=shape,
-        tail=torch.cat([a.tail, b.tail], -2),
-    )
-
-
-def _cat_tokens(a: Packed | torch.Tensor, b: Packed | torch.Tensor) -> Packed | torch.Tensor:
-    """Two blocks of per-token values along the token axis: packed codes or exact [B, H, n, d]."""
-    if isinstance(a, Packed) and isinstance(b, Packed):
-        return _cat_packed(a, b)
-    if isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor):
-        return torch.cat([a, b], -2)
-    raise TypeError("high: blocks of one precision only")
-
-
-def _cat_side(a: SideCode, b: SideCode) -> SideCode:
-    scale = None if a.scale is None else torch.cat([a.scale, b.scale], -1)  # type: ignore[list-item]
-    return replace(a, codes=torch.cat([a.codes, b.codes], -2), scale=scale)
+log = logging.getLogger(__name__)
 
 
 class HeadQCacheLayer(DynamicLayer):
     """One layer: quantized keys (``key``), values (``value``), optional HeadQ side code with
-    ``basis`` U [kv_heads, d, rank]. ``None`` keeps that side in full precision.
+    ``basis`` U [kv_heads, d, rank]. ``None`` keeps that side in full precision. ``window``: the
+    sliding window of a sliding layer (tokens a query sees, itself included), None for full attention.
 
     Under ``attached``, a single-token step on CUDA whose layout the Triton decode kernel reads
     (per_channel keys and per_token values at 1/2/4/8 bits, token-scaled 4/8/16-bit side codes, no
     value policy) attends with ``kernels.decode_attention`` straight from the packed codes: ``update``
     then returns only the new token and :meth:`attend` runs the kernel. ``kernel`` (class default
-    ``"auto"``) is ``"off"`` to always dequantize, or ``"triton"`` to take that path on any device
-    (tests, with ``TRITON_INTERPRET=1`` on the CPU).
+    ``"auto"``) is ``"off"`` to always dequantize, ``"triton"`` to take that path on any device
+    (tests, with ``TRITON_INTERPRET=1`` on the CPU), or ``"reference"`` for the pure-torch kernel.
+    A window start or a logit softcap, which the Triton kernel does not take yet, goes to the
+    reference kernel (logged once per cache through ``notes``).
     """
 
     kernel = "auto"
@@ -221,6 +72,8 @@ class HeadQCacheLayer(DynamicLayer):
         headq: HeadQConfig | None = None,
         basis: torch.Tensor | None = None,
         value_policy: ValuePolicyConfig | None = None,
+        window: int | None = None,
+        notes: set[str] | None = None,
     ) -> None:
         super().__init__()
         if value_policy is not None and value is None:
@@ -229,52 +82,90 @@ class HeadQCacheLayer(DynamicLayer):
             raise ValueError("headq: needs a key quantizer and a basis [kv_heads, d, rank]")
         if basis is not None and headq is not None and basis.shape[-1] != headq.rank:
             raise ValueError(f"basis: rank {basis.shape[-1]} != headq.rank {headq.rank}")
+        check_windows([window], 1)
         self.headq, self.basis = headq, basis
-        self.key_side = _Side(key)
-        self.value_side = _Side(value) if value_policy is None else _PolicySide(value, value_policy)  # type: ignore[arg-type]
+        self.key_side = Side(key)
+        self.value_side = Side(value) if value_policy is None else PolicySide(value, value_policy)  # type: ignore[arg-type]
+        self.window, self.is_sliding = window, window is not None
+        # tokens are freed a whole group of every quantized side at a time
+        self.unit = math.lcm(*(1 if c is None else c.seq_group for c in (key, value)))
+        self.notes = set() if notes is None else notes  # fallback reasons already logged
         self.attached = False
         self.kernel_step = False  # this step's attention reads the packed cache with the kernel
 
+    @property
+    def first(self) -> int:
+        """Absolute position of the oldest token held (tokens before it were freed)."""
+        return self.key_side.first
+
     def _kernel_reads(self, x: torch.Tensor) -> bool:
-        """Whether the step of new keys x [B, H, s, d] can attend with the Triton decode kernel."""
+        """Whether the step of new keys x [B, H, s, d] can attend with the packed-cache decode kernel."""
         keys, values = self.key_side.cfg, self.value_side.cfg
         if (not self.attached or x.shape[-2] != 1 or self.kernel == "off" or keys is None or values is None
-                or isinstance(self.value_side, _PolicySide) or not (x.is_cuda or self.kernel == "triton")):
+                or isinstance(self.value_side, PolicySide)
+                or not (x.is_cuda or self.kernel in ("triton", "reference"))):
             return False
         side = self.headq is None or (self.headq.side_scale == "token" and self.headq.side_bits in (4, 8, 16))
-        return (keys.axis == "per_channel" and values.axis == "per_token" and side
-                and decode_covers(x.shape[-1], keys.bits, keys.group_size, values.bits, values.group_size))
+        covered = self.kernel == "reference" or decode_covers(
+            x.shape[-1], keys.bits, keys.group_size, values.bits, values.group_size)
+        return keys.axis == "per_channel" and values.axis == "per_token" and side and covered
 
     def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args, **kwargs):
-        """Append [B, kv_heads, s, d] keys/values; return what attention reads ([B, kv_heads, n, d])."""
+        """Append [B, kv_heads, s, d] keys/values; return what attention reads ([B, kv_heads, n, d],
+        the tokens from :attr:`first` on)."""
         if not self.is_initialized:
             self.lazy_initialization(key_states, value_states)
-        if isinstance(self.value_side, _PolicySide) and not self.attached:
+        if isinstance(self.value_side, PolicySide) and not self.attached:
             raise ValueError(
                 "value_policy: run the model inside `with cache.attached(model):` so the cache "
                 "sees each step's attention"
             )
-        before = self.get_seq_length()
+        held = self.get_seq_length() - self.first
         self.key_side.append(key_states, self.basis, self.headq)
         self.value_side.append(value_states, None, None)
         self.kernel_step = self._kernel_reads(key_states)
-        if self.kernel_step:  # attend() reads the packed cache itself
+        if self.kernel_step:  # attend() reads the packed cache itself, then frees
             return key_states, value_states
         sign = self.headq.sign if self.headq is not None else 1
         keys = self.key_side.read(self.basis, sign, key_states)
         values = self.value_side.read(None, 1, value_states)
         if key_states.shape[-2] > 1:  # prefill attends in full precision
-            keys = torch.cat([keys[..., :before, :], key_states], dim=-2)
-            values = torch.cat([values[..., :before, :], value_states], dim=-2)
+            keys = torch.cat([keys[..., :held, :], key_states], dim=-2)
+            values = torch.cat([values[..., :held, :], value_states], dim=-2)
+        if not isinstance(self.value_side, PolicySide):  # the A² policy settles in attend() first
+            self._free()
         return keys, values
+
+    def _free(self) -> None:
+        """Free the whole groups no later query of a sliding layer can see (the next query, at
+        position ``total``, sees from ``total - window + 1``). The online A² policy keeps all."""
+        if self.window is None or isinstance(self.value_side, PolicySide):
+            return
+        sides = (self.key_side, self.value_side)
+        total = self.key_side.total
+        room = min(total if s.cfg is None else s.first + s.n_quant for s in sides)  # quantized ones only
+        target = min(total - self.window + 1, room) // self.unit * self.unit
+        if target > self.first:
+            count = target - self.first
+            for side in sides:
+                side.drop(count)
+
+    def get_mask_sizes(self, query_length: Any) -> tuple[int, int]:
+        """(kv_length, kv_offset) of the mask of a step of ``query_length`` tokens (older
+        transformers pass the step's ``cache_position`` tensor): the held tokens and the new ones,
+        from absolute position :attr:`first`."""
+        q = query_length if isinstance(query_length, int) else int(query_length.shape[0])
+        return self.get_seq_length() - self.first + q, self.first
 
     def attend(self, call: AttentionCall) -> torch.Tensor:
         """Attention of one step over this layer ([B, Hq, q, d]); under the A² policy the step's
         attention first settles which values leave the residual window, and at which precision."""
         if self.kernel_step:
             self.kernel_step = False
-            return self._kernel_attention(call)
-        if not isinstance(self.value_side, _PolicySide):
+            out = self._kernel_attention(call)
+            self._free()
+            return out
+        if not isinstance(self.value_side, PolicySide):
             return fused_attention(call)
         probs = torch.softmax(call.finish(call.raw_scores()), dim=-1)
         self.value_side.settle(probs)
@@ -284,14 +175,33 @@ class HeadQCacheLayer(DynamicLayer):
             values = torch.cat([values[..., :-q_len, :], call.value[..., -q_len:, :]], dim=-2)
         return call.read(probs, values.to(probs.dtype)).to(call.query.dtype)
 
+    def _note(self, reason: str) -> None:
+        """Log ``reason`` once per cache (the layers of one cache share ``notes``)."""
+        if reason not in self.notes:
+            self.notes.add(reason)
+            log.warning("HeadQCache: the Triton decode kernel does not take %s yet; those steps "
+                        "read the packed cache with the pure-torch reference kernel", reason)
+
+    def _backend(self, call: AttentionCall, start: int) -> Backend:
+        """The kernel backend of a decode step: the reference for what Triton does not take yet."""
+        if self.kernel == "reference":
+            return "reference"
+        reasons = [name for name, hit in (("a logit softcap", call.softcap is not None),
+                                          ("a sliding-window start", start > 0)) if hit]
+        for reason in reasons:
+            self._note(reason)
+        if reasons:
+            return "reference"
+        return "triton" if self.kernel == "triton" else "auto"
+
     def _kernel_attention(self, call: AttentionCall) -> torch.Tensor:
         """This decode step's attention [B, Hq, 1, d] by ``kernels.decode_attention`` over the packed
-        cache; dense over the dequantized cache when the step has a softcap, a mask that hides some
-        tokens (padding, sliding window) or values that lag the keys."""
+        cache, from the window start the mask gives; dense over the dequantized cache when the mask
+        hides other tokens (padding) or the values lag the keys."""
         keys, values = self.key_side, self.value_side
         sign = self.headq.sign if self.headq is not None else 1
-        if (call.softcap is not None or (call.mask is not None and not bool(call.allowed().all()))
-                or values.n_quant < keys.n_quant):
+        start = _window_start(call)
+        if start is None or values.n_quant < keys.n_quant:
             k_all, v_all = keys.read(self.basis, sign, call.query), values.read(None, 1, call.query)
             return fused_attention(call, k_all, v_all)
         if keys.packed is None:  # nothing quantized yet (values may be: dequantize those)
@@ -301,20 +211,35 @@ class HeadQCacheLayer(DynamicLayer):
         if self.basis is not None and self.basis.device != call.query.device:
             self.basis = self.basis.to(call.query.device)
         return decode_attention(call.query, enc, k_res, v_res.to(call.query.dtype), basis=self.basis,
-                                scale=call.scaling, sign=sign,
-                                backend="triton" if self.kernel == "triton" else "auto")
+                                scale=call.scaling, sign=sign, backend=self._backend(call, start),
+                                start=start, softcap=call.softcap)
 
     def get_seq_length(self) -> int:
-        side = self.key_side
-        return side.n_quant + (0 if side.tail is None else side.tail.shape[-2])
+        """Tokens seen (freed ones included), as transformers' sliding layers count them."""
+        return self.key_side.total
 
     def nbytes(self) -> int:
         return self.key_side.nbytes() + self.value_side.nbytes()
 
 
+def _window_start(call: AttentionCall) -> int | None:
+    """How many leading held tokens the decode step's mask hides when it hides exactly a prefix,
+    the same for every row (a sliding window); None for any other pattern (padding)."""
+    if call.mask is None:
+        return 0
+    allowed = call.allowed()[..., -1, :]  # [B, 1 or Hq, kv]
+    hidden = (~allowed).sum(-1)
+    start = int(hidden.flatten()[0])
+    if not bool((hidden == start).all()) or not bool(allowed[..., start:].all()):
+        return None
+    return start
+
+
 class HeadQCache(Cache):
     """Quantized cache for all layers; ``basis`` [layers, kv_heads, d, >= rank] (e.g. a
-    calibration's) is needed for HeadQ with the ``query_pca`` basis."""
+    calibration's) is needed for HeadQ with the ``query_pca`` basis. The model's ``config`` (or
+    ``windows``, one per layer: the sliding window or None) tells which layers slide;
+    ``sliding_layers`` quantizes those as the others or keeps them in full precision."""
 
     def __init__(
         self,
@@ -324,26 +249,42 @@ class HeadQCache(Cache):
         headq: HeadQConfig | None = None,
         basis: torch.Tensor | None = None,
         value_policy: ValuePolicyConfig | None = None,
+        *,
+        config: Any = None,
+        windows: Sequence[int | None] | None = None,
+        sliding_layers: str = "quantize",
     ) -> None:
         if headq is not None and basis is None:
             raise ValueError("basis: HeadQ needs the per-layer basis [layers, kv_heads, d, rank]")
-        layers = [
-            HeadQCacheLayer(
-                key,
-                value,
-                headq,
-                None if basis is None or headq is None else basis[i, ..., : headq.rank].float(),
-                value_policy,
-            )
-            for i in range(num_layers)
-        ]
+        check_cache_format(key, "key")
+        check_cache_format(value, "value")
+        if config is not None and windows is not None:
+            raise ValueError("windows: give the model config or the windows, not both")
+        if sliding_layers not in ("quantize", "full_precision"):
+            raise ValueError(f"sliding_layers: must be 'quantize' or 'full_precision', "
+                             f"got {sliding_layers!r}")
+        found = layer_windows(config) if config is not None else windows
+        self.windows = check_windows([None] * num_layers if found is None else found, num_layers)
+        self.sliding_layers = sliding_layers
+        self.notes: set[str] = set()
+        layers = [self._layer(i, key, value, headq, basis, value_policy) for i in range(num_layers)]
         super().__init__(layers=list(layers))
         self.quant_layers = layers  # the same objects, typed
 
+    def _layer(self, i: int, key: QuantConfig | None, value: QuantConfig | None, headq: HeadQConfig | None,
+               basis: torch.Tensor | None, value_policy: ValuePolicyConfig | None) -> HeadQCacheLayer:
+        window = self.windows[i]
+        if window is not None and self.sliding_layers == "full_precision":
+            return HeadQCacheLayer(None, None, window=window, notes=self.notes)
+        layer_basis = None if basis is None or headq is None else basis[i, ..., : headq.rank].float()
+        return HeadQCacheLayer(key, value, headq, layer_basis, value_policy, window=window, notes=self.notes)
+
     @classmethod
-    def from_run(cls, run: RunSpec, calibration: BasisSource | None, info: ModelInfo) -> HeadQCache:
+    def from_run(cls, run: RunSpec, calibration: BasisSource | None, info: ModelInfo,
+                 config: Any = None) -> HeadQCache:
         """The cache that decodes as the evaluator scores ``run``: the same configuration objects and
-        the same basis rule (``headq.make_basis``), for the model ``info`` describes."""
+        the same basis rule (``headq.make_basis``), for the model ``info`` describes; with the
+        model's ``config`` its sliding layers hold only their window (``run.sliding_layers``)."""
         if run.intervention is not None:
             raise ValueError("intervention: a perturbation for analysis, not something a cache stores")
         basis = None
@@ -358,11 +299,20 @@ class HeadQCache(Cache):
                 make_basis(hq, layer, kv_heads=info.kv_heads, head_dim=info.head_dim,
                            query_basis=calibration.layer_basis(layer, hq.rank) if calibration else None)
                 for layer in range(info.layers)])
-        return cls(info.layers, run.key, run.value, run.headq, basis, run.value_policy)
+        return cls(info.layers, run.key, run.value, run.headq, basis, run.value_policy, config=config,
+                   sliding_layers=run.sliding_layers or "quantize")
 
     def nbytes(self) -> int:
         """Bytes held by all layers (packed codes, scales, side codes, residual tails)."""
         return sum(layer.nbytes() for layer in self.quant_layers)
+
+    def nbytes_by_layer_type(self) -> dict[str, int]:
+        """Bytes held per transformers layer type (``full_attention``, ``sliding_attention``)."""
+        out: dict[str, int] = {}
+        for layer in self.quant_layers:
+            kind = layer_type(layer.window)
+            out[kind] = out.get(kind, 0) + layer.nbytes()
+        return out
 
     @contextmanager
     def attached(self, model) -> Iterator[None]:

@@ -23,9 +23,9 @@ PLOT = "sel => document.querySelector(sel + ' .js-plotly-plot')"  # + a property
 PAGES = {  # path, graphs drawn, graphs with data (the Run page's default run has dense values)
     "jobs": ("", 0, 0),
     "calibration": ("calibration", 0, 0),
-    "run": ("run", 5, 4),
+    "run": ("run", 6, 4),  # + the position plot, empty for this document (it predates position_nll)
     "predictor": ("predictor", 2, 2),
-    "perplexity": ("perplexity", 3, 3),
+    "perplexity": ("perplexity", 4, 3),  # likewise
     "compare": ("compare", 3, 3),
 }
 

@@ -32,7 +32,7 @@ def old_job_id(server: LiveServer) -> str:
 
 def test_perplexity_page_shows_intervals_and_error_bars(server, job_id, document, page):
     open_page(page, f"{server.url}/dashboard/perplexity?job={job_id}")
-    wait_for_graphs(page.page, "main", 3)
+    wait_for_graphs(page.page, "main", 4, 3)  # the position plot is empty: no position_nll here
     assert page.page.inner_text("#ppl-uncertainty") == R.uncertainty_line(document)
     assert "over 16 windows (496 tokens scored)" in R.uncertainty_line(document)
     (bars,) = page.page.evaluate(ERRORS, "#ppl-bars")
@@ -53,7 +53,7 @@ def test_perplexity_page_shows_intervals_and_error_bars(server, job_id, document
 
 def test_older_document_has_no_error_bars(server, old_job_id, page):
     open_page(page, f"{server.url}/dashboard/perplexity?job={old_job_id}")
-    wait_for_graphs(page.page, "main", 3)
+    wait_for_graphs(page.page, "main", 4, 3)  # the position plot is empty: no position_nll here
     assert "No intervals" in page.page.inner_text("#ppl-uncertainty")
     for graph in ("#ppl-bars", "#ppl-removed", "#ppl-budget"):
         assert all(e is None for e in page.page.evaluate(ERRORS, graph))

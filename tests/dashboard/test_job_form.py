@@ -89,3 +89,28 @@ def test_names_mark_controls():
 def test_bad_form_values_name_the_field(change, field):
     with pytest.raises(ValueError, match=f"^{field}:"):
         build_spec({**FORM, **change})
+
+
+@pytest.mark.parametrize("fmt", ["q4_0", "q8_0", "iq4_nl", "fp8_e4m3", "fp8_e5m2", "q5_1"])
+def test_an_engine_format_reaches_keys_and_values_at_its_own_width(fmt):
+    """The format dropdown sets the format on keys and (with value bits) values: its own code width,
+    per token, blocks of 32, whatever bits / axis / group size the int fields still show."""
+    spec = build_spec({**FORM, "format": fmt, "value_bits": 2, "group_size": 64, "axis": "per_channel"})
+    runs = JobSpec.model_validate(spec).runs
+    assert [r.name for r in runs] == ["dense", f"k-{fmt}-v-{fmt}", f"k-{fmt}-headq-r8-v-{fmt}"]
+    for side in (runs[2].key, runs[2].value):
+        assert side.format == fmt and side.axis == "per_token" and side.group_size == 32
+    widths = {"q4_0": 4, "q8_0": 8, "iq4_nl": 4, "fp8_e4m3": 8, "fp8_e5m2": 8, "q5_1": 5}
+    assert runs[2].key.bits == widths[fmt]
+
+
+def test_rotation_applies_to_both_sides_and_names_the_run():
+    spec = build_spec({**FORM, "rotation": True, "value_bits": 4, "headq": False, "baselines": False})
+    (run,) = JobSpec.model_validate(spec).runs
+    assert run.name == "hadamard+k2-v4" and run.key.rotation == run.value.rotation == "hadamard"
+    assert "rotation" not in build_spec(FORM)["runs"][1]["key"]
+
+
+def test_an_unknown_format_names_the_field():
+    with pytest.raises(ValueError, match="format: must be 'int' or one of"):
+        build_spec({**FORM, "format": "q3_k"})

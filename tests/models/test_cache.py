@@ -1,6 +1,7 @@
 """HeadQCache: a token-by-token decode loop gives the teacher-forced evaluator's perplexity (also
-with a sliding window and a logit softcap: the cache keeps every token, the model's mask hides those
-outside the window); it works with generate(); it holds packed codes (fewer bytes than a dense cache)."""
+with a sliding window and a logit softcap: without the model config the cache keeps every token, the
+model's mask hides those outside the window; tests/models/test_sliding_cache.py gives it the config);
+it works with generate(); it holds packed codes (fewer bytes than a dense cache)."""
 
 import math
 
@@ -12,6 +13,7 @@ from headq_core.evaluation.calibrate import calibrate
 from headq_core.evaluation.corpus import CorpusSpec
 from headq_core.evaluation.evaluate import evaluate
 from headq_core.evaluation.windows import corpus_windows
+from headq_core.models.calls import cache_kwargs
 from headq_core.runtime.cache import HeadQCache
 from tests.models.tiny import loaded
 
@@ -25,7 +27,8 @@ def _decode_nll(lm, ids, cache):
     total = 0.0
     with torch.no_grad():
         for t in range(ids.shape[0] - 1):
-            logits = lm.model(ids[None, t : t + 1], past_key_values=cache, use_cache=True).logits[0, -1]
+            step = lm.model(ids[None, t : t + 1], use_cache=True, **cache_kwargs(lm.model, cache))
+            logits = step.logits[0, -1]
             total -= torch.log_softmax(logits.double(), -1)[ids[t + 1]].item()
     return total / (ids.shape[0] - 1)
 
@@ -101,7 +104,8 @@ def test_generate_runs_with_the_cache(family):
     lm = loaded(family)
     ids = torch.randint(3, 90, (1, 6))
     cache = HeadQCache(lm.info.layers, QuantConfig(bits=8, axis="per_channel", group_size=2, residual=0))
-    out = lm.model.generate(ids, past_key_values=cache, max_new_tokens=8, do_sample=False, pad_token_id=0)
+    out = lm.model.generate(ids, **cache_kwargs(lm.model, cache), max_new_tokens=8, do_sample=False,
+                            pad_token_id=0)
     dense = lm.model.generate(ids, max_new_tokens=8, do_sample=False, pad_token_id=0)
     assert out.shape == (1, 14) and cache.get_seq_length() == 13
     assert torch.equal(out, dense)  # 8-bit keys do not change a greedy choice of this tiny model
@@ -153,7 +157,8 @@ def test_online_a2_value_policy_matches_evaluator(high_bits):
     at = cache.layers[0].value_side.high_at  # tokens some head keeps, once each, in order
     assert torch.equal(at, kept[0].any(0).nonzero().flatten())
     with pytest.raises(ValueError, match="value_policy: run the model inside"):
-        lm.model(ids[None, :2], past_key_values=HeadQCache(lm.info.layers, K2, V2, value_policy=policy))
+        lm.model(ids[None, :2], **cache_kwargs(lm.model, HeadQCache(lm.info.layers, K2, V2,
+                                                                     value_policy=policy)))
 
 
 @pytest.mark.parametrize(("head_dim", "expected"), [(16, True), (48, False), (8, False)])
@@ -185,3 +190,18 @@ def test_cache_from_run_refuses_what_a_cache_cannot_store():
         HeadQCache.from_run(RunSpec("kp", key=K2, headq=HeadQConfig(rank=2, basis="key_pca")), None, lm.info)
     with pytest.raises(ValueError, match="calibration"):
         HeadQCache.from_run(RunSpec("q", key=K2, headq=HeadQConfig(rank=2)), None, lm.info)
+
+
+@pytest.mark.parametrize(("field", "cfg", "named"), [
+    ("key", QuantConfig(format="q4_0", bits=4, axis="per_token", group_size=32), "key.format"),
+    ("value", QuantConfig(bits=4, axis="per_token", group_size=4, symmetric=True), "value.symmetric"),
+    ("key", QuantConfig(bits=2, group_size=4, rotation="hadamard"), "key.rotation"),
+])
+def test_the_cache_refuses_formats_it_cannot_store_naming_the_field(field, cfg, named):
+    """Engine formats, symmetric codes and rotations are measured by the evaluator; the packed cache
+    (and its asymmetric encode kernel) would store them wrongly, so it refuses them up front."""
+    configs = {"key": K2, "value": V2, field: cfg}
+    with pytest.raises(ValueError, match=named):
+        HeadQCache(2, configs["key"], configs["value"])
+    with pytest.raises(ValueError, match=named):
+        HeadQCache.from_run(RunSpec("r", **configs), None, loaded("llama").info)

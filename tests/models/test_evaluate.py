@@ -14,6 +14,7 @@ from headq_core.evaluation.windows import corpus_windows
 from headq_core.method.quant import fake_quantize
 from headq_core.models.adapter import attention_handler
 from headq_core.models.attention import dense_attention
+from headq_core.models.calls import cache_kwargs
 from tests.models.tiny import loaded
 
 SPEC = CorpusSpec(split="eval")
@@ -37,7 +38,8 @@ def _decode_loop_nll(lm, ids, key_cfg, value_cfg):
     total, cache = 0.0, DynamicCache()
     with torch.no_grad(), attention_handler(lm.model, handler):
         for t in range(ids.shape[0] - 1):
-            logits = lm.model(ids[None, t : t + 1], past_key_values=cache, use_cache=True).logits[0, -1]
+            step = lm.model(ids[None, t : t + 1], use_cache=True, **cache_kwargs(lm.model, cache))
+            logits = step.logits[0, -1]
             total -= torch.log_softmax(logits.double(), -1)[ids[t + 1]].item()
     return total
 

@@ -56,6 +56,22 @@ def test_calibration_then_evaluation_reusing_the_model(model_dir):
     assert len(doc["heads"]) == 2 * 2 * 4  # two quantized runs x layers x heads
 
 
+def test_the_specs_attention_path_and_sampled_rows_reach_the_evaluator(model_dir):
+    """``dataset.attention`` / ``dataset.head_rows`` of the job spec choose the evaluator's path (they
+    were ignored: every job ran the defaults)."""
+    runs = [{"name": "k2", "key": K2}]
+    dataset = {"source": "builtin", "name": "sotu", "window": 16, "max_tokens": 32}
+    blockwise = {**dataset, "attention": "blockwise", "head_rows": 5}
+    spec = {**_spec(model_dir, "evaluation", runs=runs), "dataset": blockwise}
+    doc, _ = execute(spec, calibration_blob=None)
+    attention = doc["dataset"]["attention"]
+    assert attention["head_windows"] == "blockwise" and len(attention["head_rows"]) == 5
+    assert attention["head_rows"][-1] == 15  # the last row is always sampled
+    doc, _ = execute({**_spec(model_dir, "evaluation", runs=runs),
+                      "dataset": {**dataset, "attention": "materialised"}}, calibration_blob=None)
+    assert doc["dataset"]["attention"]["head_windows"] == "materialised"
+
+
 def test_refusals(model_dir, tmp_path):
     with pytest.raises(ValueError, match="model.id: .* not in an allowed directory"):
         execute(_spec(model_dir, "calibration"), calibration_blob=None, allowed_model_dirs=[str(tmp_path)])

@@ -16,6 +16,7 @@ from headq_core.evaluation.calibrate import calibrate
 from headq_core.evaluation.corpus import CorpusSpec
 from headq_core.evaluation.evaluate import evaluate
 from headq_core.evaluation.windows import corpus_windows, start_prefix, token_windows, tokenizer_prefix
+from headq_core.models.calls import cache_kwargs
 from headq_core.runtime.cache import HeadQCache
 from tests.models.tiny import CharTokenizer, loaded, save_tiny
 
@@ -121,7 +122,8 @@ def test_decode_loop_through_the_cache_matches_the_evaluator_with_bos_in_place()
     cache, total = HeadQCache.from_run(run, cal, lm.info), 0.0
     with torch.no_grad():
         for t in range(ids.shape[0] - 1):
-            logits = lm.model(ids[None, t : t + 1], past_key_values=cache, use_cache=True).logits[0, -1]
+            step = lm.model(ids[None, t : t + 1], use_cache=True, **cache_kwargs(lm.model, cache))
+            logits = step.logits[0, -1]
             total -= torch.log_softmax(logits.double(), -1)[ids[t + 1]].item()
     assert math.exp(total / 23) == pytest.approx(doc["runs"][0]["perplexity"], rel=1e-3)
 

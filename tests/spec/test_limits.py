@@ -19,7 +19,15 @@ from headq_spec.runs import HeadQConfig, InterventionConfig, QuantConfig, RunSpe
 
 RUN_PARTS = {"QuantConfig": QuantConfig, "HeadQConfig": HeadQConfig, "ValuePolicyConfig": ValuePolicyConfig,
              "InterventionConfig": InterventionConfig}
-NEEDS = {"target_bits": {"keep_fraction": None}}  # a value that field needs beside it
+# a value that field needs beside it
+NEEDS = {"target_bits": {"keep_fraction": None}, "rotation_seed": {"rotation": "hadamard"}}
+# bit widths only an engine format has (the "int" format takes SUPPORTED_BITS): the format beside them
+FORMAT_FOR_BITS = {5: {"format": "q5_0", "axis": "per_token"}}
+
+
+def _needs(name: str, value: Any) -> dict[str, Any]:
+    """The values a field set to ``value`` needs beside it."""
+    return {**NEEDS.get(name, {}), **(FORMAT_FOR_BITS.get(value, {}) if name == "bits" else {})}
 
 
 def _edges(schema: dict[str, Any]) -> tuple[list[Any], list[Any]]:
@@ -55,10 +63,10 @@ def test_every_run_field_is_bounded_in_the_schema() -> None:
 def test_schema_bounds_are_the_dataclass_rules(part: str, name: str, schema: dict[str, Any]) -> None:
     klass, allowed, beyond = RUN_PARTS[part], *_edges(schema)
     for value in allowed:
-        klass(**{**NEEDS.get(name, {}), name: value})
+        klass(**{**_needs(name, value), name: value})
     for value in beyond:
         with pytest.raises(ValueError, match=name):
-            klass(**{**NEEDS.get(name, {}), name: value})
+            klass(**{**_needs(name, value), name: value})
 
 
 def test_target_bits_lies_between_the_value_bits_and_high_bits() -> None:

@@ -87,6 +87,26 @@ def test_evaluation_gets_its_calibration_artifact(settings, options, sessions, m
     assert [run["name"] for run in document["runs"]] == ["k2", "k2_headq"]
 
 
+def test_a_retrieval_job_gets_its_calibration_artifact(settings, options, sessions, make_spec) -> None:
+    """A retrieval job's HeadQ run reads the calibration the job names (it failed with 'needs a
+    calibration' when only evaluations loaded one)."""
+    with sessions() as s:
+        calibration = add_job(s, make_spec("calibration"))
+    assert run_job(calibration.id, settings=settings, options=options) == "succeeded"
+    spec = make_spec(calibration_job=calibration.id, max_tokens=4096)
+    spec.update(kind="retrieval", retrieval={"lengths": [256], "depths": [50], "new_tokens": 2})
+    spec["runs"] = [{"name": "k2_headq", "key": {"bits": 2, "axis": "per_channel", "group_size": 8},
+                     "headq": {"rank": 2, "basis": "query_pca", "side_bits": 8}}]
+    with sessions() as s:
+        retrieval = add_job(s, spec)
+    assert run_job(retrieval.id, settings=settings, options=options) == "succeeded", \
+        job_row(sessions, retrieval.id).error
+    with sessions() as s:
+        document = load_results(s, retrieval.id)
+    assert document["calibration"]["job_id"] == calibration.id
+    assert [run["name"] for run in document["runs"]] == ["k2_headq"]
+
+
 def test_model_that_cannot_be_loaded_fails_with_the_loaders_message(
         settings, options, sessions, make_spec, tiny_model: Path, models_root: Path) -> None:
     broken = models_root / "no-weights"

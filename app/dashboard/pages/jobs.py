@@ -11,6 +11,7 @@ from dash import ALL, Input, Output, State, callback, ctx, dcc, html
 from app.dashboard.api import ApiError
 from app.dashboard.common import ROW, client, empty_state, error_banner, page_link
 from app.dashboard.job_form import build_spec
+from headq_spec.runs import FORMAT_BITS
 
 dash.register_page(__name__, path="/", name="Jobs", title="HeadQ Lab · Jobs")
 
@@ -23,6 +24,8 @@ FORM_FIELDS = [
     "group_size",
     "residual",
     "axis",
+    "format",
+    "rotation",
     "headq",
     "rank",
     "basis",
@@ -86,6 +89,11 @@ def _form() -> html.Div:
                     _field("group_size", dcc.Input(id="form-group_size", type="number", value=32, min=1)),
                     _field("residual", dcc.Input(id="form-residual", type="number", value=0, min=0)),
                     _dropdown("axis", ["per_channel", "per_token"], "per_channel"),
+                    _dropdown("format", ["int", *FORMAT_BITS], "int"),
+                    dcc.Checklist(
+                        id="form-rotation", value=[],
+                        options=[{"label": "Hadamard rotation", "value": "on"}],
+                    ),
                 ],
                 style=ROW,
             ),
@@ -189,10 +197,13 @@ def job_label(job: dict) -> str:
     return job.get("label") or " · ".join(x for x in (job.get("kind"), job.get("model_id"), date) if x)
 
 
+RESULT_PAGES = {"evaluation": "/run", "calibration": "/calibration", "retrieval": "/retrieval"}
+
+
 def _link(job: dict):
-    if job.get("status") != "succeeded" or job.get("kind") not in ("evaluation", "calibration"):
+    page = RESULT_PAGES.get(job.get("kind", ""))
+    if job.get("status") != "succeeded" or page is None:
         return job["id"][:8]
-    page = "/run" if job["kind"] == "evaluation" else "/calibration"
     return dcc.Link(job["id"][:8], href=page_link(page, job=job["id"]))
 
 
@@ -298,6 +309,7 @@ def submit(_clicks, token, *values):
     """POST the spec with the token the user typed (the dashboard lends none of its own)."""
     form = dict(zip(FORM_FIELDS, values, strict=True))
     form["headq"], form["baselines"] = bool(form["headq"]), bool(form["baselines"])
+    form["rotation"] = bool(form["rotation"])
     try:
         job = client().submit(build_spec(form), user_token=token)
     except (ApiError, ValueError) as exc:

@@ -1,7 +1,8 @@
 """Perplexity page: every configuration's perplexity, excess, share of excess removed by HeadQ and
 effective key/value bits, as a sortable table (CSV export) and bar charts, each value with the
 document's 95% interval when it has one; below them the budget view (excess perplexity against
-effective bits, keys-only and key-and-value runs in separate panels, each with its Pareto frontier).
+effective bits, keys-only and key-and-value runs in separate panels, each with its Pareto frontier)
+and the excess NLL of every configuration against token position (does the damage grow with context?).
 The CSV export is ``<job>-perplexity.csv``: plain UTF-8 (no BOM), raw numbers, intervals as
 ``*_lo``/``*_hi`` columns, the share removed as a fraction."""
 
@@ -101,6 +102,7 @@ def layout(job=None, **_query) -> html.Div:
             dcc.Graph(id="ppl-bars"),
             dcc.Graph(id="ppl-removed"),
             dcc.Graph(id="ppl-budget"),
+            dcc.Graph(id="ppl-positions"),
         ]
     )
 
@@ -111,6 +113,7 @@ def layout(job=None, **_query) -> html.Div:
     Output("ppl-bars", "figure"),
     Output("ppl-removed", "figure"),
     Output("ppl-budget", "figure"),
+    Output("ppl-positions", "figure"),
     Output("ppl-message", "children"),
     Input("ppl-job", "value"),
 )
@@ -119,10 +122,11 @@ def draw(job):
     if doc is None:
         message = error or "Choose a job."
         empty = figures.empty_figure(message)
-        return [], None, empty, empty, empty, error_banner(message)
+        return [], None, empty, empty, empty, empty, error_banner(message)
     rows = R.perplexity_rows(doc)
+    positions = charts.position_figure(doc.get("position_nll"), [r["run"] for r in rows])
     return (table_rows(rows), R.uncertainty_line(doc) or NO_INTERVALS, charts.perplexity_figure(rows),
-            charts.removed_figure(rows), charts.budget_panels(*R.budget_split(doc)), None)
+            charts.removed_figure(rows), charts.budget_panels(*R.budget_split(doc)), positions, None)
 
 
 @callback(

@@ -4,7 +4,8 @@ Deep link: ``/run?job=<id>&run=<name>&layer=<i>&head=<j>``. Clicking a cell in a
 that head in every panel (an outline patched onto each drawn figure), fills the detail panel and
 rewrites the address bar to that head's deep link (``history.replaceState``: no page reload).
 Above the heatmaps: the run's perplexity, excess, share removed and effective bits, and what the
-per-head metrics cover.
+per-head metrics cover (with the query rows they were sampled from at long context); below the
+heatmaps, the run's excess NLL against token position.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from __future__ import annotations
 import dash
 from dash import ALL, Input, Output, Patch, State, callback, clientside_callback, ctx, dcc, html
 
-from app.dashboard import figures
+from app.dashboard import charts, figures
 from app.dashboard import results as R
 from app.dashboard import run_views as V
 from app.dashboard.common import (
@@ -86,6 +87,7 @@ def layout(job=None, run=None, layer=None, head=None, **_query) -> html.Div:
             dcc.Store(id="run-shape"),
             dcc.Store(id="run-href"),
             html.Div([_graph(p) for p in PANELS], style=GRID),
+            dcc.Graph(id="run-positions"),
             html.Div(
                 id="run-detail",
                 children=empty_state("Click a head in any panel to see its detail."),
@@ -135,7 +137,28 @@ def show_summary(job, run):
     if doc is None or run is None:
         return None, None
     parts = V.run_summary(doc, run)
-    return html.Span(f"{run}: " + " · ".join(parts)) if parts else None, V.coverage_line(doc)
+    coverage = " ".join(t for t in (V.coverage_line(doc), sampled_rows_line(doc)) if t) or None
+    return html.Span(f"{run}: " + " · ".join(parts)) if parts else None, coverage
+
+
+def sampled_rows_line(doc: dict) -> str | None:
+    """What the per-head metrics read when the blockwise path sampled query rows (None otherwise)."""
+    attention = (doc.get("dataset") or {}).get("attention") or {}
+    rows = attention.get("head_rows")
+    if not rows:
+        return None
+    window = (doc.get("dataset") or {}).get("window")
+    return (f"Per-head metrics from {len(rows)} sampled query rows of each window of {window} tokens "
+            f"(positions {rows[0]} to {rows[-1]}, the last rows included), each exact over all its keys.")
+
+
+@callback(Output("run-positions", "figure"), Input("run-job", "value"), Input("run-run", "value"))
+def draw_positions(job, run):
+    """The selected run's excess NLL against token position."""
+    doc, error = load_results(job)
+    if doc is None or run is None:
+        return figures.empty_figure(error or "Choose a job and a configuration.")
+    return charts.position_figure(doc.get("position_nll"), [run])
 
 
 def _panel_metric(doc: dict, run: str, panel: str, extra: str | None) -> tuple[str | None, str | None]:

@@ -69,13 +69,16 @@ def encode(k: torch.Tensor, v: torch.Tensor, key_cfg: QuantConfig, value_cfg: Qu
 def decode_attention(q: torch.Tensor, enc: EncodedKV | None, k_res: torch.Tensor | None = None,
                      v_res: torch.Tensor | None = None, basis: torch.Tensor | None = None,
                      scale: float | None = None, sign: int = 1, backend: Backend = "auto",
-                     num_splits: int | None = None) -> torch.Tensor:
+                     num_splits: int | None = None, start: int = 0,
+                     softcap: float | None = None) -> torch.Tensor:
     """Attention of one decode query q [B, Hq, 1, d] over the ``N`` quantized tokens of ``enc``
     followed by the residual window k_res, v_res [B, Hkv, R, d]. Returns [B, Hq, 1, d] in q.dtype.
 
-    Logits ``scale*<q, k^_j> + sign*scale*<U^T q, c^_j>`` (``scale`` defaults to ``d**-0.5``);
-    ``num_splits`` sets the Triton split count over all cached tokens (default: about 8 programs per
-    SM, at most 32 splits per batch row and KV head)."""
+    Logits ``scale*<q, k^_j> + sign*scale*<U^T q, c^_j>`` (``scale`` defaults to ``d**-0.5``), capped
+    to ``softcap*tanh(logit/softcap)`` with a ``softcap``; the first ``start`` tokens are not seen (a
+    sliding window). ``num_splits`` sets the Triton split count over all cached tokens (default: about
+    8 programs per SM, at most 32 splits per batch row and KV head). The Triton kernel takes neither
+    a start nor a softcap yet: ``"auto"`` then runs the reference, ``"triton"`` refuses."""
     _require(q.dim() == 4 and q.shape[2] == 1 and q.is_floating_point(), "q",
              f"expected a float [B, Hq, 1, d], got {q.dtype} {list(q.shape)}")
     b, hq, _, d = q.shape
@@ -101,11 +104,16 @@ def decode_attention(q: torch.Tensor, enc: EncodedKV | None, k_res: torch.Tensor
     _require(hq % hkv == 0, "q", f"{hq} query heads is not a multiple of {hkv} KV heads")
     _require(sign in (1, -1), "sign", f"must be +1 or -1, got {sign!r}")
     _require(num_splits is None or num_splits >= 1, "num_splits", f"must be >= 1, got {num_splits!r}")
+    _require(isinstance(start, int) and 0 <= start < tokens, "start",
+             f"must be an integer in [0, {tokens - 1}] (some token must stay visible), got {start!r}")
+    _require(softcap is None or softcap > 0, "softcap", f"must be positive or None, got {softcap!r}")
+    _require(backend != "triton" or (start == 0 and softcap is None), "backend",
+             "the Triton decode kernel takes no window start or softcap yet: use 'auto' or 'reference'")
     scale = d ** -0.5 if scale is None else float(scale)
     fits = (head_dim_covered(d) if enc is None
             else decode_covers(d, enc.key_bits, enc.key_group, enc.value_bits, enc.value_group))
-    if _use_triton(backend, q.device, fits):
+    if _use_triton(backend, q.device, fits and start == 0 and softcap is None):
         from headq_core.runtime.kernels.triton_decode import decode_attention_triton
 
         return decode_attention_triton(q, enc, k_res, v_res, basis, scale, sign, num_splits)
-    return decode_attention_reference(q, enc, k_res, v_res, basis, scale, sign)
+    return decode_attention_reference(q, enc, k_res, v_res, basis, scale, sign, start, softcap)

@@ -60,9 +60,11 @@ def encode_reference(k: torch.Tensor, v: torch.Tensor, key_cfg: QuantConfig, val
 
 def decode_attention_reference(q: torch.Tensor, enc: EncodedKV | None, k_res: torch.Tensor | None,
                                v_res: torch.Tensor | None, basis: torch.Tensor | None = None,
-                               scale: float | None = None, sign: int = 1) -> torch.Tensor:
+                               scale: float | None = None, sign: int = 1, start: int = 0,
+                               softcap: float | None = None) -> torch.Tensor:
     """One decode query q [B, Hq, 1, d] over the quantized tokens then the residual k_res, v_res
-    [B, Hkv, R, d]; logits ``scale*<q, k^> + sign*scale*<U^T q, c^>``. Returns [B, Hq, 1, d] in q.dtype."""
+    [B, Hkv, R, d], from token ``start`` on (a sliding window); logits ``scale*<q, k^> +
+    sign*scale*<U^T q, c^>``, then ``softcap*tanh(logit/softcap)``. Returns [B, Hq, 1, d] in q.dtype."""
     b, hq, _, d = q.shape
     scale = d ** -0.5 if scale is None else scale
     keys, vals, corr = [], [], None
@@ -83,6 +85,10 @@ def decode_attention_reference(q: torch.Tensor, enc: EncodedKV | None, k_res: to
     logits = torch.einsum("bhgd,bhnd->bhgn", qg, k_all)
     if corr is not None:
         logits[..., : corr.shape[-1]] += corr
-    attn = torch.softmax(logits * scale, dim=-1)
+    logits = logits * scale
+    if softcap is not None:
+        logits = torch.tanh(logits / softcap) * softcap
+    logits[..., :start] = float("-inf")
+    attn = torch.softmax(logits, dim=-1)
     out = torch.einsum("bhgn,bhnd->bhgd", attn, v_all)
     return out.reshape(b, hq, 1, d).to(q.dtype)

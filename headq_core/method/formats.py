@@ -1,0 +1,86 @@
+"""The engine cache formats behind one interface: which class stores a :class:`QuantConfig`, what a
+token reads back from it, and how many bits it stores per element.
+
+``int`` is the project's own uniform quantizer (:mod:`headq_core.method.quant`, asymmetric or
+symmetric); ``fp8_e4m3`` / ``fp8_e5m2`` are :class:`~headq_core.method.fp8.Fp8Format`; the llama.cpp
+blocks are :class:`~headq_core.method.ggml_blocks.BlockFormat` and
+:class:`~headq_core.method.iq4_nl.Iq4NlFormat`. Every format goes through ``quant.fake_quantize``
+(the evaluator's entry point) and :func:`row_bits` (the budget's).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from headq_core.config import FORMAT_DEFAULTS, QuantConfig
+from headq_core.method.fp8 import Fp8Format
+from headq_core.method.ggml_blocks import BLOCK, BLOCK_FORMATS, BlockFormat
+from headq_core.method.iq4_nl import Iq4NlFormat
+from headq_core.method.packing import packed_size
+
+FP16_BITS = 16.0
+FP16_MAX = 65504.0
+EngineFormat = Fp8Format | BlockFormat | Iq4NlFormat
+
+
+def engine_format(cfg: QuantConfig) -> EngineFormat:
+    """The class that stores ``cfg.format`` (not for ``int``)."""
+    if cfg.format.startswith("fp8"):
+        return Fp8Format(cfg.format, cfg.fp8_scale)
+    if cfg.format == "iq4_nl":
+        return Iq4NlFormat()
+    if cfg.format in BLOCK_FORMATS:
+        return BLOCK_FORMATS[cfg.format]
+    raise ValueError(f"format: {cfg.format!r} is not an engine format")
+
+
+def check_head_dim(cfg: QuantConfig, head_dim: int) -> None:
+    """Raise ValueError naming the field when ``cfg`` cannot store rows of ``head_dim``."""
+    if cfg.format == "int" and cfg.axis == "per_token" and head_dim % cfg.group_size:
+        raise ValueError(f"group_size: {cfg.group_size} must divide head_dim {head_dim} for per_token")
+    if cfg.format in (*BLOCK_FORMATS, "iq4_nl") and head_dim % BLOCK:
+        raise ValueError(f"format: {cfg.format!r} needs a head_dim divisible by {BLOCK}, got {head_dim}")
+    if cfg.rotation == "hadamard" and (head_dim < 1 or head_dim & (head_dim - 1)):
+        raise ValueError(f"rotation: a Hadamard rotation needs a power-of-two head_dim, got {head_dim}")
+
+
+def row_bits(cfg: QuantConfig, head_dim: int, bits: int | None = None) -> float:
+    """Stored bits per element of one quantized row of ``head_dim`` (codes, scales, zero-points).
+
+    ``int``: the packed code width ``ceil(d*bits/8)*8/d`` plus an fp16 scale (and, asymmetric, an
+    fp16 zero-point) per group of ``group_size`` elements; ``bits`` overrides the code width (16:
+    a plain fp16 row). Engine formats: their own layout (fp8 8 or 8 + 32/d, q4_0 4.5, q8_0 8.5, ...).
+    A rotation adds nothing (it is fixed by its seed)."""
+    check_head_dim(cfg, head_dim)
+    if cfg.format != "int":
+        return engine_format(cfg).row_bits(head_dim)
+    width = cfg.bits if bits is None else bits
+    if width == 16:
+        return FP16_BITS
+    per_group = FP16_BITS if cfg.symmetric else 2 * FP16_BITS
+    return packed_size(head_dim, width) * 8 / head_dim + per_group / cfg.group_size
+
+
+def fake_quantize_engine(x: torch.Tensor, cfg: QuantConfig) -> torch.Tensor:
+    """x [..., n, d] (every row quantized) -> float32 [..., n, d] as read back from ``cfg.format``."""
+    fmt = engine_format(cfg)
+    x = x.float()
+    if isinstance(fmt, Fp8Format):
+        return fmt.fake_quantize(x)
+    check_head_dim(cfg, x.shape[-1])
+    if x.numel() and x.abs().max() > FP16_MAX:
+        raise ValueError("x: values exceed the fp16 range of the block scale / minimum")
+    blocks = x.reshape(*x.shape[:-1], x.shape[-1] // BLOCK, BLOCK)
+    return fmt.decode(fmt.encode(blocks)).reshape(x.shape)
+
+
+def check_cache_format(cfg: QuantConfig | None, field: str) -> None:
+    """Raise ValueError naming ``field`` unless ``HeadQCache`` can store ``cfg``: the asymmetric
+    ``int`` format without a rotation (its encode kernels compute asymmetric codes; ``quant.quantize``
+    itself also packs symmetric ones)."""
+    if cfg is None or cfg.is_plain:
+        return
+    name, value = next((k, getattr(cfg, k)) for k in ("format", "symmetric", "rotation")
+                       if getattr(cfg, k) != FORMAT_DEFAULTS[k])
+    raise ValueError(f"{field}.{name}: the cache stores only the asymmetric 'int' format without a "
+                     f"rotation, got {value!r}; the evaluator measures it (headq eval)")
