@@ -147,10 +147,14 @@ def difference_figure(
     return _head_figure(trace, title, selected, a.shape)
 
 
-def a2_figure(weights: Sequence[float], title: str, fraction: float | None = None) -> dict:
+def a2_figure(weights: Sequence[float], title: str, fraction: float | None = None,
+              keep_rate: Sequence[float] | None = None) -> dict:
     """A² weight of one KV head (``weights``: ``[window]``) in two panels: by token position (log y)
-    with the policy's kept tokens marked (:func:`run_views.a2_ranked`, ``fraction``: the share kept),
-    and the cumulative share of the weight over tokens ranked by weight, readable at any window."""
+    with the policy's kept tokens marked, and the cumulative share of the weight over tokens ranked by
+    weight, readable at any window. ``keep_rate`` (``[window]``, the share of windows in which the
+    policy kept each position, as the evaluator stored it) marks the tokens kept in at least half
+    of the windows; without it (older documents) the ``fraction`` top-A² positions of this profile
+    stand in (:func:`run_views.a2_ranked`, the oracle rule)."""
     ranked = a2_ranked(weights, fraction)
     n = len(weights)
     data = [
@@ -160,17 +164,29 @@ def a2_figure(weights: Sequence[float], title: str, fraction: float | None = Non
          "x": [(i + 1) / n for i in range(n)], "y": ranked["cumulative"],
          "hovertemplate": "top %{x:.1%} of tokens: %{y:.1%} of A²<extra></extra>"},
     ]
+    if keep_rate is not None and len(keep_rate) == n:
+        kept = [i for i in range(n) if keep_rate[i] >= 0.5]
+        total = float(sum(weights))
+        share = sum(keep_rate) / n
+        held = sum(w * r for w, r in zip(weights, keep_rate, strict=True))
+        kept_weight = held / total if total > 0 else 0.0
+        marker = {"name": "kept by the policy (≥ half the windows)",
+                  "customdata": [keep_rate[i] for i in kept],
+                  "hovertemplate": "position %{x}: kept in %{customdata:.0%} of windows<extra></extra>"}
+        note = f"kept {share:.0%} of tokens (measured): {kept_weight:.0%} of A²"
+    else:
+        kept, share, kept_weight = ranked["kept"], len(ranked["kept"]) / n, ranked["kept_weight"]
+        marker = {"name": "top A² (policy's share; keep mask not stored)",
+                  "hovertemplate": "top A²: position %{x}<extra></extra>"}
+        note = f"top {share:.0%} of tokens: {kept_weight:.0%} of A²"
     shapes, notes = [], []
-    if ranked["kept"]:
-        kept = ranked["kept"]
-        data.insert(1, {"type": "scatter", "mode": "markers", "name": "kept by the policy", "x": kept,
-                        "y": [weights[i] for i in kept], "marker": {"color": "red", "size": 5},
-                        "hovertemplate": "kept: position %{x}<extra></extra>"})
-        share = len(kept) / n
+    if kept:
+        data.insert(1, {"type": "scatter", "mode": "markers", "x": kept, "y": [weights[i] for i in kept],
+                        "marker": {"color": "red", "size": 5}, **marker})
         shapes = [{"type": "rect", "xref": "x2", "yref": "y2", "x0": 0, "x1": share, "y0": 0, "y1": 1,
                    "fillcolor": "red", "opacity": 0.12, "line": {"width": 0}}]
-        notes = [{"text": f"kept {share:.0%} of tokens: {ranked['kept_weight']:.0%} of A²", "xref": "x2",
-                  "yref": "y2", "x": share, "y": 0.05, "xanchor": "left", "showarrow": False}]
+        notes = [{"text": note, "xref": "x2", "yref": "y2", "x": share, "y": 0.05, "xanchor": "left",
+                  "showarrow": False}]
     layout = base_layout(
         title,
         320,

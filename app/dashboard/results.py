@@ -7,6 +7,7 @@ numpy values, so tests can check each against a direct computation.
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from typing import Any, TypeGuard
 
 import numpy as np
@@ -46,14 +47,16 @@ def run_names(doc: dict) -> list[str]:
     return [r["name"] for r in doc.get("runs", [])]
 
 
+def is_dense(row: Mapping[str, Any]) -> bool:
+    """A run row whose spec quantizes neither side."""
+    spec = row.get("spec") or {}
+    return spec.get("key") is None and spec.get("value") is None
+
+
 def default_run(doc: dict) -> str | None:
     """The first quantized configuration (the dense reference has nothing to show), else the first."""
     runs = doc.get("runs", [])
-    for r in runs:
-        spec = r.get("spec") or {}
-        if spec.get("key") or spec.get("value"):
-            return r["name"]
-    return runs[0]["name"] if runs else None
+    return next((r["name"] for r in runs if not is_dense(r)), runs[0]["name"] if runs else None)
 
 
 def metric_names(doc: dict) -> list[str]:
@@ -109,17 +112,32 @@ def kv_head_of(doc: dict, head: int) -> int:
 
 
 def head_across_runs(doc: dict, layer: int, head: int) -> dict[str, dict[str, float]]:
-    """``{run: {metric: value}}`` for one query head across every configuration."""
+    """``{run: {metric: value}}`` for one query head across every configuration; a dense run (no
+    head rows: it reads the exact cache) at 0 for every metric, as the reference bar."""
     out: dict[str, dict[str, float]] = {}
     for row in doc.get("heads", []):
         if row.get("layer") == layer and row.get("head") == head:
             out[row["run"]] = {k: float(v) for k, v in row.items() if k not in KEY_FIELDS and _is_number(v)}
+    metrics = {m for values in out.values() for m in values}
+    for run in doc.get("runs", []):
+        if run["name"] not in out and is_dense(run) and metrics:
+            out[run["name"]] = dict.fromkeys(sorted(metrics), 0.0)
     return {r: out[r] for r in run_names(doc) if r in out}
 
 
 def a2_weights(doc: dict, run: str, layer: int, kv_head: int) -> list[float] | None:
     """A² weight per window position for one KV head, or None when the job did not store it."""
-    table = ((doc.get("arrays") or {}).get("a2_weights") or {}).get(run)
+    return _per_position(doc, "a2_weights", run, layer, kv_head)
+
+
+def a2_keep_rate(doc: dict, run: str, layer: int, kv_head: int) -> list[float] | None:
+    """Share of windows in which ``run``'s A² value policy kept each window position of one KV head,
+    or None (no policy, or a document from before the evaluator stored it)."""
+    return _per_position(doc, "a2_keep_rate", run, layer, kv_head)
+
+
+def _per_position(doc: dict, array: str, run: str, layer: int, kv_head: int) -> list[float] | None:
+    table = ((doc.get("arrays") or {}).get(array) or {}).get(run)
     try:
         return list(table[layer][kv_head]) if table is not None else None
     except (IndexError, TypeError):

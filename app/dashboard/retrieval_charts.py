@@ -11,12 +11,7 @@ from typing import Any
 import numpy as np
 
 from app.dashboard.figures import base_layout, empty_figure, selection_shapes
-
-
-def is_dense(row: Mapping[str, Any]) -> bool:
-    """A run row whose spec quantizes neither side."""
-    spec = row.get("spec") or {}
-    return spec.get("key") is None and spec.get("value") is None
+from app.dashboard.results import is_dense
 
 
 def ordered_runs(doc: Mapping[str, Any]) -> list[Mapping[str, Any]]:

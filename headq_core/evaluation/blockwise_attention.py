@@ -155,7 +155,8 @@ class BlockwiseRunAttention(RunAttention):
                        DecodeRule(length, self.run.value, call.query.device))
         budget = self.budget or (BLOCK_LOGITS_CUDA if call.query.is_cuda else BLOCK_LOGITS)
         blocks = list(row_blocks(call, budget))
-        value_hat = self.quantized_values(call, self._keep_mask(call, key_eff, blocks))
+        keep = self._keep_mask(call, key_eff, blocks)
+        value_hat = self.quantized_values(call, keep)
         dt = call.work_dtype
         v = call.value.to(dt)
         v_hat = None if value_hat is None else value_hat.to(dt)
@@ -180,7 +181,7 @@ class BlockwiseRunAttention(RunAttention):
                 dense = self._probs(call, self._block_raw(call, None, block), block)
                 a2[..., j0:t1] += a2_weights(dense, v.shape[1], offset=t0)
         if self.sink is not None:
-            self.sink(self._sampled_view(model_call, key_eff, value_hat, a2))
+            self.sink(replace(self._sampled_view(model_call, key_eff, value_hat, a2), keep=keep))
         return out
 
     def _sampled_view(self, call: AttentionCall, key_eff: torch.Tensor | None,

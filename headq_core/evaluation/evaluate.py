@@ -247,6 +247,7 @@ def evaluate(
         "dataset": calibration.meta.get("corpus")}
     a2_weights = {r.name: accumulators[r.name].a2_profile()
                   for r in runs if heads and accumulators[r.name].keep_a2}
+    kept = {r.name: accumulators[r.name].keep_rate() for r in runs if r.name in a2_weights}
     return results_document(
         "evaluation", info.to_dict(), dataset, time.perf_counter() - started,
         calibration=used, seed=seed, device=str(device), dtype=info.dtype,
@@ -256,5 +257,5 @@ def evaluate(
         heads=head_row_list,
         position_nll=position_buckets(position_nll, first, window, n_windows, dense_name),
         arrays={"query_spectrum": [] if calibration is None else compact_list(calibration.eigenvalues),
-                "a2_weights": a2_weights},
+                "a2_weights": a2_weights, "a2_keep_rate": {r: v for r, v in kept.items() if v is not None}},
     )

@@ -30,12 +30,13 @@ def _row_mask(view: LayerView) -> torch.Tensor | None:
 class HeadAccumulator:
     """Sums of one run over its windows: per batch of windows (closed by :meth:`close_windows`)
     one state per layer; ``keep_a2`` also sums the dense attention's A² weights per (layer, KV
-    head, window position)."""
+    head, window position) and, with an A² value policy, how often the policy kept each position."""
 
     def __init__(self, layers: int, heads: int, kv_heads: int, keep_a2: bool = False) -> None:
         self.layers: list[HeadMetrics | None] = [None] * layers
         self.heads, self.kv_heads, self.keep_a2 = heads, kv_heads, keep_a2
         self.a2: list[torch.Tensor | None] = [None] * layers
+        self.kept: list[torch.Tensor | None] = [None] * layers  # windows keeping each position [hkv, L]
         self.windows = [0] * layers
         self.batch_states: list[dict[str, torch.Tensor]] = []
 
@@ -57,6 +58,10 @@ class HeadAccumulator:
             previous = self.a2[call.layer]
             self.a2[call.layer] = a2 if previous is None else previous + a2
             self.windows[call.layer] += call.query.shape[0]
+            if view.keep is not None:
+                kept = view.keep.sum(0).cpu()  # [hkv, L] windows of this batch keeping each position
+                before = self.kept[call.layer]
+                self.kept[call.layer] = kept if before is None else before + kept
 
     def close_windows(self) -> None:
         """End a batch of windows: its sums become one state (name -> float64 [layers, ...], zero
@@ -99,3 +104,11 @@ class HeadAccumulator:
         """Mean A² weight per window position: [layer][kv_head][position]."""
         return [[] if a2 is None else compact_list(a2 / n)
                 for a2, n in zip(self.a2, self.windows, strict=True)]
+
+    def keep_rate(self) -> list[list[list[float]]] | None:
+        """Share of windows in which the A² value policy kept each window position at its high bits:
+        [layer][kv_head][position]; None when no policy ran."""
+        if all(kept is None for kept in self.kept):
+            return None
+        return [[] if kept is None else compact_list(kept.double() / n)
+                for kept, n in zip(self.kept, self.windows, strict=True)]

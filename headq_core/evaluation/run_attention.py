@@ -38,7 +38,8 @@ class LayerView:
     key_mask / value_mask: bool [R, L] decode masks of those rows; key_eff: the keys the queries
     effectively see (k^ + sign U c^ for HeadQ) [b, hkv, L, d]; value_hat: quantized values or None
     when dense; a2: the dense attention's A² over every row float64 [b, hkv, L] when the caller
-    computed it (a row sample would not give it)."""
+    computed it (a row sample would not give it); keep: the tokens an A² value policy keeps at its
+    high bits, bool [b, hkv, L] (None without a policy)."""
 
     call: AttentionCall
     raw_dense: torch.Tensor
@@ -49,6 +50,7 @@ class LayerView:
     value_hat: torch.Tensor | None
     rows: torch.Tensor | None = None
     a2: torch.Tensor | None = None
+    keep: torch.Tensor | None = None
 
 
 MetricsSink = Callable[[LayerView], None]
@@ -128,14 +130,13 @@ class RunAttention:
         c_hat = torch.nn.functional.pad(decode_side(side), (0, 0, 0, k.shape[-2] - n_q))
         return k_hat + correction_keys(basis, c_hat, hq.sign)
 
-    def _values(self, call: AttentionCall, probs: torch.Tensor) -> torch.Tensor | None:
-        """Quantized values [b, hkv, L, d] as read once quantized (None for dense values); an A²
-        policy's keep mask comes from ``probs`` [b, hq, L, L], the attention this run's decode loop sees."""
+    def _keep(self, call: AttentionCall, probs: torch.Tensor) -> torch.Tensor | None:
+        """An A² policy's keep mask bool [b, hkv, L] from ``probs`` [b, hq, L, L], the attention this
+        run's decode loop sees; None without a policy."""
         policy, cfg = self.run.value_policy, self.run.value
-        keep = None
-        if policy is not None and cfg is not None:
-            keep = value_keep_mask(probs, call.value.shape[1], policy, cfg)  # bool [b, hkv, L]
-        return self.quantized_values(call, keep)
+        if policy is None or cfg is None:
+            return None
+        return value_keep_mask(probs, call.value.shape[1], policy, cfg)
 
     def quantized_values(self, call: AttentionCall, keep: torch.Tensor | None) -> torch.Tensor | None:
         """Quantized values [b, hkv, L, d] (work dtype; None for dense values): tokens where ``keep``
@@ -169,7 +170,8 @@ class RunAttention:
                 raw = torch.where(k_mask, raw, raw_dense)
         probs = torch.softmax(call.finish(raw), dim=-1)
         v_mask = decode_mask(q_len, kv_len, self.run.value).to(device)
-        value_hat = self._values(call, probs)
+        keep = self._keep(call, probs)
+        value_hat = self.quantized_values(call, keep)
         v = call.value.to(probs.dtype)
         if value_hat is None:
             out = call.read(probs, v)
@@ -180,5 +182,6 @@ class RunAttention:
                 exact = probs[..., t0:t1, j0:t1] * ~v_mask[t0:t1, j0:t1]
                 out[..., t0:t1, :] += call.read(exact, v[..., j0:t1, :] - v_hat[..., j0:t1, :])
         if self.sink is not None:
-            self.sink(LayerView(call, call.cap(raw_dense), call.cap(raw), k_mask, key_eff, v_mask, value_hat))
+            self.sink(LayerView(call, call.cap(raw_dense), call.cap(raw), k_mask, key_eff, v_mask, value_hat,
+                                keep=keep))
         return out.to(call.query.dtype)

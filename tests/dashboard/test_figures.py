@@ -101,14 +101,31 @@ def test_detail_figures():
     assert "type" not in runs["layout"]["yaxis"] and runs["layout"]["yaxis"]["automargin"] is True
 
 
-def test_a2_figure_marks_the_kept_tokens():
+def test_a2_figure_without_a_stored_keep_mask_marks_the_top_weights():
+    """Documents from before the keep rates were stored: the policy's share of top-A² positions."""
     weights = [0.1, 0.9, 0.3, 0.05, 0.6, 0.2, 0.02, 0.01, 0.4, 0.03]
     fig = _valid(F.a2_figure(weights, "A²", fraction=0.2))
     kept = fig["data"][1]
-    assert kept["name"] == "kept by the policy" and kept["x"] == [1, 4] and kept["y"] == [0.9, 0.6]
+    assert kept["name"].startswith("top A²") and kept["x"] == [1, 4] and kept["y"] == [0.9, 0.6]
     (shade,) = fig["layout"]["shapes"]
     assert shade["x1"] == pytest.approx(0.2)
-    assert fig["layout"]["annotations"][0]["text"] == f"kept 20% of tokens: {1.5 / sum(weights):.0%} of A²"
+    assert fig["layout"]["annotations"][0]["text"] == f"top 20% of tokens: {1.5 / sum(weights):.0%} of A²"
+
+
+def test_a2_figure_marks_the_tokens_the_policy_kept():
+    """The stored keep rates: positions kept in at least half of the windows are marked (here not the
+    top-A² ones: an online policy decides before it has seen the later queries), with the measured
+    share of tokens kept and of the A² they hold."""
+    weights = [0.1, 0.9, 0.3, 0.05, 0.6, 0.2, 0.02, 0.01, 0.4, 0.03]
+    rate = [1.0, 0.5, 0.25, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.75]
+    fig = _valid(F.a2_figure(weights, "A²", fraction=0.2, keep_rate=rate))
+    kept = fig["data"][1]
+    assert kept["name"].startswith("kept by the policy") and kept["x"] == [0, 1, 9]
+    assert kept["y"] == [0.1, 0.9, 0.03] and kept["customdata"] == [1.0, 0.5, 0.75]
+    (shade,) = fig["layout"]["shapes"]
+    assert shade["x1"] == pytest.approx(0.25)  # 2.5 of 10 tokens kept on average
+    share = (0.1 + 0.45 + 0.075 + 0.0225) / sum(weights)
+    assert fig["layout"]["annotations"][0]["text"] == f"kept 25% of tokens (measured): {share:.0%} of A²"
 
 
 def test_empty_figure_wraps_a_long_message():

@@ -75,6 +75,16 @@ def test_head_across_runs(doc):
             assert across[row["run"]]["attn_kl"] == row["attn_kl"]
 
 
+def test_a_dense_run_without_head_rows_is_the_zero_reference(doc):
+    """Evaluations store no head rows for the dense run (it reads the exact cache); the chart of one
+    head across configurations still shows it, at 0 for every metric the others have."""
+    stripped = {**doc, "heads": [r for r in doc["heads"] if r["run"] != "dense"]}
+    across = R.head_across_runs(stripped, 2, 3)
+    assert list(across) == R.run_names(doc) and R.is_dense(doc["runs"][0])
+    assert across["dense"] == dict.fromkeys(across["k2"], 0.0) and across["k2"]["attn_kl"] > 0
+    assert R.head_across_runs({**stripped, "heads": []}, 2, 3) == {}
+
+
 def test_arrays(doc):
     assert R.a2_weights(doc, "k2", 1, 1) == doc["arrays"]["a2_weights"]["k2"][1][1]
     assert R.a2_weights(doc, "k2", 9, 0) is None and R.a2_weights(doc, "none", 0, 0) is None

@@ -268,7 +268,7 @@ def show_detail(selected, job, run):
     if layer >= layers or head >= heads:
         return error_banner(f"head: layer {layer}, head {head} is outside this model ({layers} × {heads})")
     kv = R.kv_head_of(doc, head)
-    a2 = R.a2_weights(doc, run, layer, kv)
+    a2, kept = R.a2_weights(doc, run, layer, kv), R.a2_keep_rate(doc, run, layer, kv)
     spectrum = R.query_spectrum(doc, layer, kv)
     across = R.head_across_runs(doc, layer, head)
     title = f"layer {layer}, head {head} (KV head {kv})"
@@ -284,7 +284,7 @@ def show_detail(selected, job, run):
                 [
                     dcc.Graph(
                         id="run-detail-a2",
-                        figure=figures.a2_figure(a2, f"A² weights, {run}", V.kept_fraction(doc, run))
+                        figure=figures.a2_figure(a2, f"A² weights, {run}", V.kept_fraction(doc, run), kept)
                         if a2
                         else figures.empty_figure("no A² weights stored for this run"),
                     ),
