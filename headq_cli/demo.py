@@ -1,8 +1,10 @@
 """``headq demo``: the first five minutes. Starts ``headq serve`` (embedded SQLite, local executor),
-queues a calibration of the real SmolLM2-135M on the bundled State of the Union corpus and an
+queues a calibration of the real SmolLM2-135M on the bundled State of the Union corpus, an
 evaluation that reads it (dense, K-only 2-bit, + HeadQ, the wrong-sign control, full-KV 2-bit with
-and without the A² value policy), prints the dashboard URL, follows the jobs and ends with the
-results table.
+and without the A² value policy) and a small needle-in-a-haystack retrieval job through the real
+quantized cache (dense, 2-bit keys, + HeadQ; 1,024-token prompts, where the dense model finds every
+needle: docs/results/retrieval.md), prints the dashboard URL, follows the jobs and ends with the
+results tables.
 
 Submissions carry idempotency keys, so running the demo again on the same database shows the same
 jobs instead of queueing new ones.
@@ -23,6 +25,7 @@ from app.client import HeadQAPIError, HeadQClient
 from headq_cli.helptext import HelpFormatter
 from headq_cli.presets import A2_ONLINE, run_name
 from headq_cli.progress import WindowProgress
+from headq_cli.retrieval import accuracy_table
 from headq_cli.table import results_table
 
 MODEL = {"id": "builtin:smollm2-135m", "dtype": "float32", "device": "auto"}
@@ -40,6 +43,17 @@ DEMO_RUNS: list[dict[str, Any]] = [  # named as headq eval's presets name them (
     {"name": run_name(2, 2, 8, a2=True), "key": K2_R, "value": V2_R, "headq": HEADQ,
      "value_policy": A2_ONLINE},
 ]
+
+
+RETRIEVAL_RUNS = DEMO_RUNS[:3]  # dense, k2, k2+headq8
+
+
+def retrieval_spec(lengths: list[int]) -> dict:
+    """The demo's retrieval job spec (without its ``calibration_job``): needles at 0, 50 and 100%
+    depth in prompts of ``lengths`` tokens."""
+    return {"kind": "retrieval", "label": "demo: needle in a haystack through the 2-bit cache",
+            "model": MODEL, "dataset": {"source": "builtin", "name": "sotu", "split": "eval"},
+            "runs": RETRIEVAL_RUNS, "retrieval": {"lengths": lengths, "depths": [0, 50, 100]}}
 
 
 def demo_specs(calibration_tokens: int, eval_tokens: int, window: int,
@@ -106,11 +120,19 @@ def demo(args: argparse.Namespace) -> int:
             calib_job = api.submit(calibration, idempotency_key=f"{key}-calibration")
             eval_job = api.submit({**evaluation, "calibration_job": calib_job.id},
                                   idempotency_key=f"{key}-evaluation")
+            jobs = [calib_job.id, eval_job.id]
+            if args.retrieval_lengths:
+                lengths = "-".join(map(str, args.retrieval_lengths))
+                retrieval = {**retrieval_spec(args.retrieval_lengths), "calibration_job": calib_job.id}
+                jobs.append(api.submit(retrieval, idempotency_key=f"{key}-retrieval-{lengths}").id)
             print(f"\nHeadQ Lab is running. Dashboard: {base}/dashboard/?job={eval_job.id}\n"
                   f"API docs: {base}/docs   (Ctrl-C stops the server)\n", flush=True)
-            statuses = _follow(api, [calib_job.id, eval_job.id])
+            statuses = _follow(api, jobs)
             if statuses[eval_job.id] == "succeeded":
                 print(f"\n{results_table(api.results(eval_job.id))}\n", flush=True)
+            if len(jobs) > 2 and statuses[jobs[2]] == "succeeded":
+                print(f"Needle in a haystack ({base}/dashboard/retrieval?job={jobs[2]}):\n"
+                      f"{accuracy_table(api.results(jobs[2]))}\n", flush=True)
         if any(status != "succeeded" for status in statuses.values()):
             print("headq demo: a job did not succeed; its error is shown above and in the dashboard",
                   file=sys.stderr)
@@ -140,5 +162,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--window", type=int, default=1024, help="tokens per window")
     p.add_argument("--head-windows", type=int, default=1,
                    help="windows over which per-head metrics are computed (perplexity uses all)")
+    p.add_argument("--retrieval-lengths", type=int, nargs="*", default=[1024], metavar="TOKENS",
+                   help="prompt lengths of the retrieval job (none: no retrieval job)")
     p.add_argument("--exit-when-done", action="store_true", help="stop the server once the jobs end")
     p.set_defaults(func=demo)

@@ -9,11 +9,12 @@ from typing import Any
 import pytest
 
 from headq_cli import core
-from headq_cli.demo import DEMO_RUNS
+from headq_cli.demo import DEMO_RUNS, retrieval_spec
 from headq_cli.main import main
 from headq_cli.presets import preset_runs
 from headq_cli.progress import WindowProgress
 from headq_cli.table import results_table
+from headq_spec.jobs import JobSpec
 
 DOC = {"dataset": {"windows": 8, "tokens_scored": 8000}, "runs": [
     {"name": "dense", "perplexity": 21.5, "perplexity_ci": [20.1, 23.0], "effective_bits": {"key": 16.0,
@@ -87,3 +88,14 @@ def test_the_demo_and_the_presets_name_runs_alike() -> None:
     names = {r["name"] for r in DEMO_RUNS}
     assert {"dense", "k2", "k2+headq8", "k2+headq8 wrong sign", "kv2", "kv2+a2", "kv2+headq8+a2"} == names
     assert names - set(presets) == set()
+
+
+def test_the_demo_retrieval_job_is_a_valid_spec_of_its_runs() -> None:
+    """The demo's needle-in-a-haystack job: dense, k2 and k2+HeadQ through the cache, needles at 0, 50
+    and 100% of 1,024-token prompts (where the dense SmolLM2 finds them all), the demo's calibration."""
+    spec = JobSpec.model_validate({**retrieval_spec([1024]), "calibration_job": "calibration-job"})
+    assert spec.kind == "retrieval" and [r.name for r in spec.runs] == ["dense", "k2", "k2+headq8"]
+    assert spec.retrieval is not None and spec.retrieval.lengths == [1024]
+    assert spec.retrieval.depths == [0.0, 50.0, 100.0]
+    with pytest.raises(ValueError, match="retrieval"):  # a length the built-in model cannot hold
+        JobSpec.model_validate({**retrieval_spec([9000]), "calibration_job": "calibration-job"})
