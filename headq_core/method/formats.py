@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import torch
 
-from headq_core.config import FORMAT_DEFAULTS, QuantConfig
+from headq_core.config import QuantConfig
 from headq_core.method.fp8 import Fp8Format
 from headq_core.method.ggml_blocks import BLOCK, BLOCK_FORMATS, BlockFormat
 from headq_core.method.iq4_nl import Iq4NlFormat
@@ -72,15 +72,3 @@ def fake_quantize_engine(x: torch.Tensor, cfg: QuantConfig) -> torch.Tensor:
         raise ValueError("x: values exceed the fp16 range of the block scale / minimum")
     blocks = x.reshape(*x.shape[:-1], x.shape[-1] // BLOCK, BLOCK)
     return fmt.decode(fmt.encode(blocks)).reshape(x.shape)
-
-
-def check_cache_format(cfg: QuantConfig | None, field: str) -> None:
-    """Raise ValueError naming ``field`` unless ``HeadQCache`` can store ``cfg``: the asymmetric
-    ``int`` format without a rotation (its encode kernels compute asymmetric codes; ``quant.quantize``
-    itself also packs symmetric ones)."""
-    if cfg is None or cfg.is_plain:
-        return
-    name, value = next((k, getattr(cfg, k)) for k in ("format", "symmetric", "rotation")
-                       if getattr(cfg, k) != FORMAT_DEFAULTS[k])
-    raise ValueError(f"{field}.{name}: the cache stores only the asymmetric 'int' format without a "
-                     f"rotation, got {value!r}; the evaluator measures it (headq eval)")

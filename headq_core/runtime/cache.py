@@ -35,17 +35,23 @@ import torch
 from transformers.cache_utils import Cache, DynamicLayer
 
 from headq_core.config import HeadQConfig, QuantConfig, RunSpec, ValuePolicyConfig
-from headq_core.method.formats import check_cache_format
 from headq_core.method.headq import BasisSource, make_basis
 from headq_core.models.adapter import attention_handler
 from headq_core.models.attention import AttentionCall, fused_attention
 from headq_core.models.loading import ModelInfo
+from headq_core.runtime.format_side import FormatSide
 from headq_core.runtime.kernels import Backend, decode_attention
 from headq_core.runtime.kernels.layout import decode_covers, from_packed
 from headq_core.runtime.layer_types import check_windows, layer_type, layer_windows
 from headq_core.runtime.sides import PolicySide, Side
 
 log = logging.getLogger(__name__)
+
+
+def make_side(cfg: QuantConfig | None) -> Side:
+    """The side that stores ``cfg``: packed codes for the plain ``int`` format, else the
+    dequantizing :class:`FormatSide` (engine formats, symmetric codes, rotations)."""
+    return Side(cfg) if cfg is None or cfg.is_plain else FormatSide(cfg)
 
 
 class HeadQCacheLayer(DynamicLayer):
@@ -84,8 +90,11 @@ class HeadQCacheLayer(DynamicLayer):
             raise ValueError(f"basis: rank {basis.shape[-1]} != headq.rank {headq.rank}")
         check_windows([window], 1)
         self.headq, self.basis = headq, basis
-        self.key_side = Side(key)
-        self.value_side = Side(value) if value_policy is None else PolicySide(value, value_policy)  # type: ignore[arg-type]
+        if value_policy is not None and value is not None and not value.is_plain:
+            raise ValueError("value_policy: the cache's A² policy needs the plain 'int' value format "
+                             "(asymmetric, no rotation)")
+        self.key_side = make_side(key)
+        self.value_side = make_side(value) if value_policy is None else PolicySide(value, value_policy)  # type: ignore[arg-type]
         self.window, self.is_sliding = window, window is not None
         # tokens are freed a whole group of every quantized side at a time
         self.unit = math.lcm(*(1 if c is None else c.seq_group for c in (key, value)))
@@ -102,7 +111,7 @@ class HeadQCacheLayer(DynamicLayer):
         """Whether the step of new keys x [B, H, s, d] can attend with the packed-cache decode kernel."""
         keys, values = self.key_side.cfg, self.value_side.cfg
         if (not self.attached or x.shape[-2] != 1 or self.kernel == "off" or keys is None or values is None
-                or isinstance(self.value_side, PolicySide)
+                or isinstance(self.value_side, PolicySide) or not (keys.is_plain and values.is_plain)
                 or not (x.is_cuda or self.kernel in ("triton", "reference"))):
             return False
         side = self.headq is None or (self.headq.side_scale == "token" and self.headq.side_bits in (4, 8, 16))
@@ -256,8 +265,6 @@ class HeadQCache(Cache):
     ) -> None:
         if headq is not None and basis is None:
             raise ValueError("basis: HeadQ needs the per-layer basis [layers, kv_heads, d, rank]")
-        check_cache_format(key, "key")
-        check_cache_format(value, "value")
         if config is not None and windows is not None:
             raise ValueError("windows: give the model config or the windows, not both")
         if sliding_layers not in ("quantize", "full_precision"):

@@ -53,10 +53,14 @@ class Side:
             if count > self.n_quant or count % self.cfg.seq_group:
                 raise ValueError(f"count: {count} tokens is not whole groups of the {self.n_quant} "
                                  "quantized ones")
-            self.packed = _drop_packed(self.packed, count)  # type: ignore[arg-type]
+            self._drop_head(count)
             if self.side is not None:
-                self.side = _drop_side(self.side, count)
+                self.side = drop_side(self.side, count)
         self.first += count
+
+    def _drop_head(self, count: int) -> None:
+        """Free the ``count`` oldest quantized tokens (whole groups, checked by :meth:`drop`)."""
+        self.packed = _drop_packed(self.packed, count)  # type: ignore[arg-type]
 
     def append(self, x: torch.Tensor, basis: torch.Tensor | None, headq: HeadQConfig | None) -> None:
         """Add tokens x [B, H, s, d]; quantize those the decode rule now wants quantized."""
@@ -70,7 +74,7 @@ class Side:
             residual = leaving.float() - dequantize(new)
             side = encode_side(residual, basis.to(residual.device), headq.side_bits,
                                scale=headq.side_scale, group_size=self.cfg.group_size)  # type: ignore[union-attr]
-            self.side = side if self.side is None else _cat_side(self.side, side)
+            self.side = side if self.side is None else cat_side(self.side, side)
         self.packed = new if self.packed is None else _cat_packed(self.packed, new)
 
     def read(self, basis: torch.Tensor | None, sign: int, like: torch.Tensor) -> torch.Tensor:
@@ -194,7 +198,7 @@ def _cat_tokens(a: Packed | torch.Tensor, b: Packed | torch.Tensor) -> Packed | 
     raise TypeError("high: blocks of one precision only")
 
 
-def _cat_side(a: SideCode, b: SideCode) -> SideCode:
+def cat_side(a: SideCode, b: SideCode) -> SideCode:
     scale = None if a.scale is None else torch.cat([a.scale, b.scale], -1)  # type: ignore[list-item]
     return replace(a, codes=torch.cat([a.codes, b.codes], -2), scale=scale)
 
@@ -208,7 +212,7 @@ def _drop_packed(p: Packed, count: int) -> Packed:
                    zero=p.zero[..., rows:, :].clone(), shape=shape)
 
 
-def _drop_side(s: SideCode, count: int) -> SideCode:
+def drop_side(s: SideCode, count: int) -> SideCode:
     """``s`` without its ``count`` oldest tokens (token scales [B, H, S]; group scales
     [B, H, 2, r, S/G] lose whole groups), in fresh tensors."""
     scale = s.scale

@@ -10,7 +10,6 @@ from gguf import GGMLQuantizationType, quants
 
 from headq_core.config import QuantConfig
 from headq_core.method.budget import effective_bits
-from headq_core.method.formats import check_cache_format
 from headq_core.method.ggml_blocks import BLOCK_FORMATS
 from headq_core.method.iq4_nl import Iq4NlFormat
 from headq_core.method.quant import fake_quantize, quantize
@@ -148,13 +147,3 @@ def test_block_format_errors_name_the_field():
         fake_quantize(torch.full((2, 32), float("nan")), cfg)
     with pytest.raises(ValueError, match="format: packed codes hold the 'int' format"):
         quantize(torch.randn(2, 32), cfg)
-
-
-def test_cache_format_check_names_the_field():
-    check_cache_format(None, "key")
-    check_cache_format(QuantConfig(bits=2), "key")
-    for cfg, message in ((QuantConfig(format="q4_0", bits=4, axis="per_token"), "value.format: the cache"),
-                         (QuantConfig(bits=4, symmetric=True), "value.symmetric: the cache"),
-                         (QuantConfig(bits=2, rotation="hadamard"), "value.rotation: the cache")):
-        with pytest.raises(ValueError, match=message):
-            check_cache_format(cfg, "value")

@@ -174,3 +174,18 @@ def test_run_spec_carries_the_sliding_choice():
     assert cache.sliding_layers == "quantize" and cache.quant_layers[0].key_side.cfg == K2
     with pytest.raises(ValueError, match="sliding_layers"):
         HeadQCache(2, K2, sliding_layers="dense")
+
+
+def test_a_sliding_layer_frees_engine_format_tokens_too():
+    """The dequantizing side (an engine format) also frees tokens that leave the window, and the
+    decode loop still scores what the evaluator scores."""
+    lm = _gemma3(6, head_dim=32)
+    key = QuantConfig(format="q4_0", bits=4, axis="per_token", group_size=32, residual=3)
+    run = RunSpec("q4_0", key=key, value=V2)
+    doc = evaluate(lm, SPEC, [run], window=24, max_tokens=24, heads=False)
+    ids = corpus_windows(lm.tokenizer, SPEC, 24, 24).ids[0]
+    cache = HeadQCache.from_run(run, None, lm.info, lm.model.config)
+    nll = _decode_nll(lm.model, ids, cache)
+    assert math.exp(nll) == pytest.approx(doc["runs"][0]["perplexity"], rel=1e-5)
+    sliding = cache.quant_layers[0]
+    assert sliding.first > 0 and sliding.key_side.n_quant + sliding.key_side.first == 23 - key.residual
