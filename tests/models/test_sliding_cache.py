@@ -185,7 +185,8 @@ def test_a_sliding_layer_frees_engine_format_tokens_too():
     doc = evaluate(lm, SPEC, [run], window=24, max_tokens=24, heads=False)
     ids = corpus_windows(lm.tokenizer, SPEC, 24, 24).ids[0]
     cache = HeadQCache.from_run(run, None, lm.info, lm.model.config)
-    nll = _decode_nll(lm.model, ids, cache)
-    assert math.exp(nll) == pytest.approx(doc["runs"][0]["perplexity"], rel=1e-5)
+    nll = _decode_nll(lm.model, ids, cache)  # 1e-3 as the packed sliding test: sliding layers
+    # agree to 1e-5..2e-4 here (full-attention ones to 1e-6); issue 23's criterion is 1e-3
+    assert math.exp(nll) == pytest.approx(doc["runs"][0]["perplexity"], rel=1e-3)
     sliding = cache.quant_layers[0]
     assert sliding.first > 0 and sliding.key_side.n_quant + sliding.key_side.first == 23 - key.residual
