@@ -131,7 +131,7 @@ def make_results(
     align = rng.lognormal(0.0, 1.2, (layers, heads))  # how much query energy meets the key error
     key_err = rng.lognormal(-3.0, 0.5, (layers, heads))  # storage error, unrelated to `align`
     aggregates = _run_aggregates(np.random.default_rng([seed, 1]), RUNS[:n_runs], windows, window - 1)
-    runs, rows, a2 = [], [], {}
+    runs, rows, a2, keep_rate = [], [], {}, {}
     for name, spec, factor, _ in RUNS[:n_runs]:
         kbits = 16.0 if "key" not in spec else spec["key"]["bits"] + 1.0 + (1.0 if "headq" in spec else 0.0)
         vbits = 16.0 if "value" not in spec else spec["value"]["bits"] + 1.0
@@ -167,6 +167,10 @@ def make_results(
         # six significant digits, as headq_core.evaluation.results.compact_list stores result arrays
         a2[name] = [[[float(f"{v:.6g}") for v in pos**-0.5 * (1 + kv)] for kv in range(kv_heads)]
                     for _ in range(layers)]
+        if "value_policy" in spec:  # the share of windows keeping each position, early ones most
+            kept = np.random.default_rng([seed, 2, len(keep_rate)]).binomial(
+                windows, np.minimum(1.0, 0.6 * pos**-0.5), (layers, kv_heads, window)) / windows
+            keep_rate[name] = kept.tolist()
     spectrum = [
         [sorted(rng.lognormal(0.0, 2.0, head_dim).tolist(), reverse=True) for _ in range(kv_heads)]
         for _ in range(layers)
@@ -205,7 +209,7 @@ def make_results(
         "dtype": "float32",
         "runs": runs,
         "heads": rows,
-        "arrays": {"query_spectrum": spectrum, "a2_weights": a2},
+        "arrays": {"query_spectrum": spectrum, "a2_weights": a2, "a2_keep_rate": keep_rate},
         "timing": {"seconds": 0.0},
     }
     if uncertainty:
