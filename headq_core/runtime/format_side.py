@@ -15,7 +15,7 @@ import torch
 
 from headq_core.config import HeadQConfig, QuantConfig
 from headq_core.method.formats import row_bits
-from headq_core.method.headq import correction_keys, decode_side, encode_side
+from headq_core.method.headq import encode_side
 from headq_core.method.quant import fake_quantize
 from headq_core.method.schedule import quantized_count
 from headq_core.runtime.sides import Side, cat_side
@@ -51,16 +51,8 @@ class FormatSide(Side):
             self.side = side if self.side is None else cat_side(self.side, side)
         self.head = read if self.head is None else torch.cat([self.head, read], dim=-2)
 
-    def read(self, basis: torch.Tensor | None, sign: int, like: torch.Tensor) -> torch.Tensor:
-        parts = []
-        if self.head is not None:
-            head = self.head
-            if self.side is not None and basis is not None:
-                head = head + correction_keys(basis.to(head.device), decode_side(self.side), sign)
-            parts.append(head.to(like.device, like.dtype))
-        if self.tail is not None:
-            parts.append(self.tail)
-        return torch.cat(parts, dim=-2)
+    def _head(self) -> torch.Tensor | None:
+        return self.head
 
     def nbytes(self) -> int:
         """Bytes the format stores for the quantized tokens (``row_bits`` per element), plus the side

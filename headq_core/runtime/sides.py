@@ -81,14 +81,18 @@ class Side:
         """What attention reads: [B, H, n, d] in ``like``'s dtype and device (the dense path; decode
         steps on CUDA read :meth:`whole` with ``kernels.decode_attention`` instead)."""
         parts = []
-        if self.packed is not None:
-            head = dequantize(self.packed).float()
+        head = self._head()
+        if head is not None:
             if self.side is not None and basis is not None:
                 head = head + correction_keys(basis.to(head.device), decode_side(self.side), sign)
             parts.append(head.to(like.device, like.dtype))
         if self.tail is not None:
             parts.append(self.tail)
         return torch.cat(parts, dim=-2)
+
+    def _head(self) -> torch.Tensor | None:
+        """The quantized tokens as read, float32 [B, H, n_quant, d] (None before any)."""
+        return None if self.packed is None else dequantize(self.packed).float()
 
     def whole(self) -> Packed:
         """The packed head with the full-precision tail attached: the side's whole sequence as one
