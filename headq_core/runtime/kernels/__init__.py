@@ -41,6 +41,18 @@ def _check_basis(basis: torch.Tensor | None, heads: int, d: int) -> None:
                  "basis", f"expected [Hkv={heads}, d={d}, r], got {list(basis.shape)}")
 
 
+def _check_start(start: int | torch.Tensor, batch: int, tokens: int, device: torch.device) -> None:
+    """An int start in [0, tokens), or an integer tensor [B] on q's device (values not read)."""
+    if isinstance(start, torch.Tensor):
+        _require(start.dim() == 1 and start.shape[0] == batch and not start.is_floating_point()
+                 and not start.is_complex() and start.dtype != torch.bool and start.device == device, "start",
+                 f"expected an integer tensor [B={batch}] on {device}, got {start.dtype} "
+                 f"{list(start.shape)} on {start.device}")
+        return
+    _require(isinstance(start, int) and not isinstance(start, bool) and 0 <= start < tokens, "start",
+             f"must be an integer in [0, {tokens - 1}] (some token must stay visible), got {start!r}")
+
+
 def encode(k: torch.Tensor, v: torch.Tensor, key_cfg: QuantConfig, value_cfg: QuantConfig,
            basis: torch.Tensor | None = None, side_bits: int = 8, backend: Backend = "auto") -> EncodedKV:
     """Quantize k, v [B, Hkv, N, d] (N a multiple of ``key_cfg.group_size``) into an
@@ -69,16 +81,17 @@ def encode(k: torch.Tensor, v: torch.Tensor, key_cfg: QuantConfig, value_cfg: Qu
 def decode_attention(q: torch.Tensor, enc: EncodedKV | None, k_res: torch.Tensor | None = None,
                      v_res: torch.Tensor | None = None, basis: torch.Tensor | None = None,
                      scale: float | None = None, sign: int = 1, backend: Backend = "auto",
-                     num_splits: int | None = None, start: int = 0,
+                     num_splits: int | None = None, start: int | torch.Tensor = 0,
                      softcap: float | None = None) -> torch.Tensor:
     """Attention of one decode query q [B, Hq, 1, d] over the ``N`` quantized tokens of ``enc``
     followed by the residual window k_res, v_res [B, Hkv, R, d]. Returns [B, Hq, 1, d] in q.dtype.
 
     Logits ``scale*<q, k^_j> + sign*scale*<U^T q, c^_j>`` (``scale`` defaults to ``d**-0.5``), capped
-    to ``softcap*tanh(logit/softcap)`` with a ``softcap``; the first ``start`` tokens are not seen (a
-    sliding window). ``num_splits`` sets the Triton split count over all cached tokens (default: about
-    8 programs per SM, at most 32 splits per batch row and KV head). The Triton kernel takes neither
-    a start nor a softcap yet: ``"auto"`` then runs the reference, ``"triton"`` refuses."""
+    to ``softcap*tanh(logit/softcap)`` with a ``softcap``; tokens before ``start`` are not seen: an
+    int (a sliding window) or an integer tensor [B] on q's device, one start per batch row (left
+    padding), whose values are trusted (checking them would make the host wait for the GPU): each
+    row must keep a token visible. ``num_splits`` sets the Triton split count over all cached tokens
+    (default: about 8 programs per SM, at most 32 splits per batch row and KV head)."""
     _require(q.dim() == 4 and q.shape[2] == 1 and q.is_floating_point(), "q",
              f"expected a float [B, Hq, 1, d], got {q.dtype} {list(q.shape)}")
     b, hq, _, d = q.shape
@@ -104,16 +117,14 @@ def decode_attention(q: torch.Tensor, enc: EncodedKV | None, k_res: torch.Tensor
     _require(hq % hkv == 0, "q", f"{hq} query heads is not a multiple of {hkv} KV heads")
     _require(sign in (1, -1), "sign", f"must be +1 or -1, got {sign!r}")
     _require(num_splits is None or num_splits >= 1, "num_splits", f"must be >= 1, got {num_splits!r}")
-    _require(isinstance(start, int) and 0 <= start < tokens, "start",
-             f"must be an integer in [0, {tokens - 1}] (some token must stay visible), got {start!r}")
+    _check_start(start, b, tokens, q.device)
     _require(softcap is None or softcap > 0, "softcap", f"must be positive or None, got {softcap!r}")
-    _require(backend != "triton" or (start == 0 and softcap is None), "backend",
-             "the Triton decode kernel takes no window start or softcap yet: use 'auto' or 'reference'")
     scale = d ** -0.5 if scale is None else float(scale)
     fits = (head_dim_covered(d) if enc is None
             else decode_covers(d, enc.key_bits, enc.key_group, enc.value_bits, enc.value_group))
-    if _use_triton(backend, q.device, fits and start == 0 and softcap is None):
+    if _use_triton(backend, q.device, fits):
         from headq_core.runtime.kernels.triton_decode import decode_attention_triton
 
-        return decode_attention_triton(q, enc, k_res, v_res, basis, scale, sign, num_splits)
+        return decode_attention_triton(q, enc, k_res, v_res, basis, scale, sign, num_splits, start=start,
+                                       softcap=softcap)
     return decode_attention_reference(q, enc, k_res, v_res, basis, scale, sign, start, softcap)

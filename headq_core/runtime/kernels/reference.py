@@ -60,11 +60,12 @@ def encode_reference(k: torch.Tensor, v: torch.Tensor, key_cfg: QuantConfig, val
 
 def decode_attention_reference(q: torch.Tensor, enc: EncodedKV | None, k_res: torch.Tensor | None,
                                v_res: torch.Tensor | None, basis: torch.Tensor | None = None,
-                               scale: float | None = None, sign: int = 1, start: int = 0,
+                               scale: float | None = None, sign: int = 1, start: int | torch.Tensor = 0,
                                softcap: float | None = None) -> torch.Tensor:
     """One decode query q [B, Hq, 1, d] over the quantized tokens then the residual k_res, v_res
-    [B, Hkv, R, d], from token ``start`` on (a sliding window); logits ``scale*<q, k^> +
-    sign*scale*<U^T q, c^>``, then ``softcap*tanh(logit/softcap)``. Returns [B, Hq, 1, d] in q.dtype."""
+    [B, Hkv, R, d], from token ``start`` on (an int, or an integer tensor [B] per batch row: a
+    sliding window, left padding); logits ``scale*<q, k^> + sign*scale*<U^T q, c^>``, then
+    ``softcap*tanh(logit/softcap)``. Returns [B, Hq, 1, d] in q.dtype."""
     b, hq, _, d = q.shape
     scale = d ** -0.5 if scale is None else scale
     keys, vals, corr = [], [], None
@@ -88,7 +89,9 @@ def decode_attention_reference(q: torch.Tensor, enc: EncodedKV | None, k_res: to
     logits = logits * scale
     if softcap is not None:
         logits = torch.tanh(logits / softcap) * softcap
-    logits[..., :start] = float("-inf")
+    first = torch.as_tensor(start, device=logits.device).reshape(-1, 1, 1, 1)  # [B or 1, 1, 1, 1]
+    hidden = torch.arange(logits.shape[-1], device=logits.device) < first
+    logits = logits.masked_fill(hidden, float("-inf"))
     attn = torch.softmax(logits, dim=-1)
     out = torch.einsum("bhgn,bhnd->bhgd", attn, v_all)
     return out.reshape(b, hq, 1, d).to(q.dtype)

@@ -8,10 +8,13 @@ Every program serves all query heads of its KV head (grouped-query attention, ro
 on the GPU, :func:`unpack` with float32 magic numbers elsewhere; bit planes are joined back into
 channel order in registers), dequantizes with the fp16 scales/zeros of the ``BN/GK`` key groups and
 the per-token value groups, adds the HeadQ correction ``sign * <U^T q, c^>`` and keeps an online
-softmax. The next block is loaded before the current one is used (prefetch by hand). Each program
-writes a normalised partial output and its log-sum-exp; :func:`_combine_kernel` merges the splits
-(one program per query row and 32 columns). Logits are in base 2 (``q`` is scaled by
-``scale * log2(e)``).
+softmax. Tokens before the first visible one (a sliding window's start, or per batch row: left
+padding) are masked and whole blocks of them skipped; a logit softcap applies ``c*tanh(s/c)``. The
+next block is loaded before the current one is used (prefetch by hand). A program that has the
+whole row (one split) writes the output; otherwise each writes a normalised partial output and its
+log-sum-exp, and the last program of each (batch, KV head) to finish merges them (an arrival
+counter per row, left at zero for the next launch), or :func:`_combine_kernel` does in a second
+launch. Logits are in base 2 (``q`` is scaled by ``scale * log2(e)``).
 """
 
 from __future__ import annotations
@@ -23,90 +26,9 @@ import triton
 import triton.language as tl
 
 from headq_core.runtime.kernels.layout import EncodedKV
+from headq_core.runtime.kernels.triton_unpack import unpack, unpack_ptx
 
 LOG2E = 1.4426950408889634
-
-
-@triton.jit
-def _plane(w, T: tl.constexpr, BITS: tl.constexpr):
-    """Code ``T`` of every int32 word w (byte ``L = T // PER``, bits ``K = (T % PER) * BITS`` of it)
-    as an exact float32, without an int-to-float conversion: the word is shifted by whole bytes, the
-    code's bits masked in place and given the exponent that makes bit K worth 1, so the float is
-    ``2**(23-K) + code``; subtracting ``2**(23-K)`` is exact. Only PER masks/exponents are used."""
-    PER: tl.constexpr = 8 // BITS
-    K: tl.constexpr = (T % PER) * BITS
-    if T >= PER:
-        w = w >> (8 * (T // PER))
-    x = (w & (((1 << BITS) - 1) << K)) | ((150 - K) << 23)
-    return x.to(tl.float32, bitcast=True) - (2.0 ** (23 - K))
-
-
-@triton.jit
-def _planes(w, T0: tl.constexpr, STEP: tl.constexpr, COUNT: tl.constexpr, BITS: tl.constexpr):
-    """Codes T0, T0+STEP, ... (COUNT of them) of every word joined on new trailing axes, the lowest
-    bit of the code index last (so a reshape restores code order)."""
-    if COUNT == 1:
-        return _plane(w, T0, BITS)
-    else:
-        return tl.join(_planes(w, T0, 2 * STEP, COUNT // 2, BITS),
-                       _planes(w, T0 + STEP, 2 * STEP, COUNT // 2, BITS))
-
-
-@triton.jit
-def unpack(w, ROWS: tl.constexpr, D: tl.constexpr, BITS: tl.constexpr):
-    """Codes float32 [ROWS, D] of the little-endian bitstream rows w int32 [ROWS, D*BITS/32]
-    (code ``c`` is bits ``(c % PER) * BITS`` of byte ``c // PER``, PER = 8/BITS). Every byte is
-    loaded once; the codes never move between threads."""
-    return tl.reshape(_planes(w, 0, 1, 32 // BITS, BITS), (ROWS, D))
-
-
-def _unpack_ptx(bits: int) -> str:
-    """PTX that turns one int32 word (input ``$n``, n = 32/bits) into its n codes as exact fp16
-    (outputs ``$0..$n-1``), two neighbouring codes per 32-bit register: a ``prmt`` puts their byte(s)
-    into both halves, one ``lop3`` masks code ``2m`` into the low half and code ``2m+1`` into the high
-    half together with the fp16 exponents that make each code's lowest bit worth 1, and one
-    ``sub.f16x2`` removes those powers of two (exact)."""
-    n, per, low = 32 // bits, 8 // bits, (1 << bits) - 1
-    lines = ["{", ".reg .b32 t, e;"]
-    for pair in range(n // 2):
-        lo_code, hi_code = 2 * pair, 2 * pair + 1
-        lo_byte, hi_byte = lo_code // per, hi_code // per
-        k_lo, k_hi = (lo_code % per) * bits, (hi_code % per) * bits
-        mask = (low << k_lo) | (low << (16 + k_hi))
-        e = ((25 - k_lo) << 10) | ((25 - k_hi) << 26)
-        lines += [f"prmt.b32 t, ${n}, 0, {lo_byte | 4 << 4 | hi_byte << 8 | 4 << 12:#06x};",
-                  f"mov.b32 e, {e:#010x};", f"lop3.b32 t, t, {mask:#010x}, e, 0xea;", "sub.f16x2 t, t, e;",
-                  f"mov.b32 {{${lo_code}, ${hi_code}}}, t;"]
-    return "\n".join([*lines, "}"])
-
-
-PTX1, PTX2, PTX4, PTX8 = (tl.constexpr(_unpack_ptx(b)) for b in (1, 2, 4, 8))
-OUT1, OUT2, OUT4, OUT8 = (tl.constexpr("=h," * (32 // b) + "r") for b in (1, 2, 4, 8))
-F16 = tl.float16
-TYPES1, TYPES2, TYPES4, TYPES8 = (tl.constexpr((F16,) * (32 // b)) for b in (1, 2, 4, 8))
-
-
-@triton.jit
-def _tjoin(t, T0: tl.constexpr, STEP: tl.constexpr, COUNT: tl.constexpr):
-    """Elements T0, T0+STEP, ... of the tuple t joined like :func:`_planes`."""
-    if COUNT == 1:
-        return t[T0]
-    else:
-        return tl.join(_tjoin(t, T0, 2 * STEP, COUNT // 2), _tjoin(t, T0 + STEP, 2 * STEP, COUNT // 2))
-
-
-@triton.jit
-def unpack_ptx(w, ROWS: tl.constexpr, D: tl.constexpr, BITS: tl.constexpr):
-    """:func:`unpack` by inline PTX (GPU only): codes fp16 [ROWS, D] of w int32 [ROWS, D*BITS/32]."""
-    if BITS == 1:
-        c = tl.inline_asm_elementwise(PTX1, OUT1, [w], dtype=TYPES1, is_pure=True, pack=1)
-    elif BITS == 2:
-        c = tl.inline_asm_elementwise(PTX2, OUT2, [w], dtype=TYPES2, is_pure=True, pack=1)
-    elif BITS == 4:
-        c = tl.inline_asm_elementwise(PTX4, OUT4, [w], dtype=TYPES4, is_pure=True, pack=1)
-    else:
-        c = tl.inline_asm_elementwise(PTX8, OUT8, [w], dtype=TYPES8, is_pure=True, pack=1)
-    return tl.reshape(_tjoin(c, 0, 1, 32 // BITS), (ROWS, D))
 
 
 @triton.jit
@@ -164,13 +86,116 @@ def _load_block(kc_row, ks_row, kz_row, vc_row, vs_row, vz_row, n0, end,
 
 
 @triton.jit
+def _capped(s, cap2):
+    """``cap2 * tanh(s / cap2)`` of base-2 logits s (``cap2 = softcap * log2(e)``), by one exp2."""
+    x = s / cap2
+    t = tl.exp2(-2.8853900817779268 * tl.abs(x))  # e^(-2|x|)
+    th = (1.0 - t) / (1.0 + t)
+    return cap2 * tl.where(x < 0.0, -th, th)
+
+
+@triton.jit
+def _finish_logits(s, tok, end, vis, cap2, SOFTCAP: tl.constexpr):
+    """Logits [GP, BN] of the tokens ``tok`` [BN]: capped with a softcap, -inf outside ``[vis, end)``."""
+    if SOFTCAP:
+        s = _capped(s, cap2)
+    return tl.where(((tok < end) & (tok >= vis))[None, :], s, float("-inf"))
+
+
+@triton.jit
+def _quantized_split(q, q16, qu, kc_row, ks_row, kz_row, vc_row, vs_row, vz_row, sc_row, ss_row, first, end,
+                     vis, RANK, qk_scale, cap2, m, l, acc, D: tl.constexpr, GK: tl.constexpr,
+                     KBITS: tl.constexpr, GV: tl.constexpr, VBITS: tl.constexpr, RP: tl.constexpr,
+                     SIDE_BITS: tl.constexpr, HAS_SIDE: tl.constexpr, BN: tl.constexpr, PTX: tl.constexpr,
+                     SOFTCAP: tl.constexpr):
+    """Online softmax over the quantized tokens ``[first, end)`` from the first visible one ``vis``
+    (whole blocks before it are skipped); returns the updated (m, l, acc)."""
+    NG: tl.constexpr = D // GV
+    NGB: tl.constexpr = BN // GK
+    start = first + tl.maximum(vis - first, 0) // BN * BN  # stays on a key-group boundary
+    kw, ks, kz, vw, vs, vz = _load_block(kc_row, ks_row, kz_row, vc_row, vs_row, vz_row, start, end,
+                                         D, GK, KBITS, GV, VBITS, BN)
+    for n0 in range(start, end, BN):
+        nxt = _load_block(kc_row, ks_row, kz_row, vc_row, vs_row, vz_row, n0 + BN, end,
+                          D, GK, KBITS, GV, VBITS, BN)
+        if PTX:  # fp16 codes and dequantization (one rounding, as the fp32 path's cast)
+            codes = tl.reshape(unpack_ptx(kw, BN, D, KBITS), (NGB, GK, D))
+            kh = tl.reshape(codes * ks[:, None, :] + kz[:, None, :], (BN, D))
+        else:
+            codes = tl.reshape(unpack(kw, BN, D, KBITS), (NGB, GK, D))
+            kh = codes * ks.to(tl.float32)[:, None, :] + kz.to(tl.float32)[:, None, :]
+            kh = tl.reshape(kh, (BN, D))
+        s = tl.dot(q16, tl.trans(kh.to(tl.float16)))  # [GP, BN]
+        tok = n0 + tl.arange(0, BN)
+        if HAS_SIDE:
+            s += _side_logits(qu, sc_row, ss_row, tok, end, RANK, RP, SIDE_BITS)
+        s = _finish_logits(s * qk_scale, tok, end, vis, cap2, SOFTCAP)
+        if PTX:
+            vcodes = tl.reshape(unpack_ptx(vw, BN, D, VBITS), (BN, NG, GV))
+            vh = vcodes * vs[:, :, None] + vz[:, :, None]
+        else:
+            vcodes = tl.reshape(unpack(vw, BN, D, VBITS), (BN, NG, GV))
+            vh = vcodes * vs.to(tl.float32)[:, :, None] + vz.to(tl.float32)[:, :, None]
+        m, l, alpha, p = _softmax_step(m, l, s)
+        acc = acc * alpha[:, None] + tl.dot(p, tl.reshape(vh, (BN, D)).to(tl.float16))
+        kw, ks, kz, vw, vs, vz = nxt
+    return m, l, acc
+
+
+@triton.jit
+def _residual_split(q16, kr_row, vr_row, first, end, vis, qk_scale, cap2, m, l, acc, D: tl.constexpr,
+                    BN: tl.constexpr, SOFTCAP: tl.constexpr):
+    """Online softmax over the full-precision residual tokens ``[first, end)`` from ``vis`` on."""
+    cols = tl.arange(0, D)
+    start = first + tl.maximum(vis - first, 0) // BN * BN
+    for n0 in range(start, end, BN):
+        tok = n0 + tl.arange(0, BN)
+        tm = (tok < end)[:, None]
+        kr = tl.load(kr_row + tok[:, None] * D + cols[None, :], mask=tm, other=0.0)
+        s = _finish_logits(tl.dot(q16, tl.trans(kr.to(tl.float16))) * qk_scale, tok, end, vis, cap2, SOFTCAP)
+        vr = tl.load(vr_row + tok[:, None] * D + cols[None, :], mask=tm, other=0.0)
+        m, l, alpha, p = _softmax_step(m, l, s)
+        acc = acc * alpha[:, None] + tl.dot(p, vr.to(tl.float16))
+    return m, l, acc
+
+
+@triton.jit
+def _merge_rows(o_ptr, lse_ptr, out_ptr, qrow, rvalid, S, D: tl.constexpr, GP: tl.constexpr,
+                SB: tl.constexpr):
+    """out[qrow] = sum_s 2^lse_s o_s / sum_s 2^lse_s over the S partials of each query row, ``SB``
+    splits per step with a running maximum. Loads bypass L1 (``.cg``): other programs wrote them."""
+    cols = tl.arange(0, D)
+    m = tl.full((GP,), float("-inf"), tl.float32)
+    den = tl.zeros((GP,), tl.float32)
+    acc = tl.zeros((GP, D), tl.float32)
+    for s0 in range(0, S, SB):
+        sp = s0 + tl.arange(0, SB)
+        ok = rvalid[:, None] & (sp < S)[None, :]  # [GP, SB]
+        at = qrow[:, None] * S + sp[None, :]
+        lse = tl.load(lse_ptr + at, mask=ok, other=float("-inf"), cache_modifier=".cg")
+        o = tl.load(o_ptr + at[:, :, None] * D + cols[None, None, :], mask=ok[:, :, None], other=0.0,
+                    cache_modifier=".cg")
+        m_new = tl.maximum(m, tl.max(lse, axis=1))
+        m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
+        alpha = tl.exp2(m - m_safe)
+        w = tl.exp2(lse - m_safe[:, None])
+        den = den * alpha + tl.sum(w, axis=1)
+        acc = acc * alpha[:, None] + tl.sum(w[:, :, None] * o, axis=1)
+        m = m_new
+    den = tl.where(den == 0.0, 1.0, den)
+    tl.store(out_ptr + qrow[:, None] * D + cols[None, :], (acc / den[:, None]).to(out_ptr.dtype.element_ty),
+             mask=rvalid[:, None])
+
+
+@triton.jit
 def _decode_kernel(q_ptr, kc_ptr, ks_ptr, kz_ptr, vc_ptr, vs_ptr, vz_ptr, sc_ptr, ss_ptr, u_ptr,
-                   kr_ptr, vr_ptr, o_ptr, lse_ptr,
+                   kr_ptr, vr_ptr, o_ptr, lse_ptr, out_ptr, cnt_ptr, row_start_ptr,
                    s_kc, s_ks, s_vc, s_vs, s_sc, s_ss, s_kr, s_vr,  # strides of the token-major (b, h) rows
-                   H, N, R, RANK, TOK_PER_SPLIT, N_QSPLITS, S, qk_scale, sign,
+                   H, N, R, RANK, TOK_PER_SPLIT, N_QSPLITS, S, FIRST, qk_scale, sign, cap2,
                    GROUP: tl.constexpr, GP: tl.constexpr, D: tl.constexpr, GK: tl.constexpr,
                    KBITS: tl.constexpr, GV: tl.constexpr, VBITS: tl.constexpr, RP: tl.constexpr,
-                   SIDE_BITS: tl.constexpr, HAS_SIDE: tl.constexpr, BN: tl.constexpr, PTX: tl.constexpr):
+                   SIDE_BITS: tl.constexpr, HAS_SIDE: tl.constexpr, BN: tl.constexpr, PTX: tl.constexpr,
+                   ROW_START: tl.constexpr, SOFTCAP: tl.constexpr, MERGE: tl.constexpr, SB: tl.constexpr):
     bh = tl.program_id(0).to(tl.int64)
     split = tl.program_id(1)
     h = bh % H
@@ -178,74 +203,53 @@ def _decode_kernel(q_ptr, kc_ptr, ks_ptr, kz_ptr, vc_ptr, vs_ptr, vz_ptr, sc_ptr
     cols = tl.arange(0, D)
     qrow = bh * GROUP + rows  # query head row in [B*Hq]
     rvalid = rows < GROUP
+    vis = FIRST  # first visible token (quantized ones first, then the residual)
+    if ROW_START:
+        vis = tl.maximum(vis, tl.load(row_start_ptr + bh // H).to(tl.int32))
     q = tl.load(q_ptr + qrow[:, None] * D + cols[None, :], mask=rvalid[:, None], other=0.0)
     q16 = q.to(tl.float16)  # dot operands are fp16 (keys are fp16-range by construction); logits fp32
     m = tl.full((GP,), float("-inf"), tl.float32)
     l = tl.zeros((GP,), tl.float32)
     acc = tl.zeros((GP, D), tl.float32)
     if split < N_QSPLITS:
+        qu = tl.zeros((GP, RP), tl.float32)
         if HAS_SIDE:
             rc = tl.arange(0, RP)
             u = tl.load(u_ptr + (h * D + cols[:, None]) * RANK + rc[None, :], mask=rc[None, :] < RANK,
                         other=0.0)
             qu = tl.dot(q.to(tl.float32), u, input_precision="ieee") * sign  # [GP, RP]
-        NG: tl.constexpr = D // GV
-        NGB: tl.constexpr = BN // GK
-        kc_row, vc_row = kc_ptr + bh * s_kc, vc_ptr + bh * s_vc
-        ks_row, kz_row = ks_ptr + bh * s_ks, kz_ptr + bh * s_ks
-        vs_row, vz_row = vs_ptr + bh * s_vs, vz_ptr + bh * s_vs
-        start = split * TOK_PER_SPLIT
-        end = tl.minimum(start + TOK_PER_SPLIT, N)
-        kw, ks, kz, vw, vs, vz = _load_block(kc_row, ks_row, kz_row, vc_row, vs_row, vz_row, start, end,
-                                             D, GK, KBITS, GV, VBITS, BN)
-        for n0 in range(start, end, BN):
-            nxt = _load_block(kc_row, ks_row, kz_row, vc_row, vs_row, vz_row, n0 + BN, end,
-                              D, GK, KBITS, GV, VBITS, BN)
-            if PTX:  # fp16 codes and dequantization (one rounding, as the fp32 path's cast)
-                codes = tl.reshape(unpack_ptx(kw, BN, D, KBITS), (NGB, GK, D))
-                kh = tl.reshape(codes * ks[:, None, :] + kz[:, None, :], (BN, D))
-            else:
-                codes = tl.reshape(unpack(kw, BN, D, KBITS), (NGB, GK, D))
-                kh = codes * ks.to(tl.float32)[:, None, :] + kz.to(tl.float32)[:, None, :]
-                kh = tl.reshape(kh, (BN, D))
-            s = tl.dot(q16, tl.trans(kh.to(tl.float16)))  # [GP, BN]
-            tok = n0 + tl.arange(0, BN)
-            if HAS_SIDE:
-                s += _side_logits(qu, sc_ptr + bh * s_sc, ss_ptr + bh * s_ss, tok, end, RANK, RP, SIDE_BITS)
-            s = tl.where((tok < end)[None, :], s * qk_scale, float("-inf"))  # the last block may be partial
-            if PTX:
-                vcodes = tl.reshape(unpack_ptx(vw, BN, D, VBITS), (BN, NG, GV))
-                vh = vcodes * vs[:, :, None] + vz[:, :, None]
-            else:
-                vcodes = tl.reshape(unpack(vw, BN, D, VBITS), (BN, NG, GV))
-                vh = vcodes * vs.to(tl.float32)[:, :, None] + vz.to(tl.float32)[:, :, None]
-            m, l, alpha, p = _softmax_step(m, l, s)
-            acc = acc * alpha[:, None] + tl.dot(p, tl.reshape(vh, (BN, D)).to(tl.float16))
-            kw, ks, kz, vw, vs, vz = nxt
+        first = split * TOK_PER_SPLIT
+        m, l, acc = _quantized_split(
+            q, q16, qu, kc_ptr + bh * s_kc, ks_ptr + bh * s_ks, kz_ptr + bh * s_ks, vc_ptr + bh * s_vc,
+            vs_ptr + bh * s_vs, vz_ptr + bh * s_vs, sc_ptr + bh * s_sc, ss_ptr + bh * s_ss, first,
+            tl.minimum(first + TOK_PER_SPLIT, N), vis, RANK, qk_scale, cap2, m, l, acc, D, GK, KBITS, GV,
+            VBITS, RP, SIDE_BITS, HAS_SIDE, BN, PTX, SOFTCAP)
     else:
-        start = (split - N_QSPLITS) * TOK_PER_SPLIT
-        end = tl.minimum(start + TOK_PER_SPLIT, R)
-        for n0 in range(start, end, BN):
-            tok = n0 + tl.arange(0, BN)
-            tv = tok < end
-            tm = tv[:, None]
-            kr = tl.load(kr_ptr + bh * s_kr + tok[:, None] * D + cols[None, :], mask=tm, other=0.0)
-            s = tl.dot(q16, tl.trans(kr.to(tl.float16))) * qk_scale
-            s = tl.where(tv[None, :], s, float("-inf"))
-            vr = tl.load(vr_ptr + bh * s_vr + tok[:, None] * D + cols[None, :], mask=tm, other=0.0)
-            m, l, alpha, p = _softmax_step(m, l, s)
-            acc = acc * alpha[:, None] + tl.dot(p, vr.to(tl.float16))
+        first = (split - N_QSPLITS) * TOK_PER_SPLIT
+        m, l, acc = _residual_split(q16, kr_ptr + bh * s_kr, vr_ptr + bh * s_vr, first,
+                                    tl.minimum(first + TOK_PER_SPLIT, R), vis - N, qk_scale, cap2, m, l, acc,
+                                    D, BN, SOFTCAP)
     l_safe = tl.where(l == 0.0, 1.0, l)
-    out_rows = qrow * S + split
-    tl.store(o_ptr + out_rows[:, None] * D + cols[None, :], acc / l_safe[:, None], mask=rvalid[:, None])
-    tl.store(lse_ptr + out_rows, tl.where(l == 0.0, float("-inf"), m + tl.log2(l_safe)), mask=rvalid)
+    if S == 1:  # one split: the output itself
+        res = (acc / l_safe[:, None]).to(out_ptr.dtype.element_ty)
+        tl.store(out_ptr + qrow[:, None] * D + cols[None, :], res, mask=rvalid[:, None])
+    else:
+        out_rows = qrow * S + split
+        tl.store(o_ptr + out_rows[:, None] * D + cols[None, :], acc / l_safe[:, None], mask=rvalid[:, None])
+        tl.store(lse_ptr + out_rows, tl.where(l == 0.0, float("-inf"), m + tl.log2(l_safe)), mask=rvalid)
+        if MERGE:  # the last program of this (batch, KV head) to finish merges the S partials
+            tl.debug_barrier()  # every thread's partial is written before the release below
+            ticket = tl.atomic_add(cnt_ptr + bh, 1, sem="acq_rel", scope="gpu")
+            if ticket == S - 1:
+                _merge_rows(o_ptr, lse_ptr, out_ptr, qrow, rvalid, S, D, GP, SB)
+                tl.atomic_xchg(cnt_ptr + bh, 0, sem="relaxed", scope="gpu")  # ready for the next call
 
 
 @triton.jit
 def _combine_kernel(o_ptr, lse_ptr, out_ptr, S, D: tl.constexpr, DC: tl.constexpr, SB: tl.constexpr):
-    """out[row, cols] = sum_s 2^lse_s o_s / sum_s 2^lse_s over the S splits of one query row, for the
-    ``DC`` columns of program (row, column block); ``SB`` splits per step (one step when S <= SB),
-    with a running maximum."""
+    """The split merge as a second launch (``merge="launch"``): out[row, cols] = sum_s 2^lse_s o_s /
+    sum_s 2^lse_s over the S splits of one query row, for the ``DC`` columns of program (row, column
+    block); ``SB`` splits per step (one step when S <= SB), with a running maximum."""
     row = tl.program_id(0).to(tl.int64)
     cols = tl.program_id(1) * DC + tl.arange(0, DC)
     m = tl.max(tl.full((SB,), float("-inf"), tl.float32), axis=0)
@@ -282,11 +286,33 @@ def default_splits(batch_heads: int, tokens: int, block: int, device: torch.devi
     return max(1, min(triton.cdiv(per_sm * sms, batch_heads), cap, triton.cdiv(tokens, block)))
 
 
+_COUNTERS: dict[torch.device, torch.Tensor] = {}  # per device: arrival counters of the fused merge
+
+
+def _counters(device: torch.device, size: int) -> torch.Tensor:
+    """Zeroed int32 counters [>= size] for the in-kernel merge; each launch leaves them zero again.
+    Calls on one device share them, so concurrent launches on several streams must not merge in-kernel."""
+    cnt = _COUNTERS.get(device)
+    if cnt is None or cnt.numel() < size:
+        cnt = torch.zeros(triton.next_power_of_2(max(size, 64)), dtype=torch.int32, device=device)
+        _COUNTERS[device] = cnt
+    return cnt
+
+
+def _row_start(start: int | torch.Tensor, b: int, device: torch.device) -> tuple[int, torch.Tensor | None]:
+    """(first visible token for every row, per-row int32 starts [B] or None) of ``start``."""
+    if isinstance(start, torch.Tensor):
+        return 0, start.to(device=device, dtype=torch.int32).reshape(b).contiguous()
+    return int(start), None
+
+
 def decode_attention_triton(q: torch.Tensor, enc: EncodedKV | None, k_res: torch.Tensor | None,
                             v_res: torch.Tensor | None, basis: torch.Tensor | None, scale: float,
                             sign: int, num_splits: int | None = None, block: int = 128,
                             num_warps: int = 4, num_stages: int = 1, per_sm: int = 8, max_splits: int = 32,
-                            ptx: bool | None = None, maxnreg: int | None = None) -> torch.Tensor:
+                            ptx: bool | None = None, maxnreg: int | None = None,
+                            start: int | torch.Tensor = 0, softcap: float | None = None,
+                            merge: str = "fused") -> torch.Tensor:
     """Triton path of :func:`headq_core.runtime.kernels.decode_attention` (inputs already validated):
     q [B, Hq, 1, d] -> [B, Hq, 1, d]; ``block`` tokens per loop step (rounded up to whole key
     groups), ``num_warps`` / ``num_stages`` per program, about ``per_sm`` programs per multiprocessor
@@ -294,7 +320,9 @@ def decode_attention_triton(q: torch.Tensor, enc: EncodedKV | None, k_res: torch
     fastest in the H200 sweep at every tuned shape, docs/benchmarks.md);
     ``ptx`` unpacks codes with inline PTX (:func:`unpack_ptx`; default: when compiled for a GPU, not
     under ``TRITON_INTERPRET=1``), else with float32 arithmetic (:func:`unpack`); ``maxnreg`` caps the
-    registers per thread (more programs per multiprocessor)."""
+    registers per thread (more programs per multiprocessor). ``start``: first visible token (int, or
+    int tensor [B] per row); ``softcap``: logit soft-capping. ``merge``: ``"fused"`` (the last
+    program of each (batch, KV head) merges the splits, one launch) or ``"launch"`` (a second kernel)."""
     if ptx is None:
         ptx = q.is_cuda and os.environ.get("TRITON_INTERPRET", "0") != "1"
     b, hq, _, d = q.shape
@@ -310,8 +338,11 @@ def decode_attention_triton(q: torch.Tensor, enc: EncodedKV | None, k_res: torch
     n_q = triton.cdiv(n, tok_per_split)
     splits = n_q + triton.cdiv(r_len, tok_per_split)
     qs = q.reshape(b * hq, d).contiguous()
-    o_part = torch.empty(b * hq, splits, d, dtype=torch.float32, device=q.device)
+    out = torch.empty(b * hq, d, dtype=q.dtype, device=q.device)
+    o_part = torch.empty(b * hq, splits, d, dtype=torch.float32, device=q.device)  # unused at S = 1
     lse = torch.empty(b * hq, splits, dtype=torch.float32, device=q.device)
+    fused = merge == "fused" and splits > 1
+    first, row_start = _row_start(start, b, q.device)
     # pointers of absent parts still need their dtypes: both branches of the kernel are compiled
     word = torch.empty(1, dtype=torch.int32, device=q.device)
     byte = torch.empty(1, dtype=torch.int8, device=q.device)
@@ -341,19 +372,22 @@ def decode_attention_triton(q: torch.Tensor, enc: EncodedKV | None, k_res: torch
     _decode_kernel[(b * h, splits)](
         qs, *(t.get(name, dummy[name]) for name in ("k_codes", "k_scale", "k_zero", "v_codes", "v_scale",
                                                      "v_zero", "side", "side_scale")), u,
-        t.get("k_res", dummy["k_res"]), t.get("v_res", dummy["v_res"]), o_part, lse,
+        t.get("k_res", dummy["k_res"]), t.get("v_res", dummy["v_res"]), o_part, lse, out,
+        _counters(q.device, b * h) if fused else word, word if row_start is None else row_start,
         st.get("k_codes", 0), st.get("k_scale", 0), st.get("v_codes", 0), st.get("v_scale", 0),
         st.get("side", 0), st.get("side_scale", 0), st.get("k_res", 0), st.get("v_res", 0),
-        h, n, r_len, max(rank, 1), tok_per_split, n_q, splits, scale * LOG2E, float(sign),
+        h, n, r_len, max(rank, 1), tok_per_split, n_q, splits, first, scale * LOG2E, float(sign),
+        (softcap or 1.0) * LOG2E,
         GROUP=group, GP=max(16, triton.next_power_of_2(group)), D=d,
         # without an encoding the quantized branch never runs, but it is compiled: give it legal shapes
         GK=enc.key_group if enc is not None else 16, KBITS=enc.key_bits if enc is not None else 8,
         GV=enc.value_group if enc is not None else 16, VBITS=enc.value_bits if enc is not None else 8,
         RP=max(16, triton.next_power_of_2(max(rank, 1))), SIDE_BITS=enc.side_bits if enc is not None else 8,
-        HAS_SIDE=rank > 0, BN=step, PTX=ptx, num_warps=num_warps, num_stages=num_stages,
+        HAS_SIDE=rank > 0, BN=step, PTX=ptx, ROW_START=row_start is not None, SOFTCAP=softcap is not None,
+        MERGE=fused, SB=8, num_warps=num_warps, num_stages=num_stages,
         **({"maxnreg": maxnreg} if maxnreg else {}))
-    out = torch.empty(b * hq, d, dtype=q.dtype, device=q.device)
-    dc = min(d, 32)  # (query row, 32 columns) per program: all splits in one step up to 256 of them
-    _combine_kernel[(b * hq, d // dc)](o_part, lse, out, splits, D=d, DC=dc,
-                                       SB=min(256, max(2, triton.next_power_of_2(splits))))
+    if splits > 1 and not fused:
+        dc = min(d, 32)  # (query row, 32 columns) per program: all splits in one step up to 256 of them
+        _combine_kernel[(b * hq, d // dc)](o_part, lse, out, splits, D=d, DC=dc,
+                                           SB=min(256, max(2, triton.next_power_of_2(splits))))
     return out.reshape(b, hq, 1, d)
