@@ -18,6 +18,7 @@ import datetime
 import json
 import platform
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -34,18 +35,23 @@ from headq_core.method.schedule import quantized_count  # noqa: E402
 from headq_core.runtime.kernels import decode_attention, encode  # noqa: E402
 from headq_core.runtime.kernels.triton_decode import decode_attention_triton  # noqa: E402
 
-KINDS = ("headq", "sdpa_gqa", "sdpa_folded", "triton_bf16")
-# decode variants (ptx unpacking, block, warps, register cap), each compiled once; programs per SM
-# only change the grid
-COMPILED = ((True, 128, 4, 0), (True, 128, 4, 128), (True, 128, 2, 0), (True, 64, 2, 0), (True, 64, 4, 128),
-            (True, 256, 4, 0), (False, 128, 4, 0))
+# headq: 2-bit K/V + HeadQ r8 (the tuned kernel); plain2 / plain4: the same kernel without a side
+# code at 2 and 4 bits (what the side code and the bits cost); then the bf16 baselines
+KINDS = ("headq", "plain2", "plain4", "sdpa_gqa", "sdpa_folded", "triton_bf16")
+BASELINES = KINDS[3:]
+# decode variants (ptx unpacking, block, warps, register cap, split merge), each compiled once;
+# programs per SM only change the grid
+COMPILED = ((True, 128, 4, 0, "fused"), (True, 128, 4, 0, "launch"), (True, 128, 2, 0, "fused"),
+            (True, 64, 2, 0, "fused"), (True, 64, 4, 0, "fused"), (True, 256, 4, 0, "fused"),
+            (False, 128, 4, 0, "fused"))
 SPLITS = ((2, 0), (4, 0), (8, 0), (16, 0), (8, 32), (16, 32))  # (programs per SM, max splits per head)
 TUNE = tuple((*c, *sp) for c in COMPILED for sp in SPLITS)
 TUNE_SHAPES = ((1, 4096), (1, 32768), (8, 32768))
+KEY4, VALUE4 = replace(KEY, bits=4), replace(VALUE, bits=4)
 
 
-def variant(ptx: bool, blk: int, warps: int, maxnreg: int) -> str:
-    return f"ptx{int(ptx)}_block{blk}_warps{warps}_regs{maxnreg or 'auto'}"
+def variant(ptx: bool, blk: int, warps: int, maxnreg: int, merge: str) -> str:
+    return f"ptx{int(ptx)}_block{blk}_warps{warps}_regs{maxnreg or 'auto'}_{merge}"
 DECODE_CFG: dict = {}  # the tuned decode launch settings, chosen first on GPU
 _B = SDPBackend
 BACKENDS = (_B.FLASH_ATTENTION, _B.EFFICIENT_ATTENTION, _B.CUDNN_ATTENTION, _B.MATH)
@@ -57,11 +63,15 @@ class Layers:
     def __init__(self, batch: int, ctx: int, n: int, device: str) -> None:
         self.batch, self.ctx, self.n_q = batch, ctx, quantized_count(ctx, KEY)
         self.q, self.k, self.v, self.enc, self.kr, self.vr, self.u = [], [], [], [], [], [], []
+        self.plain: dict[str, list] = {"plain2": [], "plain4": []}
         for _ in range(n):
             k = (torch.randn(batch, HKV, ctx, D, device=device) + 2).bfloat16()
             v = torch.randn(batch, HKV, ctx, D, device=device).bfloat16()
             u = torch.linalg.qr(torch.randn(HKV, D, HEADQ.rank, device=device))[0]
-            self.enc.append(encode(k[:, :, : self.n_q], v[:, :, : self.n_q], KEY, VALUE, basis=u))
+            kq, vq = k[:, :, : self.n_q], v[:, :, : self.n_q]
+            self.enc.append(encode(kq, vq, KEY, VALUE, basis=u))
+            self.plain["plain2"].append(encode(kq, vq, KEY, VALUE))
+            self.plain["plain4"].append(encode(kq, vq, KEY4, VALUE4))
             self.kr.append(k[:, :, self.n_q :].contiguous())
             self.vr.append(v[:, :, self.n_q :].contiguous())
             self.q.append(torch.randn(batch, HQ, 1, D, device=device).bfloat16())
@@ -71,6 +81,11 @@ class Layers:
         """Attention of q [B, Hq, 1, d] over layer ``i``: the HeadQ cache or a bf16 baseline."""
         if kind == "headq":  # the tuned launch settings on GPU, the public entry point elsewhere
             args = (q, self.enc[i], self.kr[i], self.vr[i], self.u[i])
+            if DECODE_CFG:
+                return decode_attention_triton(*args, D**-0.5, 1, **DECODE_CFG)
+            return decode_attention(*args)
+        if kind in self.plain:
+            args = (q, self.plain[kind][i], self.kr[i], self.vr[i], None)
             if DECODE_CFG:
                 return decode_attention_triton(*args, D**-0.5, 1, **DECODE_CFG)
             return decode_attention(*args)
@@ -86,8 +101,9 @@ class Layers:
         return out.view(b, HQ, 1, D)
 
     def bytes(self, kind: str) -> int:
-        if kind == "headq":
-            return self.enc[0].nbytes() + nbytes(self.kr[0], self.vr[0], self.q[0], self.q[0])
+        if kind == "headq" or kind in self.plain:
+            enc = self.enc[0] if kind == "headq" else self.plain[kind][0]
+            return enc.nbytes() + nbytes(self.kr[0], self.vr[0], self.q[0], self.q[0])
         return nbytes(self.k[0], self.v[0], self.q[0], self.q[0])
 
 
@@ -132,12 +148,13 @@ def decode_row(batch: int, ctx: int, device: str, copy_gbs: float, cap_gib: floa
             except Exception as exc:  # noqa: BLE001 - a failing baseline is reported, the run goes on
                 row.setdefault("errors", []).append(f"{mode} {kind}: {type(exc).__name__}: {exc}"[:300])
                 t[kind] = (float("inf"), "")
-        best_bf16 = min(KINDS[1:], key=lambda k: t[k][0])
+        best_bf16 = min(BASELINES, key=lambda k: t[k][0])
         row[mode] = {
             "ms": {k: v[0] for k, v in t.items()},
             "sdpa_backend": {k: v[1] for k, v in t.items() if v[1]},
             "GBps": {k: lay.bytes(k) / v[0] / 1e6 for k, v in t.items()},
             "speedup_vs_sdpa_gqa": t["sdpa_gqa"][0] / t["headq"][0],
+            "speedup_vs_sdpa_gqa_by_kind": {k: t["sdpa_gqa"][0] / t[k][0] for k in KINDS[:3]},
             "best_bf16": best_bf16,
             "speedup_vs_best_bf16": t[best_bf16][0] / t["headq"][0],
         }
@@ -166,12 +183,16 @@ def check_row(device: str, ctx: int = 8192 + 100) -> dict:
     lay = Layers(2, ctx, 1, device)
     ref = decode_attention(lay.q[0], lay.enc[0], lay.kr[0], lay.vr[0], lay.u[0], backend="reference")
     row: dict = {"batch": 2, "context": lay.ctx, "decode_rel_err": {}, "failed": []}
-    for ptx, blk, w, regs in COMPILED:
-        name = variant(ptx, blk, w, regs)
+    for ptx, blk, w, regs, merge in COMPILED:
+        name = variant(ptx, blk, w, regs, merge)
         try:
-            out = decode_attention_triton(lay.q[0], lay.enc[0], lay.kr[0], lay.vr[0], lay.u[0], D**-0.5, 1,
-                                          block=blk, num_warps=w, ptx=ptx, maxnreg=regs or None)
-            err = ((out.float() - ref.float()).norm() / ref.float().norm()).item()
+            errs = []
+            for _ in range(3):  # the in-kernel merge: a race would move the error between launches
+                args = (lay.q[0], lay.enc[0], lay.kr[0], lay.vr[0], lay.u[0], D**-0.5, 1)
+                out = decode_attention_triton(*args, block=blk, num_warps=w, ptx=ptx, maxnreg=regs or None,
+                                              merge=merge)
+                errs.append(((out.float() - ref.float()).norm() / ref.float().norm()).item())
+            err = max(errs)
         except Exception as exc:  # noqa: BLE001 - a variant that fails is reported and left out
             err = float("nan")
             row.setdefault("errors", {})[name] = f"{type(exc).__name__}: {exc}"[:300]
@@ -200,18 +221,18 @@ def tune_row(batch: int, ctx: int, device: str, cap_gib: float, skip: list[str])
     n = layer_count(batch, ctx, device, cap_gib)
     lay = Layers(batch, ctx, n, device)
     row = {"batch": batch, "context": ctx, "ms": {}}
-    for ptx, blk, warps, regs, per_sm, max_splits in TUNE:
-        if variant(ptx, blk, warps, regs) in skip:
+    for ptx, blk, warps, regs, merge, per_sm, max_splits in TUNE:
+        if variant(ptx, blk, warps, regs, merge) in skip:
             continue
         cfg = {"ptx": ptx, "block": blk, "num_warps": warps, "maxnreg": regs or None, "per_sm": per_sm,
-               "max_splits": max_splits}
+               "max_splits": max_splits, "merge": merge}
 
         def run(cfg=cfg):
             for i in range(n):
                 args = (lay.q[i], lay.enc[i], lay.kr[i], lay.vr[i], lay.u[i], D**-0.5, 1)
                 decode_attention_triton(*args, **cfg)
 
-        name = f"decode_{variant(ptx, blk, warps, regs)}_persm{per_sm}_max{max_splits}"
+        name = f"decode_{variant(ptx, blk, warps, regs, merge)}_persm{per_sm}_max{max_splits}"
         try:
             row["ms"][name] = median_ms(run, device, graph=True) / n
             row.setdefault("cfg", {})[name] = cfg
@@ -339,8 +360,11 @@ def main() -> None:
         record("decode", decode_row, b, c, dev, copy_gbs, args.cap_gib)
     for b, c in ([(1, 32768), (8, 32768)] if gpu else [(1, 1024)]) if "encode" in want else ():
         record("encode", encode_row, b, c, dev, copy_gbs)
-    for c in ((4096, 32768) if gpu else (256,)) if "model" in want else ():
-        record("model", model_row, c, dev)
+    # (batch, context, layers): B = 8 with 16 of the 32 layers, so that the bf16 cache and the step
+    # captured in a CUDA graph (its own copy of the grown cache) fit 80 GB
+    model_shapes = [(1, 4096, 32), (1, 32768, 32), (8, 4096, 16), (8, 32768, 16)] if gpu else [(1, 256, 2)]
+    for b, c, n_layers in model_shapes if "model" in want else ():
+        record("model", model_row, c, dev, b, n_layers)
     rows = [r for r in res.get("decode", []) if "eager" in r and r["batch"] == 1 and "block" in want]
     for r in rows[:: 1 if gpu else 2][:2]:
         e = r["eager"]

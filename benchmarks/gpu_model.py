@@ -53,17 +53,33 @@ def bench_memory(device: str, ctx: int, budget_gib: float) -> dict:
     }
 
 
-def model_row(ctx: int, device: str) -> dict:
-    """One decode step of a random-weight Llama-3-8B-shaped model (B=1; a 2-layer toy on the CPU)
-    after a ``ctx`` prefill: DynamicCache vs HeadQCache attached to the model, so that its decode
-    steps attend with the Triton kernel on CUDA (``headq``), and the same cache reading the
-    dequantized cache densely (``headq_dense``). Host-clock medians of 6 steps after 2."""
-    from transformers import DynamicCache, LlamaConfig, LlamaForCausalLM
+def graph_ms(step, replays: int = 20) -> float:
+    """Median ms of one replay of ``step`` captured in a CUDA graph, warmed up on a side stream first
+    (each warm-up and the capture advance the cache one token; replays redo the captured step)."""
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        step()
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        step()
+    times = []
+    for _ in range(replays + 3):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        graph.replay()
+        end.record()
+        end.synchronize()
+        times.append(start.elapsed_time(end))
+    return statistics.median(times[3:])
 
-    from headq_core.runtime.cache import HeadQCache
+
+def _llama(layers: int, device: str, ctx: int):
+    from transformers import LlamaConfig, LlamaForCausalLM
 
     gpu = device == "cuda"
-    layers, hidden, heads, kv, vocab = (LAYERS, HIDDEN, HQ, HKV, 128256) if gpu else (2, 512, 4, 1, 1000)
+    hidden, heads, kv, vocab = (HIDDEN, HQ, HKV, 128256) if gpu else (512, 4, 1, 1000)
     cfg = LlamaConfig(hidden_size=hidden, intermediate_size=14336 if gpu else 1024, num_hidden_layers=layers,
                       head_dim=D, num_attention_heads=heads, num_key_value_heads=kv, vocab_size=vocab,
                       max_position_embeddings=2 * ctx)  # fmt: skip
@@ -71,41 +87,78 @@ def model_row(ctx: int, device: str) -> dict:
     with torch.device(device):
         model = LlamaForCausalLM(cfg).eval()
     torch.set_default_dtype(torch.float32)
+    return model, cfg
+
+
+def model_row(ctx: int, device: str, batch: int = 1, layers: int | None = None, chunk: int = 4096) -> dict:
+    """One decode step of a random-weight Llama-3-8B-shaped model (``layers`` of its 32; a 2-layer toy
+    on the CPU) after a ``ctx`` prefill (chunks of ``chunk`` tokens, into a DynamicCache): the
+    DynamicCache step vs HeadQCache (the same keys and values, quantized by its own update) attached
+    to the model, so that its decode steps attend with the Triton kernel on CUDA (``headq``), and
+    the same cache reading the dequantized cache densely (``headq_dense``, B = 1 only). Host-clock
+    medians of 6 eager steps after 2, and on CUDA the replay of one step captured in a CUDA graph."""
+    from transformers import DynamicCache
+
+    from headq_core.runtime.cache import HeadQCache
+
+    gpu = device == "cuda"
+    layers = layers or (LAYERS if gpu else 2)
+    model, cfg = _llama(layers, device, ctx)
+    kv = cfg.num_key_value_heads
     basis = torch.linalg.qr(torch.randn(layers, kv, D, HEADQ.rank, device=device))[0]
-    ids = torch.randint(0, cfg.vocab_size, (1, ctx + 8), device=device)
-    row: dict = {"context": ctx, "batch": 1, "layers": layers, "elements": layers * kv * ctx * D}
+    ids = torch.randint(0, cfg.vocab_size, (batch, ctx + 16), device=device)
+    row: dict = {"context": ctx, "batch": batch, "layers": layers, "elements": batch * layers * kv * ctx * D}
+    dyn = DynamicCache(config=cfg)
+    with torch.no_grad():
+        for at in range(0, ctx, chunk):
+            part = ids[:, at : min(ctx, at + chunk)]
+            model(part, use_cache=True, logits_to_keep=1, **cache_kwargs(model, dyn))
 
     def headq(kernel: str):
         cache = HeadQCache(layers, KEY, VALUE, HEADQ, basis, config=cfg)
-        for layer in cache.quant_layers:
+        for i, layer in enumerate(cache.quant_layers):
             layer.kernel = kernel
+            layer.update(dyn.layers[i].keys, dyn.layers[i].values)  # the prefill's keys and values
         return cache
 
-    caches = {"dynamic": lambda: DynamicCache(config=cfg), "headq": lambda: headq("auto"),
-              "headq_dense": lambda: headq("off")}
-    geometry = dict(batch=1, kv_heads=kv, head_dim=D)
+    caches = {"headq": lambda: headq("auto"), "dynamic": lambda: dyn}
+    if batch == 1:
+        caches["headq_dense"] = lambda: headq("off")
+    geometry = dict(batch=batch, kv_heads=kv, head_dim=D)
     row["model_cache_bytes"] = model_cache_bytes(layer_windows(cfg), ctx + 8, **geometry)  # bf16
     for name, make in caches.items():
+        cache = None
         try:
-            cache, times = make(), []
-            with torch.no_grad():
-                # dense prefill
-                model(ids[:, :ctx], use_cache=True, logits_to_keep=1, **cache_kwargs(model, cache))
-                with cache.attached(model) if name != "dynamic" else contextlib.nullcontext():
-                    for i in range(8):
-                        nxt = ids[:, ctx + i : ctx + i + 1]
-                        step = lambda: model(nxt, logits_to_keep=1, **cache_kwargs(model, cache))  # noqa: B023, E731
-                        times.append(wall_ms(step, device))
-            row[f"{name}_step_ms"] = statistics.median(times[2:])
-            if name == "headq":
-                row["headq_cache_bytes"] = cache.nbytes()
-                row["formula_bytes"] = quantized_cache_bytes(layer_windows(cfg), ctx + 8, KEY, VALUE, HEADQ,
-                                                             **geometry)
-                row["bytes_over_formula"] = row["headq_cache_bytes"] / row["formula_bytes"]
-                row["x_smaller_than_model_cache"] = row["model_cache_bytes"] / row["headq_cache_bytes"]
+            cache, times, pos = make(), [], [ctx]
+            attach = cache.attached(model) if name != "dynamic" else contextlib.nullcontext()
+
+            def step(cache=cache, pos=pos):
+                nxt = ids[:, pos[0] : pos[0] + 1]
+                pos[0] += 1
+                return model(nxt, logits_to_keep=1, **cache_kwargs(model, cache))
+
+            with torch.no_grad(), attach:
+                for _ in range(8):
+                    times.append(wall_ms(step, device))
+                row[f"{name}_step_ms"] = statistics.median(times[2:])
+                if name == "headq":
+                    row["headq_cache_bytes"] = cache.nbytes()
+                    held = ctx + 8  # after the eager steps
+                    row["formula_bytes"] = quantized_cache_bytes(layer_windows(cfg), held, KEY, VALUE, HEADQ,
+                                                                 **geometry)
+                    row["bytes_over_formula"] = row["headq_cache_bytes"] / row["formula_bytes"]
+                    row["x_smaller_than_model_cache"] = row["model_cache_bytes"] / row["headq_cache_bytes"]
+                if gpu and name != "headq_dense":
+                    row[f"{name}_graph_step_ms"] = graph_ms(step)
         except Exception as exc:  # noqa: BLE001 - reported in the results, the run goes on
             row[f"{name}_error"] = f"{type(exc).__name__}: {exc}"[:300]
-    for name in ("headq", "headq_dense"):
-        if "dynamic_step_ms" in row and f"{name}_step_ms" in row:
-            row[f"{name}_time_ratio"] = row[f"{name}_step_ms"] / row["dynamic_step_ms"]
+        finally:
+            del cache  # the quantized caches go; ``dyn`` stays for the next one
+            if gpu:
+                torch.cuda.empty_cache()
+    for name in ("headq", "headq_dense", "headq_graph"):
+        base = "dynamic_graph_step_ms" if name == "headq_graph" else "dynamic_step_ms"
+        mine = "headq_graph_step_ms" if name == "headq_graph" else f"{name}_step_ms"
+        if base in row and mine in row:
+            row[f"{name}_time_ratio"] = row[mine] / row[base]
     return row
