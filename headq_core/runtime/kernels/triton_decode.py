@@ -312,7 +312,7 @@ def decode_attention_triton(q: torch.Tensor, enc: EncodedKV | None, k_res: torch
                             num_warps: int = 4, num_stages: int = 1, per_sm: int = 8, max_splits: int = 32,
                             ptx: bool | None = None, maxnreg: int | None = None,
                             start: int | torch.Tensor = 0, softcap: float | None = None,
-                            merge: str = "fused") -> torch.Tensor:
+                            merge: str = "launch") -> torch.Tensor:
     """Triton path of :func:`headq_core.runtime.kernels.decode_attention` (inputs already validated):
     q [B, Hq, 1, d] -> [B, Hq, 1, d]; ``block`` tokens per loop step (rounded up to whole key
     groups), ``num_warps`` / ``num_stages`` per program, about ``per_sm`` programs per multiprocessor
@@ -321,8 +321,9 @@ def decode_attention_triton(q: torch.Tensor, enc: EncodedKV | None, k_res: torch
     ``ptx`` unpacks codes with inline PTX (:func:`unpack_ptx`; default: when compiled for a GPU, not
     under ``TRITON_INTERPRET=1``), else with float32 arithmetic (:func:`unpack`); ``maxnreg`` caps the
     registers per thread (more programs per multiprocessor). ``start``: first visible token (int, or
-    int tensor [B] per row); ``softcap``: logit soft-capping. ``merge``: ``"fused"`` (the last
-    program of each (batch, KV head) merges the splits, one launch) or ``"launch"`` (a second kernel)."""
+    int tensor [B] per row); ``softcap``: logit soft-capping. ``merge``: ``"launch"`` (a second
+    kernel merges the splits; the default: 3-5% faster on the H100, docs/benchmarks.md) or
+    ``"fused"`` (the last program of each (batch, KV head) merges them, one launch)."""
     if ptx is None:
         ptx = q.is_cuda and os.environ.get("TRITON_INTERPRET", "0") != "1"
     b, hq, _, d = q.shape
