@@ -6,8 +6,8 @@ A random-weight model of Gemma-3-27B shapes (62 layers, 5 sliding of 1,024 token
 ``--steps`` tokens one by one, B = 1. Caches: ``dynamic`` (transformers' own, sliding layers keep
 their window), ``kv2`` (keys 2-bit per_channel G32, values 2-bit per_token G32, residual 128; sliding
 layers bounded and quantized) and ``kv2_fp_sliding`` (sliding layers bounded, full precision). The
-quantized caches decode attached to the model (the Triton kernel on CUDA; sliding layers, whose window
-start the kernel does not take yet, read the packed codes with the reference kernel and say so once).
+quantized caches decode attached to the model (the Triton kernel on CUDA on every layer, sliding ones
+from their window start).
 Bytes are compared with the model's own cache, never with a full-length one. ``--tiny`` runs a 6-layer
 toy of the same pattern (window 128) on the CPU.
 
@@ -90,6 +90,9 @@ def run_cache(model, name: str, context: int, steps: int, chunk: int, device: st
                 nxt = ids[:, context + i : context + i + 1]
                 times.append(wall_ms(lambda: model(nxt, use_cache=True, logits_to_keep=1, **kw),  # noqa: B023
                                      device))
+            if isinstance(cache, HeadQCache):  # layers whose decode steps read the packed cache
+                probe = torch.zeros(1, cfg.num_key_value_heads, 1, cfg.head_dim, device=device)
+                kernel_layers = sum(layer._kernel_reads(probe) for layer in cache.quant_layers)
     row = {"cache": name, "context": context, "prefill_s": prefill_s,
            "step_ms": statistics.median(times[2:] if steps > 4 else times)}
     if isinstance(cache, HeadQCache):
@@ -100,7 +103,8 @@ def run_cache(model, name: str, context: int, steps: int, chunk: int, device: st
         row["formula_bytes"] = quantized_cache_bytes(cache.windows, context + steps, KEY, VALUE,
                                                      sliding_layers=sliding, **geometry)
         row["model_cache_formula_bytes"] = model_cache_bytes(cache.windows, context + steps, **geometry)
-        row["fallbacks"] = sorted(cache.notes)
+        row["kernel_layers"] = kernel_layers
+        cache.check()  # what the decode steps recorded
     else:
         row["cache_bytes"] = dense_bytes(cache)
     return row

@@ -13,10 +13,14 @@
   (batch, KV head, key group of G tokens, component), fp16 step ``(max - min) / (2**bits - 1)`` and
   fp16 minimum, unsigned codes using all ``2**bits`` levels (the KIVI per-channel layout).
 - Correction ``sign * tau * <U^T q_t, c^_j>`` on keys read in quantized form only.
+
+:func:`encode_side` raises ValueError on a non-finite residual or group scales beyond fp16, or, given
+a ``flags`` tensor (a decode step of the cache), sets their bits there (``quant.Flag``).
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -24,7 +28,11 @@ import torch
 
 from headq_core.config import SIDE_BITS, HeadQConfig
 from headq_core.method.packing import pack_bits, unpack_bits
-from headq_core.method.quant import FP16_MAX, check_finite
+from headq_core.method.quant import FP16_MAX, Flag, check_finite, pack_in_range
+
+# the bits of encode_side's checks in a flags tensor (quant's take 1 and 2)
+RESIDUAL_NON_FINITE = Flag(4, "residual: contains NaN or inf")
+SIDE_FP16_RANGE = Flag(8, "residual: side code exceeds the fp16 range of the step / minimum")
 
 
 def _group_size(q_heads: int, kv_heads: int) -> int:
@@ -173,59 +181,61 @@ class SideCode:
         return self._group_part(1)
 
 
-def _encode_token(c: torch.Tensor, bits: int) -> SideCode:
-    """Symmetric per-token codes of c [B, Hkv, S, r]."""
+def _encode_token(c: torch.Tensor, bits: int, pack: Callable[[torch.Tensor, int], torch.Tensor]) -> SideCode:
+    """Symmetric per-token codes of c [B, Hkv, S, r], packed below 8 bits by ``pack``."""
     qmax = (1 << (bits - 1)) - 1
     scale = (c.abs().amax(-1) / qmax).half()
     scale = torch.where(scale == 0, torch.ones_like(scale), scale)
     codes = torch.round(c / scale.float().unsqueeze(-1)).clamp_(-qmax, qmax).to(torch.int8)
     if bits < 8:
-        codes = pack_bits((codes.to(torch.int16) & ((1 << bits) - 1)).to(torch.uint8), bits)
+        codes = pack((codes.to(torch.int16) & ((1 << bits) - 1)).to(torch.uint8), bits)
     return SideCode(codes=codes, scale=scale, bits=bits, rank=c.shape[-1])
 
 
-def _encode_group(c: torch.Tensor, bits: int, group_size: int) -> SideCode:
+def _encode_group(c: torch.Tensor, bits: int, group_size: int, flags: torch.Tensor | None) -> SideCode:
     """Asymmetric min/max codes of c [B, Hkv, S, r] per group of ``group_size`` tokens."""
     b, h, s, r = c.shape
     levels = (1 << bits) - 1
     cg = c.reshape(b, h, s // group_size, group_size, r)
     lo, hi = cg.amin(-2), cg.amax(-2)  # [B, Hkv, S/G, r]
-    if s and max(float(lo.abs().max()), float(hi.abs().max())) > FP16_MAX:
-        raise ValueError("residual: side code exceeds the fp16 range of the step / minimum")
+    if s:
+        SIDE_FP16_RANGE.check((lo.abs().max() > FP16_MAX) | (hi.abs().max() > FP16_MAX), flags)
     step = ((hi - lo) / levels).half()
     step = torch.where(step == 0, torch.ones_like(step), step)
     offset = lo.half()
     codes = torch.round((cg - offset.float().unsqueeze(-2)) / step.float().unsqueeze(-2))
     codes = codes.clamp_(0, levels).to(torch.uint8).reshape(b, h, s, r)
     scale = torch.stack([step, offset], dim=2).transpose(-1, -2).contiguous()  # [B, Hkv, 2, r, S/G]
-    return SideCode(codes=pack_bits(codes, bits), scale=scale, bits=bits, rank=r, group_size=group_size)
+    pack = pack_bits if flags is None else pack_in_range
+    return SideCode(codes=pack(codes, bits), scale=scale, bits=bits, rank=r, group_size=group_size)
 
 
 def encode_side(residual: torch.Tensor, basis: torch.Tensor, bits: int, *, scale: str = "token",
-                group_size: int | None = None) -> SideCode:
+                group_size: int | None = None, flags: torch.Tensor | None = None) -> SideCode:
     """c = U^T (k - k^): residual [B, Hkv, S, d], basis [Hkv, d, r] -> :class:`SideCode`.
 
     ``scale="group"`` needs ``bits < 16`` and S a multiple of ``group_size`` (the key group G);
-    ``scale="token"`` ignores ``group_size``.
+    ``scale="token"`` ignores ``group_size``. With ``flags`` (int32 [] on the residual's device) the
+    data checks set their bits there instead of raising (no host sync).
     """
     if bits not in SIDE_BITS:
         raise ValueError(f"side_bits: must be one of {SIDE_BITS}, got {bits!r}")
     if scale not in ("token", "group"):
         raise ValueError(f"side_scale: must be 'token' or 'group', got {scale!r}")
-    check_finite(residual, "residual")
+    RESIDUAL_NON_FINITE.check(~torch.isfinite(residual).all(), flags)
     _check_basis(basis, residual.shape[1], residual.shape[-1])
     c = torch.einsum("bhsd,hdr->bhsr", residual.float(), basis.float())
     if scale == "token":
         if bits == 16:
             return SideCode(codes=c.half(), scale=None, bits=16, rank=c.shape[-1])
-        return _encode_token(c, bits)
+        return _encode_token(c, bits, pack_bits if flags is None else pack_in_range)
     if bits == 16:
         raise ValueError("side_scale: 'group' needs side_bits < 16")
     if not isinstance(group_size, int) or group_size < 1:
         raise ValueError(f"group_size: 'group' side scales need the key group size, got {group_size!r}")
     if c.shape[-2] % group_size:
         raise ValueError(f"group_size: {group_size} must divide the {c.shape[-2]} encoded tokens")
-    return _encode_group(c, bits, group_size)
+    return _encode_group(c, bits, group_size, flags)
 
 
 def decode_side(side: SideCode) -> torch.Tensor:

@@ -16,7 +16,9 @@ stored offset by ``2^(bits-1)``; the zero-point ``-2^(bits-1) * scale`` is exact
 
 :func:`quantize` quantizes the leading :func:`~headq_core.method.schedule.quantized_count` tokens (the
 cache state after ``seq`` tokens) and keeps the rest, the full-precision residual window plus any
-incomplete group, in ``Packed.tail``.
+incomplete group, in ``Packed.tail``. Its checks raise ValueError at once; given a ``flags`` tensor
+(a decode step of the cache, docs/adr/0006) each sets its bit there (:class:`Flag`) instead, so the
+host never waits for the device.
 """
 
 from __future__ import annotations
@@ -59,6 +61,37 @@ def check_finite(x: torch.Tensor, name: str = "x") -> None:
         raise ValueError(f"{name}: contains NaN or inf")
 
 
+@dataclass(frozen=True)
+class Flag:
+    """A check on device data: raises ``message`` on the host, or sets ``bit`` of a flags tensor
+    (int32 [], on the data's device) without a host sync; ``runtime.step_flags`` raises it later."""
+
+    bit: int
+    message: str
+
+    def check(self, bad: torch.Tensor, flags: torch.Tensor | None) -> None:
+        """Raise (``flags`` None) or record where ``bad`` (bool []) holds."""
+        if flags is None:
+            if bad:
+                raise ValueError(self.message)
+        else:
+            flags.bitwise_or_(bad.to(flags.dtype) * self.bit)
+
+
+X_NON_FINITE = Flag(1, "x: contains NaN or inf")
+X_FP16_RANGE = Flag(2, "x: values exceed the fp16 range of the scale / zero-point")
+
+
+def pack_in_range(codes: torch.Tensor, bits: int) -> torch.Tensor:
+    """``packing.pack_bits`` of uint8 codes [..., n] that lie in [0, 2**bits) by construction
+    (clamped where they are made): the same bytes, without its range check, a host sync."""
+    *lead, n = codes.shape
+    bit = torch.arange(8, dtype=torch.int32, device=codes.device)
+    stream = ((codes.unsqueeze(-1).to(torch.int32) >> bit[:bits]) & 1).reshape(*lead, n * bits)
+    stream = torch.nn.functional.pad(stream, (0, -(n * bits) % 8)).reshape(*lead, (n * bits + 7) // 8, 8)
+    return (stream << bit).sum(-1).to(torch.uint8)
+
+
 def _grouped(x: torch.Tensor, cfg: QuantConfig) -> torch.Tensor:
     """[..., n, d] -> view with the group on dim -2: per_channel [..., n/G, G, d];
     per_token [..., n, d/G, G] transposed to [..., n, G, d/G]."""
@@ -77,12 +110,12 @@ def _ungrouped(xg: torch.Tensor, cfg: QuantConfig, n: int, d: int) -> torch.Tens
     return xg.transpose(-1, -2).reshape(*lead, n, d)
 
 
-def _validate(x: torch.Tensor, cfg: QuantConfig, n_quant: int) -> None:
+def _validate(x: torch.Tensor, cfg: QuantConfig, n_quant: int, flags: torch.Tensor | None = None) -> None:
     if x.dim() < 2:
         raise ValueError(f"x: needs shape [..., seq, head_dim], got {tuple(x.shape)}")
     if not x.is_floating_point():
         raise ValueError(f"x: must be a floating tensor, got {x.dtype}")
-    check_finite(x)
+    X_NON_FINITE.check(~torch.isfinite(x).all(), flags)
     seq, d = x.shape[-2:]
     check_head_dim(cfg, d)
     if not 0 <= n_quant <= seq:
@@ -103,41 +136,45 @@ def _asymmetric_codes(xg: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor,
     return scale, zero, codes
 
 
-def _symmetric_codes(xg: torch.Tensor, bits: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def _symmetric_codes(xg: torch.Tensor, bits: int,
+                     flags: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Symmetric: fp16 scale ``amax / (2^(b-1) - 1)``; codes + ``2^(b-1)``; zero ``-2^(b-1) scale``."""
     offset = 1 << (bits - 1)
     qmax = offset - 1
     scale = (xg.abs().amax(-2, keepdim=True) / qmax).half()
     scale = torch.where(scale == 0, torch.ones_like(scale), scale)
     zero = (scale.float() * -offset).half()  # a power of two times an fp16 number: exact unless it overflows
-    if not torch.isfinite(zero).all():
-        raise ValueError("x: values exceed the fp16 range of the scale / zero-point")
+    X_FP16_RANGE.check(~torch.isfinite(zero).all(), flags)
     codes = torch.round(xg / scale.float()).clamp_(-qmax, qmax) + offset
     return scale, zero, codes.to(torch.uint8)
 
 
-def quantize(x: torch.Tensor, cfg: QuantConfig, n_quant: int | None = None) -> Packed:
+def quantize(x: torch.Tensor, cfg: QuantConfig, n_quant: int | None = None,
+             flags: torch.Tensor | None = None) -> Packed:
     """Quantize x [..., seq, d]: the first ``n_quant`` tokens (default: the decode rule's
-    ``quantized_count(seq, cfg)``) become packed codes, the rest stay in ``tail``."""
+    ``quantized_count(seq, cfg)``) become packed codes, the rest stay in ``tail``. Non-finite values
+    and scales / zero-points beyond fp16 raise ValueError, or with ``flags`` (int32 [] on x's device)
+    set their bits there (no host sync)."""
     seq = x.shape[-2] if x.dim() >= 2 else 0
     n_quant = quantized_count(seq, cfg) if n_quant is None else n_quant
     if cfg.format != "int" or cfg.rotation != "none":
         name = "format" if cfg.format != "int" else "rotation"
         raise ValueError(f"{name}: packed codes hold the 'int' format without a rotation, got "
                          f"{getattr(cfg, name)!r} (fake_quantize reads every format)")
-    _validate(x, cfg, n_quant)
+    _validate(x, cfg, n_quant, flags)
     d = x.shape[-1]
     head = x[..., :n_quant, :].float()
     xg = _grouped(head, cfg)
     lo, hi = xg.amin(-2, keepdim=True), xg.amax(-2, keepdim=True)
-    if n_quant and (lo.abs().max() > FP16_MAX or hi.abs().max() > FP16_MAX):
-        raise ValueError("x: values exceed the fp16 range of the scale / zero-point")
+    if n_quant:
+        X_FP16_RANGE.check((lo.abs().max() > FP16_MAX) | (hi.abs().max() > FP16_MAX), flags)
     if cfg.symmetric:
-        scale, zero, codes = _symmetric_codes(xg, cfg.bits)
+        scale, zero, codes = _symmetric_codes(xg, cfg.bits, flags)
     else:
         scale, zero, codes = _asymmetric_codes(xg, lo, hi, cfg.bits)
     codes = _ungrouped(codes, cfg, n_quant, d)
-    return Packed(codes=pack_bits(codes, cfg.bits), scale=scale.squeeze(-2), zero=zero.squeeze(-2),
+    pack = pack_bits if flags is None else pack_in_range
+    return Packed(codes=pack(codes, cfg.bits), scale=scale.squeeze(-2), zero=zero.squeeze(-2),
                   bits=cfg.bits, axis=cfg.axis, group_size=cfg.group_size, shape=tuple(x.shape),
                   tail=x[..., n_quant:, :].clone(), dtype=x.dtype)
 

@@ -139,12 +139,25 @@ def _headq_attention(
     return out.transpose(1, 2).contiguous(), None
 
 
+def _eager_mask(*args, dtype: torch.dtype = torch.float32, **kwargs) -> torch.Tensor | None:
+    """transformers' eager mask: its boolean sdpa mask [batch, 1, q_len, kv_len] as 0 / ``dtype``'s
+    minimum, without the blocking host-to-device copy of the 0 that transformers 5.17 makes (a
+    decode step must not make the host wait for the GPU, docs/adr/0006)."""
+    from transformers.masking_utils import sdpa_mask
+
+    kwargs["allow_is_causal_skip"] = False
+    mask = sdpa_mask(*args, **kwargs)
+    if mask is None:  # a skippable bidirectional mask
+        return None
+    return torch.where(mask, torch.zeros((), device=mask.device, dtype=dtype), torch.finfo(dtype).min)
+
+
 def _register() -> None:
     from transformers import AttentionInterface
-    from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, AttentionMaskInterface
+    from transformers.masking_utils import AttentionMaskInterface
 
     AttentionInterface.register(IMPLEMENTATION, _headq_attention)
-    AttentionMaskInterface.register(IMPLEMENTATION, ALL_MASK_ATTENTION_FUNCTIONS["eager"])
+    AttentionMaskInterface.register(IMPLEMENTATION, _eager_mask)
 
 
 def attention_modules(model) -> dict[int, torch.nn.Module]:

@@ -21,15 +21,19 @@ transformers' ``DynamicCache(config=...)``: a sliding layer frees the quantizati
 wholly before its window once no later query can see them, so it holds at most the window plus
 what its groups need; the codes it keeps are the ones a full cache would hold (the evaluator's).
 ``sliding_layers="full_precision"`` keeps those layers unquantized (still bounded).
+
+A decode step never makes the host wait for the device (docs/adr/0006): the checks of the tokens it
+quantizes and of its mask set bits of the cache's ``step_flags.StepFlags``, which :meth:`HeadQCache.check`
+reads; the cache also reads them at every prefill and, unless built with ``check_steps=False`` (for
+CUDA graphs), once per decode step at its first layer, raising for what earlier steps recorded.
 """
 
 from __future__ import annotations
 
-import logging
 import math
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from typing import Any
+from typing import Any, cast
 
 import torch
 from transformers.cache_utils import Cache, DynamicLayer
@@ -44,8 +48,7 @@ from headq_core.runtime.kernels import Backend, decode_attention
 from headq_core.runtime.kernels.layout import decode_covers, from_packed
 from headq_core.runtime.layer_types import check_windows, layer_type, layer_windows
 from headq_core.runtime.sides import PolicySide, Side
-
-log = logging.getLogger(__name__)
+from headq_core.runtime.step_flags import StepFlags, prefix_start
 
 
 def make_side(cfg: QuantConfig | None) -> Side:
@@ -65,8 +68,10 @@ class HeadQCacheLayer(DynamicLayer):
     then returns only the new token and :meth:`attend` runs the kernel. ``kernel`` (class default
     ``"auto"``) is ``"off"`` to always dequantize, ``"triton"`` to take that path on any device
     (tests, with ``TRITON_INTERPRET=1`` on the CPU), or ``"reference"`` for the pure-torch kernel.
-    A window start or a logit softcap, which the Triton kernel does not take yet, goes to the
-    reference kernel (logged once per cache through ``notes``).
+
+    Single-token updates record their checks in ``flags`` (shared by a cache's layers); with
+    ``check_steps`` each such update first raises for what earlier ones recorded (one host sync;
+    :class:`HeadQCache` asks it of its first layer only), every multi-token update does.
     """
 
     kernel = "auto"
@@ -79,7 +84,8 @@ class HeadQCacheLayer(DynamicLayer):
         basis: torch.Tensor | None = None,
         value_policy: ValuePolicyConfig | None = None,
         window: int | None = None,
-        notes: set[str] | None = None,
+        flags: StepFlags | None = None,
+        check_steps: bool = True,
     ) -> None:
         super().__init__()
         if value_policy is not None and value is None:
@@ -98,7 +104,8 @@ class HeadQCacheLayer(DynamicLayer):
         self.window, self.is_sliding = window, window is not None
         # tokens are freed a whole group of every quantized side at a time
         self.unit = math.lcm(*(1 if c is None else c.seq_group for c in (key, value)))
-        self.notes = set() if notes is None else notes  # fallback reasons already logged
+        self.flags, self.check_steps = StepFlags() if flags is None else flags, check_steps
+        self.key_side.flags = self.value_side.flags = self.flags
         self.attached = False
         self.kernel_step = False  # this step's attention reads the packed cache with the kernel
 
@@ -124,6 +131,11 @@ class HeadQCacheLayer(DynamicLayer):
         the tokens from :attr:`first` on)."""
         if not self.is_initialized:
             self.lazy_initialization(key_states, value_states)
+        self.flags.on(key_states.device)  # made at the first update, never inside a captured step
+        if self.check_steps or key_states.shape[-2] > 1:
+            self.check()
+        if self.basis is not None and self.basis.device != key_states.device:
+            self.basis = self.basis.to(key_states.device)  # once: a copy each step would sync
         if isinstance(self.value_side, PolicySide) and not self.attached:
             raise ValueError(
                 "value_policy: run the model inside `with cache.attached(model):` so the cache "
@@ -184,44 +196,35 @@ class HeadQCacheLayer(DynamicLayer):
             values = torch.cat([values[..., :-q_len, :], call.value[..., -q_len:, :]], dim=-2)
         return call.read(probs, values.to(probs.dtype)).to(call.query.dtype)
 
-    def _note(self, reason: str) -> None:
-        """Log ``reason`` once per cache (the layers of one cache share ``notes``)."""
-        if reason not in self.notes:
-            self.notes.add(reason)
-            log.warning("HeadQCache: the Triton decode kernel does not take %s yet; those steps "
-                        "read the packed cache with the pure-torch reference kernel", reason)
-
-    def _backend(self, call: AttentionCall, start: int) -> Backend:
-        """The kernel backend of a decode step: the reference for what Triton does not take yet."""
-        if self.kernel == "reference":
-            return "reference"
-        reasons = [name for name, hit in (("a logit softcap", call.softcap is not None),
-                                          ("a sliding-window start", start > 0)) if hit]
-        for reason in reasons:
-            self._note(reason)
-        if reasons:
-            return "reference"
-        return "triton" if self.kernel == "triton" else "auto"
+    def _start(self, call: AttentionCall) -> int | torch.Tensor:
+        """First visible held token of this decode step: per batch row (int64 [B], on the device)
+        from the mask; without one, from the sliding window (an int)."""
+        if call.mask is not None:
+            start = prefix_start(call.allowed()[..., -1, :], self.flags.on(call.query.device))
+            return start.expand(call.query.shape[0]).contiguous()
+        return 0 if self.window is None else max(0, self.get_seq_length() - self.window - self.first)
 
     def _kernel_attention(self, call: AttentionCall) -> torch.Tensor:
         """This decode step's attention [B, Hq, 1, d] by ``kernels.decode_attention`` over the packed
-        cache, from the window start the mask gives; dense over the dequantized cache when the mask
-        hides other tokens (padding) or the values lag the keys."""
+        cache from each row's start (:meth:`_start`); dense over the dequantized cache when the values
+        lag the keys."""
         keys, values = self.key_side, self.value_side
         sign = self.headq.sign if self.headq is not None else 1
-        start = _window_start(call)
-        if start is None or values.n_quant < keys.n_quant:
+        if values.n_quant < keys.n_quant:
             k_all, v_all = keys.read(self.basis, sign, call.query), values.read(None, 1, call.query)
             return fused_attention(call, k_all, v_all)
         if keys.packed is None:  # nothing quantized yet (values may be: dequantize those)
             enc, k_res, v_res = None, keys.tail, values.read(None, 1, call.query)
         else:
             enc, k_res, v_res = from_packed(keys.whole(), values.whole(), keys.side)
-        if self.basis is not None and self.basis.device != call.query.device:
-            self.basis = self.basis.to(call.query.device)
         return decode_attention(call.query, enc, k_res, v_res.to(call.query.dtype), basis=self.basis,
-                                scale=call.scaling, sign=sign, backend=self._backend(call, start),
-                                start=start, softcap=call.softcap)
+                                scale=call.scaling, sign=sign, backend=cast(Backend, self.kernel),
+                                start=self._start(call), softcap=call.softcap)
+
+    def check(self) -> None:
+        """Raise ValueError for what the decode steps of this layer (of its cache) recorded, as the
+        eager checks would have (one host sync per device)."""
+        self.flags.check()
 
     def get_seq_length(self) -> int:
         """Tokens seen (freed ones included), as transformers' sliding layers count them."""
@@ -231,24 +234,13 @@ class HeadQCacheLayer(DynamicLayer):
         return self.key_side.nbytes() + self.value_side.nbytes()
 
 
-def _window_start(call: AttentionCall) -> int | None:
-    """How many leading held tokens the decode step's mask hides when it hides exactly a prefix,
-    the same for every row (a sliding window); None for any other pattern (padding)."""
-    if call.mask is None:
-        return 0
-    allowed = call.allowed()[..., -1, :]  # [B, 1 or Hq, kv]
-    hidden = (~allowed).sum(-1)
-    start = int(hidden.flatten()[0])
-    if not bool((hidden == start).all()) or not bool(allowed[..., start:].all()):
-        return None
-    return start
-
-
 class HeadQCache(Cache):
     """Quantized cache for all layers; ``basis`` [layers, kv_heads, d, >= rank] (e.g. a
     calibration's) is needed for HeadQ with the ``query_pca`` basis. The model's ``config`` (or
     ``windows``, one per layer: the sliding window or None) tells which layers slide;
-    ``sliding_layers`` quantizes those as the others or keeps them in full precision."""
+    ``sliding_layers`` quantizes those as the others or keeps them in full precision.
+    ``check_steps=False``: decode steps never read the flags (no host sync, for CUDA graphs); only
+    :meth:`check` and prefills raise for them."""
 
     def __init__(
         self,
@@ -262,6 +254,7 @@ class HeadQCache(Cache):
         config: Any = None,
         windows: Sequence[int | None] | None = None,
         sliding_layers: str = "quantize",
+        check_steps: bool = True,
     ) -> None:
         if headq is not None and basis is None:
             raise ValueError("basis: HeadQ needs the per-layer basis [layers, kv_heads, d, rank]")
@@ -273,7 +266,7 @@ class HeadQCache(Cache):
         found = layer_windows(config) if config is not None else windows
         self.windows = check_windows([None] * num_layers if found is None else found, num_layers)
         self.sliding_layers = sliding_layers
-        self.notes: set[str] = set()
+        self.flags, self.check_steps = StepFlags(), check_steps
         layers = [self._layer(i, key, value, headq, basis, value_policy) for i in range(num_layers)]
         super().__init__(layers=list(layers))
         self.quant_layers = layers  # the same objects, typed
@@ -281,10 +274,12 @@ class HeadQCache(Cache):
     def _layer(self, i: int, key: QuantConfig | None, value: QuantConfig | None, headq: HeadQConfig | None,
                basis: torch.Tensor | None, value_policy: ValuePolicyConfig | None) -> HeadQCacheLayer:
         window = self.windows[i]
+        checks = self.check_steps and i == 0
         if window is not None and self.sliding_layers == "full_precision":
-            return HeadQCacheLayer(None, None, window=window, notes=self.notes)
+            return HeadQCacheLayer(None, None, window=window, flags=self.flags, check_steps=checks)
         layer_basis = None if basis is None or headq is None else basis[i, ..., : headq.rank].float()
-        return HeadQCacheLayer(key, value, headq, layer_basis, value_policy, window=window, notes=self.notes)
+        return HeadQCacheLayer(key, value, headq, layer_basis, value_policy, window=window, flags=self.flags,
+                               check_steps=checks)
 
     @classmethod
     def from_run(cls, run: RunSpec, calibration: BasisSource | None, info: ModelInfo,
@@ -308,6 +303,11 @@ class HeadQCache(Cache):
                 for layer in range(info.layers)])
         return cls(info.layers, run.key, run.value, run.headq, basis, run.value_policy, config=config,
                    sliding_layers=run.sliding_layers or "quantize")
+
+    def check(self) -> None:
+        """Raise ValueError for what the decode steps recorded since the last check (module
+        docstring): the message the eager check raises, naming the field."""
+        self.flags.check()
 
     def nbytes(self) -> int:
         """Bytes held by all layers (packed codes, scales, side codes, residual tails)."""

@@ -5,6 +5,8 @@ tokens the decode rule (``schedule.quantized_count``) has quantized, plus the fu
 residual tail; with HeadQ also the side codes ``c_j = U^T (k_j - k^_j)`` (``headq.encode_side``).
 A sliding-window layer frees its oldest tokens with :meth:`Side.drop` (whole quantization groups,
 so the codes that stay are the ones a full cache would hold); ``first`` counts the freed tokens.
+A single-token append (a decode step) records its checks in the layer's ``step_flags.StepFlags``
+instead of raising, so it never makes the host wait for the device.
 :class:`PolicySide` holds values under the online A² policy (``values.OnlineA2``).
 """
 
@@ -19,6 +21,7 @@ from headq_core.method.headq import SideCode, correction_keys, decode_side, enco
 from headq_core.method.quant import Packed, dequantize, quantize
 from headq_core.method.schedule import quantized_count
 from headq_core.method.values import OnlineA2
+from headq_core.runtime.step_flags import StepFlags
 
 
 class Side:
@@ -30,6 +33,7 @@ class Side:
         self.side: SideCode | None = None
         self.tail: torch.Tensor | None = None
         self.first = 0  # tokens freed from the front (sliding-window layers)
+        self.flags: StepFlags | None = None  # set by the layer: where decode steps record their checks
 
     @property
     def n_quant(self) -> int:
@@ -63,17 +67,19 @@ class Side:
         self.packed = _drop_packed(self.packed, count)  # type: ignore[arg-type]
 
     def append(self, x: torch.Tensor, basis: torch.Tensor | None, headq: HeadQConfig | None) -> None:
-        """Add tokens x [B, H, s, d]; quantize those the decode rule now wants quantized."""
+        """Add tokens x [B, H, s, d]; quantize those the decode rule now wants quantized (checked at
+        once, or for a single token in :attr:`flags`)."""
         self.tail = x if self.tail is None else torch.cat([self.tail, x], dim=-2)
         move = quantized_count(self.total, self.cfg) - self.first - self.n_quant
         if move <= 0:
             return
+        flags = None if self.flags is None or x.shape[-2] > 1 else self.flags.on(x.device)
         leaving, self.tail = self.tail[..., :move, :], self.tail[..., move:, :]
-        new = quantize(leaving.float(), self.cfg, n_quant=move)  # type: ignore[arg-type]
+        new = quantize(leaving.float(), self.cfg, n_quant=move, flags=flags)  # type: ignore[arg-type]
         if basis is not None and headq is not None:
             residual = leaving.float() - dequantize(new)
-            side = encode_side(residual, basis.to(residual.device), headq.side_bits,
-                               scale=headq.side_scale, group_size=self.cfg.group_size)  # type: ignore[union-attr]
+            side = encode_side(residual, basis.to(residual.device), headq.side_bits, scale=headq.side_scale,
+                               group_size=self.cfg.group_size, flags=flags)  # type: ignore[union-attr]
             self.side = side if self.side is None else cat_side(self.side, side)
         self.packed = new if self.packed is None else _cat_packed(self.packed, new)
 

@@ -103,3 +103,119 @@ def test_ptx_and_float_unpacking_agree_gpu():
     for ptx in (True, False):
         got = decode_attention_triton(q, enc, kr, vr, u, 128 ** -0.5, 1, block=128, ptx=ptx).cpu()
         assert _rel(got, ref) < 1e-2, ptx
+
+
+def _decoding_gpu(family: str = "llama", **overrides):
+    """A tiny random bf16 model on the GPU (head_dim 32, 2 KV heads) and a maker of HeadQCaches for
+    it: 2-bit K/V in groups of 32 with a residual of 32, HeadQ rank 8 (8-bit side codes), the
+    kernel path of ``attached`` (``kernel="auto"``: Triton), no check in decode steps."""
+    from headq_core.config import HeadQConfig, QuantConfig
+    from headq_core.runtime.cache import HeadQCache
+    from headq_core.runtime.layer_types import layer_windows
+    from tests.models.tiny import build
+
+    model = build(family, head_dim=32, **overrides).to("cuda", torch.bfloat16)
+    layers = model.config.num_hidden_layers
+    basis = torch.linalg.qr(torch.randn(layers, 2, 32, 8, generator=torch.Generator().manual_seed(0)))[0]
+    key = QuantConfig(bits=2, axis="per_channel", group_size=32, residual=32)
+    value = QuantConfig(bits=2, axis="per_token", group_size=32, residual=32)
+
+    def make(kernel: str = "auto") -> HeadQCache:
+        cache = HeadQCache(layers, key, value, HeadQConfig(rank=8, side_bits=8), basis,
+                           windows=layer_windows(model.config), check_steps=False)
+        for layer in cache.quant_layers:
+            layer.kernel = kernel
+        return cache
+
+    return model, make
+
+
+def _step_gpu(model, cache, ids, mask, t):
+    """Logits [B, vocab] of decoding token ``t`` of ids [B, n] (``mask`` [B, n]: left padding)."""
+    from headq_core.models.calls import cache_kwargs
+
+    positions = (mask.cumsum(-1) - 1).clamp(min=0)
+    out = model(ids[:, t : t + 1], attention_mask=mask[:, : t + 1], position_ids=positions[:, t : t + 1],
+                use_cache=True, **cache_kwargs(model, cache))
+    return out.logits[:, -1]
+
+
+def _prefill_gpu(model, cache, ids, mask, n):
+    from headq_core.models.calls import cache_kwargs
+
+    positions = (mask.cumsum(-1) - 1).clamp(min=0)
+    model(ids[:, :n], attention_mask=mask[:, :n], position_ids=positions[:, :n], use_cache=True,
+          **cache_kwargs(model, cache))
+
+
+def _batch_gpu(n: int, pad: int):
+    """Token ids [2, n] and the attention mask of the second row left-padded by ``pad`` tokens."""
+    ids = torch.randint(3, 90, (2, n), generator=torch.Generator().manual_seed(1)).cuda()
+    mask = torch.ones(2, n, dtype=torch.long, device="cuda")
+    mask[1, :pad] = 0
+    return ids, mask
+
+
+@pytest.mark.parametrize("family,overrides", [("llama", {}), ("mistral", {"sliding_window": 48})])
+def test_cache_decode_steps_never_sync_gpu(family, overrides):
+    """60 decode steps of an attached HeadQCache (keys quantized at two group boundaries, per-row
+    starts of a left-padded batch, a sliding window's) under ``set_sync_debug_mode("error")``; their
+    logits are those of the dequantizing path, and ``check()`` finds nothing."""
+    model, make = _decoding_gpu(family, **overrides)
+    ids, mask = _batch_gpu(102, 5)
+    logits = {}
+    for kernel in ("auto", "off"):
+        cache = make(kernel)
+        with torch.no_grad(), cache.attached(model):
+            _prefill_gpu(model, cache, ids, mask, 40)
+            _step_gpu(model, cache, ids, mask, 40)  # compiles the kernels
+            torch.cuda.synchronize()
+            torch.cuda.set_sync_debug_mode("error" if kernel == "auto" else "default")
+            try:
+                logits[kernel] = [_step_gpu(model, cache, ids, mask, t) for t in range(41, 101)]
+            finally:
+                torch.cuda.set_sync_debug_mode("default")
+        cache.check()
+        layer = cache.quant_layers[0]  # a sliding layer has freed the groups before its window
+        assert layer.key_side.n_quant >= 32 and (layer.first > 0) == bool(overrides)
+    for got, want in zip(logits["auto"], logits["off"], strict=True):
+        assert torch.isfinite(got).all() and _rel(got, want) < 2e-2
+
+
+def test_cache_decode_step_replays_in_a_cuda_graph_gpu():
+    """A decode step captured in a CUDA graph (after warm-up steps on a side stream, as PyTorch's
+    CUDA graph notes say) replays to the logits, and the grown cache, of the same step run eagerly
+    on an identical cache."""
+    model, make = _decoding_gpu()
+    ids, mask = _batch_gpu(80, 3)
+    eager, graphed = make(), make()
+
+    def step(cache, t):
+        with cache.attached(model):
+            return _step_gpu(model, cache, ids, mask, t)
+
+    with torch.no_grad():
+        for cache in (eager, graphed):
+            with cache.attached(model):
+                _prefill_gpu(model, cache, ids, mask, 70)
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):
+            for t in range(70, 73):
+                for cache in (eager, graphed):
+                    step(cache, t)
+        torch.cuda.current_stream().wait_stream(side)
+        want = step(eager, 73)
+        # the graph reads the cache as it is now: keep those tensors alive until it has replayed
+        inputs = [(s.tail, s.packed, s.side) for layer in graphed.quant_layers
+                  for s in (layer.key_side, layer.value_side)]
+        graph = torch.cuda.CUDAGraph()
+        with graphed.attached(model), torch.cuda.graph(graph):
+            got = _step_gpu(model, graphed, ids, mask, 73)
+        graph.replay()
+        torch.cuda.synchronize()
+        del inputs
+    assert _rel(got, want) < 1e-2
+    for a, b in zip(eager.quant_layers, graphed.quant_layers, strict=True):
+        assert torch.equal(a.value_side.packed.codes, b.value_side.packed.codes)
+        assert torch.equal(a.key_side.tail, b.key_side.tail)

@@ -151,18 +151,24 @@ def test_cache_decode_steps_read_the_packed_cache_with_the_kernel():
             out[mode] = layer.attend(call)
         assert layers["triton"].value_side.n_quant > layers["triton"].key_side.n_quant > 0
         assert torch.allclose(out["triton"].float(), out["off"].float(), atol=2e-2, rtol=2e-2)
-    # a mask that hides a token (padding, sliding window) sends the step to the dense path
+    # a mask that hides a leading prefix (left padding): the kernel reads from the row's start
     n = layers["off"].get_seq_length() + 1
-    mask = torch.zeros(1, 1, 1, n)
-    mask[..., 3] = torch.finfo(torch.float32).min
-    k1, v1 = random_kv(1, 2, 1, 32, gen, torch.bfloat16)
-    q = torch.randn(1, 4, 1, 32, generator=gen).bfloat16()
-    out = {}
-    for mode, layer in layers.items():
-        keys, values = layer.update(k1, v1)
-        out[mode] = layer.attend(AttentionCall(layer=0, query=q, key=keys, value=values, mask=mask,
-                                               scaling=32 ** -0.5))
-    assert torch.equal(out["triton"], out["off"])
+    for hidden, ok in ((slice(0, 3), True), (slice(3, 4), False)):
+        mask = torch.zeros(1, 1, 1, n)
+        mask[..., hidden] = torch.finfo(torch.float32).min
+        k1, v1 = random_kv(1, 2, 1, 32, gen, torch.bfloat16)
+        q = torch.randn(1, 4, 1, 32, generator=gen).bfloat16()
+        out = {}
+        for mode, layer in layers.items():
+            keys, values = layer.update(k1, v1)
+            out[mode] = layer.attend(AttentionCall(layer=0, query=q, key=keys, value=values, mask=mask,
+                                                   scaling=32 ** -0.5))
+        n += 1
+        if ok:
+            assert torch.allclose(out["triton"].float(), out["off"].float(), atol=2e-2, rtol=2e-2)
+        else:  # a hole in the middle is no per-row start: recorded, raised by the next check
+            with pytest.raises(ValueError, match="^mask:"):
+                layers["triton"].check()
 
 
 def test_combine_merges_many_splits_in_chunks():

@@ -5,8 +5,6 @@ Triton kernel cannot take a step."""
 
 from __future__ import annotations
 
-import logging
-
 import pytest
 import torch
 
@@ -65,11 +63,10 @@ def _sliding_mask(n: int, window: int, first: int) -> torch.Tensor:
 
 
 @pytest.mark.parametrize("softcap", [None, 1.5])
-def test_sliding_layer_reads_the_packed_codes_as_its_dense_path(softcap, caplog):
-    """Two caches of the same sliding layers: ``kernel="reference"`` (packed codes from the window
-    start) and ``"off"`` (dense over the dequantized cache) attend alike step after step while groups
-    are freed; a third, ``"triton"``, cannot take a window start or softcap, so it logs each reason
-    once for the whole cache and reads the reference kernel."""
+def test_sliding_layer_reads_the_packed_codes_as_its_dense_path(softcap):
+    """Three caches of the same sliding layers: ``kernel="reference"`` and ``"triton"`` (the
+    interpreted kernel; packed codes from the window start, capped logits) and ``"off"`` (dense over
+    the dequantized cache) attend alike step after step while groups are freed."""
     pytest.importorskip("triton")  # the gpu extra; tests/conftest.py interprets it without a GPU
     gen = torch.Generator().manual_seed(3)
     window, d = 10, 16
@@ -85,7 +82,6 @@ def test_sliding_layer_reads_the_packed_codes_as_its_dense_path(softcap, caplog)
     for cache in caches.values():
         for layer in cache.quant_layers:
             layer.update(k, v)  # prefill: returns all 30, then frees what no later query sees
-    caplog.set_level(logging.WARNING, logger="headq_core.runtime.cache")
     for _ in range(12):
         k1, v1 = random_kv(1, 2, 1, d, gen)
         q = torch.randn(1, 4, 1, d, generator=gen)
@@ -100,11 +96,6 @@ def test_sliding_layer_reads_the_packed_codes_as_its_dense_path(softcap, caplog)
                 out[(mode, i)] = layer.attend(call)
         layer = caches["reference"].quant_layers[0]
         assert layer.first > 0 and layer.get_seq_length() - layer.first <= window - 1 + 7 + 4
-        hidden = bool((mask < 0).any())  # at some steps the window starts on a group boundary
-        tol = 0 if hidden or softcap is not None else 2e-2  # else the (interpreted) Triton kernel runs
         for i in range(2):
             torch.testing.assert_close(out[("reference", i)], out[("off", i)], rtol=1e-5, atol=1e-5)
-            torch.testing.assert_close(out[("triton", i)], out[("reference", i)], rtol=tol, atol=tol)
-    reasons = [r.getMessage() for r in caplog.records]
-    assert sum("sliding-window start" in r for r in reasons) == 1
-    assert sum("softcap" in r for r in reasons) == (softcap is not None)
+            torch.testing.assert_close(out[("triton", i)], out[("reference", i)], rtol=2e-2, atol=2e-2)
