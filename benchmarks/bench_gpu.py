@@ -48,6 +48,7 @@ SPLITS = ((2, 0), (4, 0), (8, 0), (16, 0), (8, 32), (16, 32))  # (programs per S
 TUNE = tuple((*c, *sp) for c in COMPILED for sp in SPLITS)
 TUNE_SHAPES = ((1, 4096), (1, 32768), (8, 32768))
 KEY4, VALUE4 = replace(KEY, bits=4), replace(VALUE, bits=4)
+ENCODE_SWEEP = ((1, 1), (2, 1), (4, 1), (8, 1), (4, 2), (8, 2), (16, 2), (8, 4), (16, 4))  # (groups, warps)
 
 
 def variant(ptx: bool, blk: int, warps: int, maxnreg: int, merge: str) -> str:
@@ -162,15 +163,28 @@ def decode_row(batch: int, ctx: int, device: str, copy_gbs: float, cap_gib: floa
 
 
 def encode_row(batch: int, n_tok: int, device: str, copy_gbs: float) -> dict:
-    """Encode throughput: bytes read (bf16 K, V) plus bytes written (the encoding) per second."""
+    """Encode throughput: bytes read (bf16 K, V) plus bytes written (the encoding) per second, of
+    ``encode`` (its default launch) and on GPU of each (key groups per program, warps) launch."""
+    from headq_core.runtime.kernels.triton_encode import encode_triton
+
     n = 4 if device == "cuda" else 1
     ks = [torch.randn(batch, HKV, n_tok, D, device=device).bfloat16() for _ in range(n)]
     vs = [torch.randn(batch, HKV, n_tok, D, device=device).bfloat16() for _ in range(n)]
     u = torch.linalg.qr(torch.randn(HKV, D, HEADQ.rank, device=device))[0]
-    ms = median_ms(lambda: [encode(ks[i], vs[i], KEY, VALUE, basis=u) for i in range(n)], device) / n
     moved = nbytes(ks[0], vs[0]) + encode(ks[0], vs[0], KEY, VALUE, basis=u).nbytes()
-    return {"batch": batch, "tokens": n_tok, "ms": ms, "GBps": moved / ms / 1e6,
-            "fraction_of_copy": moved / ms / 1e6 / copy_gbs}  # fmt: skip
+    ms = median_ms(lambda: [encode(ks[i], vs[i], KEY, VALUE, basis=u) for i in range(n)], device) / n
+    row = {"batch": batch, "tokens": n_tok, "ms": ms, "GBps": moved / ms / 1e6,
+           "fraction_of_copy": moved / ms / 1e6 / copy_gbs, "sweep_ms": {}}  # fmt: skip
+    for gpp, warps in ENCODE_SWEEP if device == "cuda" else ():
+        def run(gpp=gpp, warps=warps):
+            for i in range(n):
+                encode_triton(ks[i], vs[i], 2, 32, 2, 32, u, 8, groups_per_program=gpp, num_warps=warps)
+
+        try:
+            row["sweep_ms"][f"groups{gpp}_warps{warps}"] = median_ms(run, device) / n
+        except Exception as exc:  # noqa: BLE001 - a launch that does not fit is reported
+            row["sweep_ms"][f"groups{gpp}_warps{warps}"] = f"{type(exc).__name__}"[:80]
+    return row
 
 
 def check_row(device: str, ctx: int = 8192 + 100) -> dict:
@@ -240,9 +254,10 @@ def tune_row(batch: int, ctx: int, device: str, cap_gib: float, skip: list[str])
             row["ms"][name] = None
             row.setdefault("errors", []).append(f"{name}: {type(exc).__name__}")
     k, v = lay.k[0][:, :, : lay.n_q].contiguous(), lay.v[0][:, :, : lay.n_q].contiguous()
-    for warps in (2, 4, 8) if ctx >= 32768 else ():
-        ms = median_ms(lambda w=warps: encode_triton(k, v, 2, 32, 2, 32, lay.u[0], 8, num_warps=w), device)
-        row["ms"][f"encode_warps{warps}"] = ms
+    for gpp, warps in ENCODE_SWEEP if ctx >= 32768 else ():
+        fn = lambda g=gpp, w=warps: encode_triton(k, v, 2, 32, 2, 32, lay.u[0], 8,  # noqa: E731
+                                                  groups_per_program=g, num_warps=w)
+        row["ms"][f"encode_groups{gpp}_warps{warps}"] = median_ms(fn, device)
     return row
 
 
@@ -297,7 +312,7 @@ def show(section: str, r: dict) -> None:
                   f"us, headq {e['headq_ms'] * us:.1f} us, time ratio {e['time_ratio']:.2f}")  # fmt: skip
     else:  # encode, tune, model, memory: the row's numbers
         vals = {k: v for k, v in r.items() if not isinstance(v, dict | list)}
-        for part in ("ms", "decode_rel_err"):
+        for part in ("ms", "decode_rel_err", "sweep_ms"):
             vals |= r[part] if isinstance(r.get(part), dict) else {}
         vals |= {"failed": r["failed"]} if r.get("failed") else {}
         cells = (f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in vals.items())
