@@ -334,7 +334,9 @@ def main() -> None:
     decode_shapes = [(1, 4096), (1, 32768), (8, 32768), (16, 131072)] if gpu else [(1, 1024), (1, 4096)]
     copy_gbs = copy_bandwidth(dev)
     now = datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")
-    res = {"command": " ".join(sys.argv), "date": now,
+    from testkit.provenance import commit
+
+    res = {"command": " ".join(sys.argv), "date": now, "commit": commit(),
            "device": torch.cuda.get_device_name() if gpu else platform.processor() or platform.machine(),
            "torch": torch.__version__, "copy_GBps": copy_gbs,
            "config": {"key": str(KEY), "value": str(VALUE), "headq": str(HEADQ), "q_heads": HQ,

@@ -13,7 +13,10 @@ from pathlib import Path
 
 
 def commit() -> str:
-    """The commit checked out where this repository lies, ``$HEADQ_COMMIT``, or "unknown"."""
+    """``$HEADQ_COMMIT`` when set (a copied tree's own ``.git`` may be stale: the GPU machine's was),
+    else the commit checked out where this repository lies, or "unknown"."""
+    if os.environ.get("HEADQ_COMMIT"):
+        return os.environ["HEADQ_COMMIT"]
     try:
         found = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=False,
                                cwd=Path(__file__).resolve().parents[1])
@@ -21,7 +24,7 @@ def commit() -> str:
             return found.stdout.strip()
     except OSError:
         pass
-    return os.environ.get("HEADQ_COMMIT", "unknown")
+    return "unknown"
 
 
 def provenance() -> dict[str, str]:
