@@ -48,7 +48,7 @@ from headq_core.runtime.kernels import Backend, decode_attention
 from headq_core.runtime.kernels.layout import decode_covers, from_packed
 from headq_core.runtime.layer_types import check_windows, layer_type, layer_windows
 from headq_core.runtime.sides import PolicySide, Side
-from headq_core.runtime.step_flags import StepFlags, prefix_start
+from headq_core.runtime.step_flags import StepFlags
 
 
 def make_side(cfg: QuantConfig | None) -> Side:
@@ -197,11 +197,11 @@ class HeadQCacheLayer(DynamicLayer):
         return call.read(probs, values.to(probs.dtype)).to(call.query.dtype)
 
     def _start(self, call: AttentionCall) -> int | torch.Tensor:
-        """First visible held token of this decode step: per batch row (int64 [B], on the device)
-        from the mask; without one, from the sliding window (an int)."""
+        """First visible held token of this decode step: per batch row (int32 [B], on the device)
+        from the mask (shared with the step's other layers that get the same mask); without one,
+        from the sliding window (an int)."""
         if call.mask is not None:
-            start = prefix_start(call.allowed()[..., -1, :], self.flags.on(call.query.device))
-            return start.expand(call.query.shape[0]).contiguous()
+            return self.flags.row_starts(call.mask, lambda: call.allowed()[..., -1, :], call.query.shape[0])
         return 0 if self.window is None else max(0, self.get_seq_length() - self.window - self.first)
 
     def _kernel_attention(self, call: AttentionCall) -> torch.Tensor:

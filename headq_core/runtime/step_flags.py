@@ -9,6 +9,8 @@ kernel reads as one start per batch row) set bits of one int32 field per device 
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 
 from headq_core.method.headq import RESIDUAL_NON_FINITE, SIDE_FP16_RANGE
@@ -21,10 +23,26 @@ FLAGS = (X_NON_FINITE, X_FP16_RANGE, RESIDUAL_NON_FINITE, SIDE_FP16_RANGE, MASK_
 
 
 class StepFlags:
-    """The bits decode steps set, one int32 [] per device (a cache's layers share one)."""
+    """The bits decode steps set, one int32 [] per device (a cache's layers share one), and the
+    per-row starts of the last decode mask read (the layers of one step share their mask)."""
 
     def __init__(self) -> None:
         self.fields: dict[torch.device, torch.Tensor] = {}
+        self._starts: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}  # id(mask): (mask, starts)
+
+    def row_starts(self, mask: torch.Tensor, allowed: Callable[[], torch.Tensor], batch: int) -> torch.Tensor:
+        """First visible token int32 [B] of each batch row of a decode step's ``mask``
+        (:func:`prefix_start` of ``allowed()`` bool [B, 1 or Hq, kv]), computed once per mask tensor:
+        a step's layers of one type get the same mask, so only the first reads it (fewer kernels in
+        every step, and in a captured graph). Keeps the masks of the last few reads (one per layer
+        type), holding them so that an id is never reused while remembered."""
+        seen = self._starts.get(id(mask))
+        if seen is None or seen[0] is not mask:
+            if len(self._starts) >= 4:
+                self._starts.clear()
+            lead = prefix_start(allowed(), self.on(mask.device))
+            seen = self._starts[id(mask)] = (mask, lead.to(torch.int32).expand(batch).contiguous())
+        return seen[1]
 
     def on(self, device: torch.device) -> torch.Tensor:
         """The field on ``device``, zero until a check fails there."""

@@ -307,3 +307,26 @@ def test_without_a_mask_a_sliding_layer_reads_from_its_window():
         call = AttentionCall(layer=0, query=q, key=keys, value=values, mask=None, scaling=0.3)
         torch.testing.assert_close(layers[1].attend(call), masked, rtol=0, atol=0)
     assert layers[1].first > 0
+
+
+class OpCount(TorchDispatchMode):
+    """Counts the calls of one aten op."""
+
+    def __init__(self, op) -> None:
+        super().__init__()
+        self.op, self.count = op, 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.count += func is self.op
+        return func(*args, **(kwargs or {}))
+
+
+def test_the_layers_of_a_step_read_their_shared_mask_once():
+    """Both layers of a Llama get the same decode mask, so its per-row starts are computed once per
+    step (one ``cumprod``), not once per layer."""
+    model = build("llama")
+    ids = torch.randint(3, 90, (2, 14), generator=torch.Generator().manual_seed(2))
+    cache = _cache(model, "reference", HQ, check_steps=False)
+    counter = OpCount(aten.cumprod.default)
+    _decode(model, cache, ids, [0, 2], 4, counter)
+    assert model.config.num_hidden_layers == 2 and counter.count == 4
