@@ -322,7 +322,7 @@ def decode_attention_triton(q: torch.Tensor, enc: EncodedKV | None, k_res: torch
     under ``TRITON_INTERPRET=1``), else with float32 arithmetic (:func:`unpack`); ``maxnreg`` caps the
     registers per thread (more programs per multiprocessor). ``start``: first visible token (int, or
     int tensor [B] per row); ``softcap``: logit soft-capping. ``merge``: ``"launch"`` (a second
-    kernel merges the splits; the default: 3-5% faster on the H100, docs/benchmarks.md) or
+    kernel merges the splits; the default: 1-6% faster on the H100, docs/benchmarks.md) or
     ``"fused"`` (the last program of each (batch, KV head) merges them, one launch)."""
     if ptx is None:
         ptx = q.is_cuda and os.environ.get("TRITON_INTERPRET", "0") != "1"
