@@ -20,7 +20,6 @@ a ``flags`` tensor (a decode step of the cache), sets their bits there (``quant.
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -28,7 +27,7 @@ import torch
 
 from headq_core.config import SIDE_BITS, HeadQConfig
 from headq_core.method.packing import pack_bits, unpack_bits
-from headq_core.method.quant import FP16_MAX, Flag, check_finite, pack_in_range
+from headq_core.method.quant import FP16_MAX, Flag, check_finite
 
 # the bits of encode_side's checks in a flags tensor (quant's take 1 and 2)
 RESIDUAL_NON_FINITE = Flag(4, "residual: contains NaN or inf")
@@ -181,14 +180,15 @@ class SideCode:
         return self._group_part(1)
 
 
-def _encode_token(c: torch.Tensor, bits: int, pack: Callable[[torch.Tensor, int], torch.Tensor]) -> SideCode:
-    """Symmetric per-token codes of c [B, Hkv, S, r], packed below 8 bits by ``pack``."""
+def _encode_token(c: torch.Tensor, bits: int, check: bool) -> SideCode:
+    """Symmetric per-token codes of c [B, Hkv, S, r], packed below 8 bits (``check``: the packing's
+    range check, a host sync; the codes are clamped here)."""
     qmax = (1 << (bits - 1)) - 1
     scale = (c.abs().amax(-1) / qmax).half()
     scale = torch.where(scale == 0, torch.ones_like(scale), scale)
     codes = torch.round(c / scale.float().unsqueeze(-1)).clamp_(-qmax, qmax).to(torch.int8)
     if bits < 8:
-        codes = pack((codes.to(torch.int16) & ((1 << bits) - 1)).to(torch.uint8), bits)
+        codes = pack_bits((codes.to(torch.int16) & ((1 << bits) - 1)).to(torch.uint8), bits, check=check)
     return SideCode(codes=codes, scale=scale, bits=bits, rank=c.shape[-1])
 
 
@@ -206,8 +206,8 @@ def _encode_group(c: torch.Tensor, bits: int, group_size: int, flags: torch.Tens
     codes = torch.round((cg - offset.float().unsqueeze(-2)) / step.float().unsqueeze(-2))
     codes = codes.clamp_(0, levels).to(torch.uint8).reshape(b, h, s, r)
     scale = torch.stack([step, offset], dim=2).transpose(-1, -2).contiguous()  # [B, Hkv, 2, r, S/G]
-    pack = pack_bits if flags is None else pack_in_range
-    return SideCode(codes=pack(codes, bits), scale=scale, bits=bits, rank=r, group_size=group_size)
+    return SideCode(codes=pack_bits(codes, bits, check=flags is None), scale=scale, bits=bits, rank=r,
+                    group_size=group_size)
 
 
 def encode_side(residual: torch.Tensor, basis: torch.Tensor, bits: int, *, scale: str = "token",
@@ -228,7 +228,7 @@ def encode_side(residual: torch.Tensor, basis: torch.Tensor, bits: int, *, scale
     if scale == "token":
         if bits == 16:
             return SideCode(codes=c.half(), scale=None, bits=16, rank=c.shape[-1])
-        return _encode_token(c, bits, pack_bits if flags is None else pack_in_range)
+        return _encode_token(c, bits, check=flags is None)
     if bits == 16:
         raise ValueError("side_scale: 'group' needs side_bits < 16")
     if not isinstance(group_size, int) or group_size < 1:

@@ -22,12 +22,13 @@ def packed_size(n: int, bits: int) -> int:
     return (n * bits + 7) // 8
 
 
-def pack_bits(codes: torch.Tensor, bits: int) -> torch.Tensor:
-    """Pack ``codes`` uint8 [..., n] (each < 2**bits) into uint8 [..., ceil(n*bits/8)]."""
+def pack_bits(codes: torch.Tensor, bits: int, check: bool = True) -> torch.Tensor:
+    """Pack ``codes`` uint8 [..., n] (each < 2**bits) into uint8 [..., ceil(n*bits/8)].
+    ``check=False`` skips the range check (a host sync) for codes clamped where they are made."""
     _check_bits(bits)
     if codes.dtype != torch.uint8:
         raise ValueError(f"codes: must be torch.uint8, got {codes.dtype}")
-    if codes.numel() and int(codes.max()) >= (1 << bits):
+    if check and codes.numel() and int(codes.max()) >= (1 << bits):
         raise ValueError(f"codes: values must be < 2**bits = {1 << bits}")
     n = codes.shape[-1]
     lead = codes.shape[:-1]

@@ -82,16 +82,6 @@ X_NON_FINITE = Flag(1, "x: contains NaN or inf")
 X_FP16_RANGE = Flag(2, "x: values exceed the fp16 range of the scale / zero-point")
 
 
-def pack_in_range(codes: torch.Tensor, bits: int) -> torch.Tensor:
-    """``packing.pack_bits`` of uint8 codes [..., n] that lie in [0, 2**bits) by construction
-    (clamped where they are made): the same bytes, without its range check, a host sync."""
-    *lead, n = codes.shape
-    bit = torch.arange(8, dtype=torch.int32, device=codes.device)
-    stream = ((codes.unsqueeze(-1).to(torch.int32) >> bit[:bits]) & 1).reshape(*lead, n * bits)
-    stream = torch.nn.functional.pad(stream, (0, -(n * bits) % 8)).reshape(*lead, (n * bits + 7) // 8, 8)
-    return (stream << bit).sum(-1).to(torch.uint8)
-
-
 def _grouped(x: torch.Tensor, cfg: QuantConfig) -> torch.Tensor:
     """[..., n, d] -> view with the group on dim -2: per_channel [..., n/G, G, d];
     per_token [..., n, d/G, G] transposed to [..., n, G, d/G]."""
@@ -173,8 +163,8 @@ def quantize(x: torch.Tensor, cfg: QuantConfig, n_quant: int | None = None,
     else:
         scale, zero, codes = _asymmetric_codes(xg, lo, hi, cfg.bits)
     codes = _ungrouped(codes, cfg, n_quant, d)
-    pack = pack_bits if flags is None else pack_in_range
-    return Packed(codes=pack(codes, cfg.bits), scale=scale.squeeze(-2), zero=zero.squeeze(-2),
+    packed = pack_bits(codes, cfg.bits, check=flags is None)  # codes are clamped: its check only syncs
+    return Packed(codes=packed, scale=scale.squeeze(-2), zero=zero.squeeze(-2),
                   bits=cfg.bits, axis=cfg.axis, group_size=cfg.group_size, shape=tuple(x.shape),
                   tail=x[..., n_quant:, :].clone(), dtype=x.dtype)
 
