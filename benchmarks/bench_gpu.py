@@ -39,11 +39,10 @@ from headq_core.runtime.kernels.triton_decode import decode_attention_triton  # 
 # code at 2 and 4 bits (what the side code and the bits cost); then the bf16 baselines
 KINDS = ("headq", "plain2", "plain4", "sdpa_gqa", "sdpa_folded", "triton_bf16")
 BASELINES = KINDS[3:]
-# decode variants (ptx unpacking, block, warps, register cap, split merge), each compiled once;
-# programs per SM only change the grid
-COMPILED = ((True, 128, 4, 0, "fused"), (True, 128, 4, 0, "launch"), (True, 128, 2, 0, "fused"),
-            (True, 64, 2, 0, "fused"), (True, 64, 4, 0, "fused"), (True, 256, 4, 0, "fused"),
-            (False, 128, 4, 0, "fused"))
+# decode variants (ptx unpacking, block, warps, register cap), each compiled once; programs per SM
+# only change the grid
+COMPILED = ((True, 128, 4, 0), (True, 128, 2, 0), (True, 64, 2, 0), (True, 64, 4, 0), (True, 256, 4, 0),
+            (False, 128, 4, 0))
 SPLITS = ((2, 0), (4, 0), (8, 0), (16, 0), (8, 32), (16, 32))  # (programs per SM, max splits per head)
 TUNE = tuple((*c, *sp) for c in COMPILED for sp in SPLITS)
 TUNE_SHAPES = ((1, 4096), (1, 32768), (8, 32768))
@@ -51,8 +50,8 @@ KEY4, VALUE4 = replace(KEY, bits=4), replace(VALUE, bits=4)
 ENCODE_SWEEP = ((1, 1), (2, 1), (4, 1), (8, 1), (4, 2), (8, 2), (16, 2), (8, 4), (16, 4))  # (groups, warps)
 
 
-def variant(ptx: bool, blk: int, warps: int, maxnreg: int, merge: str) -> str:
-    return f"ptx{int(ptx)}_block{blk}_warps{warps}_regs{maxnreg or 'auto'}_{merge}"
+def variant(ptx: bool, blk: int, warps: int, maxnreg: int) -> str:
+    return f"ptx{int(ptx)}_block{blk}_warps{warps}_regs{maxnreg or 'auto'}"
 DECODE_CFG: dict = {}  # the tuned decode launch settings, chosen first on GPU
 _B = SDPBackend
 BACKENDS = (_B.FLASH_ATTENTION, _B.EFFICIENT_ATTENTION, _B.CUDNN_ATTENTION, _B.MATH)
@@ -197,16 +196,12 @@ def check_row(device: str, ctx: int = 8192 + 100) -> dict:
     lay = Layers(2, ctx, 1, device)
     ref = decode_attention(lay.q[0], lay.enc[0], lay.kr[0], lay.vr[0], lay.u[0], backend="reference")
     row: dict = {"batch": 2, "context": lay.ctx, "decode_rel_err": {}, "failed": []}
-    for ptx, blk, w, regs, merge in COMPILED:
-        name = variant(ptx, blk, w, regs, merge)
+    for ptx, blk, w, regs in COMPILED:
+        name = variant(ptx, blk, w, regs)
         try:
-            errs = []
-            for _ in range(3):  # the in-kernel merge: a race would move the error between launches
-                args = (lay.q[0], lay.enc[0], lay.kr[0], lay.vr[0], lay.u[0], D**-0.5, 1)
-                out = decode_attention_triton(*args, block=blk, num_warps=w, ptx=ptx, maxnreg=regs or None,
-                                              merge=merge)
-                errs.append(((out.float() - ref.float()).norm() / ref.float().norm()).item())
-            err = max(errs)
+            args = (lay.q[0], lay.enc[0], lay.kr[0], lay.vr[0], lay.u[0], D**-0.5, 1)
+            out = decode_attention_triton(*args, block=blk, num_warps=w, ptx=ptx, maxnreg=regs or None)
+            err = ((out.float() - ref.float()).norm() / ref.float().norm()).item()
         except Exception as exc:  # noqa: BLE001 - a variant that fails is reported and left out
             err = float("nan")
             row.setdefault("errors", {})[name] = f"{type(exc).__name__}: {exc}"[:300]
@@ -235,18 +230,18 @@ def tune_row(batch: int, ctx: int, device: str, cap_gib: float, skip: list[str])
     n = layer_count(batch, ctx, device, cap_gib)
     lay = Layers(batch, ctx, n, device)
     row = {"batch": batch, "context": ctx, "ms": {}}
-    for ptx, blk, warps, regs, merge, per_sm, max_splits in TUNE:
-        if variant(ptx, blk, warps, regs, merge) in skip:
+    for ptx, blk, warps, regs, per_sm, max_splits in TUNE:
+        if variant(ptx, blk, warps, regs) in skip:
             continue
         cfg = {"ptx": ptx, "block": blk, "num_warps": warps, "maxnreg": regs or None, "per_sm": per_sm,
-               "max_splits": max_splits, "merge": merge}
+               "max_splits": max_splits}
 
         def run(cfg=cfg):
             for i in range(n):
                 args = (lay.q[i], lay.enc[i], lay.kr[i], lay.vr[i], lay.u[i], D**-0.5, 1)
                 decode_attention_triton(*args, **cfg)
 
-        name = f"decode_{variant(ptx, blk, warps, regs, merge)}_persm{per_sm}_max{max_splits}"
+        name = f"decode_{variant(ptx, blk, warps, regs)}_persm{per_sm}_max{max_splits}"
         try:
             row["ms"][name] = median_ms(run, device, graph=True) / n
             row.setdefault("cfg", {})[name] = cfg

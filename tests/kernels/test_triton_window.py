@@ -74,20 +74,13 @@ def test_per_row_starts_read_each_row_from_its_own_start(splits):
         torch.testing.assert_close(ref[row], alone[row].float())
 
 
-def test_fused_and_launched_merges_agree_over_many_splits():
-    """The in-kernel merge (last program of each row) and the second launch, with more splits than
-    one merge step takes (SB = 8) and splits that see no visible token (before the start)."""
+def test_many_splits_some_before_the_start_merge_to_the_reference():
+    """More splits than tokens per block allow (11), several of them wholly before the window start
+    (their partials hold no token: log-sum-exp -inf), merged by the second launch."""
     q, enc, kr, vr, u = _case(11)
-    kw = dict(scale=D ** -0.5, sign=1, num_splits=11, start=20)
-    fused = decode_attention_triton(q, enc, kr, vr, u, merge="fused", **kw).float()
-    launched = decode_attention_triton(q, enc, kr, vr, u, merge="launch", **kw).float()
-    ref = decode_attention(q, enc, kr, vr, basis=u, backend="reference", start=20, sign=1).float()
-    _close(fused, ref)
-    torch.testing.assert_close(fused, launched, rtol=1e-5, atol=1e-5)
-    # the fused merge leaves its counters at zero for the next call
-    from headq_core.runtime.kernels.triton_decode import _COUNTERS
-
-    assert all(int(c.abs().sum()) == 0 for c in _COUNTERS.values())
+    got = decode_attention_triton(q, enc, kr, vr, u, D ** -0.5, 1, num_splits=11, start=40).float()
+    ref = decode_attention(q, enc, kr, vr, basis=u, backend="reference", start=40, sign=1).float()
+    _close(got, ref)
 
 
 def test_start_tensor_is_validated():

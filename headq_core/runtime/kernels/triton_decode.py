@@ -12,9 +12,9 @@ softmax. Tokens before the first visible one (a sliding window's start, or per b
 padding) are masked and whole blocks of them skipped; a logit softcap applies ``c*tanh(s/c)``. The
 next block is loaded before the current one is used (prefetch by hand). A program that has the
 whole row (one split) writes the output; otherwise each writes a normalised partial output and its
-log-sum-exp, and the last program of each (batch, KV head) to finish merges them (an arrival
-counter per row, left at zero for the next launch), or :func:`_combine_kernel` does in a second
-launch. Logits are in base 2 (``q`` is scaled by ``scale * log2(e)``).
+log-sum-exp, and :func:`_combine_kernel` merges them in a second launch (a merge by the last program
+of each row, in one launch, was 1-6% slower on the H100: docs/benchmarks.md, section 10). Logits
+are in base 2 (``q`` is scaled by ``scale * log2(e)``).
 """
 
 from __future__ import annotations
@@ -160,42 +160,14 @@ def _residual_split(q16, kr_row, vr_row, first, end, vis, qk_scale, cap2, m, l, 
 
 
 @triton.jit
-def _merge_rows(o_ptr, lse_ptr, out_ptr, qrow, rvalid, S, D: tl.constexpr, GP: tl.constexpr,
-                SB: tl.constexpr):
-    """out[qrow] = sum_s 2^lse_s o_s / sum_s 2^lse_s over the S partials of each query row, ``SB``
-    splits per step with a running maximum. Loads bypass L1 (``.cg``): other programs wrote them."""
-    cols = tl.arange(0, D)
-    m = tl.full((GP,), float("-inf"), tl.float32)
-    den = tl.zeros((GP,), tl.float32)
-    acc = tl.zeros((GP, D), tl.float32)
-    for s0 in range(0, S, SB):
-        sp = s0 + tl.arange(0, SB)
-        ok = rvalid[:, None] & (sp < S)[None, :]  # [GP, SB]
-        at = qrow[:, None] * S + sp[None, :]
-        lse = tl.load(lse_ptr + at, mask=ok, other=float("-inf"), cache_modifier=".cg")
-        o = tl.load(o_ptr + at[:, :, None] * D + cols[None, None, :], mask=ok[:, :, None], other=0.0,
-                    cache_modifier=".cg")
-        m_new = tl.maximum(m, tl.max(lse, axis=1))
-        m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
-        alpha = tl.exp2(m - m_safe)
-        w = tl.exp2(lse - m_safe[:, None])
-        den = den * alpha + tl.sum(w, axis=1)
-        acc = acc * alpha[:, None] + tl.sum(w[:, :, None] * o, axis=1)
-        m = m_new
-    den = tl.where(den == 0.0, 1.0, den)
-    tl.store(out_ptr + qrow[:, None] * D + cols[None, :], (acc / den[:, None]).to(out_ptr.dtype.element_ty),
-             mask=rvalid[:, None])
-
-
-@triton.jit
 def _decode_kernel(q_ptr, kc_ptr, ks_ptr, kz_ptr, vc_ptr, vs_ptr, vz_ptr, sc_ptr, ss_ptr, u_ptr,
-                   kr_ptr, vr_ptr, o_ptr, lse_ptr, out_ptr, cnt_ptr, row_start_ptr,
+                   kr_ptr, vr_ptr, o_ptr, lse_ptr, out_ptr, row_start_ptr,
                    s_kc, s_ks, s_vc, s_vs, s_sc, s_ss, s_kr, s_vr,  # strides of the token-major (b, h) rows
                    H, N, R, RANK, TOK_PER_SPLIT, N_QSPLITS, S, FIRST, qk_scale, sign, cap2,
                    GROUP: tl.constexpr, GP: tl.constexpr, D: tl.constexpr, GK: tl.constexpr,
                    KBITS: tl.constexpr, GV: tl.constexpr, VBITS: tl.constexpr, RP: tl.constexpr,
                    SIDE_BITS: tl.constexpr, HAS_SIDE: tl.constexpr, BN: tl.constexpr, PTX: tl.constexpr,
-                   ROW_START: tl.constexpr, SOFTCAP: tl.constexpr, MERGE: tl.constexpr, SB: tl.constexpr):
+                   ROW_START: tl.constexpr, SOFTCAP: tl.constexpr):
     bh = tl.program_id(0).to(tl.int64)
     split = tl.program_id(1)
     h = bh % H
@@ -237,17 +209,11 @@ def _decode_kernel(q_ptr, kc_ptr, ks_ptr, kz_ptr, vc_ptr, vs_ptr, vz_ptr, sc_ptr
         out_rows = qrow * S + split
         tl.store(o_ptr + out_rows[:, None] * D + cols[None, :], acc / l_safe[:, None], mask=rvalid[:, None])
         tl.store(lse_ptr + out_rows, tl.where(l == 0.0, float("-inf"), m + tl.log2(l_safe)), mask=rvalid)
-        if MERGE:  # the last program of this (batch, KV head) to finish merges the S partials
-            tl.debug_barrier()  # every thread's partial is written before the release below
-            ticket = tl.atomic_add(cnt_ptr + bh, 1, sem="acq_rel", scope="gpu")
-            if ticket == S - 1:
-                _merge_rows(o_ptr, lse_ptr, out_ptr, qrow, rvalid, S, D, GP, SB)
-                tl.atomic_xchg(cnt_ptr + bh, 0, sem="relaxed", scope="gpu")  # ready for the next call
 
 
 @triton.jit
 def _combine_kernel(o_ptr, lse_ptr, out_ptr, S, D: tl.constexpr, DC: tl.constexpr, SB: tl.constexpr):
-    """The split merge as a second launch (``merge="launch"``): out[row, cols] = sum_s 2^lse_s o_s /
+    """The split merge, a second launch: out[row, cols] = sum_s 2^lse_s o_s /
     sum_s 2^lse_s over the S splits of one query row, for the ``DC`` columns of program (row, column
     block); ``SB`` splits per step (one step when S <= SB), with a running maximum."""
     row = tl.program_id(0).to(tl.int64)
@@ -286,19 +252,6 @@ def default_splits(batch_heads: int, tokens: int, block: int, device: torch.devi
     return max(1, min(triton.cdiv(per_sm * sms, batch_heads), cap, triton.cdiv(tokens, block)))
 
 
-_COUNTERS: dict[torch.device, torch.Tensor] = {}  # per device: arrival counters of the fused merge
-
-
-def _counters(device: torch.device, size: int) -> torch.Tensor:
-    """Zeroed int32 counters [>= size] for the in-kernel merge; each launch leaves them zero again.
-    Calls on one device share them, so concurrent launches on several streams must not merge in-kernel."""
-    cnt = _COUNTERS.get(device)
-    if cnt is None or cnt.numel() < size:
-        cnt = torch.zeros(triton.next_power_of_2(max(size, 64)), dtype=torch.int32, device=device)
-        _COUNTERS[device] = cnt
-    return cnt
-
-
 def _row_start(start: int | torch.Tensor, b: int, device: torch.device) -> tuple[int, torch.Tensor | None]:
     """(first visible token for every row, per-row int32 starts [B] or None) of ``start``."""
     if isinstance(start, torch.Tensor):
@@ -311,8 +264,7 @@ def decode_attention_triton(q: torch.Tensor, enc: EncodedKV | None, k_res: torch
                             sign: int, num_splits: int | None = None, block: int = 128,
                             num_warps: int = 4, num_stages: int = 1, per_sm: int = 8, max_splits: int = 32,
                             ptx: bool | None = None, maxnreg: int | None = None,
-                            start: int | torch.Tensor = 0, softcap: float | None = None,
-                            merge: str = "launch") -> torch.Tensor:
+                            start: int | torch.Tensor = 0, softcap: float | None = None) -> torch.Tensor:
     """Triton path of :func:`headq_core.runtime.kernels.decode_attention` (inputs already validated):
     q [B, Hq, 1, d] -> [B, Hq, 1, d]; ``block`` tokens per loop step (rounded up to whole key
     groups), ``num_warps`` / ``num_stages`` per program, about ``per_sm`` programs per multiprocessor
@@ -321,9 +273,7 @@ def decode_attention_triton(q: torch.Tensor, enc: EncodedKV | None, k_res: torch
     ``ptx`` unpacks codes with inline PTX (:func:`unpack_ptx`; default: when compiled for a GPU, not
     under ``TRITON_INTERPRET=1``), else with float32 arithmetic (:func:`unpack`); ``maxnreg`` caps the
     registers per thread (more programs per multiprocessor). ``start``: first visible token (int, or
-    int tensor [B] per row); ``softcap``: logit soft-capping. ``merge``: ``"launch"`` (a second
-    kernel merges the splits; the default: 1-6% faster on the H100, docs/benchmarks.md) or
-    ``"fused"`` (the last program of each (batch, KV head) merges them, one launch)."""
+    int tensor [B] per row); ``softcap``: logit soft-capping."""
     if ptx is None:
         ptx = q.is_cuda and os.environ.get("TRITON_INTERPRET", "0") != "1"
     b, hq, _, d = q.shape
@@ -342,7 +292,6 @@ def decode_attention_triton(q: torch.Tensor, enc: EncodedKV | None, k_res: torch
     out = torch.empty(b * hq, d, dtype=q.dtype, device=q.device)
     o_part = torch.empty(b * hq, splits, d, dtype=torch.float32, device=q.device)  # unused at S = 1
     lse = torch.empty(b * hq, splits, dtype=torch.float32, device=q.device)
-    fused = merge == "fused" and splits > 1
     first, row_start = _row_start(start, b, q.device)
     # pointers of absent parts still need their dtypes: both branches of the kernel are compiled
     word = torch.empty(1, dtype=torch.int32, device=q.device)
@@ -374,7 +323,7 @@ def decode_attention_triton(q: torch.Tensor, enc: EncodedKV | None, k_res: torch
         qs, *(t.get(name, dummy[name]) for name in ("k_codes", "k_scale", "k_zero", "v_codes", "v_scale",
                                                      "v_zero", "side", "side_scale")), u,
         t.get("k_res", dummy["k_res"]), t.get("v_res", dummy["v_res"]), o_part, lse, out,
-        _counters(q.device, b * h) if fused else word, word if row_start is None else row_start,
+        word if row_start is None else row_start,
         st.get("k_codes", 0), st.get("k_scale", 0), st.get("v_codes", 0), st.get("v_scale", 0),
         st.get("side", 0), st.get("side_scale", 0), st.get("k_res", 0), st.get("v_res", 0),
         h, n, r_len, max(rank, 1), tok_per_split, n_q, splits, first, scale * LOG2E, float(sign),
@@ -385,9 +334,9 @@ def decode_attention_triton(q: torch.Tensor, enc: EncodedKV | None, k_res: torch
         GV=enc.value_group if enc is not None else 16, VBITS=enc.value_bits if enc is not None else 8,
         RP=max(16, triton.next_power_of_2(max(rank, 1))), SIDE_BITS=enc.side_bits if enc is not None else 8,
         HAS_SIDE=rank > 0, BN=step, PTX=ptx, ROW_START=row_start is not None, SOFTCAP=softcap is not None,
-        MERGE=fused, SB=8, num_warps=num_warps, num_stages=num_stages,
+        num_warps=num_warps, num_stages=num_stages,
         **({"maxnreg": maxnreg} if maxnreg else {}))
-    if splits > 1 and not fused:
+    if splits > 1:
         dc = min(d, 32)  # (query row, 32 columns) per program: all splits in one step up to 256 of them
         _combine_kernel[(b * hq, d // dc)](o_part, lse, out, splits, D=d, DC=dc,
                                            SB=min(256, max(2, triton.next_power_of_2(splits))))
