@@ -3,16 +3,17 @@ of a real shape (speed does not depend on the weights), windows of 4k to 32k tok
 
 Cases, each one teacher-forced pass with the NLL in chunks (``evaluation.token_nll``), as
 ``evaluate`` runs a window: ``dense`` (the model's own attention), ``k2``, ``k2+hq8`` and
-``kv2+hq8+a2`` on the blockwise O(L)-memory path
-(``evaluation.blockwise_attention.BlockwiseRunAttention``), ``k2+metrics`` (blockwise, per-head
-metrics on 256 sampled query rows), and with ``--materialised N`` the same runs on the
+``kv2+hq8+a2`` and ``k2+metrics`` (per-head metrics on 256 sampled query rows) on each O(L)-memory
+path of ``--paths``: ``fused`` (``evaluation.fused_attention.FusedRunAttention``, FlexAttention) and
+``blockwise`` (``evaluation.blockwise_attention.BlockwiseRunAttention``), both under the structural
+masks the evaluator uses (no ``[L, L]`` mask); with ``--materialised N`` the same runs on the
 materialised reference path (``RunAttention``) on windows up to N tokens. Seconds per pass (median
 of ``--repeats`` after a warm-up), the ratio to dense, and on a GPU the peak memory of each case;
 a case that runs out of memory is reported as ``oom``. Prints a table, writes JSON (after every
 case, so a run cut off keeps what it measured).
 
     .venv/bin/python benchmarks/bench_long_context.py --tiny          # CPU check, seconds
-    python3 benchmarks/bench_long_context.py --device cuda --dtype bfloat16 \\
+    python3 benchmarks/bench_long_context.py --device cuda --dtype bfloat16 --paths fused blockwise \\
         --windows 4096 8192 16384 32768 --out $OUT/long_context_h100.json
 """
 
@@ -31,7 +32,9 @@ from gpu_shapes import KEY, VALUE
 from random_model import SHAPES, random_llama
 
 from headq_core.config import HeadQConfig, RunSpec, ValuePolicyConfig
+from headq_core.evaluation.attention_paths import mask_context
 from headq_core.evaluation.blockwise_attention import BlockwiseRunAttention
+from headq_core.evaluation.fused_attention import FusedRunAttention
 from headq_core.evaluation.head_accumulator import HeadAccumulator
 from headq_core.evaluation.positions import sample_rows
 from headq_core.evaluation.run_attention import RunAttention
@@ -46,22 +49,24 @@ RUNS = {
 }
 HEAD_ROWS = 256
 Handler = Callable[[], RunAttention | None]
+PATHS = {"fused": FusedRunAttention, "blockwise": BlockwiseRunAttention}
 
 
-def cases(model, window: int, materialised: bool) -> dict[str, Handler]:
+def cases(model, window: int, paths: list[str], materialised: bool) -> dict[str, Handler]:
     """Case name -> a maker of its attention handler (None: the model's own attention)."""
     cfg = model.config
     rows = sample_rows(window, HEAD_ROWS)
     out: dict[str, Handler] = {"dense": lambda: None}
-    for name, run in RUNS.items():
-        out[name] = functools.partial(BlockwiseRunAttention, run)
+    for path in paths:
+        kind = PATHS[path]
+        for name, run in RUNS.items():
+            out[f"{name} ({path})"] = functools.partial(kind, run)
 
-    def with_metrics() -> RunAttention:
-        acc = HeadAccumulator(cfg.num_hidden_layers, cfg.num_attention_heads, cfg.num_key_value_heads)
-        return BlockwiseRunAttention(RUNS["k2"], sink=acc.add,
-                                     rows=torch.arange(window) if rows is None else rows)
+        def with_metrics(kind=kind) -> RunAttention:
+            acc = HeadAccumulator(cfg.num_hidden_layers, cfg.num_attention_heads, cfg.num_key_value_heads)
+            return kind(RUNS["k2"], sink=acc.add, rows=torch.arange(window) if rows is None else rows)
 
-    out["k2+metrics"] = with_metrics
+        out[f"k2+metrics ({path})"] = with_metrics
     if materialised:
         for name, run in RUNS.items():
             out[f"{name} (materialised)"] = functools.partial(RunAttention, run)
@@ -74,24 +79,26 @@ def one_pass(model, ids: torch.Tensor, make: Handler) -> float:
     with torch.no_grad():
         if handler is None:
             return float(token_nll(model, ids, 1).sum())
-        with attention_handler(model, handler):
+        path = "materialised" if type(handler) is RunAttention else "blockwise"
+        with attention_handler(model, handler), mask_context(model, path):
             return float(token_nll(model, ids, 1).sum())
 
 
 def measure(model, ids: torch.Tensor, make: Handler, repeats: int, device: str) -> dict:
-    """Median seconds and peak memory (GiB, GPU only) of ``repeats`` passes after a warm-up."""
+    """Median seconds and peak memory (GiB, GPU only) of ``repeats`` passes after a warm-up, and
+    the NLL per token of the pass (the paths must agree: the table shows it)."""
     cuda = device.startswith("cuda")
     try:
         if cuda:
             torch.cuda.empty_cache()
             torch.cuda.reset_peak_memory_stats()
-        one_pass(model, ids, make)
+        nll = one_pass(model, ids, make) / (ids.shape[1] - 1)
         seconds = statistics.median(wall_ms(lambda: one_pass(model, ids, make), device)
                                     for _ in range(repeats)) / 1e3
     except torch.OutOfMemoryError:
-        return {"seconds": None, "peak_gib": None, "status": "oom"}
+        return {"seconds": None, "peak_gib": None, "nll": None, "status": "oom"}
     peak = torch.cuda.max_memory_allocated() / GIB if cuda else None
-    return {"seconds": seconds, "peak_gib": peak, "status": "ok"}
+    return {"seconds": seconds, "peak_gib": peak, "nll": nll, "status": "ok"}
 
 
 def cell(row: dict, value: float | None, fmt: str) -> str:
@@ -109,6 +116,7 @@ def main() -> None:
     parser.add_argument("--dtype", default="bfloat16", choices=("float32", "bfloat16", "float16"))
     parser.add_argument("--windows", type=int, nargs="+", default=[4096, 8192, 16384, 32768])
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--paths", nargs="+", choices=sorted(PATHS), default=["fused", "blockwise"])
     parser.add_argument("--materialised", type=int, default=0,
                         help="also time the reference path on windows up to this many tokens")
     parser.add_argument("--tiny", action="store_true",
@@ -128,7 +136,7 @@ def main() -> None:
     for window in args.windows:
         ids = torch.randint(0, vocab, (1, window), device=args.device)
         dense = None
-        for name, make in cases(model, window, window <= args.materialised).items():
+        for name, make in cases(model, window, args.paths, window <= args.materialised).items():
             row = {"window": window, "case": name, **measure(model, ids, make, args.repeats, args.device)}
             dense = row["seconds"] if name == "dense" else dense
             row["vs_dense"] = row["seconds"] / dense if row["seconds"] and dense else None
@@ -137,11 +145,11 @@ def main() -> None:
             Path(args.out).write_text(json.dumps(result, indent=1) + "\n")  # what a cut-off run leaves
     layers = args.layers or "all"
     print(f"\n{args.shape} ({layers} layers) {args.dtype} on {args.device}, one window per pass")
-    print(f"{'window':>7s} {'case':28s} {'s/pass':>8s} {'x dense':>8s} {'peak GiB':>9s}")
+    print(f"{'window':>7s} {'case':32s} {'s/pass':>8s} {'x dense':>8s} {'peak GiB':>9s} {'NLL/token':>10s}")
     for r in rows:
-        seconds, ratio, peak = (cell(r, r[key], fmt) for key, fmt in
-                                (("seconds", ".3f"), ("vs_dense", ".2f"), ("peak_gib", ".2f")))
-        print(f"{r['window']:7d} {r['case']:28s} {seconds:>8s} {ratio:>8s} {peak:>9s}")
+        seconds, ratio, peak, nll = (cell(r, r[key], fmt) for key, fmt in (
+            ("seconds", ".3f"), ("vs_dense", ".2f"), ("peak_gib", ".2f"), ("nll", ".6f")))
+        print(f"{r['window']:7d} {r['case']:32s} {seconds:>8s} {ratio:>8s} {peak:>9s} {nll:>10s}")
     print("wrote", args.out)
 
 

@@ -102,9 +102,10 @@ class DatasetSpec(_Strict):
     head_windows: int | None = Field(default=None, ge=1, le=MAX_WINDOWS)
     # evaluation: windows per forward pass (a speed knob; see headq_core.evaluation.evaluate.evaluate)
     batch: int = Field(default=1, ge=1, le=MAX_BATCH)
-    # evaluation: attention path (auto: blockwise O(L) memory unless per-head metrics on a window of at
-    # most 2048 tokens) and the query rows per window the blockwise path samples for per-head metrics
-    attention: Literal["auto", "materialised", "blockwise"] = "auto"
+    # evaluation: attention path (auto: an O(L)-memory path, fused on a GPU and blockwise on a CPU,
+    # unless per-head metrics on a window of at most 2048 tokens) and the query rows per window the
+    # O(L) paths sample for per-head metrics
+    attention: Literal["auto", "materialised", "blockwise", "fused"] = "auto"
     head_rows: int = Field(default=256, ge=1, le=MAX_WINDOW)
     # start every window as the tokenizer starts a sequence (its BOS): auto, or force it on / off
     add_bos: Literal["auto"] | bool = "auto"

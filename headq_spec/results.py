@@ -73,7 +73,7 @@ class RunResult(BaseModel):
     excess_removed_ci: Interval | None = None
 
 
-AttentionPath = Literal["materialised", "blockwise"]
+AttentionPath = Literal["materialised", "blockwise", "fused"]
 
 
 class AttentionInfo(BaseModel):

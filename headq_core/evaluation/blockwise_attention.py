@@ -49,8 +49,8 @@ def _allowed(mask: torch.Tensor) -> torch.Tensor:
 
 def _first_key(call: AttentionCall, t0: int, t1: int) -> int:
     """First key any row t0..t1-1 may read; a mask that lets a row read a later key is refused."""
-    if call.mask is None:
-        return 0
+    if call.mask is None:  # causal, within the sliding window
+        return 0 if call.sliding_window is None else max(0, t0 - call.sliding_window + 1)
     if t1 < call.mask.shape[-1] and bool(_allowed(call.mask[..., t0:t1, t1:]).any()):
         raise ValueError("attention: the blockwise path needs a causal mask (a query reads a later key)")
     cols = _allowed(call.mask[..., t0:t1, :t1]).flatten(0, -2).any(0).nonzero()
@@ -69,16 +69,16 @@ class DecodeRule:
 
     def __init__(self, length: int, cfg: QuantConfig | None, device: torch.device) -> None:
         self.counts = decode_counts(length, cfg)
-        self._counts = torch.tensor(self.counts, dtype=torch.long, device=device)
+        self.count_tensor = torch.tensor(self.counts, dtype=torch.long, device=device)
         self._cols = torch.arange(length, device=device)
 
     def block(self, t0: int, t1: int, j0: int) -> torch.Tensor:
         """bool [t1 - t0, t1 - j0]: where rows t0..t1-1 read keys j0..t1-1 quantized."""
-        return self._cols[j0:t1].unsqueeze(0) < self._counts[t0:t1].unsqueeze(1)
+        return self._cols[j0:t1].unsqueeze(0) < self.count_tensor[t0:t1].unsqueeze(1)
 
     def rows(self, rows: torch.Tensor) -> torch.Tensor:
         """bool [R, L]: where the query positions ``rows`` int64 [R] read each key quantized."""
-        return self._cols.unsqueeze(0) < self._counts[rows.to(self._counts.device)].unsqueeze(1)
+        return self._cols.unsqueeze(0) < self.count_tensor[rows.to(self.count_tensor.device)].unsqueeze(1)
 
 
 class BlockwiseRunAttention(RunAttention):
@@ -118,8 +118,8 @@ class BlockwiseRunAttention(RunAttention):
         if call.mask is not None:
             logits = logits + call.mask[..., t0:t1, j0:t1].to(logits.dtype)
         else:
-            later = torch.arange(j0, t1, device=raw.device) > torch.arange(t0, t1, device=raw.device)[:, None]
-            logits = logits.masked_fill(later, float("-inf"))
+            allowed = call.row_mask(torch.arange(t0, t1, device=raw.device))[..., j0:t1]
+            logits = logits.masked_fill(~allowed, torch.finfo(logits.dtype).min)
         return torch.softmax(logits, dim=-1)
 
     def _keep_mask(self, call: AttentionCall, key_eff: torch.Tensor | None,
@@ -157,12 +157,18 @@ class BlockwiseRunAttention(RunAttention):
         blocks = list(row_blocks(call, budget))
         keep = self._keep_mask(call, key_eff, blocks)
         value_hat = self.quantized_values(call, keep)
+        out = self._read(call, key_eff, value_hat, blocks)
+        if self.sink is not None:
+            a2 = None if value_hat is None else self._dense_a2(call, blocks)
+            self.sink(replace(self._sampled_view(model_call, key_eff, value_hat, a2), keep=keep))
+        return out
+
+    def _read(self, call: AttentionCall, key_eff: torch.Tensor | None, value_hat: torch.Tensor | None,
+              blocks: list[tuple[int, int, int]]) -> torch.Tensor:
+        """The attention output [b, hq, L, d] (query dtype), block by block of query rows."""
         dt = call.work_dtype
         v = call.value.to(dt)
         v_hat = None if value_hat is None else value_hat.to(dt)
-        a2 = None
-        if self.sink is not None and v_hat is not None:
-            a2 = torch.zeros(v.shape[:3], dtype=torch.float64, device=v.device)
         out = torch.empty(call.query.shape, dtype=call.query.dtype, device=call.query.device)
         for block in blocks:
             t0, t1, j0 = block
@@ -177,12 +183,17 @@ class BlockwiseRunAttention(RunAttention):
                     exact = probs[..., jv - j0:] * ~rule.block(t0, t1, jv)
                     read += call.read(exact, v[..., jv:t1, :] - v_hat[..., jv:t1, :])
             out[:, :, t0:t1] = read.to(out.dtype)
-            if a2 is not None:
-                dense = self._probs(call, self._block_raw(call, None, block), block)
-                a2[..., j0:t1] += a2_weights(dense, v.shape[1], offset=t0)
-        if self.sink is not None:
-            self.sink(replace(self._sampled_view(model_call, key_eff, value_hat, a2), keep=keep))
         return out
+
+    def _dense_a2(self, call: AttentionCall, blocks: list[tuple[int, int, int]]) -> torch.Tensor:
+        """The dense attention's A² over every query row, float64 [b, hkv, L] (the value metrics')."""
+        hkv = call.value.shape[1]
+        a2 = torch.zeros(call.value.shape[:3], dtype=torch.float64, device=call.value.device)
+        for block in blocks:
+            t0, t1, j0 = block
+            dense = self._probs(call, self._block_raw(call, None, block), block)
+            a2[..., j0:t1] += a2_weights(dense, hkv, offset=t0)
+        return a2
 
     def _sampled_view(self, call: AttentionCall, key_eff: torch.Tensor | None,
                       value_hat: torch.Tensor | None, a2: torch.Tensor | None) -> LayerView:

@@ -4,9 +4,8 @@ For every window of ``window`` tokens and every run, one forward pass through th
 run's attention: its NLL gives the run's perplexity and the same pass yields its per-head metrics
 (dense vs quantized logits on that run's own inputs). The attention is materialised
 (:class:`~headq_core.evaluation.run_attention.RunAttention`, the reference, metrics over every query
-row) or blockwise in O(L) memory
-(:class:`~headq_core.evaluation.blockwise_attention.BlockwiseRunAttention`, metrics over a seeded
-sample of rows); :func:`attention_path` chooses. The NLL is computed in chunks of positions
+row) or in O(L) memory (blockwise, or fused on a GPU; metrics over a seeded sample of rows):
+:mod:`~headq_core.evaluation.attention_paths` chooses. The NLL is computed in chunks of positions
 (``token_nll``) and also kept per position bucket. Returns the results document of docs/contracts.md.
 """
 
@@ -20,21 +19,19 @@ import torch
 
 from headq_core.config import RunSpec
 from headq_core.errors import Cancelled
-from headq_core.evaluation.blockwise_attention import BlockwiseRunAttention
+from headq_core.evaluation.attention_paths import HEAD_ROWS, attention_path, mask_context, run_handler
 from headq_core.evaluation.calibrate import Calibration
 from headq_core.evaluation.corpus import CorpusSpec
 from headq_core.evaluation.head_accumulator import HeadAccumulator
 from headq_core.evaluation.positions import position_buckets, sample_rows
 from headq_core.evaluation.rank_correlation import POOLED, head_rank_correlations
 from headq_core.evaluation.results import compact_list, results_document, run_rows
-from headq_core.evaluation.run_attention import MetricsSink, RunAttention
 from headq_core.evaluation.token_nll import token_nll
 from headq_core.evaluation.uncertainty import resample_indices, uncertainty_note
 from headq_core.evaluation.windows import AddBos, Placement, corpus_windows
 from headq_core.method.budget import effective_bits
 from headq_core.method.formats import check_head_dim
 from headq_core.models.adapter import attention_handler
-from headq_core.models.attention import AttentionCall
 from headq_core.models.loading import LoadedModel
 from headq_core.runtime.layer_types import layer_windows
 from headq_spec.runs import check_run_list
@@ -75,56 +72,11 @@ def _bits(run: RunSpec, head_dim: int) -> dict[str, float]:
     }
 
 
-ATTENTION_PATHS = ("auto", "materialised", "blockwise")
-LONG_WINDOW = 2048  # auto: longer windows always run blockwise
-HEAD_ROWS = 256  # query rows per window sampled for per-head metrics on the blockwise path
-
-
-def attention_path(attention: str, window: int, metrics: bool) -> str:
-    """``materialised`` or ``blockwise`` for a batch of windows: ``auto`` runs blockwise unless
-    per-head metrics are wanted on a window of at most ``LONG_WINDOW`` tokens."""
-    if attention not in ATTENTION_PATHS:
-        raise ValueError(f"attention: must be one of {ATTENTION_PATHS}, got {attention!r}")
-    if attention != "auto":
-        return attention
-    return "materialised" if metrics and window <= LONG_WINDOW else "blockwise"
-
-
 def check_window(model, window: int) -> None:
     """A window longer than the model's ``max_position_embeddings`` is refused."""
     limit = getattr(model.config, "max_position_embeddings", None)
     if isinstance(limit, int) and window > limit:
         raise ValueError(f"window: {window} tokens exceed the model's max_position_embeddings ({limit})")
-
-
-def _handler(run: RunSpec, path: str, basis_for, sink: MetricsSink | None, rows: torch.Tensor | None,
-             window: int) -> RunAttention:
-    """The attention handler of ``run`` on ``path``; blockwise metrics use the sampled ``rows``
-    (every row when the sample would cover the window)."""
-    if path == "materialised":
-        return RunAttention(run, basis_for=basis_for, sink=sink)
-    rows = torch.arange(window) if sink is not None and rows is None else rows
-    return BlockwiseRunAttention(run, basis_for=basis_for, sink=sink, rows=rows)
-
-
-class ExactSlidingLayers:
-    """A run with ``sliding_layers="full_precision"``: its own handler on the full-attention layers,
-    the same handler of the run without quantizers on the sliding ``layers`` (their metrics are 0)."""
-
-    def __init__(self, quantized: RunAttention, exact: RunAttention, layers: set[int]) -> None:
-        self.quantized, self.exact, self.layers = quantized, exact, layers
-
-    def __call__(self, call: AttentionCall) -> torch.Tensor:
-        """[b, hq, L, d] attention output of layer ``call.layer``."""
-        return (self.exact if call.layer in self.layers else self.quantized)(call)
-
-
-def _run_handler(run: RunSpec, sliding: set[int], *args: Any) -> RunAttention | ExactSlidingLayers:
-    """:func:`_handler` of ``run``, its ``sliding`` layers kept exact when the run asks."""
-    handler = _handler(run, *args)
-    if run.sliding_layers != "full_precision" or not sliding:
-        return handler
-    return ExactSlidingLayers(handler, _handler(RunSpec(run.name), *args), sliding)
 
 
 def window_batches(n_windows: int, batch: int, head_windows: int) -> list[tuple[int, int]]:
@@ -162,8 +114,9 @@ def evaluate(
     (default: all). The dense run uses the model's own attention and gives no head rows. ``batch``
     windows go through the model together: the same numbers up to float rounding, except the
     ``key_pca`` control, whose basis is fitted on the residuals of the windows it corrects (those
-    of its batch). ``attention``: ``auto``, ``materialised`` or ``blockwise`` (:func:`attention_path`);
-    on the blockwise path the per-head metrics use ``head_rows`` sampled query rows of each window
+    of its batch). ``attention``: ``auto``, ``materialised``, ``blockwise`` or ``fused``
+    (:func:`~headq_core.evaluation.attention_paths.attention_path`); on the O(L) paths the
+    per-head metrics use ``head_rows`` sampled query rows of each window
     (the same rows in every window, recorded in the document).
     ``calibration_job`` names the job that made ``calibration`` in the document."""
     started = time.perf_counter()
@@ -175,7 +128,8 @@ def evaluate(
             f"{tuple(calibration.basis.shape[:2])} != {(info.layers, info.kv_heads)}"
         )
     check_window(loaded.model, window)
-    paths = {kind: attention_path(attention, window, kind == "head_windows" and heads)
+    device = next(loaded.model.parameters()).device
+    paths = {kind: attention_path(attention, window, kind == "head_windows" and heads, device)
              for kind in ("head_windows", "other_windows")}
     sampled_rows = sample_rows(window, head_rows, seed)
     sliding = {i for i, w in enumerate(layer_windows(loaded.model.config)) if w is not None}
@@ -183,7 +137,6 @@ def evaluate(
     windows = corpus_windows(loaded.tokenizer, corpus, window, max_tokens, add_bos=add_bos,
                              placement=placement)
     first = windows.first_scored
-    device = next(loaded.model.parameters()).device
     basis_for = calibration.layer_basis if calibration is not None else None
     if head_windows is not None and (not isinstance(head_windows, int) or head_windows < 1):
         raise ValueError(f"head_windows: must be a positive integer or None, got {head_windows!r}")
@@ -211,8 +164,8 @@ def evaluate(
                     nll = token_nll(loaded.model, ids, first)
                 else:
                     sink = accumulators[run.name].add if metrics else None
-                    handler = _run_handler(run, sliding, path, basis_for, sink, sampled_rows, window)
-                    with attention_handler(loaded.model, handler):
+                    handler = run_handler(run, sliding, path, basis_for, sink, sampled_rows, window)
+                    with attention_handler(loaded.model, handler), mask_context(loaded.model, path):
                         nll = token_nll(loaded.model, ids, first)
                     if sink is not None:
                         accumulators[run.name].close_windows()
@@ -234,7 +187,7 @@ def evaluate(
     for row in rows:
         if row["name"] in correlations:
             row["rank_correlations"] = correlations[row["name"]]
-    sampled = heads and paths["head_windows"] == "blockwise" and sampled_rows is not None
+    sampled = heads and paths["head_windows"] != "materialised" and sampled_rows is not None
     dataset = {**corpus.to_dict(), **windows.describe(), "head_windows": head_windows if heads else 0,
                "batch": batch, "attention": {
                    "head_windows": paths["head_windows"] if heads else None,

@@ -15,18 +15,6 @@ from headq_core.method.values import a2_weights
 from headq_spec.metrics import HEAD_METRICS
 
 
-def _row_mask(view: LayerView) -> torch.Tensor | None:
-    """The model's mask of the view's query rows: [b, 1, R, L] (additive), bool [R, L] (causal) or
-    None (causal, every row)."""
-    mask, rows = view.call.mask, view.rows
-    if rows is None:
-        return mask
-    if mask is not None:
-        return mask[:, :, rows.to(mask.device)]
-    cols = torch.arange(view.call.key.shape[-2], device=view.raw.device)
-    return cols.unsqueeze(0) <= rows.to(cols.device).unsqueeze(1)
-
-
 class HeadAccumulator:
     """Sums of one run over its windows: per batch of windows (closed by :meth:`close_windows`)
     one state per layer; ``keep_a2`` also sums the dense attention's A² weights per (layer, KV
@@ -52,7 +40,8 @@ class HeadAccumulator:
         if view.value_hat is not None:
             acc.add_tensor_error("value_mse", call.value, view.value_hat)
             eps = view.value_hat - call.value.to(view.value_hat.dtype)
-        a = acc.add_logits(view.raw_dense, view.raw, _row_mask(view), eps=eps, value_mask=view.value_mask)
+        mask = view.call.row_mask(view.rows)
+        a = acc.add_logits(view.raw_dense, view.raw, mask, eps=eps, value_mask=view.value_mask)
         if self.keep_a2:
             a2 = (a2_weights(a, self.kv_heads) if view.a2 is None else view.a2).sum(0).cpu()  # [hkv, L]
             previous = self.a2[call.layer]

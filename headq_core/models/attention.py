@@ -4,8 +4,15 @@ It registers an attention implementation named ``headq`` through the public tran
 ``AttentionInterface`` (with the eager additive mask through ``AttentionMaskInterface``); while
 active, every attention call is handed to a *handler* as an :class:`AttentionCall` holding the
 post-RoPE query ``[batch, q_heads, q_len, d]``, key / value ``[batch, kv_heads, kv_len, d]``, the
-model's own logit scale (``module.scaling``), additive mask (causal, padding, sliding window) and
-logit softcap. The handler returns the attention output ``[batch, q_heads, q_len, d]``.
+model's own logit scale (``module.scaling``), additive mask (causal, padding, sliding window), the
+layer's sliding window and logit softcap. The handler returns the attention output
+``[batch, q_heads, q_len, d]``.
+
+Under :func:`structural_masks` (the teacher-forced evaluator, whose windows are never padded) a
+plain causal or sliding-window mask is not built: transformers' ``[batch, 1, L, L]`` float mask would
+be 4 GiB at 32k tokens and 64 GiB at 128k. The call then has ``mask=None`` and its masks are rebuilt
+from causality and ``sliding_window`` where needed (:meth:`AttentionCall.row_mask`); the tests check
+that they equal transformers' masks on every verified family.
 
 No architecture check here: :mod:`headq_core.models.adapter` checks a model before routing it.
 """
@@ -31,9 +38,10 @@ class AttentionCall:
     query: torch.Tensor
     key: torch.Tensor
     value: torch.Tensor
-    mask: torch.Tensor | None  # additive, [batch, 1, q_len, kv_len]
+    mask: torch.Tensor | None  # additive, [batch, 1, q_len, kv_len]; None: causal (+ sliding window)
     scaling: float
     softcap: float | None = None
+    sliding_window: int | None = None  # a sliding layer reads the last ``sliding_window`` keys
 
     @property
     def groups(self) -> int:
@@ -76,16 +84,31 @@ class AttentionCall:
         """Apply the model's softcap and mask to raw logits (quantization never touches these)."""
         raw = self.cap(raw)
         if self.mask is not None:
-            raw = raw + self.mask.to(raw.dtype)
-        return raw
+            return raw + self.mask.to(raw.dtype)
+        if raw.shape[-2] == 1 and self.sliding_window is None:
+            return raw  # one query reads every key
+        return raw.masked_fill(~self.allowed(), torch.finfo(raw.dtype).min)
+
+    def row_mask(self, rows: torch.Tensor | None = None) -> torch.Tensor:
+        """The mask of the query rows (every row, or the positions ``rows`` int64 [R]): transformers'
+        additive mask [batch, 1, R, kv_len], or, without one, bool [1, 1, R, kv_len] of the keys a
+        query reads (causal, within the sliding window). Queries sit at the end of the keys."""
+        q_len, kv_len = self.query.shape[-2], self.key.shape[-2]
+        if self.mask is not None:
+            return self.mask if rows is None else self.mask[:, :, rows.to(self.mask.device)]
+        device = self.query.device
+        t = torch.arange(q_len, device=device) if rows is None else rows.to(device)
+        t = (t + kv_len - q_len).unsqueeze(1)
+        j = torch.arange(kv_len, device=device).unsqueeze(0)
+        ok = j <= t
+        if self.sliding_window is not None:
+            ok &= j > t - self.sliding_window
+        return ok[None, None]
 
     def allowed(self) -> torch.Tensor:
         """bool [batch, 1 or q_heads, q_len, kv_len]: True where a query may read a key."""
-        if self.mask is None:
-            q_len, kv_len = self.query.shape[-2], self.key.shape[-2]
-            full = torch.ones(q_len, kv_len, dtype=torch.bool, device=self.query.device)
-            return torch.tril(full, diagonal=kv_len - q_len)[None, None]
-        return self.mask > torch.finfo(self.mask.dtype).min / 2
+        mask = self.row_mask()
+        return mask if mask.dtype == torch.bool else mask > torch.finfo(mask.dtype).min / 2
 
 
 def dense_attention(
@@ -110,8 +133,8 @@ def fused_attention(call: AttentionCall, key: torch.Tensor | None = None,
         return dense_attention(replace(call, key=k), value=v)
     q = call.query
     mask = call.mask
-    if mask is None and q.shape[-2] > 1:
-        mask = replace(call, key=k).allowed()  # causal, bool
+    if mask is None and (q.shape[-2] > 1 or call.sliding_window is not None):
+        mask = replace(call, key=k).allowed()  # causal (+ sliding window), bool
     elif mask is not None:
         mask = mask.to(q.device, q.dtype)  # additive
     return torch.nn.functional.scaled_dot_product_attention(
@@ -134,6 +157,7 @@ def _headq_attention(
         mask=attention_mask,
         scaling=float(scaling if scaling is not None else query.shape[-1] ** -0.5),
         softcap=softcap,
+        sliding_window=kwargs.get("sliding_window"),
     )
     out = handler(call) if handler is not None else dense_attention(call)
     return out.transpose(1, 2).contiguous(), None
@@ -142,14 +166,39 @@ def _headq_attention(
 def _eager_mask(*args, dtype: torch.dtype = torch.float32, **kwargs) -> torch.Tensor | None:
     """transformers' eager mask: its boolean sdpa mask [batch, 1, q_len, kv_len] as 0 / ``dtype``'s
     minimum, without the blocking host-to-device copy of the 0 that transformers 5.17 makes (a
-    decode step must not make the host wait for the GPU, docs/adr/0006)."""
+    decode step must not make the host wait for the GPU, docs/adr/0006). None under
+    :func:`structural_masks` for a plain causal or sliding-window mask of an unpadded window."""
     from transformers.masking_utils import sdpa_mask
 
+    if getattr(_state, "structural", False) and _plain_window(kwargs):
+        return None
     kwargs["allow_is_causal_skip"] = False
     mask = sdpa_mask(*args, **kwargs)
     if mask is None:  # a skippable bidirectional mask
         return None
     return torch.where(mask, torch.zeros((), device=mask.device, dtype=dtype), torch.finfo(dtype).min)
+
+
+def _plain_window(kwargs: dict) -> bool:
+    """Whether transformers asks for a causal (or sliding-window) mask of a whole unpadded window:
+    no padding, no cache offset, nothing that made it forbid skipping the mask (bidirectional
+    blocks, packed sequences)."""
+    padding = kwargs.get("attention_mask")
+    return (kwargs.get("allow_is_causal_skip", False) and kwargs.get("q_offset", 0) == 0
+            and kwargs.get("kv_offset", 0) == 0 and kwargs.get("q_length") == kwargs.get("kv_length")
+            and (padding is None or bool(padding.all())))
+
+
+@contextmanager
+def structural_masks() -> Iterator[None]:
+    """While active, plain causal and sliding-window masks reach the handler as ``mask=None`` (module
+    docstring); only for handlers that rebuild them (:meth:`AttentionCall.row_mask`)."""
+    previous = getattr(_state, "structural", False)
+    _state.structural = True
+    try:
+        yield
+    finally:
+        _state.structural = previous
 
 
 def _register() -> None:
