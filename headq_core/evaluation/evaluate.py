@@ -44,7 +44,8 @@ def check_runs(
     runs: Sequence[RunSpec | dict], calibration: Calibration | None, head_dim: int
 ) -> list[RunSpec]:
     """The run list as RunSpecs, checked: the model-free rules (``check_run_list``), then what needs
-    the model and calibration (rank <= head_dim, a calibration deep enough where needed)."""
+    the model and calibration (rank <= head_dim, a calibration deep enough where needed, its amax for
+    static fp8 scales)."""
     specs = check_run_list(list(runs))
     for run in specs:
         need = max(
@@ -57,6 +58,12 @@ def check_runs(
             raise ValueError(
                 f"calibration: run {run.name!r} needs rank {need}, calibration keeps {calibration.rank}"
             )
+        if any(cfg is not None and cfg.fp8_static for cfg in (run.key, run.value)):
+            if calibration is None:
+                raise ValueError(f"calibration: run {run.name!r} needs a calibration (static fp8 scales)")
+            if not calibration.has_amax:
+                raise ValueError(f"calibration: run {run.name!r} needs static fp8 scales; this calibration "
+                                 "was made without the key / value amax (calibrate again)")
         if run.headq and run.headq.rank > head_dim:
             raise ValueError(f"headq.rank: {run.headq.rank} exceeds head_dim {head_dim}")
         for side, cfg in (("key", run.key), ("value", run.value)):
@@ -97,14 +104,16 @@ def check_window(model, window: int) -> None:
         raise ValueError(f"window: {window} tokens exceed the model's max_position_embeddings ({limit})")
 
 
-def _handler(run: RunSpec, path: str, basis_for, sink: MetricsSink | None, rows: torch.Tensor | None,
-             window: int) -> RunAttention:
-    """The attention handler of ``run`` on ``path``; blockwise metrics use the sampled ``rows``
-    (every row when the sample would cover the window)."""
+def _handler(run: RunSpec, path: str, calibration: Calibration | None, sink: MetricsSink | None,
+             rows: torch.Tensor | None, window: int) -> RunAttention:
+    """The attention handler of ``run`` on ``path``, reading ``calibration``'s basis and amax;
+    blockwise metrics use the sampled ``rows`` (every row when the sample would cover the window)."""
+    basis_for = None if calibration is None else calibration.layer_basis
+    amax_for = None if calibration is None else calibration.layer_amax
     if path == "materialised":
-        return RunAttention(run, basis_for=basis_for, sink=sink)
+        return RunAttention(run, basis_for=basis_for, amax_for=amax_for, sink=sink)
     rows = torch.arange(window) if sink is not None and rows is None else rows
-    return BlockwiseRunAttention(run, basis_for=basis_for, sink=sink, rows=rows)
+    return BlockwiseRunAttention(run, basis_for=basis_for, amax_for=amax_for, sink=sink, rows=rows)
 
 
 class ExactSlidingLayers:
@@ -184,7 +193,6 @@ def evaluate(
                              placement=placement)
     first = windows.first_scored
     device = next(loaded.model.parameters()).device
-    basis_for = calibration.layer_basis if calibration is not None else None
     if head_windows is not None and (not isinstance(head_windows, int) or head_windows < 1):
         raise ValueError(f"head_windows: must be a positive integer or None, got {head_windows!r}")
     n_windows = int(windows.ids.shape[0])
@@ -211,7 +219,7 @@ def evaluate(
                     nll = token_nll(loaded.model, ids, first)
                 else:
                     sink = accumulators[run.name].add if metrics else None
-                    handler = _run_handler(run, sliding, path, basis_for, sink, sampled_rows, window)
+                    handler = _run_handler(run, sliding, path, calibration, sink, sampled_rows, window)
                     with attention_handler(loaded.model, handler):
                         nll = token_nll(loaded.model, ids, first)
                     if sink is not None:
