@@ -2,8 +2,10 @@
 so a name means one configuration everywhere (``k2+headq8``, ``kv2+a2``).
 
 The cache formats engines ship have presets by name (:data:`FORMAT_PRESETS`): ``fp8_e4m3``,
-``q4_0``, ``int8``, ``hadamard+k2``, ... each evaluates dense and that cache; ``<name>+headq`` adds
-HeadQ on its keys; ``formats`` / ``formats+headq`` evaluate all of them in one job.
+``fp8_e4m3_static`` (per-tensor scales from the calibration, so it needs one), ``q4_0``, ``int8``,
+``hadamard+k2``, ``kivi2+outliers1%`` (KVQuant's dense-and-sparse outliers), ... each evaluates
+dense and that cache; ``<name>+headq`` adds HeadQ on its keys; ``formats`` / ``formats+headq``
+evaluate all of them in one job.
 """
 
 from __future__ import annotations
@@ -24,7 +26,9 @@ A2_ONLINE = {"mode": "online", "keep_fraction": 0.1, "high_bits": 8}
 ENGINE_FORMATS = FORMAT_BITS  # format -> its code width
 INT_PER_TOKEN = {"int8": (8, False), "int4": (4, False), "int8-sym": (8, True), "int4-sym": (4, True)}
 HADAMARD_KEYS = {"hadamard+k2": 2, "hadamard+k3": 3, "hadamard+k4": 4}  # rotated KIVI keys, values dense
-FORMAT_PRESETS = (*ENGINE_FORMATS, *INT_PER_TOKEN, *HADAMARD_KEYS)
+STATIC_FP8 = {"fp8_e4m3_static": "fp8_e4m3", "fp8_e5m2_static": "fp8_e5m2"}  # per-tensor, calibrated
+OUTLIER_KIVI = {"kivi2+outliers1%": (2, 0.01)}  # KIVI K and V (bits) with a share kept exact
+FORMAT_PRESETS = (*ENGINE_FORMATS, *STATIC_FP8, *INT_PER_TOKEN, *HADAMARD_KEYS, *OUTLIER_KIVI)
 PRESETS.update({name: f"dense, {name}" for name in FORMAT_PRESETS})
 PRESETS.update({f"{name}+headq": f"dense, {name}, {name}+headq{{R}}" for name in FORMAT_PRESETS})
 PRESETS.update({"formats": "dense and every format preset", "formats+headq": "and each + headq{R}"})
@@ -49,7 +53,9 @@ def preset_help() -> str:
              if name.removesuffix("+headq") not in (*FORMAT_PRESETS, "formats")]
     lines.append("  formats   dense and every format preset below; formats+headq: and each + headq{R}")
     about = (f"format presets: {', '.join(FORMAT_PRESETS)}: dense and that KV cache as engines store it "
-             "(K and V alike); hadamard+kN: rotated N-bit per-channel keys (group --group); "
+             "(K and V alike); *_static: fp8 with per-tensor scales from --calibration; hadamard+kN: "
+             "rotated N-bit per-channel keys (group --group); kivi2+outliers1%: 2-bit per-channel keys "
+             "and per-token values keeping 1% of each token group exact; "
              "<name>+headq adds HeadQ rank R on its keys")
     lines += textwrap.wrap(about, width=100, initial_indent="  ", subsequent_indent="            ")
     return "\n".join(lines)
@@ -61,6 +67,15 @@ def format_run(name: str, group: int, residual: int) -> dict[str, Any]:
         side = {"format": name, "bits": ENGINE_FORMATS[name], "axis": "per_token", "group_size": 32,
                 "residual": residual}
         return {"name": name, "key": side, "value": side}
+    if name in STATIC_FP8:
+        side = {"format": STATIC_FP8[name], "bits": 8, "axis": "per_token", "group_size": 32,
+                "residual": residual, "fp8_static": True}
+        return {"name": name, "key": side, "value": side}
+    if name in OUTLIER_KIVI:
+        bits, share = OUTLIER_KIVI[name]
+        common = {"bits": bits, "group_size": group, "residual": residual, "outliers": share}
+        return {"name": name, "key": {**common, "axis": "per_channel"},
+                "value": {**common, "axis": "per_token"}}
     if name in INT_PER_TOKEN:
         bits, symmetric = INT_PER_TOKEN[name]
         side = {"bits": bits, "axis": "per_token", "group_size": group, "residual": residual}

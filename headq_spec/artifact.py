@@ -2,7 +2,9 @@
 
 An artifact is an uncompressed tar of exactly ``calibration.json`` (a JSON object whose ``format``
 is :data:`FORMAT`) and ``calibration.safetensors`` (float64 ``eigenvalues`` [layers, kv_heads,
-head_dim] and float32 ``basis`` [layers, kv_heads, head_dim, rank]). :func:`read_artifact` refuses
+head_dim] and float32 ``basis`` [layers, kv_heads, head_dim, rank]; since static fp8 scales also
+float32 ``key_amax`` and ``value_amax`` [layers, kv_heads], both or neither, so earlier artifacts
+still read). :func:`read_artifact` refuses
 anything else from the bytes it is given: a compressed tar is never decompressed, and every declared
 size, shape and offset must match the bytes present, so nothing read can outgrow the blob.
 """
@@ -23,6 +25,8 @@ TENSORS_NAME = "calibration.safetensors"
 MAX_META_BYTES = 4 * 2**20  # metadata: model, corpus, window offsets, versions
 MAX_HEADER_BYTES = 64 * 1024  # the safetensors JSON header of two tensors
 _TENSORS = {"eigenvalues": ("F64", 3), "basis": ("F32", 4)}  # name: (dtype, dimensions)
+AMAX = {"key_amax": ("F32", 2), "value_amax": ("F32", 2)}  # optional, both or neither
+_LAYOUTS = (set(_TENSORS), set(_TENSORS) | set(AMAX))
 _ITEM_BYTES = {"F64": 8, "F32": 4}
 
 
@@ -86,7 +90,8 @@ def check_meta(data: bytes) -> dict[str, Any]:
 
 def check_tensors(data: bytes) -> Geometry:
     """The geometry of ``calibration.safetensors`` after checking its header against its bytes:
-    exactly the two tensors, their dtypes and dimensions, offsets that tile the data."""
+    exactly the two tensors (or four, with the amax), their dtypes and dimensions, offsets that tile
+    the data."""
     if len(data) < 8:
         raise ValueError("calibration: tensors: shorter than a safetensors header")
     (size,) = struct.unpack("<Q", data[:8])
@@ -95,21 +100,26 @@ def check_tensors(data: bytes) -> Geometry:
     header = _json(data[8:8 + size], "the safetensors header")
     if isinstance(header, dict):
         header.pop("__metadata__", None)
-    if not isinstance(header, dict) or set(header) != set(_TENSORS):
-        raise ValueError(f"calibration: tensors: expected exactly {sorted(_TENSORS)}")
-    shapes = {name: _shape(name, header[name]) for name in _TENSORS}
-    spans = sorted(header[name]["data_offsets"] for name in _TENSORS)
-    if [spans[0][0], spans[0][1], spans[1][1]] != [0, spans[1][0], len(data) - 8 - size]:
+    if not isinstance(header, dict) or set(header) not in _LAYOUTS:
+        raise ValueError(f"calibration: tensors: expected exactly {sorted(_TENSORS)}, "
+                         f"optionally with {sorted(AMAX)}")
+    shapes = {name: _shape(name, header[name]) for name in header}
+    ends = [0] + [end for _, end in sorted(header[name]["data_offsets"] for name in header)]
+    starts = [start for start, _ in sorted(header[name]["data_offsets"] for name in header)]
+    if starts != ends[:-1] or ends[-1] != len(data) - 8 - size:
         raise ValueError("calibration: tensors: offsets do not tile the data")
     eigenvalues, basis = shapes["eigenvalues"], shapes["basis"]
     if basis[:3] != eigenvalues or basis[3] > basis[2]:
         raise ValueError(f"calibration: tensors: basis {basis} does not fit eigenvalues {eigenvalues}")
+    for name in AMAX:
+        if name in shapes and shapes[name] != basis[:2]:
+            raise ValueError(f"calibration: tensors: {name} {shapes[name]} does not fit basis {basis}")
     return Geometry(*basis)
 
 
 def _shape(name: str, entry: Any) -> list[int]:
     """The shape of one header entry, checked against its dtype, dimensions and byte span."""
-    dtype, dims = _TENSORS[name]
+    dtype, dims = {**_TENSORS, **AMAX}[name]
     if not isinstance(entry, dict) or set(entry) != {"dtype", "shape", "data_offsets"}:
         raise ValueError(f"calibration: tensors: {name}: not a tensor entry")
     shape, offsets = entry["shape"], entry["data_offsets"]

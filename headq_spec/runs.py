@@ -38,7 +38,9 @@ Rotation = Literal["none", "hadamard"]
 # the format fields' defaults: a config at these values is the original quantizer, and to_dict omits
 # them, so every spec and result written before the formats existed reads (and hashes) the same
 FORMAT_DEFAULTS: dict[str, Any] = {"format": "int", "symmetric": False, "fp8_scale": "tensor",
-                                   "rotation": "none", "rotation_seed": 0}
+                                   "rotation": "none", "rotation_seed": 0, "fp8_static": False,
+                                   "outliers": 0.0}
+MAX_OUTLIERS = 0.1  # the largest share of a token group kept exact (KVQuant keeps 1%)
 SlidingLayers = Literal["quantize", "full_precision"]  # how a cache stores sliding-window layers
 
 
@@ -80,7 +82,11 @@ class QuantConfig:
     ``group_size`` unused), and llama.cpp's block formats (``q8_0`` ... ``iq4_nl``: blocks of 32
     values of one token, ``group_size`` 32). ``rotation="hadamard"`` quantizes ``H x`` (a Hadamard
     transform over head_dim with random signs from ``rotation_seed``) and reads ``Hᵀ Q(H x)``.
-    ``residual`` most recent tokens stay in full precision.
+    ``residual`` most recent tokens stay in full precision. ``fp8_static``: the fp8 ``tensor`` /
+    ``head`` scale is fixed from a calibration's amax (vLLM's ``k_scale`` / ``v_scale``) instead of
+    measured on the window. ``outliers`` (``int`` only, KVQuant's dense-and-sparse option): that share
+    of each token group's largest magnitudes (per_channel: G tokens x d, per_token: one token's d),
+    rounded up, is kept exact in fp16 and left out of the scales (``method.outliers``).
     """
 
     bits: Annotated[int, _one_of(CODE_BITS)] = 2
@@ -92,6 +98,9 @@ class QuantConfig:
     fp8_scale: Fp8Scale = "tensor"
     rotation: Rotation = "none"
     rotation_seed: Annotated[int, _integer(0, MAX_SEED)] = 0
+    fp8_static: Annotated[bool, Strict()] = False
+    outliers: Annotated[float, Strict(), WithJsonSchema(
+        {"type": "number", "minimum": 0, "maximum": MAX_OUTLIERS})] = 0.0
 
     def __post_init__(self) -> None:
         _require(self.format in FORMATS, "format", f"must be one of {FORMATS}, got {self.format!r}")
@@ -114,6 +123,7 @@ class QuantConfig:
                  f"must be 'none' or 'hadamard', got {self.rotation!r}")
         _require_in(self.rotation_seed, 0, MAX_SEED, "rotation_seed")
         self._check_format_rules()
+        self._check_static_and_outliers()
 
     def _check_format_rules(self) -> None:
         """The rules that tie the fields to the format."""
@@ -132,6 +142,23 @@ class QuantConfig:
         _require(self.rotation != "none" or self.rotation_seed == 0, "rotation_seed",
                  "only used with rotation 'hadamard'")
 
+    def _check_static_and_outliers(self) -> None:
+        """The rules of ``fp8_static`` and ``outliers``."""
+        _require(isinstance(self.fp8_static, bool), "fp8_static",
+                 f"must be true or false, got {self.fp8_static!r}")
+        if self.fp8_static:
+            _require(self.format.startswith("fp8") and self.fp8_scale in ("tensor", "head"), "fp8_static",
+                     "needs an fp8 format with a 'tensor' or 'head' scale (a per-token scale is dynamic), "
+                     f"got format {self.format!r}, fp8_scale {self.fp8_scale!r}")
+            _require(self.rotation == "none", "fp8_static",
+                     "the calibration measures unrotated keys and values: not with rotation 'hadamard'")
+        share = self.outliers
+        number = isinstance(share, (int, float)) and not isinstance(share, bool)
+        _require(number and 0 <= share <= MAX_OUTLIERS, "outliers",
+                 f"must be a number in [0, {MAX_OUTLIERS}], got {share!r}")
+        _require(share == 0 or self.format == "int", "outliers",
+                 f"only for the 'int' format, got format {self.format!r}")
+
     @property
     def seq_group(self) -> int:
         """Tokens that must be complete before any of them can be quantized (1 for per_token)."""
@@ -139,8 +166,9 @@ class QuantConfig:
 
     @property
     def is_plain(self) -> bool:
-        """True for the original quantizer (asymmetric int, no rotation): what packed caches store."""
-        return self.format == "int" and not self.symmetric and self.rotation == "none"
+        """True for the original quantizer (asymmetric int, no rotation, no outliers): what packed
+        caches store."""
+        return self.format == "int" and not self.symmetric and self.rotation == "none" and not self.outliers
 
     def to_dict(self) -> dict[str, Any]:
         """The fields as a dict, the format fields only where they differ from their defaults."""

@@ -1,6 +1,8 @@
 """The KV caches engines ship, side by side with KIVI and HeadQ, on SmolLM2-135M: dense, FP8 e4m3 /
-e5m2 (one dynamic scale per layer, as vLLM's fp8 cache), llama.cpp q8_0 / q4_0 / q4_1, KIVI 2/3/4-bit
-(per-channel keys, per-token values, G = 32) and Hadamard-rotated KIVI 2/3-bit, each without and with
+e5m2 (one dynamic scale per layer, as vLLM's fp8 cache), FP8 e4m3 with a static per-layer scale from
+the calibration's amax (vLLM's calibrated ``k_scale`` / ``v_scale``), llama.cpp q8_0 / q4_0 / q4_1,
+KIVI 2/3/4-bit (per-channel keys, per-token values, G = 32), KIVI 2-bit keeping 1% of each token
+group exact (KVQuant's dense-and-sparse outliers) and Hadamard-rotated KIVI 2/3-bit, each without and with
 HeadQ on its keys (rank 8, 8-bit side codes). Keys and values in the same format, no full-precision
 window (R = 0), so each effective-bits figure is the whole cache's. Built-in State of the Union corpus:
 calibration on the addresses up to 2001, evaluation on 2002-2021.
@@ -40,9 +42,13 @@ def format_runs(group: int = 32, rank: int = RANK) -> list[RunSpec]:
     for name in ENGINE:
         side = QuantConfig(format=name, bits=FORMAT_BITS[name], axis="per_token")  # type: ignore[arg-type]
         sides[name] = (side, side)
+    static = QuantConfig(format="fp8_e4m3", bits=8, axis="per_token", fp8_static=True)
+    sides["fp8_e4m3_static"] = (static, static)
     for bits in (2, 3, 4):
         sides[f"kivi{bits}"] = (QuantConfig(bits=bits, axis="per_channel", group_size=group),
                                 QuantConfig(bits=bits, axis="per_token", group_size=group))
+    sides["kivi2+outliers1%"] = (QuantConfig(bits=2, axis="per_channel", group_size=group, outliers=0.01),
+                                 QuantConfig(bits=2, axis="per_token", group_size=group, outliers=0.01))
     for bits in (2, 3):
         sides[f"hadamard+kivi{bits}"] = (
             QuantConfig(bits=bits, axis="per_channel", group_size=group, rotation="hadamard"),
@@ -61,6 +67,8 @@ def format_label(cfg: dict[str, Any] | None) -> str:
     fmt = cfg.get("format", "int")
     label = fmt if fmt != "int" else f"int{cfg['bits']} {cfg['axis']} G{cfg['group_size']}"
     label += f" ({cfg['fp8_scale']} scale)" if "fp8_scale" in cfg else ""
+    label += " static" if cfg.get("fp8_static") else ""
+    label += f" + {cfg['outliers']:.0%} outliers" if cfg.get("outliers") else ""
     label += " sym" if cfg.get("symmetric") else ""
     return label + (f" + {cfg['rotation']}" if cfg.get("rotation", "none") != "none" else "")
 
@@ -146,7 +154,9 @@ def markdown(out: dict[str, Any]) -> str:
         f"side codes. Evaluation: {ds['windows']} windows of "
         f"{ds['window']} tokens (split `eval`), per-head metrics over {ds['head_windows']} windows. Keys "
         "and values in the same format; no full-precision window (R = 0). FP8: one dynamic float32 scale "
-        "per layer and sequence (vLLM's per-tensor scale). llama.cpp: ggml's reference quantizers, "
+        "per layer and sequence (vLLM's per-tensor scale); `_static`: one per layer from the "
+        "calibration's amax. Outliers: KVQuant's dense-and-sparse option, fp16 value + 16-bit index "
+        "each, counted in the bits. llama.cpp: ggml's reference quantizers, "
         "blocks of 32 values of one token. Intervals: paired bootstrap over windows, 95%.", "",
         "| run | key | value | K bits | V bits | perplexity | excess | share removed by HeadQ "
         "| Spearman(attn_kl, fisher) | frontier |",

@@ -21,6 +21,7 @@ import torch
 
 from headq_core.config import RunSpec
 from headq_core.evaluation.blockwise_attention import BlockwiseRunAttention
+from headq_core.evaluation.calibrate import Calibration
 from headq_core.evaluation.fused_attention import FusedRunAttention
 from headq_core.evaluation.run_attention import MetricsSink, RunAttention
 from headq_core.models.adapter import VERIFIED_MODEL_TYPES
@@ -48,15 +49,17 @@ def mask_context(model, path: str) -> AbstractContextManager[Any]:
     return structural_masks() if verified and path != "materialised" else nullcontext()
 
 
-def _handler(run: RunSpec, path: str, basis_for, sink: MetricsSink | None, rows: torch.Tensor | None,
-             window: int) -> RunAttention:
-    """The attention handler of ``run`` on ``path``; O(L) metrics use the sampled ``rows`` (every row
-    when the sample would cover the window)."""
+def _handler(run: RunSpec, path: str, calibration: Calibration | None, sink: MetricsSink | None,
+             rows: torch.Tensor | None, window: int) -> RunAttention:
+    """The attention handler of ``run`` on ``path``, reading ``calibration``'s basis and amax; O(L)
+    metrics use the sampled ``rows`` (every row when the sample would cover the window)."""
+    basis_for = None if calibration is None else calibration.layer_basis
+    amax_for = None if calibration is None else calibration.layer_amax
     if path == "materialised":
-        return RunAttention(run, basis_for=basis_for, sink=sink)
+        return RunAttention(run, basis_for=basis_for, amax_for=amax_for, sink=sink)
     rows = torch.arange(window) if sink is not None and rows is None else rows
     kind = FusedRunAttention if path == "fused" else BlockwiseRunAttention
-    return kind(run, basis_for=basis_for, sink=sink, rows=rows)
+    return kind(run, basis_for=basis_for, amax_for=amax_for, sink=sink, rows=rows)
 
 
 class ExactSlidingLayers:

@@ -1,7 +1,8 @@
 """Calibration: stream text through the model, accumulate the uncentred second moment of the
 post-RoPE queries per (layer, KV head) in float64, keep the full spectrum and the top-``rank``
-eigenvectors (the HeadQ ``query_pca`` basis). :class:`Calibration` saves to a folder
-(safetensors + JSON) or to one self-describing byte blob (what the database stores).
+eigenvectors (the HeadQ ``query_pca`` basis), and the largest magnitude of the post-RoPE keys and of
+the values per (layer, KV head) (static fp8 scales, ``fp8_static``). :class:`Calibration` saves to a
+folder (safetensors + JSON) or to one self-describing byte blob (what the database stores).
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from headq_core.errors import Cancelled
 from headq_core.evaluation.corpus import CorpusSpec
 from headq_core.evaluation.results import versions
 from headq_core.evaluation.windows import AddBos, Placement, corpus_windows
+from headq_core.method.fp8 import KV_SIDES
 from headq_core.method.headq import QueryStats
 from headq_core.models.adapter import capture
 from headq_core.models.loading import LoadedModel
@@ -32,11 +34,15 @@ from headq_spec.artifact import FORMAT, META_NAME, TENSORS_NAME, check_meta, che
 @dataclass
 class Calibration:
     """eigenvalues: float64 [layers, kv_heads, d], descending; basis: float32 [layers, kv_heads, d, rank]
-    (orthonormal columns, matching eigenvalues); meta: model, tokenizer, corpus, tokens, rank, versions."""
+    (orthonormal columns, matching eigenvalues); meta: model, tokenizer, corpus, tokens, rank, versions;
+    key_amax / value_amax: float32 [layers, kv_heads], max |x| over the calibration tokens (None in
+    artifacts made before static fp8 scales)."""
 
     eigenvalues: torch.Tensor
     basis: torch.Tensor
     meta: dict[str, Any] = field(default_factory=dict)
+    key_amax: torch.Tensor | None = None
+    value_amax: torch.Tensor | None = None
 
     @property
     def rank(self) -> int:
@@ -48,8 +54,25 @@ class Calibration:
             raise ValueError(f"rank: calibration keeps {self.rank} directions, {rank} requested")
         return self.basis[layer, :, :, :rank]
 
+    @property
+    def has_amax(self) -> bool:
+        """Whether this calibration recorded the key and value amax (static fp8 scales)."""
+        return self.key_amax is not None and self.value_amax is not None
+
+    def layer_amax(self, layer: int, side: str) -> torch.Tensor:
+        """max |key| (``side="key"``) or max |value| of one layer per KV head: float32 [kv_heads]."""
+        if side not in KV_SIDES:
+            raise ValueError(f"side: must be one of {KV_SIDES}, got {side!r}")
+        amax = self.key_amax if side == "key" else self.value_amax
+        if amax is None:
+            raise ValueError("calibration: made without the key / value amax that static fp8 scales "
+                             "(fp8_static) need; calibrate again")
+        return amax[layer]
+
     def _tensors(self) -> dict[str, torch.Tensor]:
-        return {"eigenvalues": self.eigenvalues.contiguous(), "basis": self.basis.contiguous()}
+        amax = {f"{side}_amax": getattr(self, f"{side}_amax") for side in KV_SIDES}
+        return {"eigenvalues": self.eigenvalues.contiguous(), "basis": self.basis.contiguous(),
+                **{name: t.float().contiguous() for name, t in amax.items() if t is not None}}
 
     def save(self, directory: str | Path) -> None:
         """Write ``calibration.safetensors`` and ``calibration.json`` into ``directory``."""
@@ -89,7 +112,8 @@ class Calibration:
 
     @classmethod
     def _from_parts(cls, tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> Calibration:
-        return cls(eigenvalues=tensors["eigenvalues"], basis=tensors["basis"], meta=meta)
+        return cls(eigenvalues=tensors["eigenvalues"], basis=tensors["basis"], meta=meta,
+                   key_amax=tensors.get("key_amax"), value_amax=tensors.get("value_amax"))
 
 
 def calibrate(
@@ -113,9 +137,12 @@ def calibrate(
     windows = corpus_windows(loaded.tokenizer, corpus, window, max_tokens, add_bos=add_bos,
                              placement=placement)
     stats = QueryStats(info.layers, info.kv_heads, info.head_dim)
+    amax = torch.zeros(len(KV_SIDES), info.layers, info.kv_heads)  # keys, values
 
     def on_layer(layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> None:
         stats.update(layer, q.cpu())
+        for i, x in enumerate((k, v)):  # [b, kv_heads, L, d]
+            amax[i, layer] = torch.maximum(amax[i, layer], x.float().abs().amax(dim=(0, 2, 3)).cpu())
 
     device = next(loaded.model.parameters()).device
     with torch.no_grad(), capture(loaded.model, on_layer):
@@ -135,4 +162,5 @@ def calibrate(
         "versions": versions(),
         "seconds": round(time.perf_counter() - started, 3),
     }
-    return Calibration(eigenvalues=values, basis=vectors[..., :rank].float().contiguous(), meta=meta)
+    return Calibration(eigenvalues=values, basis=vectors[..., :rank].float().contiguous(), meta=meta,
+                       key_amax=amax[0].clone(), value_amax=amax[1].clone())

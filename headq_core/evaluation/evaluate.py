@@ -41,7 +41,8 @@ def check_runs(
     runs: Sequence[RunSpec | dict], calibration: Calibration | None, head_dim: int
 ) -> list[RunSpec]:
     """The run list as RunSpecs, checked: the model-free rules (``check_run_list``), then what needs
-    the model and calibration (rank <= head_dim, a calibration deep enough where needed)."""
+    the model and calibration (rank <= head_dim, a calibration deep enough where needed, its amax for
+    static fp8 scales)."""
     specs = check_run_list(list(runs))
     for run in specs:
         need = max(
@@ -54,6 +55,12 @@ def check_runs(
             raise ValueError(
                 f"calibration: run {run.name!r} needs rank {need}, calibration keeps {calibration.rank}"
             )
+        if any(cfg is not None and cfg.fp8_static for cfg in (run.key, run.value)):
+            if calibration is None:
+                raise ValueError(f"calibration: run {run.name!r} needs a calibration (static fp8 scales)")
+            if not calibration.has_amax:
+                raise ValueError(f"calibration: run {run.name!r} needs static fp8 scales; this calibration "
+                                 "was made without the key / value amax (calibrate again)")
         if run.headq and run.headq.rank > head_dim:
             raise ValueError(f"headq.rank: {run.headq.rank} exceeds head_dim {head_dim}")
         for side, cfg in (("key", run.key), ("value", run.value)):
@@ -137,7 +144,6 @@ def evaluate(
     windows = corpus_windows(loaded.tokenizer, corpus, window, max_tokens, add_bos=add_bos,
                              placement=placement)
     first = windows.first_scored
-    basis_for = calibration.layer_basis if calibration is not None else None
     if head_windows is not None and (not isinstance(head_windows, int) or head_windows < 1):
         raise ValueError(f"head_windows: must be a positive integer or None, got {head_windows!r}")
     n_windows = int(windows.ids.shape[0])
@@ -164,7 +170,7 @@ def evaluate(
                     nll = token_nll(loaded.model, ids, first)
                 else:
                     sink = accumulators[run.name].add if metrics else None
-                    handler = run_handler(run, sliding, path, basis_for, sink, sampled_rows, window)
+                    handler = run_handler(run, sliding, path, calibration, sink, sampled_rows, window)
                     with attention_handler(loaded.model, handler), mask_context(loaded.model, path):
                         nll = token_nll(loaded.model, ids, first)
                     if sink is not None:

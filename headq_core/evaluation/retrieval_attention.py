@@ -21,15 +21,14 @@ import torch
 from transformers import DynamicCache
 
 from headq_core.config import RunSpec
-from headq_core.method.headq import BasisSource
 from headq_core.models.adapter import attention_handler
 from headq_core.models.attention import AttentionCall, fused_attention
 from headq_core.models.calls import cache_kwargs
 from headq_core.models.loading import LoadedModel
-from headq_core.runtime.cache import HeadQCache
+from headq_core.runtime.cache import CalibrationSource, HeadQCache
 
 
-def new_cache(loaded: LoadedModel, run: RunSpec, calibration: BasisSource | None) -> Any:
+def new_cache(loaded: LoadedModel, run: RunSpec, calibration: CalibrationSource | None) -> Any:
     """An empty cache for ``run``: ``DynamicCache`` when dense, else ``HeadQCache.from_run``."""
     if run.is_dense:
         return DynamicCache()

@@ -12,7 +12,8 @@ stored offset by ``2^(bits-1)``; the zero-point ``-2^(bits-1) * scale`` is exact
 
 :func:`fake_quantize` is what the evaluator calls for keys and values: every format of
 :mod:`headq_core.method.formats` (fp8, llama.cpp blocks) and, with ``rotation="hadamard"``,
-``Hᵀ Q(H x)`` (:mod:`headq_core.method.rotation`).
+``Hᵀ Q(H x)`` (:mod:`headq_core.method.rotation`), and the ``int`` format's dense-and-sparse
+outliers (:mod:`headq_core.method.outliers`).
 
 :func:`quantize` quantizes the leading :func:`~headq_core.method.schedule.quantized_count` tokens (the
 cache state after ``seq`` tokens) and keeps the rest, the full-precision residual window plus any
@@ -29,6 +30,8 @@ import torch
 
 from headq_core.config import QuantConfig
 from headq_core.method.formats import FP16_MAX, check_head_dim, fake_quantize_engine
+from headq_core.method.groups import grouped, ungrouped
+from headq_core.method.outliers import read_with_outliers
 from headq_core.method.packing import pack_bits, unpack_bits
 from headq_core.method.rotation import hadamard_matrix, rotate, unrotate
 from headq_core.method.schedule import quantized_count
@@ -82,24 +85,6 @@ X_NON_FINITE = Flag(1, "x: contains NaN or inf")
 X_FP16_RANGE = Flag(2, "x: values exceed the fp16 range of the scale / zero-point")
 
 
-def _grouped(x: torch.Tensor, cfg: QuantConfig) -> torch.Tensor:
-    """[..., n, d] -> view with the group on dim -2: per_channel [..., n/G, G, d];
-    per_token [..., n, d/G, G] transposed to [..., n, G, d/G]."""
-    *lead, n, d = x.shape
-    g = cfg.group_size
-    if cfg.axis == "per_channel":
-        return x.reshape(*lead, n // g, g, d)
-    return x.reshape(*lead, n, d // g, g).transpose(-1, -2)
-
-
-def _ungrouped(xg: torch.Tensor, cfg: QuantConfig, n: int, d: int) -> torch.Tensor:
-    """Inverse of :func:`_grouped`."""
-    lead = xg.shape[:-3]
-    if cfg.axis == "per_channel":
-        return xg.reshape(*lead, n, d)
-    return xg.transpose(-1, -2).reshape(*lead, n, d)
-
-
 def _validate(x: torch.Tensor, cfg: QuantConfig, n_quant: int, flags: torch.Tensor | None = None) -> None:
     if x.dim() < 2:
         raise ValueError(f"x: needs shape [..., seq, head_dim], got {tuple(x.shape)}")
@@ -147,14 +132,14 @@ def quantize(x: torch.Tensor, cfg: QuantConfig, n_quant: int | None = None,
     set their bits there (no host sync)."""
     seq = x.shape[-2] if x.dim() >= 2 else 0
     n_quant = quantized_count(seq, cfg) if n_quant is None else n_quant
-    if cfg.format != "int" or cfg.rotation != "none":
-        name = "format" if cfg.format != "int" else "rotation"
-        raise ValueError(f"{name}: packed codes hold the 'int' format without a rotation, got "
+    if cfg.format != "int" or cfg.rotation != "none" or cfg.outliers:
+        name = "format" if cfg.format != "int" else "rotation" if cfg.rotation != "none" else "outliers"
+        raise ValueError(f"{name}: packed codes hold the 'int' format without a rotation or outliers, got "
                          f"{getattr(cfg, name)!r} (fake_quantize reads every format)")
     _validate(x, cfg, n_quant, flags)
     d = x.shape[-1]
     head = x[..., :n_quant, :].float()
-    xg = _grouped(head, cfg)
+    xg = grouped(head, cfg)
     lo, hi = xg.amin(-2, keepdim=True), xg.amax(-2, keepdim=True)
     if n_quant:
         X_FP16_RANGE.check((lo.abs().max() > FP16_MAX) | (hi.abs().max() > FP16_MAX), flags)
@@ -162,7 +147,7 @@ def quantize(x: torch.Tensor, cfg: QuantConfig, n_quant: int | None = None,
         scale, zero, codes = _symmetric_codes(xg, cfg.bits, flags)
     else:
         scale, zero, codes = _asymmetric_codes(xg, lo, hi, cfg.bits)
-    codes = _ungrouped(codes, cfg, n_quant, d)
+    codes = ungrouped(codes, cfg, n_quant, d)
     packed = pack_bits(codes, cfg.bits, check=flags is None)  # codes are clamped: its check only syncs
     return Packed(codes=packed, scale=scale.squeeze(-2), zero=zero.squeeze(-2),
                   bits=cfg.bits, axis=cfg.axis, group_size=cfg.group_size, shape=tuple(x.shape),
@@ -174,19 +159,24 @@ def dequantize(p: Packed) -> torch.Tensor:
     d = p.shape[-1]
     n = p.n_quant
     cfg = QuantConfig(bits=p.bits, axis=p.axis, group_size=p.group_size)  # type: ignore[arg-type]
-    codes = _grouped(unpack_bits(p.codes, p.bits, d).float(), cfg)
-    head = _ungrouped(codes * p.scale.float().unsqueeze(-2) + p.zero.float().unsqueeze(-2), cfg, n, d)
+    codes = grouped(unpack_bits(p.codes, p.bits, d).float(), cfg)
+    head = ungrouped(codes * p.scale.float().unsqueeze(-2) + p.zero.float().unsqueeze(-2), cfg, n, d)
     return torch.cat([head.to(p.dtype), p.tail], dim=-2)
 
 
-def fake_quantize(x: torch.Tensor, cfg: QuantConfig | None, n_quant: int | None = None) -> torch.Tensor:
+def fake_quantize(x: torch.Tensor, cfg: QuantConfig | None, n_quant: int | None = None, *,
+                  amax: torch.Tensor | None = None) -> torch.Tensor:
     """x [..., seq, d] as read back from the cache ``cfg`` describes, in x's dtype: the first
     ``n_quant`` tokens (default: the decode rule's) through the format, the rest exact. ``int``
-    without a rotation is ``dequantize(quantize(x, cfg, n_quant))``; ``x`` itself when ``cfg`` is None."""
+    without a rotation or outliers is ``dequantize(quantize(x, cfg, n_quant))``; ``x`` itself when
+    ``cfg`` is None. ``amax`` float32 [kv_heads] (x [..., kv_heads, seq, d]): the calibration's amax of
+    x's layer, which static fp8 scales (``cfg.fp8_static``) need and nothing else takes."""
     if cfg is None:
         check_finite(x)
         return x
-    if cfg.format == "int" and cfg.rotation == "none":
+    if amax is not None and not cfg.fp8_static:
+        raise ValueError("amax: only static fp8 scales (fp8_static) read it")
+    if cfg.format == "int" and cfg.rotation == "none" and not cfg.outliers:
         return dequantize(quantize(x, cfg, n_quant))
     seq = x.shape[-2] if x.dim() >= 2 else 0
     n_quant = quantized_count(seq, cfg) if n_quant is None else n_quant
@@ -196,13 +186,18 @@ def fake_quantize(x: torch.Tensor, cfg: QuantConfig | None, n_quant: int | None 
         h = hadamard_matrix(x.shape[-1], cfg.rotation_seed)
         head = unrotate(_read_rows(rotate(head, h), cfg), h)
     else:
-        head = _read_rows(head, cfg)
+        head = _read_rows(head, cfg, amax)
     return torch.cat([head.to(x.dtype), x[..., n_quant:, :]], dim=-2)
 
 
-def _read_rows(rows: torch.Tensor, cfg: QuantConfig) -> torch.Tensor:
-    """Every row of rows float32 [..., n, d] through ``cfg``'s format (no rotation) -> float32."""
-    if cfg.format == "int":
-        plain = replace(cfg, rotation="none", rotation_seed=0)
-        return dequantize(quantize(rows, plain, n_quant=rows.shape[-2]))
-    return fake_quantize_engine(rows, cfg)
+def _read_rows(rows: torch.Tensor, cfg: QuantConfig, amax: torch.Tensor | None = None) -> torch.Tensor:
+    """Every row of rows float32 [..., n, d] through ``cfg``'s format (no rotation; ``int``: its
+    outliers by ``method.outliers``) -> float32."""
+    if cfg.format != "int":
+        return fake_quantize_engine(rows, cfg, amax)
+    dense = replace(cfg, rotation="none", rotation_seed=0, outliers=0.0)
+
+    def read(r: torch.Tensor) -> torch.Tensor:
+        return dequantize(quantize(r, dense, n_quant=r.shape[-2]))
+
+    return read_with_outliers(rows, cfg, read) if cfg.outliers else read(rows)

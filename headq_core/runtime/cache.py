@@ -33,12 +33,13 @@ from __future__ import annotations
 import math
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from typing import Any, cast
+from typing import Any, Protocol, cast
 
 import torch
 from transformers.cache_utils import Cache, DynamicLayer
 
 from headq_core.config import HeadQConfig, QuantConfig, RunSpec, ValuePolicyConfig
+from headq_core.method.fp8 import AmaxSource
 from headq_core.method.headq import BasisSource, make_basis
 from headq_core.models.adapter import attention_handler
 from headq_core.models.attention import AttentionCall, fused_attention
@@ -51,16 +52,22 @@ from headq_core.runtime.sides import PolicySide, Side
 from headq_core.runtime.step_flags import StepFlags
 
 
-def make_side(cfg: QuantConfig | None) -> Side:
+class CalibrationSource(BasisSource, AmaxSource, Protocol):
+    """A calibration's query basis and amax (``evaluation.calibrate.Calibration``)."""
+
+
+def make_side(cfg: QuantConfig | None, amax: torch.Tensor | None = None) -> Side:
     """The side that stores ``cfg``: packed codes for the plain ``int`` format, else the
-    dequantizing :class:`FormatSide` (engine formats, symmetric codes, rotations)."""
-    return Side(cfg) if cfg is None or cfg.is_plain else FormatSide(cfg)
+    dequantizing :class:`FormatSide` (engine formats, symmetric codes, rotations, outliers; ``amax``
+    [kv_heads] for static fp8 scales)."""
+    return Side(cfg) if cfg is None or cfg.is_plain else FormatSide(cfg, amax)
 
 
 class HeadQCacheLayer(DynamicLayer):
     """One layer: quantized keys (``key``), values (``value``), optional HeadQ side code with
     ``basis`` U [kv_heads, d, rank]. ``None`` keeps that side in full precision. ``window``: the
     sliding window of a sliding layer (tokens a query sees, itself included), None for full attention.
+    ``amax``: the layer's calibration amax float32 [kv_heads] of keys and values (static fp8 scales).
 
     Under ``attached``, a single-token step on CUDA whose layout the Triton decode kernel reads
     (per_channel keys and per_token values at 1/2/4/8 bits, token-scaled 4/8/16-bit side codes, no
@@ -86,6 +93,7 @@ class HeadQCacheLayer(DynamicLayer):
         window: int | None = None,
         flags: StepFlags | None = None,
         check_steps: bool = True,
+        amax: tuple[torch.Tensor | None, torch.Tensor | None] = (None, None),
     ) -> None:
         super().__init__()
         if value_policy is not None and value is None:
@@ -98,9 +106,10 @@ class HeadQCacheLayer(DynamicLayer):
         self.headq, self.basis = headq, basis
         if value_policy is not None and value is not None and not value.is_plain:
             raise ValueError("value_policy: the cache's A² policy needs the plain 'int' value format "
-                             "(asymmetric, no rotation)")
-        self.key_side = make_side(key)
-        self.value_side = make_side(value) if value_policy is None else PolicySide(value, value_policy)  # type: ignore[arg-type]
+                             "(asymmetric, no rotation, no outliers)")
+        self.key_side = make_side(key, amax[0])
+        self.value_side = (make_side(value, amax[1]) if value_policy is None
+                           else PolicySide(value, value_policy))  # type: ignore[arg-type]
         self.window, self.is_sliding = window, window is not None
         # tokens are freed a whole group of every quantized side at a time
         self.unit = math.lcm(*(1 if c is None else c.seq_group for c in (key, value)))
@@ -236,7 +245,8 @@ class HeadQCacheLayer(DynamicLayer):
 
 class HeadQCache(Cache):
     """Quantized cache for all layers; ``basis`` [layers, kv_heads, d, >= rank] (e.g. a
-    calibration's) is needed for HeadQ with the ``query_pca`` basis. The model's ``config`` (or
+    calibration's) is needed for HeadQ with the ``query_pca`` basis, ``amax`` (a calibration) for
+    static fp8 scales. The model's ``config`` (or
     ``windows``, one per layer: the sliding window or None) tells which layers slide;
     ``sliding_layers`` quantizes those as the others or keeps them in full precision.
     ``check_steps=False``: decode steps never read the flags (no host sync, for CUDA graphs); only
@@ -255,6 +265,7 @@ class HeadQCache(Cache):
         windows: Sequence[int | None] | None = None,
         sliding_layers: str = "quantize",
         check_steps: bool = True,
+        amax: AmaxSource | None = None,
     ) -> None:
         if headq is not None and basis is None:
             raise ValueError("basis: HeadQ needs the per-layer basis [layers, kv_heads, d, rank]")
@@ -266,7 +277,7 @@ class HeadQCache(Cache):
         found = layer_windows(config) if config is not None else windows
         self.windows = check_windows([None] * num_layers if found is None else found, num_layers)
         self.sliding_layers = sliding_layers
-        self.flags, self.check_steps = StepFlags(), check_steps
+        self.flags, self.check_steps, self.amax = StepFlags(), check_steps, amax
         layers = [self._layer(i, key, value, headq, basis, value_policy) for i in range(num_layers)]
         super().__init__(layers=list(layers))
         self.quant_layers = layers  # the same objects, typed
@@ -279,10 +290,20 @@ class HeadQCache(Cache):
             return HeadQCacheLayer(None, None, window=window, flags=self.flags, check_steps=checks)
         layer_basis = None if basis is None or headq is None else basis[i, ..., : headq.rank].float()
         return HeadQCacheLayer(key, value, headq, layer_basis, value_policy, window=window, flags=self.flags,
-                               check_steps=checks)
+                               check_steps=checks,
+                               amax=(self._amax(i, "key", key), self._amax(i, "value", value)))
+
+    def _amax(self, layer: int, side: str, cfg: QuantConfig | None) -> torch.Tensor | None:
+        """The calibration amax [kv_heads] of ``side`` in ``layer`` where ``cfg`` has static fp8 scales."""
+        if cfg is None or not cfg.fp8_static:
+            return None
+        if self.amax is None:
+            raise ValueError(f"calibration: the {side} side's static fp8 scales (fp8_static) need a "
+                             "calibration's amax")
+        return self.amax.layer_amax(layer, side)
 
     @classmethod
-    def from_run(cls, run: RunSpec, calibration: BasisSource | None, info: ModelInfo,
+    def from_run(cls, run: RunSpec, calibration: CalibrationSource | None, info: ModelInfo,
                  config: Any = None) -> HeadQCache:
         """The cache that decodes as the evaluator scores ``run``: the same configuration objects and
         the same basis rule (``headq.make_basis``), for the model ``info`` describes; with the
@@ -302,7 +323,7 @@ class HeadQCache(Cache):
                            query_basis=calibration.layer_basis(layer, hq.rank) if calibration else None)
                 for layer in range(info.layers)])
         return cls(info.layers, run.key, run.value, run.headq, basis, run.value_policy, config=config,
-                   sliding_layers=run.sliding_layers or "quantize")
+                   sliding_layers=run.sliding_layers or "quantize", amax=calibration)
 
     def check(self) -> None:
         """Raise ValueError for what the decode steps recorded since the last check (module

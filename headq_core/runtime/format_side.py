@@ -6,7 +6,8 @@ by ``quant.fake_quantize`` (the evaluator's own function) and held as what atten
 [B, H, n, d]; with HeadQ the side code of the residual as for packed sides. So a decode loop reads
 exactly what the evaluator scores; the memory held is not the format's (the kernel path never reads
 this side): :meth:`FormatSide.nbytes` counts what the format stores per row (``formats.row_bits``),
-which is what a serving engine would hold.
+which is what a serving engine would hold. Static fp8 scales read the layer's calibration ``amax``
+as the evaluator does.
 """
 
 from __future__ import annotations
@@ -22,10 +23,14 @@ from headq_core.runtime.sides import Side, cat_side
 
 
 class FormatSide(Side):
-    """One side in a format only the evaluator's ``fake_quantize`` reads (module docstring)."""
+    """One side in a format only the evaluator's ``fake_quantize`` reads (module docstring);
+    ``amax`` float32 [H]: the layer's calibration amax of this side, for static fp8 scales only."""
 
-    def __init__(self, cfg: QuantConfig) -> None:
+    def __init__(self, cfg: QuantConfig, amax: torch.Tensor | None = None) -> None:
         super().__init__(cfg)
+        if cfg.fp8_static and amax is None:
+            raise ValueError("calibration: static fp8 scales (fp8_static) need the calibration's amax")
+        self.amax = amax
         self.head: torch.Tensor | None = None  # quantized tokens as read, float32 [B, H, n, d]
 
     @property
@@ -44,7 +49,7 @@ class FormatSide(Side):
         if move <= 0:
             return
         leaving, self.tail = self.tail[..., :move, :].float(), self.tail[..., move:, :]
-        read = fake_quantize(leaving, self.cfg, n_quant=move)
+        read = fake_quantize(leaving, self.cfg, n_quant=move, amax=self.amax)
         if basis is not None and headq is not None:
             side = encode_side(leaving - read, basis.to(leaving.device), headq.side_bits,
                                scale=headq.side_scale, group_size=self.cfg.group_size)

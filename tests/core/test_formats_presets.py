@@ -45,3 +45,16 @@ def test_help_lists_the_format_presets(capsys: pytest.CaptureFixture[str]) -> No
     text = " ".join(capsys.readouterr().out.split())
     for name in (*FORMAT_PRESETS, "formats+headq", "<name>+headq"):
         assert name in text, name
+
+
+def test_static_fp8_and_outlier_presets():
+    _, static = check_run_list(preset_runs("fp8_e4m3_static", 2, 32, 0, 8))
+    assert static.key == static.value and static.key.fp8_static and static.key.fp8_scale == "tensor"
+    runs = preset_runs("fp8_e4m3_static", 2, 32, 0, 8)
+    job = {"kind": "evaluation", "model": {"id": "org/m"}, "runs": runs}
+    with pytest.raises(ValueError, match="calibration_job: required by"):
+        JobSpec.model_validate(job)
+    _, kivi = check_run_list(preset_runs("kivi2+outliers1%", 2, 32, 0, 8))
+    assert (kivi.key.axis, kivi.value.axis, kivi.key.bits) == ("per_channel", "per_token", 2)
+    assert kivi.key.outliers == kivi.value.outliers == 0.01
+    assert effective_bits(kivi.key, 64) == 2 + 32 / 32 + 21 * 32 / 2048
