@@ -23,6 +23,7 @@ import argparse
 import functools
 import json
 import statistics
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -92,13 +93,15 @@ def measure(model, ids: torch.Tensor, make: Handler, repeats: int, device: str) 
         if cuda:
             torch.cuda.empty_cache()
             torch.cuda.reset_peak_memory_stats()
+        warmup = time.perf_counter()
         nll = one_pass(model, ids, make) / (ids.shape[1] - 1)
+        warmup = time.perf_counter() - warmup  # with a GPU kernel's compilation
         seconds = statistics.median(wall_ms(lambda: one_pass(model, ids, make), device)
                                     for _ in range(repeats)) / 1e3
     except torch.OutOfMemoryError:
         return {"seconds": None, "peak_gib": None, "nll": None, "status": "oom"}
     peak = torch.cuda.max_memory_allocated() / GIB if cuda else None
-    return {"seconds": seconds, "peak_gib": peak, "nll": nll, "status": "ok"}
+    return {"seconds": seconds, "peak_gib": peak, "nll": nll, "warmup_s": warmup, "status": "ok"}
 
 
 def cell(row: dict, value: float | None, fmt: str) -> str:
