@@ -2,8 +2,8 @@
 so a name means one configuration everywhere (``k2+headq8``, ``kv2+a2``).
 
 The cache formats engines ship have presets by name (:data:`FORMAT_PRESETS`): ``fp8_e4m3``,
-``q4_0``, ``int8``, ``hadamard+k2``, ... each evaluates dense and that cache; ``<name>+headq`` adds
-HeadQ on its keys; ``formats`` / ``formats+headq`` evaluate all of them in one job.
+``q4_0``, ``int8``, ``hadamard+k2``, ``prerope+k2``, ... each evaluates dense and that cache;
+``<name>+headq`` adds HeadQ on its keys; ``formats`` / ``formats+headq`` evaluate all of them in one job.
 """
 
 from __future__ import annotations
@@ -24,7 +24,9 @@ A2_ONLINE = {"mode": "online", "keep_fraction": 0.1, "high_bits": 8}
 ENGINE_FORMATS = FORMAT_BITS  # format -> its code width
 INT_PER_TOKEN = {"int8": (8, False), "int4": (4, False), "int8-sym": (8, True), "int4-sym": (4, True)}
 HADAMARD_KEYS = {"hadamard+k2": 2, "hadamard+k3": 3, "hadamard+k4": 4}  # rotated KIVI keys, values dense
-FORMAT_PRESETS = (*ENGINE_FORMATS, *INT_PER_TOKEN, *HADAMARD_KEYS)
+# pre-RoPE KIVI keys (KVQuant), values dense: models with full-width RoPE only (adapter.check_pre_rope)
+PRE_ROPE_KEYS = {"prerope+k2": 2, "prerope+k3": 3, "prerope+k4": 4}
+FORMAT_PRESETS = (*ENGINE_FORMATS, *INT_PER_TOKEN, *HADAMARD_KEYS, *PRE_ROPE_KEYS)
 PRESETS.update({name: f"dense, {name}" for name in FORMAT_PRESETS})
 PRESETS.update({f"{name}+headq": f"dense, {name}, {name}+headq{{R}}" for name in FORMAT_PRESETS})
 PRESETS.update({"formats": "dense and every format preset", "formats+headq": "and each + headq{R}"})
@@ -50,6 +52,7 @@ def preset_help() -> str:
     lines.append("  formats   dense and every format preset below; formats+headq: and each + headq{R}")
     about = (f"format presets: {', '.join(FORMAT_PRESETS)}: dense and that KV cache as engines store it "
              "(K and V alike); hadamard+kN: rotated N-bit per-channel keys (group --group); "
+             "prerope+kN: N-bit per-channel keys quantized before RoPE (full-width RoPE models only); "
              "<name>+headq adds HeadQ rank R on its keys")
     lines += textwrap.wrap(about, width=100, initial_indent="  ", subsequent_indent="            ")
     return "\n".join(lines)
@@ -69,6 +72,9 @@ def format_run(name: str, group: int, residual: int) -> dict[str, Any]:
     if name in HADAMARD_KEYS:
         return {"name": name, "key": {"bits": HADAMARD_KEYS[name], "axis": "per_channel", "group_size": group,
                                       "residual": residual, "rotation": "hadamard"}}
+    if name in PRE_ROPE_KEYS:
+        return {"name": name, "key": {"bits": PRE_ROPE_KEYS[name], "axis": "per_channel", "group_size": group,
+                                      "residual": residual, "pre_rope": True}}
     raise ValueError(f"runs: unknown format preset {name!r}; choose one of {FORMAT_PRESETS}")
 
 

@@ -38,7 +38,7 @@ Rotation = Literal["none", "hadamard"]
 # the format fields' defaults: a config at these values is the original quantizer, and to_dict omits
 # them, so every spec and result written before the formats existed reads (and hashes) the same
 FORMAT_DEFAULTS: dict[str, Any] = {"format": "int", "symmetric": False, "fp8_scale": "tensor",
-                                   "rotation": "none", "rotation_seed": 0}
+                                   "rotation": "none", "rotation_seed": 0, "pre_rope": False}
 SlidingLayers = Literal["quantize", "full_precision"]  # how a cache stores sliding-window layers
 
 
@@ -80,6 +80,9 @@ class QuantConfig:
     ``group_size`` unused), and llama.cpp's block formats (``q8_0`` ... ``iq4_nl``: blocks of 32
     values of one token, ``group_size`` 32). ``rotation="hadamard"`` quantizes ``H x`` (a Hadamard
     transform over head_dim with random signs from ``rotation_seed``) and reads ``Hᵀ Q(H x)``.
+    ``pre_rope`` (keys only, KVQuant): quantize each key before the rotary embedding and rotate it
+    back at read time, ``k^_j = RoPE_j(Q(RoPE_j⁻¹(k_j)))``, on top of any format and rotation; no
+    stored bits (the position fixes the rotation); models with full-width ``rotate_half`` RoPE only.
     ``residual`` most recent tokens stay in full precision.
     """
 
@@ -92,6 +95,7 @@ class QuantConfig:
     fp8_scale: Fp8Scale = "tensor"
     rotation: Rotation = "none"
     rotation_seed: Annotated[int, _integer(0, MAX_SEED)] = 0
+    pre_rope: Annotated[bool, Strict()] = False  # keys only: RunSpec refuses it on values
 
     def __post_init__(self) -> None:
         _require(self.format in FORMATS, "format", f"must be one of {FORMATS}, got {self.format!r}")
@@ -113,6 +117,7 @@ class QuantConfig:
         _require(self.rotation in ("none", "hadamard"), "rotation",
                  f"must be 'none' or 'hadamard', got {self.rotation!r}")
         _require_in(self.rotation_seed, 0, MAX_SEED, "rotation_seed")
+        _require(isinstance(self.pre_rope, bool), "pre_rope", f"must be true or false, got {self.pre_rope!r}")
         self._check_format_rules()
 
     def _check_format_rules(self) -> None:
@@ -139,8 +144,9 @@ class QuantConfig:
 
     @property
     def is_plain(self) -> bool:
-        """True for the original quantizer (asymmetric int, no rotation): what packed caches store."""
-        return self.format == "int" and not self.symmetric and self.rotation == "none"
+        """True for the original quantizer (asymmetric int, no rotation, post-RoPE): what packed
+        caches store."""
+        return self.format == "int" and not self.symmetric and self.rotation == "none" and not self.pre_rope
 
     def to_dict(self) -> dict[str, Any]:
         """The fields as a dict, the format fields only where they differ from their defaults."""
@@ -255,6 +261,8 @@ class RunSpec:
                  or self.key.axis == "per_channel", "headq.side_scale",
                  "'group' needs per_channel keys (the code shares the key group of G tokens)")
         _require(self.intervention is None or self.key is not None, "intervention", "needs a key quantizer")
+        _require(self.value is None or not self.value.pre_rope, "value.pre_rope",
+                 "keys only: values carry no rotary embedding")
         _require(self.sliding_layers in (None, "quantize", "full_precision"), "sliding_layers",
                  f"must be 'quantize' or 'full_precision', got {self.sliding_layers!r}")
         _require(self.value_policy is None or self.value is not None, "value_policy",
