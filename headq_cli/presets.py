@@ -3,9 +3,9 @@ so a name means one configuration everywhere (``k2+headq8``, ``kv2+a2``).
 
 The cache formats engines ship have presets by name (:data:`FORMAT_PRESETS`): ``fp8_e4m3``,
 ``fp8_e4m3_static`` (per-tensor scales from the calibration, so it needs one), ``q4_0``, ``int8``,
-``hadamard+k2``, ``kivi2+outliers1%`` (KVQuant's dense-and-sparse outliers), ... each evaluates
-dense and that cache; ``<name>+headq`` adds HeadQ on its keys; ``formats`` / ``formats+headq``
-evaluate all of them in one job.
+``hadamard+k2``, ``kivi2+outliers1%`` (KVQuant's dense-and-sparse outliers), ``prerope+k2``, ... each
+evaluates dense and that cache; ``<name>+headq`` adds HeadQ on its keys; ``formats`` /
+``formats+headq`` evaluate all of them in one job.
 """
 
 from __future__ import annotations
@@ -28,7 +28,9 @@ INT_PER_TOKEN = {"int8": (8, False), "int4": (4, False), "int8-sym": (8, True), 
 HADAMARD_KEYS = {"hadamard+k2": 2, "hadamard+k3": 3, "hadamard+k4": 4}  # rotated KIVI keys, values dense
 STATIC_FP8 = {"fp8_e4m3_static": "fp8_e4m3", "fp8_e5m2_static": "fp8_e5m2"}  # per-tensor, calibrated
 OUTLIER_KIVI = {"kivi2+outliers1%": (2, 0.01)}  # KIVI K and V (bits) with a share kept exact
-FORMAT_PRESETS = (*ENGINE_FORMATS, *STATIC_FP8, *INT_PER_TOKEN, *HADAMARD_KEYS, *OUTLIER_KIVI)
+# pre-RoPE KIVI keys (KVQuant), values dense: models with full-width RoPE only (adapter.check_pre_rope)
+PRE_ROPE_KEYS = {"prerope+k2": 2, "prerope+k3": 3, "prerope+k4": 4}
+FORMAT_PRESETS = (*ENGINE_FORMATS, *STATIC_FP8, *INT_PER_TOKEN, *HADAMARD_KEYS, *OUTLIER_KIVI, *PRE_ROPE_KEYS)
 PRESETS.update({name: f"dense, {name}" for name in FORMAT_PRESETS})
 PRESETS.update({f"{name}+headq": f"dense, {name}, {name}+headq{{R}}" for name in FORMAT_PRESETS})
 PRESETS.update({"formats": "dense and every format preset", "formats+headq": "and each + headq{R}"})
@@ -56,6 +58,7 @@ def preset_help() -> str:
              "(K and V alike); *_static: fp8 with per-tensor scales from --calibration; hadamard+kN: "
              "rotated N-bit per-channel keys (group --group); kivi2+outliers1%: 2-bit per-channel keys "
              "and per-token values keeping 1% of each token group exact; "
+             "prerope+kN: N-bit per-channel keys quantized before RoPE (full-width RoPE models only); "
              "<name>+headq adds HeadQ rank R on its keys")
     lines += textwrap.wrap(about, width=100, initial_indent="  ", subsequent_indent="            ")
     return "\n".join(lines)
@@ -84,6 +87,9 @@ def format_run(name: str, group: int, residual: int) -> dict[str, Any]:
     if name in HADAMARD_KEYS:
         return {"name": name, "key": {"bits": HADAMARD_KEYS[name], "axis": "per_channel", "group_size": group,
                                       "residual": residual, "rotation": "hadamard"}}
+    if name in PRE_ROPE_KEYS:
+        return {"name": name, "key": {"bits": PRE_ROPE_KEYS[name], "axis": "per_channel", "group_size": group,
+                                      "residual": residual, "pre_rope": True}}
     raise ValueError(f"runs: unknown format preset {name!r}; choose one of {FORMAT_PRESETS}")
 
 

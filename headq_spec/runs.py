@@ -39,7 +39,7 @@ Rotation = Literal["none", "hadamard"]
 # them, so every spec and result written before the formats existed reads (and hashes) the same
 FORMAT_DEFAULTS: dict[str, Any] = {"format": "int", "symmetric": False, "fp8_scale": "tensor",
                                    "rotation": "none", "rotation_seed": 0, "fp8_static": False,
-                                   "outliers": 0.0}
+                                   "outliers": 0.0, "pre_rope": False}
 MAX_OUTLIERS = 0.1  # the largest share of a token group kept exact (KVQuant keeps 1%)
 SlidingLayers = Literal["quantize", "full_precision"]  # how a cache stores sliding-window layers
 
@@ -87,6 +87,9 @@ class QuantConfig:
     measured on the window. ``outliers`` (``int`` only, KVQuant's dense-and-sparse option): that share
     of each token group's largest magnitudes (per_channel: G tokens x d, per_token: one token's d),
     rounded up, is kept exact in fp16 and left out of the scales (``method.outliers``).
+    ``pre_rope`` (keys only, KVQuant): quantize each key before the rotary embedding and rotate it
+    back at read time, ``k^_j = RoPE_j(Q(RoPE_j⁻¹(k_j)))``, on top of any format and rotation; no
+    stored bits (the position fixes the rotation); models with full-width ``rotate_half`` RoPE only.
     """
 
     bits: Annotated[int, _one_of(CODE_BITS)] = 2
@@ -101,6 +104,7 @@ class QuantConfig:
     fp8_static: Annotated[bool, Strict()] = False
     outliers: Annotated[float, Strict(), WithJsonSchema(
         {"type": "number", "minimum": 0, "maximum": MAX_OUTLIERS})] = 0.0
+    pre_rope: Annotated[bool, Strict()] = False  # keys only: RunSpec refuses it on values
 
     def __post_init__(self) -> None:
         _require(self.format in FORMATS, "format", f"must be one of {FORMATS}, got {self.format!r}")
@@ -122,6 +126,7 @@ class QuantConfig:
         _require(self.rotation in ("none", "hadamard"), "rotation",
                  f"must be 'none' or 'hadamard', got {self.rotation!r}")
         _require_in(self.rotation_seed, 0, MAX_SEED, "rotation_seed")
+        _require(isinstance(self.pre_rope, bool), "pre_rope", f"must be true or false, got {self.pre_rope!r}")
         self._check_format_rules()
         self._check_static_and_outliers()
 
@@ -152,6 +157,8 @@ class QuantConfig:
                      f"got format {self.format!r}, fp8_scale {self.fp8_scale!r}")
             _require(self.rotation == "none", "fp8_static",
                      "the calibration measures unrotated keys and values: not with rotation 'hadamard'")
+            _require(not self.pre_rope, "fp8_static",
+                     "the calibration measures post-RoPE keys: not with pre_rope")
         share = self.outliers
         number = isinstance(share, (int, float)) and not isinstance(share, bool)
         _require(number and 0 <= share <= MAX_OUTLIERS, "outliers",
@@ -166,9 +173,10 @@ class QuantConfig:
 
     @property
     def is_plain(self) -> bool:
-        """True for the original quantizer (asymmetric int, no rotation, no outliers): what packed
-        caches store."""
-        return self.format == "int" and not self.symmetric and self.rotation == "none" and not self.outliers
+        """True for the original quantizer (asymmetric int, no rotation, no outliers, post-RoPE):
+        what packed caches store."""
+        return (self.format == "int" and not self.symmetric and self.rotation == "none"
+                and not self.outliers and not self.pre_rope)
 
     def to_dict(self) -> dict[str, Any]:
         """The fields as a dict, the format fields only where they differ from their defaults."""
@@ -283,6 +291,8 @@ class RunSpec:
                  or self.key.axis == "per_channel", "headq.side_scale",
                  "'group' needs per_channel keys (the code shares the key group of G tokens)")
         _require(self.intervention is None or self.key is not None, "intervention", "needs a key quantizer")
+        _require(self.value is None or not self.value.pre_rope, "value.pre_rope",
+                 "keys only: values carry no rotary embedding")
         _require(self.sliding_layers in (None, "quantize", "full_precision"), "sliding_layers",
                  f"must be 'quantize' or 'full_precision', got {self.sliding_layers!r}")
         _require(self.value_policy is None or self.value is not None, "value_policy",

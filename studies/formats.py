@@ -2,7 +2,8 @@
 e5m2 (one dynamic scale per layer, as vLLM's fp8 cache), FP8 e4m3 with a static per-layer scale from
 the calibration's amax (vLLM's calibrated ``k_scale`` / ``v_scale``), llama.cpp q8_0 / q4_0 / q4_1,
 KIVI 2/3/4-bit (per-channel keys, per-token values, G = 32), KIVI 2-bit keeping 1% of each token
-group exact (KVQuant's dense-and-sparse outliers) and Hadamard-rotated KIVI 2/3-bit, each without and with
+group exact (KVQuant's dense-and-sparse outliers), Hadamard-rotated KIVI 2/3-bit and KIVI 2-bit with
+its keys quantized before RoPE (KVQuant's pre-RoPE per-channel keys), each without and with
 HeadQ on its keys (rank 8, 8-bit side codes). Keys and values in the same format, no full-precision
 window (R = 0), so each effective-bits figure is the whole cache's. Built-in State of the Union corpus:
 calibration on the addresses up to 2001, evaluation on 2002-2021.
@@ -53,6 +54,8 @@ def format_runs(group: int = 32, rank: int = RANK) -> list[RunSpec]:
         sides[f"hadamard+kivi{bits}"] = (
             QuantConfig(bits=bits, axis="per_channel", group_size=group, rotation="hadamard"),
             QuantConfig(bits=bits, axis="per_token", group_size=group, rotation="hadamard"))
+    sides["prerope+kivi2"] = (QuantConfig(bits=2, axis="per_channel", group_size=group, pre_rope=True),
+                              QuantConfig(bits=2, axis="per_token", group_size=group))
     runs = [RunSpec("dense")]
     for name, (key, value) in sides.items():
         runs.append(RunSpec(name, key=key, value=value))
@@ -61,7 +64,8 @@ def format_runs(group: int = 32, rank: int = RANK) -> list[RunSpec]:
 
 
 def format_label(cfg: dict[str, Any] | None) -> str:
-    """A spec side as one short label: ``q4_0``, ``int2 per_channel G32``, ``... + hadamard``."""
+    """A spec side as one short label: ``q4_0``, ``int2 per_channel G32``, ``... + hadamard``,
+    ``... pre-RoPE``."""
     if cfg is None:
         return "fp16"
     fmt = cfg.get("format", "int")
@@ -70,6 +74,7 @@ def format_label(cfg: dict[str, Any] | None) -> str:
     label += " static" if cfg.get("fp8_static") else ""
     label += f" + {cfg['outliers']:.0%} outliers" if cfg.get("outliers") else ""
     label += " sym" if cfg.get("symmetric") else ""
+    label += " pre-RoPE" if cfg.get("pre_rope") else ""
     return label + (f" + {cfg['rotation']}" if cfg.get("rotation", "none") != "none" else "")
 
 
@@ -144,7 +149,8 @@ def markdown(out: dict[str, Any]) -> str:
     """The Markdown summary of a study document."""
     ds, model, on = out["dataset"], out["model"], set(out["frontier"])
     lines = [
-        "# The KV caches engines ship, measured per head: FP8, llama.cpp blocks, KIVI, Hadamard, HeadQ",
+        "# The KV caches engines ship, measured per head: FP8, llama.cpp blocks, KIVI, Hadamard, "
+        "pre-RoPE keys, HeadQ",
         "", "Script: `studies/formats.py` (issue 17); results: `formats.json` (every config field, "
         "per-window NLL sums, versions, device, commit).", "", f"    {out['command']}", "",
         f"Run on {out['date']} on {out['device']}, {out['seconds']:,} s; code of commit "

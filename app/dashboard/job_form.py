@@ -24,10 +24,11 @@ def _number(value: Any, field: str, kind: type = int) -> Any:
 
 
 def run_name(key_bits: int, headq: dict | None, value_bits: int | None, policy: str | None,
-             fmt: str = "int", rotation: bool = False) -> str:
+             fmt: str = "int", rotation: bool = False, pre_rope: bool = False) -> str:
     """A readable configuration name such as ``k2``, ``k2-headq-r8``, ``k2-v2-a2``, ``k-q4_0-v-q4_0``,
-    ``hadamard+k2``."""
-    name = ("hadamard+" if rotation else "") + (f"k{key_bits}" if fmt == "int" else f"k-{fmt}")
+    ``hadamard+k2``, ``prerope+k2``."""
+    name = ("prerope+" if pre_rope else "") + ("hadamard+" if rotation else "")
+    name += f"k{key_bits}" if fmt == "int" else f"k-{fmt}"
     if headq is not None:
         name += f"-headq-r{headq['rank']}" + ("" if headq["basis"] == "query_pca" else f"-{headq['basis']}")
         name += "-wrongsign" if headq["sign"] == -1 else ""
@@ -56,7 +57,8 @@ def build_spec(form: dict[str, Any]) -> dict[str, Any]:
     """Job spec from form values.
 
     Keys: ``label, model, calibration_job, bits, group_size, residual, axis, format ('int' or an
-    engine format: keys, and values when value bits are chosen), rotation (bool), headq (bool), rank,
+    engine format: keys, and values when value bits are chosen), rotation (bool), pre_rope (bool:
+    keys quantized before RoPE), headq (bool), rank,
     basis, sign, value_bits ('dense' or int), value_policy ('none'|'online'|'oracle'),
     keep_fraction, baselines (bool), dataset_source, dataset_name, split, tokens, window,
     head_windows`` (empty split or head windows: the API's default). With ``baselines`` the spec
@@ -67,6 +69,8 @@ def build_spec(form: dict[str, Any]) -> dict[str, Any]:
     if not model:
         raise ValueError("model: a model id is required")
     key = _quantizer(form, _number(form.get("bits"), "bits"), form.get("axis") or "per_channel")
+    if form.get("pre_rope"):
+        key["pre_rope"] = True
     headq = None
     if form.get("headq"):
         headq = {
@@ -91,13 +95,14 @@ def build_spec(form: dict[str, Any]) -> dict[str, Any]:
     elif policy:
         raise ValueError("value_policy: needs quantized values (choose value bits)")
     fmt, rotation = form.get("format") or "int", bool(form.get("rotation"))
-    run["name"] = run_name(key["bits"], headq, value_bits, policy, fmt, rotation)
+    pre_rope = bool(form.get("pre_rope"))
+    run["name"] = run_name(key["bits"], headq, value_bits, policy, fmt, rotation, pre_rope)
     runs = [run]
     if form.get("baselines"):
         runs.insert(0, {"name": "dense"})
         if headq:
             base = {k: v for k, v in run.items() if k != "headq"}
-            base["name"] = run_name(key["bits"], None, value_bits, policy, fmt, rotation)
+            base["name"] = run_name(key["bits"], None, value_bits, policy, fmt, rotation, pre_rope)
             runs.insert(1, base)
     spec: dict[str, Any] = {"kind": "evaluation", "model": {"id": model}, "dataset": dataset(form),
                             "runs": runs}

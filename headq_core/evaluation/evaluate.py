@@ -31,20 +31,25 @@ from headq_core.evaluation.uncertainty import resample_indices, uncertainty_note
 from headq_core.evaluation.windows import AddBos, Placement, corpus_windows
 from headq_core.method.budget import effective_bits
 from headq_core.method.formats import check_head_dim
-from headq_core.models.adapter import attention_handler
+from headq_core.models.adapter import attention_handler, check_pre_rope
 from headq_core.models.loading import LoadedModel
 from headq_core.runtime.layer_types import layer_windows
 from headq_spec.runs import check_run_list
 
 
 def check_runs(
-    runs: Sequence[RunSpec | dict], calibration: Calibration | None, head_dim: int
+    runs: Sequence[RunSpec | dict], calibration: Calibration | None, head_dim: int, model: Any = None
 ) -> list[RunSpec]:
     """The run list as RunSpecs, checked: the model-free rules (``check_run_list``), then what needs
     the model and calibration (rank <= head_dim, a calibration deep enough where needed, its amax for
-    static fp8 scales)."""
+    static fp8 scales, pre-RoPE keys only on a ``model`` whose rotary embedding they can undo)."""
     specs = check_run_list(list(runs))
     for run in specs:
+        if model is not None and run.key is not None and run.key.pre_rope:
+            try:
+                check_pre_rope(model)
+            except ValueError as exc:
+                raise ValueError(f"{exc} (run {run.name!r})") from None
         need = max(
             run.headq.rank if run.headq and run.headq.basis == "query_pca" else 0,
             run.intervention.dims if run.intervention else 0,
@@ -128,7 +133,7 @@ def evaluate(
     ``calibration_job`` names the job that made ``calibration`` in the document."""
     started = time.perf_counter()
     info = loaded.info
-    runs = check_runs(runs, calibration, info.head_dim)
+    runs = check_runs(runs, calibration, info.head_dim, loaded.model)
     if calibration is not None and calibration.basis.shape[:2] != (info.layers, info.kv_heads):
         raise ValueError(
             "calibration: it was made for another model geometry "
@@ -171,7 +176,9 @@ def evaluate(
                 else:
                     sink = accumulators[run.name].add if metrics else None
                     handler = run_handler(run, sliding, path, calibration, sink, sampled_rows, window)
-                    with attention_handler(loaded.model, handler), mask_context(loaded.model, path):
+                    pre_rope = run.key is not None and run.key.pre_rope
+                    routed = attention_handler(loaded.model, handler, rope=pre_rope)
+                    with routed, mask_context(loaded.model, path):
                         nll = token_nll(loaded.model, ids, first)
                     if sink is not None:
                         accumulators[run.name].close_windows()

@@ -108,7 +108,7 @@ def retrieve(
     started = time.perf_counter()
     options = options or RetrievalOptions()
     info = loaded.info
-    runs = check_runs(runs, calibration, info.head_dim)
+    runs = check_runs(runs, calibration, info.head_dim, loaded.model)
     check_retrieval_runs(runs)
     if calibration is not None and calibration.basis.shape[:2] != (info.layers, info.kv_heads):
         raise ValueError("calibration: it was made for another model geometry "

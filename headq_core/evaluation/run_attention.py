@@ -23,6 +23,7 @@ from headq_core.method.headq import (
     make_basis,
 )
 from headq_core.method.intervention import perturb_keys
+from headq_core.method.pre_rope import fake_quantize_keys
 from headq_core.method.quant import fake_quantize
 from headq_core.method.schedule import decode_mask, quantized_count
 from headq_core.method.values import mixed_fake_quantize, value_keep_mask
@@ -120,10 +121,11 @@ class RunAttention:
 
         HeadQ's logits ``tau <q, k^> + sign tau <U^T q, c^>`` are those of ``tau <q, k^ + sign U c^>``
         (the same numbers, ``headq.correction_keys``; one matmul, no extra [L, L] pass); the caller
-        uses them only where the decode rule reads the key quantized."""
+        uses them only where the decode rule reads the key quantized. Pre-RoPE keys are quantized
+        between ``call.rope``'s rotations (``pre_rope.fake_quantize_keys``)."""
         cfg, k = self.run.key, call.key.to(call.work_dtype)
         assert cfg is not None
-        k_hat = fake_quantize(k, cfg, amax=self._amax(call.layer, "key"))
+        k_hat = fake_quantize_keys(k, cfg, call.rope, amax=self._amax(call.layer, "key"))
         basis_for = self.basis_for
         if self.run.intervention is not None:
             assert basis_for is not None  # checked in __init__

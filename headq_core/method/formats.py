@@ -52,7 +52,8 @@ def row_bits(cfg: QuantConfig, head_dim: int, bits: int | None = None) -> float:
     fp16 zero-point) per group of ``group_size`` elements; ``bits`` overrides the code width (16:
     a plain fp16 row), plus with ``outliers`` an fp16 value and a 16-bit index per outlier
     (``outliers.outlier_bits``). Engine formats: their own layout (fp8 8 or 8 + 32/d, q4_0 4.5, q8_0
-    8.5, ...). A rotation adds nothing (it is fixed by its seed)."""
+    8.5, ...). A rotation adds nothing (it is fixed by its seed), nor does ``pre_rope`` (fixed by the
+    position)."""
     check_head_dim(cfg, head_dim)
     if cfg.format != "int":
         return engine_format(cfg).row_bits(head_dim)

@@ -13,7 +13,8 @@ stored offset by ``2^(bits-1)``; the zero-point ``-2^(bits-1) * scale`` is exact
 :func:`fake_quantize` is what the evaluator calls for keys and values: every format of
 :mod:`headq_core.method.formats` (fp8, llama.cpp blocks) and, with ``rotation="hadamard"``,
 ``Hᵀ Q(H x)`` (:mod:`headq_core.method.rotation`), and the ``int`` format's dense-and-sparse
-outliers (:mod:`headq_core.method.outliers`).
+outliers (:mod:`headq_core.method.outliers`); pre-RoPE keys go through
+:func:`headq_core.method.pre_rope.fake_quantize_keys`, which calls it between its rotations.
 
 :func:`quantize` quantizes the leading :func:`~headq_core.method.schedule.quantized_count` tokens (the
 cache state after ``seq`` tokens) and keeps the rest, the full-precision residual window plus any
@@ -132,10 +133,11 @@ def quantize(x: torch.Tensor, cfg: QuantConfig, n_quant: int | None = None,
     set their bits there (no host sync)."""
     seq = x.shape[-2] if x.dim() >= 2 else 0
     n_quant = quantized_count(seq, cfg) if n_quant is None else n_quant
-    if cfg.format != "int" or cfg.rotation != "none" or cfg.outliers:
-        name = "format" if cfg.format != "int" else "rotation" if cfg.rotation != "none" else "outliers"
-        raise ValueError(f"{name}: packed codes hold the 'int' format without a rotation or outliers, got "
-                         f"{getattr(cfg, name)!r} (fake_quantize reads every format)")
+    if cfg.format != "int" or cfg.rotation != "none" or cfg.outliers or cfg.pre_rope:
+        name = ("format" if cfg.format != "int" else "rotation" if cfg.rotation != "none"
+                else "outliers" if cfg.outliers else "pre_rope")
+        raise ValueError(f"{name}: packed codes hold the 'int' format without a rotation, outliers or "
+                         f"pre-RoPE, got {getattr(cfg, name)!r} (fake_quantize reads every format)")
     _validate(x, cfg, n_quant, flags)
     d = x.shape[-1]
     head = x[..., :n_quant, :].float()
@@ -174,6 +176,8 @@ def fake_quantize(x: torch.Tensor, cfg: QuantConfig | None, n_quant: int | None 
     if cfg is None:
         check_finite(x)
         return x
+    if cfg.pre_rope:
+        raise ValueError("key.pre_rope: needs the keys' rotary cos / sin (pre_rope.fake_quantize_keys)")
     if amax is not None and not cfg.fp8_static:
         raise ValueError("amax: only static fp8 scales (fp8_static) read it")
     if cfg.format == "int" and cfg.rotation == "none" and not cfg.outliers:

@@ -4,7 +4,8 @@ A model type is supported when it is in ``VERIFIED_MODEL_TYPES`` (tiny models of
 against transformers' own attention and cache by the tests) or its attention passes the runtime
 probe (:mod:`headq_core.models.probe`). :func:`attention_handler` switches a supported model to the
 ``headq`` implementation (:mod:`headq_core.models.attention`) inside a context manager that always
-restores the previous one.
+restores the previous one. :func:`check_pre_rope` says whether a model's keys can be un-rotated
+(:data:`PRE_ROPE_MODEL_TYPES`).
 """
 
 from __future__ import annotations
@@ -32,6 +33,39 @@ VERIFIED_MODEL_TYPES = (
 )
 
 
+# model types whose rotary embedding is the full-width ``rotate_half`` one (``k*cos + rotate_half(k)*sin``
+# over all of head_dim, cos / sin the same for both halves), checked on tiny models by the tests: the
+# pre-RoPE key formats (``QuantConfig.pre_rope``) un-rotate their keys. SmolLM3's NoPE layers read
+# the identity. Not: gpt2 (no RoPE), gpt_neox / phi / stablelm (partial rotary), cohere / cohere2
+# (interleaved pairs).
+PRE_ROPE_MODEL_TYPES = (
+    "llama", "mistral", "qwen2", "qwen3", "olmo", "olmo2", "olmo3", "gemma", "gemma2", "gemma3_text",
+    "starcoder2", "granite", "smollm3", "mixtral", "qwen2_moe", "qwen3_moe", "phi3",
+)
+
+
+def _partial_rotary_factors(config) -> set[float]:
+    """Every ``partial_rotary_factor`` a config states (top level, its rope parameters, per layer type)."""
+    found = {getattr(config, "partial_rotary_factor", None)}
+    params = getattr(config, "rope_parameters", None) or {}
+    for entry in [params, *(v for v in params.values() if isinstance(v, dict))]:
+        found.add(entry.get("partial_rotary_factor"))
+    return {float(f) for f in found if f is not None}
+
+
+def check_pre_rope(model) -> None:
+    """Raise ValueError naming ``key.pre_rope`` and the model type unless ``model``'s keys can be
+    un-rotated: a type of :data:`PRE_ROPE_MODEL_TYPES` whose rotary embedding covers all of head_dim."""
+    model_type = architecture_of(model)
+    if model_type not in PRE_ROPE_MODEL_TYPES:
+        raise ValueError(f"key.pre_rope: model type {model_type!r} has no full-width rotate_half rotary "
+                         f"embedding to undo; supported: {', '.join(PRE_ROPE_MODEL_TYPES)}")
+    partial = sorted(f for f in _partial_rotary_factors(model.config) if f != 1.0)
+    if partial:
+        raise ValueError(f"key.pre_rope: model type {model_type!r} rotates only part of head_dim "
+                         f"(partial_rotary_factor {partial[0]})")
+
+
 def architecture_of(model) -> str:
     """The model's ``model_type``: a verified one, or any other whose attention passes the runtime
     probe (``models.probe``, run once per model); otherwise a ValueError saying what failed."""
@@ -54,10 +88,14 @@ def model_geometry(model) -> tuple[int, int, int, int, float]:
 
 
 @contextmanager
-def attention_handler(model, handler: Handler) -> Iterator[None]:
-    """Route every attention call of ``model`` through ``handler``; always restores the model."""
+def attention_handler(model, handler: Handler, rope: bool = False) -> Iterator[None]:
+    """Route every attention call of ``model`` through ``handler``; always restores the model. With
+    ``rope`` (pre-RoPE key formats; :func:`check_pre_rope` first) each call carries its layer's
+    rotary cos / sin (``AttentionCall.rope``)."""
     architecture_of(model)
-    with routed(model, handler):
+    if rope:
+        check_pre_rope(model)
+    with routed(model, handler, rope):
         yield
 
 

@@ -6,7 +6,9 @@ active, every attention call is handed to a *handler* as an :class:`AttentionCal
 post-RoPE query ``[batch, q_heads, q_len, d]``, key / value ``[batch, kv_heads, kv_len, d]``, the
 model's own logit scale (``module.scaling``), additive mask (causal, padding, sliding window), the
 layer's sliding window and logit softcap. The handler returns the attention output
-``[batch, q_heads, q_len, d]``.
+``[batch, q_heads, q_len, d]``. Routed with ``rope=True``, a forward pre-hook on each attention
+module also hands the handler the rotary ``(cos, sin)`` that module received (:func:`rope_hooks`),
+for pre-RoPE key formats.
 
 Under :func:`structural_masks` (the teacher-forced evaluator, whose windows are never padded) a
 plain causal or sliding-window mask is not built: transformers' ``[batch, 1, L, L]`` float mask would
@@ -19,12 +21,15 @@ No architecture check here: :mod:`headq_core.models.adapter` checks a model befo
 
 from __future__ import annotations
 
+import inspect
 import threading
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, replace
 
 import torch
+
+from headq_core.method.pre_rope import Rope
 
 IMPLEMENTATION = "headq"
 _state = threading.local()
@@ -42,6 +47,7 @@ class AttentionCall:
     scaling: float
     softcap: float | None = None
     sliding_window: int | None = None  # a sliding layer reads the last ``sliding_window`` keys
+    rope: Rope | None = None  # (cos, sin) [batch, q_len, rotary_dim] the module got (routed with rope)
 
     @property
     def groups(self) -> int:
@@ -158,6 +164,7 @@ def _headq_attention(
         scaling=float(scaling if scaling is not None else query.shape[-1] ** -0.5),
         softcap=softcap,
         sliding_window=kwargs.get("sliding_window"),
+        rope=getattr(_state, "ropes", {}).get(int(module.layer_idx)),
     )
     out = handler(call) if handler is not None else dense_attention(call)
     return out.transpose(1, 2).contiguous(), None
@@ -242,14 +249,52 @@ def implementation(model, name: str) -> Iterator[None]:
         model.set_attn_implementation(previous)
 
 
+def module_rope(module: torch.nn.Module, args: tuple, kwargs: dict) -> Rope:
+    """The ``position_embeddings`` (cos, sin) [batch, seq, rotary_dim] an attention module's forward
+    receives, from its call's ``args`` / ``kwargs``; the identity (ones, zeros) for a layer that
+    applies none (a falsy ``use_rope``: SmolLM3's NoPE layers)."""
+    rope = kwargs.get("position_embeddings")
+    if rope is None:
+        bound = inspect.signature(module.forward).bind_partial(*args, **kwargs)
+        rope = bound.arguments.get("position_embeddings")
+    if rope is None:
+        raise ValueError(f"key.pre_rope: {type(module).__name__} received no position_embeddings")
+    cos, sin = rope
+    if not getattr(module, "use_rope", True):  # SmolLM3 stores 0 / 1
+        return torch.ones_like(cos), torch.zeros_like(sin)
+    return cos, sin
+
+
 @contextmanager
-def routed(model, handler: Handler) -> Iterator[None]:
-    """:func:`attention_handler` without the architecture check (what the probe runs)."""
-    _register()
-    previous_handler = getattr(_state, "handler", None)
-    _state.handler = handler
+def rope_hooks(model, on_rope: Callable[[int, Rope], None]) -> Iterator[None]:
+    """Call ``on_rope(layer, (cos, sin))`` (:func:`module_rope`) before each attention module of
+    ``model`` runs; the hooks are removed on exit."""
+    handles = []
+    for layer, module in attention_modules(model).items():
+        def hook(mod: torch.nn.Module, args: tuple, kwargs: dict, layer: int = layer) -> None:
+            on_rope(layer, module_rope(mod, args, kwargs))
+
+        handles.append(module.register_forward_pre_hook(hook, with_kwargs=True))
     try:
-        with implementation(model, IMPLEMENTATION):
+        yield
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+@contextmanager
+def routed(model, handler: Handler, rope: bool = False) -> Iterator[None]:
+    """:func:`attention_handler` without the architecture check (what the probe runs); with
+    ``rope`` each call also carries its module's rotary cos / sin (``AttentionCall.rope``)."""
+    _register()
+    previous_handler, previous_ropes = getattr(_state, "handler", None), getattr(_state, "ropes", {})
+    _state.handler = handler
+    _state.ropes = {} if rope else previous_ropes  # an inner routing keeps the outer one's cos / sin
+    try:
+        with ExitStack() as stack:
+            if rope:
+                stack.enter_context(rope_hooks(model, _state.ropes.__setitem__))
+            stack.enter_context(implementation(model, IMPLEMENTATION))
             yield
     finally:
-        _state.handler = previous_handler
+        _state.handler, _state.ropes = previous_handler, previous_ropes

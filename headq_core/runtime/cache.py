@@ -9,7 +9,8 @@ when they leave the residual window, a complete group of ``G`` keys at a time.
 
 With an online A² value policy (``ValuePolicyConfig(mode="online")``) values leave the residual
 window only once the step's attention is known: run the model inside ``cache.attached(model)``,
-whose attention asks each layer to settle the leaving tokens (``values.OnlineA2``) first.
+whose attention asks each layer to settle the leaving tokens (``values.OnlineA2``) first. Pre-RoPE
+keys (``QuantConfig.pre_rope``) need it too: a hook hands each layer the step's rotary cos / sin.
 
 Attention reads the effective keys ``k^_j + sign * U c^_j`` (``headq.correction_keys``): their
 logits equal ``tau <q, k^_j> + sign * tau <U^T q, c^_j>`` exactly, so every attention backend of
@@ -32,7 +33,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from typing import Any, Protocol, cast
 
 import torch
@@ -41,8 +42,9 @@ from transformers.cache_utils import Cache, DynamicLayer
 from headq_core.config import HeadQConfig, QuantConfig, RunSpec, ValuePolicyConfig
 from headq_core.method.fp8 import AmaxSource
 from headq_core.method.headq import BasisSource, make_basis
-from headq_core.models.adapter import attention_handler
-from headq_core.models.attention import AttentionCall, fused_attention
+from headq_core.method.pre_rope import Rope
+from headq_core.models.adapter import attention_handler, check_pre_rope
+from headq_core.models.attention import AttentionCall, fused_attention, rope_hooks
 from headq_core.models.loading import ModelInfo
 from headq_core.runtime.format_side import FormatSide
 from headq_core.runtime.kernels import Backend, decode_attention
@@ -58,8 +60,8 @@ class CalibrationSource(BasisSource, AmaxSource, Protocol):
 
 def make_side(cfg: QuantConfig | None, amax: torch.Tensor | None = None) -> Side:
     """The side that stores ``cfg``: packed codes for the plain ``int`` format, else the
-    dequantizing :class:`FormatSide` (engine formats, symmetric codes, rotations, outliers; ``amax``
-    [kv_heads] for static fp8 scales)."""
+    dequantizing :class:`FormatSide` (engine formats, symmetric codes, rotations, outliers, pre-RoPE
+    keys; ``amax`` [kv_heads] for static fp8 scales)."""
     return Side(cfg) if cfg is None or cfg.is_plain else FormatSide(cfg, amax)
 
 
@@ -117,6 +119,7 @@ class HeadQCacheLayer(DynamicLayer):
         self.key_side.flags = self.value_side.flags = self.flags
         self.attached = False
         self.kernel_step = False  # this step's attention reads the packed cache with the kernel
+        self.rope: Rope | None = None  # this step's cos / sin (pre-RoPE keys; set under ``attached``)
 
     @property
     def first(self) -> int:
@@ -151,7 +154,7 @@ class HeadQCacheLayer(DynamicLayer):
                 "sees each step's attention"
             )
         held = self.get_seq_length() - self.first
-        self.key_side.append(key_states, self.basis, self.headq)
+        self.key_side.append(key_states, self.basis, self.headq, rope=self._step_rope())
         self.value_side.append(value_states, None, None)
         self.kernel_step = self._kernel_reads(key_states)
         if self.kernel_step:  # attend() reads the packed cache itself, then frees
@@ -165,6 +168,17 @@ class HeadQCacheLayer(DynamicLayer):
         if not isinstance(self.value_side, PolicySide):  # the A² policy settles in attend() first
             self._free()
         return keys, values
+
+    def _step_rope(self) -> Rope | None:
+        """The rotary cos / sin of this step's keys for pre-RoPE keys (None otherwise), taken once:
+        the hook of :meth:`HeadQCache.attached` sets them before each step of this layer."""
+        if self.key_side.cfg is None or not self.key_side.cfg.pre_rope:
+            return None
+        rope, self.rope = self.rope, None
+        if rope is None:
+            raise ValueError("key.pre_rope: the cache needs each step's rotary cos / sin: run the model "
+                             "inside `with cache.attached(model):`")
+        return rope
 
     def _free(self) -> None:
         """Free the whole groups no later query of a sliding layer can see (the next query, at
@@ -345,12 +359,26 @@ class HeadQCache(Cache):
     @contextmanager
     def attached(self, model) -> Iterator[None]:
         """Route ``model``'s attention through this cache's layers (needed by the online A² value
-        policy, which must see each step's attention); restores the model on exit."""
+        policy, which must see each step's attention, and by pre-RoPE keys, whose layers get each
+        step's rotary cos / sin from a hook: ``check_pre_rope`` refuses a model they cannot undo);
+        restores the model on exit."""
+        pre_rope = any(layer.key_side.cfg is not None and layer.key_side.cfg.pre_rope
+                       for layer in self.quant_layers)
+        if pre_rope:
+            check_pre_rope(model)
         for layer in self.quant_layers:
             layer.attached = True
         try:
-            with attention_handler(model, lambda call: self.quant_layers[call.layer].attend(call)):
+            with ExitStack() as stack:
+                if pre_rope:
+                    stack.enter_context(rope_hooks(model, self._see_rope))
+                stack.enter_context(
+                    attention_handler(model, lambda call: self.quant_layers[call.layer].attend(call)))
                 yield
         finally:
             for layer in self.quant_layers:
                 layer.attached = False
+
+    def _see_rope(self, layer: int, rope: Rope) -> None:
+        """Hand layer ``layer`` the cos / sin its attention module is about to apply."""
+        self.quant_layers[layer].rope = rope

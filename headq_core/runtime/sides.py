@@ -18,6 +18,7 @@ import torch
 
 from headq_core.config import HeadQConfig, QuantConfig, ValuePolicyConfig
 from headq_core.method.headq import SideCode, correction_keys, decode_side, encode_side
+from headq_core.method.pre_rope import Rope
 from headq_core.method.quant import Packed, dequantize, quantize
 from headq_core.method.schedule import quantized_count
 from headq_core.method.values import OnlineA2
@@ -66,9 +67,11 @@ class Side:
         """Free the ``count`` oldest quantized tokens (whole groups, checked by :meth:`drop`)."""
         self.packed = _drop_packed(self.packed, count)  # type: ignore[arg-type]
 
-    def append(self, x: torch.Tensor, basis: torch.Tensor | None, headq: HeadQConfig | None) -> None:
+    def append(self, x: torch.Tensor, basis: torch.Tensor | None, headq: HeadQConfig | None,
+               rope: Rope | None = None) -> None:
         """Add tokens x [B, H, s, d]; quantize those the decode rule now wants quantized (checked at
-        once, or for a single token in :attr:`flags`)."""
+        once, or for a single token in :attr:`flags`). ``rope``: the tokens' rotary cos / sin, read
+        only by pre-RoPE keys (``format_side.FormatSide``; packed codes are post-RoPE)."""
         self.tail = x if self.tail is None else torch.cat([self.tail, x], dim=-2)
         move = quantized_count(self.total, self.cfg) - self.first - self.n_quant
         if move <= 0:
@@ -137,7 +140,8 @@ class PolicySide(Side):
         self.high_at: torch.Tensor | None = None
         self.high: Packed | torch.Tensor | None = None
 
-    def append(self, x: torch.Tensor, basis: torch.Tensor | None, headq: HeadQConfig | None) -> None:
+    def append(self, x: torch.Tensor, basis: torch.Tensor | None, headq: HeadQConfig | None,
+               rope: Rope | None = None) -> None:
         self.tail = x if self.tail is None else torch.cat([self.tail, x], dim=-2)
 
     def settle(self, probs: torch.Tensor) -> None:

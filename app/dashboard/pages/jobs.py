@@ -26,6 +26,7 @@ FORM_FIELDS = [
     "axis",
     "format",
     "rotation",
+    "pre_rope",
     "headq",
     "rank",
     "basis",
@@ -93,6 +94,10 @@ def _form() -> html.Div:
                     dcc.Checklist(
                         id="form-rotation", value=[],
                         options=[{"label": "Hadamard rotation", "value": "on"}],
+                    ),
+                    dcc.Checklist(
+                        id="form-pre_rope", value=[],
+                        options=[{"label": "Pre-RoPE keys (KVQuant; full-width RoPE models)", "value": "on"}],
                     ),
                 ],
                 style=ROW,
@@ -309,7 +314,7 @@ def submit(_clicks, token, *values):
     """POST the spec with the token the user typed (the dashboard lends none of its own)."""
     form = dict(zip(FORM_FIELDS, values, strict=True))
     form["headq"], form["baselines"] = bool(form["headq"]), bool(form["baselines"])
-    form["rotation"] = bool(form["rotation"])
+    form["rotation"], form["pre_rope"] = bool(form["rotation"]), bool(form["pre_rope"])
     try:
         job = client().submit(build_spec(form), user_token=token)
     except (ApiError, ValueError) as exc:
