@@ -120,6 +120,8 @@ def main() -> None:
     parser.add_argument("--windows", type=int, nargs="+", default=[4096, 8192, 16384, 32768])
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--paths", nargs="+", choices=sorted(PATHS), default=["fused", "blockwise"])
+    parser.add_argument("--cases", nargs="+", default=None,
+                        help="only these runs (e.g. kv2+hq8+a2 k2+metrics; dense always runs)")
     parser.add_argument("--materialised", type=int, default=0,
                         help="also time the reference path on windows up to this many tokens")
     parser.add_argument("--tiny", action="store_true",
@@ -140,6 +142,8 @@ def main() -> None:
         ids = torch.randint(0, vocab, (1, window), device=args.device)
         dense = None
         for name, make in cases(model, window, args.paths, window <= args.materialised).items():
+            if args.cases and name != "dense" and name.split(" ")[0] not in args.cases:
+                continue
             row = {"window": window, "case": name, **measure(model, ids, make, args.repeats, args.device)}
             dense = row["seconds"] if name == "dense" else dense
             row["vs_dense"] = row["seconds"] / dense if row["seconds"] and dense else None

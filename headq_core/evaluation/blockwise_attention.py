@@ -129,20 +129,27 @@ class BlockwiseRunAttention(RunAttention):
         policy, cfg = self.run.value_policy, self.run.value
         if policy is None or cfg is None:
             return None
-        b, hkv, length, _ = call.key.shape
-        scores = torch.zeros(b, hkv, length, dtype=torch.float64, device=call.query.device)
-        until = leave_step(torch.arange(length), cfg).to(scores.device)
+        fraction = policy.fraction_for(cfg.bits)
+        if policy.mode == "oracle":
+            return oracle_keep_mask(self._a2_scores(call, key_eff, blocks), fraction)
+        until = leave_step(torch.arange(call.key.shape[-2]), cfg).to(call.query.device)
+        return online_keep_mask(self._a2_scores(call, key_eff, blocks, until), fraction)
+
+    def _a2_scores(self, call: AttentionCall, key_eff: torch.Tensor | None,
+                   blocks: list[tuple[int, int, int]], until: torch.Tensor | None = None) -> torch.Tensor:
+        """A² column sums float64 [b, hkv, L] of the attention with keys ``key_eff`` (the run's, None:
+        dense) over every query row: ``values.a2_weights`` block by block; with ``until`` int64 [L]
+        the online policy's (row t counts for token j while ``t <= until[j]``, scaled by t + 1)."""
+        hkv = call.key.shape[1]
+        scores = torch.zeros(call.value.shape[:3], dtype=torch.float64, device=call.query.device)
         for block in blocks:
             t0, t1, j0 = block
             probs = self._probs(call, self._block_raw(call, key_eff, block), block)
-            if policy.mode == "oracle":
+            if until is None:
                 scores[..., j0:t1] += a2_weights(probs, hkv, offset=t0)
             else:
                 scores[..., j0:t1] += a2_weights(probs, hkv, until=until[j0:t1], offset=t0, relative=True)
-        fraction = policy.fraction_for(cfg.bits)
-        if policy.mode == "oracle":
-            return oracle_keep_mask(scores, fraction)
-        return online_keep_mask(scores, fraction)
+        return scores
 
     def __call__(self, call: AttentionCall) -> torch.Tensor:
         """[b, hq, L, d] attention output of this run for one layer."""
@@ -159,7 +166,7 @@ class BlockwiseRunAttention(RunAttention):
         value_hat = self.quantized_values(call, keep)
         out = self._read(call, key_eff, value_hat, blocks)
         if self.sink is not None:
-            a2 = None if value_hat is None else self._dense_a2(call, blocks)
+            a2 = None if value_hat is None else self._a2_scores(call, None, blocks)  # the dense A²
             self.sink(replace(self._sampled_view(model_call, key_eff, value_hat, a2), keep=keep))
         return out
 
@@ -184,16 +191,6 @@ class BlockwiseRunAttention(RunAttention):
                     read += call.read(exact, v[..., jv:t1, :] - v_hat[..., jv:t1, :])
             out[:, :, t0:t1] = read.to(out.dtype)
         return out
-
-    def _dense_a2(self, call: AttentionCall, blocks: list[tuple[int, int, int]]) -> torch.Tensor:
-        """The dense attention's A² over every query row, float64 [b, hkv, L] (the value metrics')."""
-        hkv = call.value.shape[1]
-        a2 = torch.zeros(call.value.shape[:3], dtype=torch.float64, device=call.value.device)
-        for block in blocks:
-            t0, t1, j0 = block
-            dense = self._probs(call, self._block_raw(call, None, block), block)
-            a2[..., j0:t1] += a2_weights(dense, hkv, offset=t0)
-        return a2
 
     def _sampled_view(self, call: AttentionCall, key_eff: torch.Tensor | None,
                       value_hat: torch.Tensor | None, a2: torch.Tensor | None) -> LayerView:

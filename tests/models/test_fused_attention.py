@@ -9,6 +9,7 @@ import torch
 
 from headq_core.config import HeadQConfig, QuantConfig, RunSpec, ValuePolicyConfig
 from headq_core.evaluation.attention_paths import attention_path, mask_context
+from headq_core.evaluation.blockwise_attention import BlockwiseRunAttention
 from headq_core.evaluation.corpus import CorpusSpec
 from headq_core.evaluation.evaluate import evaluate
 from headq_core.evaluation.fused_attention import FusedRunAttention
@@ -154,3 +155,31 @@ def test_the_paths_auto_chooses_and_where_masks_are_structural():
         assert _calls(lm.model, _ids(8), structural=False)[0].mask is None
     with mask_context(lm.model, "materialised"):
         assert _calls(lm.model, _ids(8), structural=False)[0].mask is not None
+
+
+class _Scores(FusedRunAttention):
+    """Records the A² column sums of both implementations for each layer's call."""
+
+    def __init__(self, run, found: list):
+        super().__init__(run)
+        self.found = found
+
+    def _a2_scores(self, call, key_eff, blocks, until=None):
+        fused = super()._a2_scores(call, key_eff, blocks, until)
+        blockwise = BlockwiseRunAttention._a2_scores(self, call, key_eff, blocks, until)
+        self.found.append((fused, blockwise))
+        return fused
+
+
+@pytest.mark.parametrize("mode", ["online", "oracle"])
+@pytest.mark.parametrize("family", ["llama", "gemma2"])
+def test_fused_a2_column_sums_equal_the_blockwise_ones(family, mode):
+    run = RunSpec("kv2_hq_a2", key=K2, value=V2, headq=HeadQConfig(rank=4, basis="random"),
+                  value_policy=ValuePolicyConfig(mode=mode, keep_fraction=0.2))
+    found: list = []
+    _nll(_float64(family), _ids(200, seed=4, batch=2), _Scores(run, found), structural=True)
+    assert len(found) == 2  # one policy per layer
+    for fused, blockwise in found:
+        assert fused.shape == blockwise.shape == (2, 2, 200) and fused.dtype == torch.float64
+        assert float(blockwise.min()) > 0
+        torch.testing.assert_close(fused, blockwise, rtol=1e-9, atol=0)
