@@ -38,13 +38,27 @@ from headq_core.models.attention import AttentionCall
 ScoreMod = Callable[..., torch.Tensor]
 
 
+# compiled variants a process may hold: a window length x (output, row log-sum-exps, column pass) x
+# segment counts x softcap; past torch's default of 8, dynamo would silently fall back to the unfused
+# kernel, which materialises [L, S x L] scores (measured: out of memory at a third window length)
+RECOMPILE_LIMIT = 256
+
+
 @functools.cache
 def _flex(compiled: bool) -> Callable[..., Any]:
-    """FlexAttention, compiled once per process for a GPU."""
+    """FlexAttention, compiled for a GPU (one kernel per window length and call variant)."""
     from torch.nn.attention.flex_attention import flex_attention
 
     kernel: Callable[..., Any] = flex_attention
-    return torch.compile(kernel, dynamic=False) if compiled else kernel
+    if not compiled:
+        return kernel
+    compiled_kernel = torch.compile(kernel, dynamic=False)
+
+    def call(*args: Any, **kwargs: Any) -> Any:
+        with torch._dynamo.config.patch(recompile_limit=RECOMPILE_LIMIT):
+            return compiled_kernel(*args, **kwargs)
+
+    return call
 
 
 @dataclass(frozen=True)
