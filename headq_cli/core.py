@@ -105,10 +105,10 @@ def eval_command(args: argparse.Namespace) -> int:
     if args.calibration:
         blob = Calibration.load(args.calibration).to_bytes()
         spec.setdefault("calibration_job", f"local:{Path(args.calibration).name}"[:64])
-    elif any("headq" in r or "intervention" in r or any((r.get(side) or {}).get("fp8_static")
-                                                        for side in ("key", "value"))
-             for r in spec.get("runs", [])):
-        raise ValueError("calibration: HeadQ and static fp8 runs need --calibration DIR (made by "
+    elif any("headq" in r or "intervention" in r or any(
+            (r.get(side) or {}).get("fp8_static") or (r.get(side) or {}).get("codebook") == "nuq"
+            for side in ("key", "value")) for r in spec.get("runs", [])):
+        raise ValueError("calibration: HeadQ, static fp8 and nuq runs need --calibration DIR (made by "
                          "'headq calibrate --save DIR')")
     doc, _ = _run(spec, blob)
     print(f"95% intervals: paired bootstrap over {doc['dataset']['windows']} windows "

@@ -3,7 +3,8 @@ so a name means one configuration everywhere (``k2+headq8``, ``kv2+a2``).
 
 The cache formats engines ship have presets by name (:data:`FORMAT_PRESETS`): ``fp8_e4m3``,
 ``fp8_e4m3_static`` (per-tensor scales from the calibration, so it needs one), ``q4_0``, ``int8``,
-``hadamard+k2``, ``kivi2+outliers1%`` (KVQuant's dense-and-sparse outliers), ``prerope+k2``, ... each
+``hadamard+k2``, ``kivi2+outliers1%`` (KVQuant's dense-and-sparse outliers), ``prerope+k2``,
+``nuq+k2`` / ``nuq+kv2`` (KVQuant's non-uniform codebooks from the calibration, so they need one), ... each
 evaluates dense and that cache; ``<name>+headq`` adds HeadQ on its keys; ``formats`` /
 ``formats+headq`` evaluate all of them in one job.
 """
@@ -30,7 +31,11 @@ STATIC_FP8 = {"fp8_e4m3_static": "fp8_e4m3", "fp8_e5m2_static": "fp8_e5m2"}  # p
 OUTLIER_KIVI = {"kivi2+outliers1%": (2, 0.01)}  # KIVI K and V (bits) with a share kept exact
 # pre-RoPE KIVI keys (KVQuant), values dense: models with full-width RoPE only (adapter.check_pre_rope)
 PRE_ROPE_KEYS = {"prerope+k2": 2, "prerope+k3": 3, "prerope+k4": 4}
-FORMAT_PRESETS = (*ENGINE_FORMATS, *STATIC_FP8, *INT_PER_TOKEN, *HADAMARD_KEYS, *OUTLIER_KIVI, *PRE_ROPE_KEYS)
+# KIVI with non-uniform codebooks learned at calibration (KVQuant's nuq): keys only, or keys and values
+NUQ_KIVI = {"nuq+k2": (2, False), "nuq+k3": (3, False), "nuq+k4": (4, False), "nuq+kv2": (2, True),
+            "nuq+kv3": (3, True), "nuq+kv4": (4, True)}
+FORMAT_PRESETS = (*ENGINE_FORMATS, *STATIC_FP8, *INT_PER_TOKEN, *HADAMARD_KEYS, *OUTLIER_KIVI, *PRE_ROPE_KEYS,
+                  *NUQ_KIVI)
 PRESETS.update({name: f"dense, {name}" for name in FORMAT_PRESETS})
 PRESETS.update({f"{name}+headq": f"dense, {name}, {name}+headq{{R}}" for name in FORMAT_PRESETS})
 PRESETS.update({"formats": "dense and every format preset", "formats+headq": "and each + headq{R}"})
@@ -59,6 +64,7 @@ def preset_help() -> str:
              "rotated N-bit per-channel keys (group --group); kivi2+outliers1%: 2-bit per-channel keys "
              "and per-token values keeping 1% of each token group exact; "
              "prerope+kN: N-bit per-channel keys quantized before RoPE (full-width RoPE models only); "
+             "nuq+kN / nuq+kvN: N-bit KIVI keys (and values) with non-uniform codebooks from --calibration; "
              "<name>+headq adds HeadQ rank R on its keys")
     lines += textwrap.wrap(about, width=100, initial_indent="  ", subsequent_indent="            ")
     return "\n".join(lines)
@@ -90,6 +96,11 @@ def format_run(name: str, group: int, residual: int) -> dict[str, Any]:
     if name in PRE_ROPE_KEYS:
         return {"name": name, "key": {"bits": PRE_ROPE_KEYS[name], "axis": "per_channel", "group_size": group,
                                       "residual": residual, "pre_rope": True}}
+    if name in NUQ_KIVI:
+        bits, values = NUQ_KIVI[name]
+        nuq = {"bits": bits, "group_size": group, "residual": residual, "codebook": "nuq"}
+        run: dict[str, Any] = {"name": name, "key": {**nuq, "axis": "per_channel"}}
+        return run | ({"value": {**nuq, "axis": "per_token"}} if values else {})
     raise ValueError(f"runs: unknown format preset {name!r}; choose one of {FORMAT_PRESETS}")
 
 

@@ -4,6 +4,7 @@ from headq_spec.runs import (
     FORMAT_BITS,
     FORMAT_DEFAULTS,
     FORMATS,
+    NUQ_BITS,
     SIDE_BITS,
     SUPPORTED_BITS,
     HeadQConfig,
@@ -13,5 +14,5 @@ from headq_spec.runs import (
     ValuePolicyConfig,
 )
 
-__all__ = ["FORMATS", "FORMAT_BITS", "FORMAT_DEFAULTS", "SIDE_BITS", "SUPPORTED_BITS", "HeadQConfig",
-           "InterventionConfig", "QuantConfig", "RunSpec", "ValuePolicyConfig"]
+__all__ = ["FORMATS", "FORMAT_BITS", "FORMAT_DEFAULTS", "NUQ_BITS", "SIDE_BITS", "SUPPORTED_BITS",
+           "HeadQConfig", "InterventionConfig", "QuantConfig", "RunSpec", "ValuePolicyConfig"]

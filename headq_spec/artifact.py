@@ -4,7 +4,8 @@ An artifact is an uncompressed tar of exactly ``calibration.json`` (a JSON objec
 is :data:`FORMAT`) and ``calibration.safetensors`` (float64 ``eigenvalues`` [layers, kv_heads,
 head_dim] and float32 ``basis`` [layers, kv_heads, head_dim, rank]; since static fp8 scales also
 float32 ``key_amax`` and ``value_amax`` [layers, kv_heads], both or neither, so earlier artifacts
-still read). :func:`read_artifact` refuses
+still read; since non-uniform codebooks also float32 ``key_codebook{b}`` and ``value_codebook{b}``
+[layers, 2^b] for each b of ``NUQ_BITS``, all or none, with the amax). :func:`read_artifact` refuses
 anything else from the bytes it is given: a compressed tar is never decompressed, and every declared
 size, shape and offset must match the bytes present, so nothing read can outgrow the blob.
 """
@@ -19,6 +20,8 @@ import tarfile
 from dataclasses import dataclass
 from typing import Any
 
+from headq_spec.runs import NUQ_BITS
+
 FORMAT = "headq-calibration/1"
 META_NAME = "calibration.json"
 TENSORS_NAME = "calibration.safetensors"
@@ -26,7 +29,15 @@ MAX_META_BYTES = 4 * 2**20  # metadata: model, corpus, window offsets, versions
 MAX_HEADER_BYTES = 64 * 1024  # the safetensors JSON header of two tensors
 _TENSORS = {"eigenvalues": ("F64", 3), "basis": ("F32", 4)}  # name: (dtype, dimensions)
 AMAX = {"key_amax": ("F32", 2), "value_amax": ("F32", 2)}  # optional, both or neither
-_LAYOUTS = (set(_TENSORS), set(_TENSORS) | set(AMAX))
+
+
+def codebook_name(side: str, bits: int) -> str:
+    """The tensor of ``side``'s (``key`` / ``value``) ``bits``-bit codebooks: ``key_codebook2`` ..."""
+    return f"{side}_codebook{bits}"
+
+
+CODEBOOKS = {codebook_name(side, b): ("F32", 2) for side in ("key", "value") for b in NUQ_BITS}
+_LAYOUTS = (set(_TENSORS), set(_TENSORS) | set(AMAX), set(_TENSORS) | set(AMAX) | set(CODEBOOKS))
 _ITEM_BYTES = {"F64": 8, "F32": 4}
 
 
@@ -90,8 +101,8 @@ def check_meta(data: bytes) -> dict[str, Any]:
 
 def check_tensors(data: bytes) -> Geometry:
     """The geometry of ``calibration.safetensors`` after checking its header against its bytes:
-    exactly the two tensors (or four, with the amax), their dtypes and dimensions, offsets that tile
-    the data."""
+    exactly the two tensors (or four, with the amax, or those and the codebooks), their dtypes and
+    dimensions, offsets that tile the data."""
     if len(data) < 8:
         raise ValueError("calibration: tensors: shorter than a safetensors header")
     (size,) = struct.unpack("<Q", data[:8])
@@ -102,7 +113,7 @@ def check_tensors(data: bytes) -> Geometry:
         header.pop("__metadata__", None)
     if not isinstance(header, dict) or set(header) not in _LAYOUTS:
         raise ValueError(f"calibration: tensors: expected exactly {sorted(_TENSORS)}, "
-                         f"optionally with {sorted(AMAX)}")
+                         f"optionally with {sorted(AMAX)}, then {sorted(CODEBOOKS)}")
     shapes = {name: _shape(name, header[name]) for name in header}
     ends = [0] + [end for _, end in sorted(header[name]["data_offsets"] for name in header)]
     starts = [start for start, _ in sorted(header[name]["data_offsets"] for name in header)]
@@ -114,12 +125,16 @@ def check_tensors(data: bytes) -> Geometry:
     for name in AMAX:
         if name in shapes and shapes[name] != basis[:2]:
             raise ValueError(f"calibration: tensors: {name} {shapes[name]} does not fit basis {basis}")
+    for name in CODEBOOKS:
+        levels = 1 << int(name.rsplit("codebook", 1)[1])
+        if name in shapes and shapes[name] != [basis[0], levels]:
+            raise ValueError(f"calibration: tensors: {name} {shapes[name]} is not [{basis[0]}, {levels}]")
     return Geometry(*basis)
 
 
 def _shape(name: str, entry: Any) -> list[int]:
     """The shape of one header entry, checked against its dtype, dimensions and byte span."""
-    dtype, dims = {**_TENSORS, **AMAX}[name]
+    dtype, dims = {**_TENSORS, **AMAX, **CODEBOOKS}[name]
     if not isinstance(entry, dict) or set(entry) != {"dtype", "shape", "data_offsets"}:
         raise ValueError(f"calibration: tensors: {name}: not a tensor entry")
     shape, offsets = entry["shape"], entry["data_offsets"]

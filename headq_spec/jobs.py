@@ -188,9 +188,9 @@ class JobSpec(_Strict):
             raise ValueError("runs: an evaluation needs at least one run")
         check_run_list(self.runs)
         needs = [run.name for run in self.runs if run.headq is not None or run.intervention is not None
-                 or any(side is not None and side.fp8_static for side in (run.key, run.value))]
+                 or any(side is not None and side.calibrated for side in (run.key, run.value))]
         if needs and self.calibration_job is None:
-            raise ValueError(f"calibration_job: required by the HeadQ / intervention / static fp8 runs "
+            raise ValueError(f"calibration_job: required by the HeadQ / intervention / nuq / static fp8 runs "
                              f"{needs}")
         return self
 

@@ -18,6 +18,7 @@ from pydantic import Strict, WithJsonSchema
 from headq_spec.limits import MAX_BITS, MAX_RANK, MAX_SEED, MAX_WINDOW
 
 SUPPORTED_BITS = (1, 2, 3, 4, 8)  # code widths of the "int" format
+NUQ_BITS = (2, 3, 4)  # code widths a calibration learns non-uniform codebooks for (codebook "nuq")
 # the cache formats engines ship and their code widths (the "int" format takes SUPPORTED_BITS)
 FORMAT_BITS = {"fp8_e4m3": 8, "fp8_e5m2": 8, "q8_0": 8, "q4_0": 4, "q4_1": 4, "q5_0": 5, "q5_1": 5,
                "iq4_nl": 4}
@@ -35,11 +36,12 @@ SideScale = Literal["token", "group"]
 Format = Literal["int", "fp8_e4m3", "fp8_e5m2", "q8_0", "q4_0", "q4_1", "q5_0", "q5_1", "iq4_nl"]
 Fp8Scale = Literal["tensor", "head", "token", "unit"]
 Rotation = Literal["none", "hadamard"]
+Codebook = Literal["uniform", "nuq"]
 # the format fields' defaults: a config at these values is the original quantizer, and to_dict omits
 # them, so every spec and result written before the formats existed reads (and hashes) the same
 FORMAT_DEFAULTS: dict[str, Any] = {"format": "int", "symmetric": False, "fp8_scale": "tensor",
                                    "rotation": "none", "rotation_seed": 0, "fp8_static": False,
-                                   "outliers": 0.0, "pre_rope": False}
+                                   "outliers": 0.0, "pre_rope": False, "codebook": "uniform"}
 MAX_OUTLIERS = 0.1  # the largest share of a token group kept exact (KVQuant keeps 1%)
 SlidingLayers = Literal["quantize", "full_precision"]  # how a cache stores sliding-window layers
 
@@ -90,6 +92,10 @@ class QuantConfig:
     ``pre_rope`` (keys only, KVQuant): quantize each key before the rotary embedding and rotate it
     back at read time, ``k^_j = RoPE_j(Q(RoPE_j⁻¹(k_j)))``, on top of any format and rotation; no
     stored bits (the position fixes the rotation); models with full-width ``rotate_half`` RoPE only.
+    ``codebook="nuq"`` (asymmetric ``int`` at :data:`NUQ_BITS`, KVQuant's non-uniform codes): the same
+    groups and fp16 ``lo`` / ``hi - lo``, each value the nearest of ``2^bits`` levels in [0, 1] that a
+    calibration learned for the layer and side (``method.codebook``), read as ``lo + level (hi - lo)``
+    (learned on post-RoPE, unrotated groups: not with ``pre_rope`` or a rotation).
     """
 
     bits: Annotated[int, _one_of(CODE_BITS)] = 2
@@ -105,6 +111,7 @@ class QuantConfig:
     outliers: Annotated[float, Strict(), WithJsonSchema(
         {"type": "number", "minimum": 0, "maximum": MAX_OUTLIERS})] = 0.0
     pre_rope: Annotated[bool, Strict()] = False  # keys only: RunSpec refuses it on values
+    codebook: Codebook = "uniform"
 
     def __post_init__(self) -> None:
         _require(self.format in FORMATS, "format", f"must be one of {FORMATS}, got {self.format!r}")
@@ -129,6 +136,7 @@ class QuantConfig:
         _require(isinstance(self.pre_rope, bool), "pre_rope", f"must be true or false, got {self.pre_rope!r}")
         self._check_format_rules()
         self._check_static_and_outliers()
+        self._check_codebook()
 
     def _check_format_rules(self) -> None:
         """The rules that tie the fields to the format."""
@@ -166,6 +174,25 @@ class QuantConfig:
         _require(share == 0 or self.format == "int", "outliers",
                  f"only for the 'int' format, got format {self.format!r}")
 
+    def _check_codebook(self) -> None:
+        """The rules of ``codebook``: ``nuq`` is an asymmetric ``int`` format at :data:`NUQ_BITS`."""
+        _require(self.codebook in ("uniform", "nuq"), "codebook",
+                 f"must be 'uniform' or 'nuq', got {self.codebook!r}")
+        if self.codebook == "nuq":
+            _require(self.format == "int", "codebook", f"'nuq' needs the 'int' format, got {self.format!r}")
+            _require(not self.symmetric, "codebook", "'nuq' is asymmetric: not with symmetric")
+            _require(self.bits in NUQ_BITS, "codebook",
+                     f"'nuq' codebooks are learned for bits {NUQ_BITS}, got {self.bits!r}")
+            _require(self.rotation == "none" and not self.pre_rope, "codebook",
+                     "the calibration learns 'nuq' codebooks on unrotated, post-RoPE keys and values: "
+                     "not with rotation 'hadamard' or pre_rope")
+
+    @property
+    def calibrated(self) -> str | None:
+        """What this format reads from a calibration: ``"amax"`` (static fp8 scales), ``"codebook"``
+        (``nuq``) or None."""
+        return "amax" if self.fp8_static else "codebook" if self.codebook == "nuq" else None
+
     @property
     def seq_group(self) -> int:
         """Tokens that must be complete before any of them can be quantized (1 for per_token)."""
@@ -173,10 +200,10 @@ class QuantConfig:
 
     @property
     def is_plain(self) -> bool:
-        """True for the original quantizer (asymmetric int, no rotation, no outliers, post-RoPE):
+        """True for the original quantizer (asymmetric uniform int, no rotation, no outliers, post-RoPE):
         what packed caches store."""
         return (self.format == "int" and not self.symmetric and self.rotation == "none"
-                and not self.outliers and not self.pre_rope)
+                and not self.outliers and not self.pre_rope and self.codebook == "uniform")
 
     def to_dict(self) -> dict[str, Any]:
         """The fields as a dict, the format fields only where they differ from their defaults."""

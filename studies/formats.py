@@ -3,7 +3,9 @@ e5m2 (one dynamic scale per layer, as vLLM's fp8 cache), FP8 e4m3 with a static 
 the calibration's amax (vLLM's calibrated ``k_scale`` / ``v_scale``), llama.cpp q8_0 / q4_0 / q4_1,
 KIVI 2/3/4-bit (per-channel keys, per-token values, G = 32), KIVI 2-bit keeping 1% of each token
 group exact (KVQuant's dense-and-sparse outliers), Hadamard-rotated KIVI 2/3-bit and KIVI 2-bit with
-its keys quantized before RoPE (KVQuant's pre-RoPE per-channel keys), each without and with
+its keys quantized before RoPE (KVQuant's pre-RoPE per-channel keys), ``kvquant2``: KIVI 2-bit with
+KVQuant's non-uniform codebooks learned at calibration (``codebook="nuq"``; the calibration learns
+them on post-RoPE keys, so not combined with pre-RoPE keys), each without and with
 HeadQ on its keys (rank 8, 8-bit side codes). Keys and values in the same format, no full-precision
 window (R = 0), so each effective-bits figure is the whole cache's. Built-in State of the Union corpus:
 calibration on the addresses up to 2001, evaluation on 2002-2021.
@@ -56,6 +58,8 @@ def format_runs(group: int = 32, rank: int = RANK) -> list[RunSpec]:
             QuantConfig(bits=bits, axis="per_token", group_size=group, rotation="hadamard"))
     sides["prerope+kivi2"] = (QuantConfig(bits=2, axis="per_channel", group_size=group, pre_rope=True),
                               QuantConfig(bits=2, axis="per_token", group_size=group))
+    sides["kvquant2"] = (QuantConfig(bits=2, axis="per_channel", group_size=group, codebook="nuq"),
+                         QuantConfig(bits=2, axis="per_token", group_size=group, codebook="nuq"))
     runs = [RunSpec("dense")]
     for name, (key, value) in sides.items():
         runs.append(RunSpec(name, key=key, value=value))
@@ -75,6 +79,7 @@ def format_label(cfg: dict[str, Any] | None) -> str:
     label += f" + {cfg['outliers']:.0%} outliers" if cfg.get("outliers") else ""
     label += " sym" if cfg.get("symmetric") else ""
     label += " pre-RoPE" if cfg.get("pre_rope") else ""
+    label += " nuq" if cfg.get("codebook") == "nuq" else ""
     return label + (f" + {cfg['rotation']}" if cfg.get("rotation", "none") != "none" else "")
 
 

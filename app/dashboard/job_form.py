@@ -24,10 +24,10 @@ def _number(value: Any, field: str, kind: type = int) -> Any:
 
 
 def run_name(key_bits: int, headq: dict | None, value_bits: int | None, policy: str | None,
-             fmt: str = "int", rotation: bool = False, pre_rope: bool = False) -> str:
+             fmt: str = "int", rotation: bool = False, pre_rope: bool = False, nuq: bool = False) -> str:
     """A readable configuration name such as ``k2``, ``k2-headq-r8``, ``k2-v2-a2``, ``k-q4_0-v-q4_0``,
-    ``hadamard+k2``, ``prerope+k2``."""
-    name = ("prerope+" if pre_rope else "") + ("hadamard+" if rotation else "")
+    ``hadamard+k2``, ``prerope+k2``, ``nuq+k2``."""
+    name = ("nuq+" if nuq else "") + ("prerope+" if pre_rope else "") + ("hadamard+" if rotation else "")
     name += f"k{key_bits}" if fmt == "int" else f"k-{fmt}"
     if headq is not None:
         name += f"-headq-r{headq['rank']}" + ("" if headq["basis"] == "query_pca" else f"-{headq['basis']}")
@@ -50,6 +50,8 @@ def _quantizer(form: dict[str, Any], bits: int, axis: str) -> dict[str, Any]:
         out.update(format=fmt, bits=FORMAT_BITS[fmt], axis="per_token", group_size=GGML_BLOCK)
     if form.get("rotation"):
         out["rotation"] = "hadamard"
+    if form.get("nuq"):
+        out["codebook"] = "nuq"
     return out
 
 
@@ -58,7 +60,8 @@ def build_spec(form: dict[str, Any]) -> dict[str, Any]:
 
     Keys: ``label, model, calibration_job, bits, group_size, residual, axis, format ('int' or an
     engine format: keys, and values when value bits are chosen), rotation (bool), pre_rope (bool:
-    keys quantized before RoPE), headq (bool), rank,
+    keys quantized before RoPE), nuq (bool: non-uniform codebooks from the calibration, keys and
+    values), headq (bool), rank,
     basis, sign, value_bits ('dense' or int), value_policy ('none'|'online'|'oracle'),
     keep_fraction, baselines (bool), dataset_source, dataset_name, split, tokens, window,
     head_windows`` (empty split or head windows: the API's default). With ``baselines`` the spec
@@ -95,14 +98,14 @@ def build_spec(form: dict[str, Any]) -> dict[str, Any]:
     elif policy:
         raise ValueError("value_policy: needs quantized values (choose value bits)")
     fmt, rotation = form.get("format") or "int", bool(form.get("rotation"))
-    pre_rope = bool(form.get("pre_rope"))
-    run["name"] = run_name(key["bits"], headq, value_bits, policy, fmt, rotation, pre_rope)
+    pre_rope, nuq = bool(form.get("pre_rope")), bool(form.get("nuq"))
+    run["name"] = run_name(key["bits"], headq, value_bits, policy, fmt, rotation, pre_rope, nuq)
     runs = [run]
     if form.get("baselines"):
         runs.insert(0, {"name": "dense"})
         if headq:
             base = {k: v for k, v in run.items() if k != "headq"}
-            base["name"] = run_name(key["bits"], None, value_bits, policy, fmt, rotation, pre_rope)
+            base["name"] = run_name(key["bits"], None, value_bits, policy, fmt, rotation, pre_rope, nuq)
             runs.insert(1, base)
     spec: dict[str, Any] = {"kind": "evaluation", "model": {"id": model}, "dataset": dataset(form),
                             "runs": runs}

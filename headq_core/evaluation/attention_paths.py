@@ -51,15 +51,15 @@ def mask_context(model, path: str) -> AbstractContextManager[Any]:
 
 def _handler(run: RunSpec, path: str, calibration: Calibration | None, sink: MetricsSink | None,
              rows: torch.Tensor | None, window: int) -> RunAttention:
-    """The attention handler of ``run`` on ``path``, reading ``calibration``'s basis and amax; O(L)
+    """The attention handler of ``run`` on ``path``, reading ``calibration``'s basis, amax and codebooks; O(L)
     metrics use the sampled ``rows`` (every row when the sample would cover the window)."""
     basis_for = None if calibration is None else calibration.layer_basis
-    amax_for = None if calibration is None else calibration.layer_amax
+    static_for = None if calibration is None else calibration.layer_static
     if path == "materialised":
-        return RunAttention(run, basis_for=basis_for, amax_for=amax_for, sink=sink)
+        return RunAttention(run, basis_for=basis_for, static_for=static_for, sink=sink)
     rows = torch.arange(window) if sink is not None and rows is None else rows
     kind = FusedRunAttention if path == "fused" else BlockwiseRunAttention
-    return kind(run, basis_for=basis_for, amax_for=amax_for, sink=sink, rows=rows)
+    return kind(run, basis_for=basis_for, static_for=static_for, sink=sink, rows=rows)
 
 
 class ExactSlidingLayers:

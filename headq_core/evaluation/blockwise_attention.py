@@ -86,9 +86,9 @@ class BlockwiseRunAttention(RunAttention):
     query positions whose per-head metrics go to ``sink`` (needed with a sink); ``budget``: logits
     per block (default ``BLOCK_LOGITS``, ``BLOCK_LOGITS_CUDA`` on a GPU)."""
 
-    def __init__(self, run, *, basis_for=None, amax_for=None, sink=None, rows: torch.Tensor | None = None,
+    def __init__(self, run, *, basis_for=None, static_for=None, sink=None, rows: torch.Tensor | None = None,
                  budget: int | None = None) -> None:
-        super().__init__(run, basis_for=basis_for, amax_for=amax_for, sink=sink)
+        super().__init__(run, basis_for=basis_for, static_for=static_for, sink=sink)
         if sink is not None and rows is None:
             raise ValueError("head_rows: the blockwise path computes metrics on sampled rows only")
         self.rows, self.budget = rows, budget

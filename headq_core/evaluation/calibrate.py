@@ -1,7 +1,9 @@
 """Calibration: stream text through the model, accumulate the uncentred second moment of the
 post-RoPE queries per (layer, KV head) in float64, keep the full spectrum and the top-``rank``
 eigenvectors (the HeadQ ``query_pca`` basis), and the largest magnitude of the post-RoPE keys and of
-the values per (layer, KV head) (static fp8 scales, ``fp8_static``). :class:`Calibration` saves to a
+the values per (layer, KV head) (static fp8 scales, ``fp8_static``), and per layer and side a
+non-uniform codebook for each of ``NUQ_BITS`` (``codebook="nuq"``, k-means of a seeded subsample of
+the group-normalised keys and values, ``method.codebook``). :class:`Calibration` saves to a
 folder (safetensors + JSON) or to one self-describing byte blob (what the database stores).
 """
 
@@ -20,15 +22,28 @@ import torch
 from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 
+from headq_core.config import NUQ_BITS, QuantConfig
 from headq_core.errors import Cancelled
 from headq_core.evaluation.corpus import CorpusSpec
 from headq_core.evaluation.results import versions
 from headq_core.evaluation.windows import AddBos, Placement, corpus_windows
+from headq_core.method.codebook import SAMPLES, check_levels, learn_codebook, sample_normalised
 from headq_core.method.fp8 import KV_SIDES
 from headq_core.method.headq import QueryStats
 from headq_core.models.adapter import capture
 from headq_core.models.loading import LoadedModel
-from headq_spec.artifact import FORMAT, META_NAME, TENSORS_NAME, check_meta, check_tensors, read_artifact
+from headq_spec.artifact import (
+    CODEBOOKS,
+    FORMAT,
+    META_NAME,
+    TENSORS_NAME,
+    check_meta,
+    check_tensors,
+    codebook_name,
+    read_artifact,
+)
+
+CODEBOOK_SEED = 0  # the subsample of normalised values the codebooks learn from
 
 
 @dataclass
@@ -36,13 +51,15 @@ class Calibration:
     """eigenvalues: float64 [layers, kv_heads, d], descending; basis: float32 [layers, kv_heads, d, rank]
     (orthonormal columns, matching eigenvalues); meta: model, tokenizer, corpus, tokens, rank, versions;
     key_amax / value_amax: float32 [layers, kv_heads], max |x| over the calibration tokens (None in
-    artifacts made before static fp8 scales)."""
+    artifacts made before static fp8 scales); codebooks: ``{side}_codebook{b}`` float32 [layers, 2^b]
+    for each b of ``NUQ_BITS`` (empty in artifacts made before non-uniform codebooks)."""
 
     eigenvalues: torch.Tensor
     basis: torch.Tensor
     meta: dict[str, Any] = field(default_factory=dict)
     key_amax: torch.Tensor | None = None
     value_amax: torch.Tensor | None = None
+    codebooks: dict[str, torch.Tensor] = field(default_factory=dict)
 
     @property
     def rank(self) -> int:
@@ -69,10 +86,39 @@ class Calibration:
                              "(fp8_static) need; calibrate again")
         return amax[layer]
 
+    @property
+    def has_codebooks(self) -> bool:
+        """Whether this calibration learned the non-uniform codebooks (``codebook="nuq"``)."""
+        return set(self.codebooks) == set(CODEBOOKS)
+
+    def layer_codebook(self, layer: int, side: str, bits: int) -> torch.Tensor:
+        """The ``bits``-bit codebook of ``side`` in one layer: float32 [2^bits], ascending in [0, 1]."""
+        if side not in KV_SIDES:
+            raise ValueError(f"side: must be one of {KV_SIDES}, got {side!r}")
+        if not self.has_codebooks:
+            raise ValueError("calibration: made without the non-uniform codebooks that codebook 'nuq' "
+                             "needs; calibrate again")
+        if bits not in NUQ_BITS:
+            raise ValueError(f"bits: codebooks are learned for {NUQ_BITS}, got {bits!r}")
+        return self.codebooks[codebook_name(side, bits)][layer]
+
+    def layer_static(self, layer: int, side: str, cfg: QuantConfig | None) -> dict[str, torch.Tensor]:
+        """What ``side``'s format ``cfg`` reads from this calibration in ``layer``, as the keyword
+        arguments of ``quant.fake_quantize``: ``amax`` [kv_heads] for static fp8 scales, ``codebook``
+        [2^bits] for ``nuq``, else nothing."""
+        kind = None if cfg is None else cfg.calibrated
+        if kind == "amax":
+            return {"amax": self.layer_amax(layer, side)}
+        if kind == "codebook":
+            assert cfg is not None
+            return {"codebook": self.layer_codebook(layer, side, cfg.bits)}
+        return {}
+
     def _tensors(self) -> dict[str, torch.Tensor]:
         amax = {f"{side}_amax": getattr(self, f"{side}_amax") for side in KV_SIDES}
         return {"eigenvalues": self.eigenvalues.contiguous(), "basis": self.basis.contiguous(),
-                **{name: t.float().contiguous() for name, t in amax.items() if t is not None}}
+                **{name: t.float().contiguous() for name, t in amax.items() if t is not None},
+                **{name: t.float().contiguous() for name, t in self.codebooks.items()}}
 
     def save(self, directory: str | Path) -> None:
         """Write ``calibration.safetensors`` and ``calibration.json`` into ``directory``."""
@@ -112,8 +158,13 @@ class Calibration:
 
     @classmethod
     def _from_parts(cls, tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> Calibration:
+        codebooks = {name: tensors[name] for name in CODEBOOKS if name in tensors}
+        for name, table in codebooks.items():
+            for row in table:
+                check_levels(row, int(name.rsplit("codebook", 1)[1]), f"calibration: {name}")
         return cls(eigenvalues=tensors["eigenvalues"], basis=tensors["basis"], meta=meta,
-                   key_amax=tensors.get("key_amax"), value_amax=tensors.get("value_amax"))
+                   key_amax=tensors.get("key_amax"), value_amax=tensors.get("value_amax"),
+                   codebooks=codebooks)
 
 
 def calibrate(
@@ -138,11 +189,17 @@ def calibrate(
                              placement=placement)
     stats = QueryStats(info.layers, info.kv_heads, info.head_dim)
     amax = torch.zeros(len(KV_SIDES), info.layers, info.kv_heads)  # keys, values
+    samples: dict[tuple[int, str], list[tuple[torch.Tensor, torch.Tensor]]] = {}
+    per_window = max(1, SAMPLES // max(1, len(windows.ids)))
+    generator = torch.Generator().manual_seed(CODEBOOK_SEED)
 
     def on_layer(layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> None:
         stats.update(layer, q.cpu())
         for i, x in enumerate((k, v)):  # [b, kv_heads, L, d]
             amax[i, layer] = torch.maximum(amax[i, layer], x.float().abs().amax(dim=(0, 2, 3)).cpu())
+            side = KV_SIDES[i]
+            samples.setdefault((layer, side), []).append(
+                sample_normalised(x.detach(), side, per_window, generator))
 
     device = next(loaded.model.parameters()).device
     with torch.no_grad(), capture(loaded.model, on_layer):
@@ -153,14 +210,25 @@ def calibrate(
             if progress is not None:
                 progress((i + 1) / len(windows.ids), "calibrate")
     values, vectors = stats.spectrum()
+    codebooks = {codebook_name(side, b): torch.stack([_learn(samples.get((layer, side), []), b)
+                                                     for layer in range(info.layers)])
+                 for side in KV_SIDES for b in NUQ_BITS}
     meta = {
         "model": info.to_dict(),
         "tokenizer": getattr(loaded.tokenizer, "name_or_path", None),
         "corpus": corpus.to_dict(),
         **windows.describe(),
         "rank": rank,
+        "codebook": {"group": "KIVI, 32", "samples_per_window": per_window, "seed": CODEBOOK_SEED},
         "versions": versions(),
         "seconds": round(time.perf_counter() - started, 3),
     }
     return Calibration(eigenvalues=values, basis=vectors[..., :rank].float().contiguous(), meta=meta,
-                       key_amax=amax[0].clone(), value_amax=amax[1].clone())
+                       key_amax=amax[0].clone(), value_amax=amax[1].clone(), codebooks=codebooks)
+
+
+def _learn(drawn: list[tuple[torch.Tensor, torch.Tensor]], bits: int) -> torch.Tensor:
+    """The ``bits``-bit codebook [2^bits] of one layer and side from its windows' (values, weights)."""
+    if not drawn:
+        return learn_codebook(torch.zeros(0), bits)
+    return learn_codebook(torch.cat([u for u, _ in drawn]), bits, torch.cat([w for _, w in drawn]))

@@ -42,7 +42,8 @@ def check_runs(
 ) -> list[RunSpec]:
     """The run list as RunSpecs, checked: the model-free rules (``check_run_list``), then what needs
     the model and calibration (rank <= head_dim, a calibration deep enough where needed, its amax for
-    static fp8 scales, pre-RoPE keys only on a ``model`` whose rotary embedding they can undo)."""
+    static fp8 scales, its codebooks for nuq, pre-RoPE keys only on a ``model`` whose rotary
+    embedding they can undo)."""
     specs = check_run_list(list(runs))
     for run in specs:
         if model is not None and run.key is not None and run.key.pre_rope:
@@ -66,6 +67,12 @@ def check_runs(
             if not calibration.has_amax:
                 raise ValueError(f"calibration: run {run.name!r} needs static fp8 scales; this calibration "
                                  "was made without the key / value amax (calibrate again)")
+        if any(cfg is not None and cfg.calibrated == "codebook" for cfg in (run.key, run.value)):
+            if calibration is None:
+                raise ValueError(f"calibration: run {run.name!r} needs a calibration (non-uniform codebooks)")
+            if not calibration.has_codebooks:
+                raise ValueError(f"calibration: run {run.name!r} needs non-uniform codebooks (nuq); this "
+                                 "calibration was made without them (calibrate again)")
         if run.headq and run.headq.rank > head_dim:
             raise ValueError(f"headq.rank: {run.headq.rank} exceeds head_dim {head_dim}")
         for side, cfg in (("key", run.key), ("value", run.value)):

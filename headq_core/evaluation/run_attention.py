@@ -15,7 +15,7 @@ from dataclasses import dataclass, replace
 
 import torch
 
-from headq_core.config import RunSpec
+from headq_core.config import QuantConfig, RunSpec
 from headq_core.method.headq import (
     correction_keys,
     decode_side,
@@ -81,16 +81,16 @@ def exact_band(call: AttentionCall, raw: torch.Tensor, mask: torch.Tensor) -> to
 
 class RunAttention:
     """Attention handler (``models.adapter``) for ``run``; ``basis_for(layer, rank)`` gives the
-    calibration's query basis [kv_heads, d, rank], ``amax_for(layer, side)`` its amax float32
-    [kv_heads] of the keys or values (static fp8 scales); ``sink`` receives a :class:`LayerView` per
-    layer."""
+    calibration's query basis [kv_heads, d, rank], ``static_for(layer, side, cfg)`` what the side's
+    format reads from it (``Calibration.layer_static``: the amax of static fp8 scales, a ``nuq``
+    codebook); ``sink`` receives a :class:`LayerView` per layer."""
 
     def __init__(
         self,
         run: RunSpec,
         *,
         basis_for: Callable[[int, int], torch.Tensor] | None = None,
-        amax_for: Callable[[int, str], torch.Tensor] | None = None,
+        static_for: Callable[[int, str, QuantConfig | None], dict[str, torch.Tensor]] | None = None,
         sink: MetricsSink | None = None,
     ) -> None:
         needs_basis = (
@@ -98,18 +98,20 @@ class RunAttention:
         ) or run.intervention is not None
         if needs_basis and basis_for is None:
             raise ValueError(f"calibration: run {run.name!r} needs a calibration (query basis)")
-        if amax_for is None and any(c is not None and c.fp8_static for c in (run.key, run.value)):
-            raise ValueError(f"calibration: run {run.name!r} needs a calibration (static fp8 scales)")
-        self.run, self.basis_for, self.amax_for, self.sink = run, basis_for, amax_for, sink
+        needs = [c.calibrated for c in (run.key, run.value) if c is not None and c.calibrated]
+        if static_for is None and needs:
+            what = "static fp8 scales" if "amax" in needs else "non-uniform codebooks"
+            raise ValueError(f"calibration: run {run.name!r} needs a calibration ({what})")
+        self.run, self.basis_for, self.static_for, self.sink = run, basis_for, static_for, sink
 
-    def _amax(self, layer: int, side: str) -> torch.Tensor | None:
-        """The calibration's amax [kv_heads] of ``side`` in ``layer`` where the run's ``side``
-        quantizer has static fp8 scales, else None."""
+    def _static(self, layer: int, side: str) -> dict[str, torch.Tensor]:
+        """``fake_quantize``'s keyword arguments from the calibration for the run's ``side`` in
+        ``layer`` (the amax of static fp8 scales, a ``nuq`` codebook), else none."""
         cfg = self.run.key if side == "key" else self.run.value
-        if cfg is None or not cfg.fp8_static:
-            return None
-        assert self.amax_for is not None  # checked in __init__
-        return self.amax_for(layer, side)
+        if cfg is None or cfg.calibrated is None:
+            return {}
+        assert self.static_for is not None  # checked in __init__
+        return self.static_for(layer, side, cfg)
 
     def _keys(self, call: AttentionCall) -> tuple[torch.Tensor, torch.Tensor]:
         """(raw logits of the run's keys with the HeadQ term [b, hq, L, L], effective keys [b, hkv, L, d])."""
@@ -125,7 +127,7 @@ class RunAttention:
         between ``call.rope``'s rotations (``pre_rope.fake_quantize_keys``)."""
         cfg, k = self.run.key, call.key.to(call.work_dtype)
         assert cfg is not None
-        k_hat = fake_quantize_keys(k, cfg, call.rope, amax=self._amax(call.layer, "key"))
+        k_hat = fake_quantize_keys(k, cfg, call.rope, None, **self._static(call.layer, "key"))
         basis_for = self.basis_for
         if self.run.intervention is not None:
             assert basis_for is not None  # checked in __init__
@@ -162,7 +164,7 @@ class RunAttention:
             return None
         policy = self.run.value_policy
         if policy is None:
-            return fake_quantize(v, cfg, amax=self._amax(call.layer, "value"))
+            return fake_quantize(v, cfg, None, **self._static(call.layer, "value"))
         if keep is None:
             raise ValueError(f"value_policy: run {self.run.name!r} needs its keep mask")
         return mixed_fake_quantize(v, cfg, keep, policy.high_bits)

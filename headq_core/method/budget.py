@@ -6,7 +6,9 @@ zero; symmetric: 16, the scale only) per group of ``group_size`` elements; for t
 their own layout (fp8: 8, + 32/d with a float32 scale per token; llama.cpp blocks of 32: q8_0 8.5,
 q4_0 4.5, q4_1 5.0, q5_0 5.5, q5_1 6.0, iq4_nl 4.5; static fp8 scales are per layer or head, so
 nothing per element); a Hadamard rotation and pre-RoPE keys add nothing (the seed, the position fix
-them); ``int`` outliers (KVQuant) add an fp16 value and a 16-bit index each, ``ceil(f * n) * 32 / n``
+them); ``nuq`` codes (``codebook="nuq"``) cost what uniform ``int`` codes cost, their codebook being
+one per layer and side (``2^bits`` fp32 levels per layer: negligible, not counted); ``int`` outliers
+(KVQuant) add an fp16 value and a 16-bit index each, ``ceil(f * n) * 32 / n``
 for ``n`` elements per token group (``G*d`` per_channel, ``d`` per_token; about ``f * 32``,
 ``method.outliers``); plus for
 HeadQ the side code: ``rank*side_bits/d`` (padded to whole bytes per token) and, when

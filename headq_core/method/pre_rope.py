@@ -56,14 +56,17 @@ def unrotate(x: torch.Tensor, rope: Rope) -> torch.Tensor:
 
 
 def fake_quantize_keys(k: torch.Tensor, cfg: QuantConfig | None, rope: Rope | None,
-                       n_quant: int | None = None, *, amax: torch.Tensor | None = None) -> torch.Tensor:
+                       n_quant: int | None = None, *, amax: torch.Tensor | None = None,
+                       codebook: torch.Tensor | None = None) -> torch.Tensor:
     """Post-RoPE keys k [batch, heads, seq, d] as read back from the key cache ``cfg``, in k's dtype:
     the first ``n_quant`` tokens (default: the decode rule's) quantized, the rest exact. With
     ``cfg.pre_rope`` those tokens are un-rotated with ``rope`` (cos, sin [batch, seq, d] of k's
     positions), quantized as ``cfg`` says otherwise, and rotated back; else ``quant.fake_quantize``
-    (``amax``: a calibration's, for static fp8 scales, which the spec refuses with ``pre_rope``)."""
+    (``amax``: a calibration's, for static fp8 scales, which the spec refuses with ``pre_rope``;
+    ``codebook``: a calibration's ``nuq`` levels [2^bits], learned on post-RoPE keys, so also refused
+    with ``pre_rope``)."""
     if cfg is None or not cfg.pre_rope:
-        return fake_quantize(k, cfg, n_quant, amax=amax)
+        return fake_quantize(k, cfg, n_quant, amax=amax, codebook=codebook)
     if rope is None:
         raise ValueError("key.pre_rope: needs the rotary cos / sin of the keys' positions")
     _factors(rope, k)  # refuses a rope that does not match k

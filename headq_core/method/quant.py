@@ -12,8 +12,9 @@ stored offset by ``2^(bits-1)``; the zero-point ``-2^(bits-1) * scale`` is exact
 
 :func:`fake_quantize` is what the evaluator calls for keys and values: every format of
 :mod:`headq_core.method.formats` (fp8, llama.cpp blocks) and, with ``rotation="hadamard"``,
-``Hᵀ Q(H x)`` (:mod:`headq_core.method.rotation`), and the ``int`` format's dense-and-sparse
-outliers (:mod:`headq_core.method.outliers`); pre-RoPE keys go through
+``Hᵀ Q(H x)`` (:mod:`headq_core.method.rotation`), the ``int`` format's dense-and-sparse
+outliers (:mod:`headq_core.method.outliers`) and non-uniform codebooks (``codebook="nuq"``,
+:mod:`headq_core.method.codebook`); pre-RoPE keys go through
 :func:`headq_core.method.pre_rope.fake_quantize_keys`, which calls it between its rotations.
 
 :func:`quantize` quantizes the leading :func:`~headq_core.method.schedule.quantized_count` tokens (the
@@ -30,6 +31,7 @@ from dataclasses import dataclass, replace
 import torch
 
 from headq_core.config import QuantConfig
+from headq_core.method.codebook import read_nuq
 from headq_core.method.formats import FP16_MAX, check_head_dim, fake_quantize_engine
 from headq_core.method.groups import grouped, ungrouped
 from headq_core.method.outliers import read_with_outliers
@@ -133,11 +135,13 @@ def quantize(x: torch.Tensor, cfg: QuantConfig, n_quant: int | None = None,
     set their bits there (no host sync)."""
     seq = x.shape[-2] if x.dim() >= 2 else 0
     n_quant = quantized_count(seq, cfg) if n_quant is None else n_quant
-    if cfg.format != "int" or cfg.rotation != "none" or cfg.outliers or cfg.pre_rope:
+    if (cfg.format != "int" or cfg.rotation != "none" or cfg.outliers or cfg.pre_rope
+            or cfg.codebook != "uniform"):
         name = ("format" if cfg.format != "int" else "rotation" if cfg.rotation != "none"
-                else "outliers" if cfg.outliers else "pre_rope")
-        raise ValueError(f"{name}: packed codes hold the 'int' format without a rotation, outliers or "
-                         f"pre-RoPE, got {getattr(cfg, name)!r} (fake_quantize reads every format)")
+                else "outliers" if cfg.outliers else "pre_rope" if cfg.pre_rope else "codebook")
+        raise ValueError(f"{name}: packed codes hold the 'int' format without a rotation, outliers, "
+                         f"pre-RoPE or codebook, got {getattr(cfg, name)!r} (fake_quantize reads every "
+                         "format)")
     _validate(x, cfg, n_quant, flags)
     d = x.shape[-1]
     head = x[..., :n_quant, :].float()
@@ -167,12 +171,14 @@ def dequantize(p: Packed) -> torch.Tensor:
 
 
 def fake_quantize(x: torch.Tensor, cfg: QuantConfig | None, n_quant: int | None = None, *,
-                  amax: torch.Tensor | None = None) -> torch.Tensor:
+                  amax: torch.Tensor | None = None, codebook: torch.Tensor | None = None) -> torch.Tensor:
     """x [..., seq, d] as read back from the cache ``cfg`` describes, in x's dtype: the first
     ``n_quant`` tokens (default: the decode rule's) through the format, the rest exact. ``int``
     without a rotation or outliers is ``dequantize(quantize(x, cfg, n_quant))``; ``x`` itself when
     ``cfg`` is None. ``amax`` float32 [kv_heads] (x [..., kv_heads, seq, d]): the calibration's amax of
-    x's layer, which static fp8 scales (``cfg.fp8_static``) need and nothing else takes."""
+    x's layer, which static fp8 scales (``cfg.fp8_static``) need and nothing else takes; ``codebook``
+    float32 [2^bits]: the calibration's levels of x's layer and side, which ``codebook="nuq"`` needs
+    (both as ``Calibration.layer_static`` gives them)."""
     if cfg is None:
         check_finite(x)
         return x
@@ -180,7 +186,10 @@ def fake_quantize(x: torch.Tensor, cfg: QuantConfig | None, n_quant: int | None 
         raise ValueError("key.pre_rope: needs the keys' rotary cos / sin (pre_rope.fake_quantize_keys)")
     if amax is not None and not cfg.fp8_static:
         raise ValueError("amax: only static fp8 scales (fp8_static) read it")
-    if cfg.format == "int" and cfg.rotation == "none" and not cfg.outliers:
+    if (codebook is not None) != (cfg.codebook == "nuq"):
+        raise ValueError("codebook: only codebook 'nuq' reads a calibration's levels" if codebook is not None
+                         else "calibration: codebook 'nuq' needs the calibration's levels (layer_static)")
+    if cfg.format == "int" and cfg.rotation == "none" and not cfg.outliers and codebook is None:
         return dequantize(quantize(x, cfg, n_quant))
     seq = x.shape[-2] if x.dim() >= 2 else 0
     n_quant = quantized_count(seq, cfg) if n_quant is None else n_quant
@@ -188,20 +197,23 @@ def fake_quantize(x: torch.Tensor, cfg: QuantConfig | None, n_quant: int | None 
     head = x[..., :n_quant, :].float()
     if cfg.rotation == "hadamard":
         h = hadamard_matrix(x.shape[-1], cfg.rotation_seed)
-        head = unrotate(_read_rows(rotate(head, h), cfg), h)
+        head = unrotate(_read_rows(rotate(head, h), cfg, codebook=codebook), h)
     else:
-        head = _read_rows(head, cfg, amax)
+        head = _read_rows(head, cfg, amax, codebook)
     return torch.cat([head.to(x.dtype), x[..., n_quant:, :]], dim=-2)
 
 
-def _read_rows(rows: torch.Tensor, cfg: QuantConfig, amax: torch.Tensor | None = None) -> torch.Tensor:
+def _read_rows(rows: torch.Tensor, cfg: QuantConfig, amax: torch.Tensor | None = None,
+               codebook: torch.Tensor | None = None) -> torch.Tensor:
     """Every row of rows float32 [..., n, d] through ``cfg``'s format (no rotation; ``int``: its
-    outliers by ``method.outliers``) -> float32."""
+    outliers by ``method.outliers``, ``nuq`` codes with ``codebook``) -> float32."""
     if cfg.format != "int":
         return fake_quantize_engine(rows, cfg, amax)
-    dense = replace(cfg, rotation="none", rotation_seed=0, outliers=0.0)
+    dense = replace(cfg, rotation="none", rotation_seed=0, outliers=0.0, codebook="uniform")
 
     def read(r: torch.Tensor) -> torch.Tensor:
+        if codebook is not None:
+            return read_nuq(r, dense, codebook)
         return dequantize(quantize(r, dense, n_quant=r.shape[-2]))
 
     return read_with_outliers(rows, cfg, read) if cfg.outliers else read(rows)

@@ -40,7 +40,6 @@ import torch
 from transformers.cache_utils import Cache, DynamicLayer
 
 from headq_core.config import HeadQConfig, QuantConfig, RunSpec, ValuePolicyConfig
-from headq_core.method.fp8 import AmaxSource
 from headq_core.method.headq import BasisSource, make_basis
 from headq_core.method.pre_rope import Rope
 from headq_core.models.adapter import attention_handler, check_pre_rope
@@ -54,22 +53,31 @@ from headq_core.runtime.sides import PolicySide, Side
 from headq_core.runtime.step_flags import StepFlags
 
 
-class CalibrationSource(BasisSource, AmaxSource, Protocol):
-    """A calibration's query basis and amax (``evaluation.calibrate.Calibration``)."""
+class StaticSource(Protocol):
+    """What formats read from a calibration (``evaluation.calibrate.Calibration.layer_static``)."""
+
+    def layer_static(self, layer: int, side: str, cfg: QuantConfig | None) -> dict[str, torch.Tensor]:
+        """``fake_quantize``'s keyword arguments for ``side``'s format ``cfg`` in ``layer``."""
+        ...
 
 
-def make_side(cfg: QuantConfig | None, amax: torch.Tensor | None = None) -> Side:
+class CalibrationSource(BasisSource, StaticSource, Protocol):
+    """A calibration's query basis, amax and codebooks (``evaluation.calibrate.Calibration``)."""
+
+
+def make_side(cfg: QuantConfig | None, static: dict[str, torch.Tensor] | None = None) -> Side:
     """The side that stores ``cfg``: packed codes for the plain ``int`` format, else the
     dequantizing :class:`FormatSide` (engine formats, symmetric codes, rotations, outliers, pre-RoPE
-    keys; ``amax`` [kv_heads] for static fp8 scales)."""
-    return Side(cfg) if cfg is None or cfg.is_plain else FormatSide(cfg, amax)
+    keys, ``nuq`` codes; ``static``: what it reads from the calibration, ``Calibration.layer_static``)."""
+    return Side(cfg) if cfg is None or cfg.is_plain else FormatSide(cfg, static)
 
 
 class HeadQCacheLayer(DynamicLayer):
     """One layer: quantized keys (``key``), values (``value``), optional HeadQ side code with
     ``basis`` U [kv_heads, d, rank]. ``None`` keeps that side in full precision. ``window``: the
     sliding window of a sliding layer (tokens a query sees, itself included), None for full attention.
-    ``amax``: the layer's calibration amax float32 [kv_heads] of keys and values (static fp8 scales).
+    ``static``: what the keys' and the values' formats read from the layer's calibration
+    (``Calibration.layer_static``: static fp8 amax, ``nuq`` codebooks).
 
     Under ``attached``, a single-token step on CUDA whose layout the Triton decode kernel reads
     (per_channel keys and per_token values at 1/2/4/8 bits, token-scaled 4/8/16-bit side codes, no
@@ -95,7 +103,7 @@ class HeadQCacheLayer(DynamicLayer):
         window: int | None = None,
         flags: StepFlags | None = None,
         check_steps: bool = True,
-        amax: tuple[torch.Tensor | None, torch.Tensor | None] = (None, None),
+        static: tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]] = ({}, {}),
     ) -> None:
         super().__init__()
         if value_policy is not None and value is None:
@@ -109,8 +117,8 @@ class HeadQCacheLayer(DynamicLayer):
         if value_policy is not None and value is not None and not value.is_plain:
             raise ValueError("value_policy: the cache's A² policy needs the plain 'int' value format "
                              "(asymmetric, no rotation, no outliers)")
-        self.key_side = make_side(key, amax[0])
-        self.value_side = (make_side(value, amax[1]) if value_policy is None
+        self.key_side = make_side(key, static[0])
+        self.value_side = (make_side(value, static[1]) if value_policy is None
                            else PolicySide(value, value_policy))  # type: ignore[arg-type]
         self.window, self.is_sliding = window, window is not None
         # tokens are freed a whole group of every quantized side at a time
@@ -259,8 +267,8 @@ class HeadQCacheLayer(DynamicLayer):
 
 class HeadQCache(Cache):
     """Quantized cache for all layers; ``basis`` [layers, kv_heads, d, >= rank] (e.g. a
-    calibration's) is needed for HeadQ with the ``query_pca`` basis, ``amax`` (a calibration) for
-    static fp8 scales. The model's ``config`` (or
+    calibration's) is needed for HeadQ with the ``query_pca`` basis, ``static`` (a calibration) for
+    static fp8 scales and ``nuq`` codebooks. The model's ``config`` (or
     ``windows``, one per layer: the sliding window or None) tells which layers slide;
     ``sliding_layers`` quantizes those as the others or keeps them in full precision.
     ``check_steps=False``: decode steps never read the flags (no host sync, for CUDA graphs); only
@@ -279,7 +287,7 @@ class HeadQCache(Cache):
         windows: Sequence[int | None] | None = None,
         sliding_layers: str = "quantize",
         check_steps: bool = True,
-        amax: AmaxSource | None = None,
+        static: StaticSource | None = None,
     ) -> None:
         if headq is not None and basis is None:
             raise ValueError("basis: HeadQ needs the per-layer basis [layers, kv_heads, d, rank]")
@@ -291,7 +299,7 @@ class HeadQCache(Cache):
         found = layer_windows(config) if config is not None else windows
         self.windows = check_windows([None] * num_layers if found is None else found, num_layers)
         self.sliding_layers = sliding_layers
-        self.flags, self.check_steps, self.amax = StepFlags(), check_steps, amax
+        self.flags, self.check_steps, self.static = StepFlags(), check_steps, static
         layers = [self._layer(i, key, value, headq, basis, value_policy) for i in range(num_layers)]
         super().__init__(layers=list(layers))
         self.quant_layers = layers  # the same objects, typed
@@ -305,16 +313,17 @@ class HeadQCache(Cache):
         layer_basis = None if basis is None or headq is None else basis[i, ..., : headq.rank].float()
         return HeadQCacheLayer(key, value, headq, layer_basis, value_policy, window=window, flags=self.flags,
                                check_steps=checks,
-                               amax=(self._amax(i, "key", key), self._amax(i, "value", value)))
+                               static=(self._static(i, "key", key), self._static(i, "value", value)))
 
-    def _amax(self, layer: int, side: str, cfg: QuantConfig | None) -> torch.Tensor | None:
-        """The calibration amax [kv_heads] of ``side`` in ``layer`` where ``cfg`` has static fp8 scales."""
-        if cfg is None or not cfg.fp8_static:
-            return None
-        if self.amax is None:
-            raise ValueError(f"calibration: the {side} side's static fp8 scales (fp8_static) need a "
-                             "calibration's amax")
-        return self.amax.layer_amax(layer, side)
+    def _static(self, layer: int, side: str, cfg: QuantConfig | None) -> dict[str, torch.Tensor]:
+        """What ``side``'s format ``cfg`` reads from the calibration in ``layer`` (static fp8 amax,
+        ``nuq`` codebook; ``Calibration.layer_static``), else nothing."""
+        if cfg is None or cfg.calibrated is None:
+            return {}
+        if self.static is None:
+            what = "static fp8 scales (fp8_static) need" if cfg.fp8_static else "codebook 'nuq' needs"
+            raise ValueError(f"calibration: the {side} side's {what} a calibration")
+        return self.static.layer_static(layer, side, cfg)
 
     @classmethod
     def from_run(cls, run: RunSpec, calibration: CalibrationSource | None, info: ModelInfo,
@@ -337,7 +346,7 @@ class HeadQCache(Cache):
                            query_basis=calibration.layer_basis(layer, hq.rank) if calibration else None)
                 for layer in range(info.layers)])
         return cls(info.layers, run.key, run.value, run.headq, basis, run.value_policy, config=config,
-                   sliding_layers=run.sliding_layers or "quantize", amax=calibration)
+                   sliding_layers=run.sliding_layers or "quantize", static=calibration)
 
     def check(self) -> None:
         """Raise ValueError for what the decode steps recorded since the last check (module

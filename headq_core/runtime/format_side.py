@@ -6,8 +6,8 @@ by ``quant.fake_quantize`` (the evaluator's own function) and held as what atten
 [B, H, n, d]; with HeadQ the side code of the residual as for packed sides. So a decode loop reads
 exactly what the evaluator scores; the memory held is not the format's (the kernel path never reads
 this side): :meth:`FormatSide.nbytes` counts what the format stores per row (``formats.row_bits``),
-which is what a serving engine would hold. Static fp8 scales read the layer's calibration ``amax``
-as the evaluator does.
+which is what a serving engine would hold. Static fp8 scales read the layer's calibration ``amax``,
+``nuq`` codes its codebook, as the evaluator does (``Calibration.layer_static``).
 
 Pre-RoPE keys (``QuantConfig.pre_rope``) also keep the rotary cos / sin of their tail tokens, given
 with each :meth:`FormatSide.append`: a token leaving the window is un-rotated by its position,
@@ -29,13 +29,16 @@ from headq_core.runtime.sides import Side, cat_side
 
 class FormatSide(Side):
     """One side in a format only the evaluator's ``fake_quantize`` reads (module docstring);
-    ``amax`` float32 [H]: the layer's calibration amax of this side, for static fp8 scales only."""
+    ``static``: what the format reads from the layer's calibration, ``fake_quantize``'s keyword
+    arguments (``amax`` float32 [H] for static fp8 scales, ``codebook`` [2^bits] for ``nuq``)."""
 
-    def __init__(self, cfg: QuantConfig, amax: torch.Tensor | None = None) -> None:
+    def __init__(self, cfg: QuantConfig, static: dict[str, torch.Tensor] | None = None) -> None:
         super().__init__(cfg)
-        if cfg.fp8_static and amax is None:
+        self.static = dict(static or {})
+        if cfg.fp8_static and "amax" not in self.static:
             raise ValueError("calibration: static fp8 scales (fp8_static) need the calibration's amax")
-        self.amax = amax
+        if cfg.codebook == "nuq" and "codebook" not in self.static:
+            raise ValueError("calibration: codebook 'nuq' needs the calibration's codebook")
         self.head: torch.Tensor | None = None  # quantized tokens as read, float32 [B, H, n, d]
         self.tail_rope: Rope | None = None  # pre-RoPE keys: cos, sin [B, n_tail, d] of the tail
 
@@ -63,7 +66,7 @@ class FormatSide(Side):
         if self.tail_rope is not None:
             cos, sin = self.tail_rope
             leaving_rope, self.tail_rope = (cos[:, :move], sin[:, :move]), (cos[:, move:], sin[:, move:])
-        read = fake_quantize_keys(leaving, self.cfg, leaving_rope, n_quant=move, amax=self.amax)
+        read = fake_quantize_keys(leaving, self.cfg, leaving_rope, n_quant=move, **self.static)
         if basis is not None and headq is not None:
             side = encode_side(leaving - read, basis.to(leaving.device), headq.side_bits,
                                scale=headq.side_scale, group_size=self.cfg.group_size)

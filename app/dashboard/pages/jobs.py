@@ -27,6 +27,7 @@ FORM_FIELDS = [
     "format",
     "rotation",
     "pre_rope",
+    "nuq",
     "headq",
     "rank",
     "basis",
@@ -98,6 +99,11 @@ def _form() -> html.Div:
                     dcc.Checklist(
                         id="form-pre_rope", value=[],
                         options=[{"label": "Pre-RoPE keys (KVQuant; full-width RoPE models)", "value": "on"}],
+                    ),
+                    dcc.Checklist(
+                        id="form-nuq", value=[],
+                        options=[{"label": "Non-uniform codebooks (KVQuant nuq; int 2-4 bits, "
+                                           "needs a calibration)", "value": "on"}],
                     ),
                 ],
                 style=ROW,
@@ -315,6 +321,7 @@ def submit(_clicks, token, *values):
     form = dict(zip(FORM_FIELDS, values, strict=True))
     form["headq"], form["baselines"] = bool(form["headq"]), bool(form["baselines"])
     form["rotation"], form["pre_rope"] = bool(form["rotation"]), bool(form["pre_rope"])
+    form["nuq"] = bool(form["nuq"])
     try:
         job = client().submit(build_spec(form), user_token=token)
     except (ApiError, ValueError) as exc:
