@@ -183,3 +183,9 @@ def test_fused_a2_column_sums_equal_the_blockwise_ones(family, mode):
         assert fused.shape == blockwise.shape == (2, 2, 200) and fused.dtype == torch.float64
         assert float(blockwise.min()) > 0
         torch.testing.assert_close(fused, blockwise, rtol=1e-9, atol=0)
+
+
+def test_the_job_spec_takes_the_fused_path():
+    from headq_spec.jobs import DatasetSpec
+
+    assert DatasetSpec(window=32768, attention="fused").attention == "fused"

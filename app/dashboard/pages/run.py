@@ -142,7 +142,8 @@ def show_summary(job, run):
 
 
 def sampled_rows_line(doc: dict) -> str | None:
-    """What the per-head metrics read when the blockwise path sampled query rows (None otherwise)."""
+    """What the per-head metrics read when an O(L) path (blockwise, fused) sampled query rows (None
+    otherwise)."""
     attention = (doc.get("dataset") or {}).get("attention") or {}
     rows = attention.get("head_rows")
     if not rows:
