@@ -12,9 +12,7 @@ from headq_core.evaluation.corpus import CorpusSpec
 from headq_core.evaluation.evaluate import evaluate
 from headq_core.evaluation.windows import corpus_windows
 from headq_core.method.quant import fake_quantize
-from headq_core.models.adapter import attention_handler
-from headq_core.models.attention import dense_attention
-from headq_core.models.calls import cache_kwargs
+from tests.models.decode_loop import fake_quantized_nll
 from tests.models.tiny import loaded
 
 SPEC = CorpusSpec(split="eval")
@@ -23,25 +21,10 @@ V2 = QuantConfig(bits=2, axis="per_token", group_size=4, residual=3)
 
 
 def _decode_loop_nll(lm, ids, key_cfg, value_cfg):
-    """Sum of NLL from a real token-by-token decode loop (transformers' DynamicCache holds exact
-    keys/values; at each step the attention reads the leading ``quantized_count(n)`` of the n cached
-    tokens in quantized form, the decode state of a quantized cache). Like ``HeadQCache``, the cache
-    keeps every token of a sliding-window layer (groups stay where the evaluator has them); the
-    model's mask hides those outside the window."""
-    from transformers import DynamicCache
-
-    def handler(call):
-        k = call.key if key_cfg is None else fake_quantize(call.key, key_cfg)
-        v = call.value if value_cfg is None else fake_quantize(call.value, value_cfg)
-        return dense_attention(call, logits=call.finish(call.raw_scores(k)), value=v)
-
-    total, cache = 0.0, DynamicCache()
-    with torch.no_grad(), attention_handler(lm.model, handler):
-        for t in range(ids.shape[0] - 1):
-            step = lm.model(ids[None, t : t + 1], use_cache=True, **cache_kwargs(lm.model, cache))
-            logits = step.logits[0, -1]
-            total -= torch.log_softmax(logits.double(), -1)[ids[t + 1]].item()
-    return total
+    """Sum of NLL from a real token-by-token decode loop (``decode_loop.fake_quantized_nll``). Like
+    ``HeadQCache``, the cache keeps every token of a sliding-window layer (groups stay where the
+    evaluator has them); the model's mask hides those outside the window."""
+    return fake_quantized_nll(lm.model, ids, key_cfg, value_cfg)
 
 
 @pytest.mark.parametrize("heads", [True, False], ids=["with-metrics", "band-only"])

@@ -14,11 +14,8 @@ from headq_core.evaluation.corpus import CorpusSpec
 from headq_core.evaluation.evaluate import evaluate
 from headq_core.evaluation.windows import corpus_windows
 from headq_core.method.codebook import uniform_levels
-from headq_core.method.quant import fake_quantize
-from headq_core.models.adapter import attention_handler
-from headq_core.models.attention import dense_attention
-from headq_core.models.calls import cache_kwargs
 from headq_core.runtime.cache import HeadQCache
+from tests.models.decode_loop import decode_nll, fake_quantized_nll
 from tests.models.tiny import loaded
 
 CAL, SPEC = CorpusSpec(split="calibration"), CorpusSpec(split="eval")
@@ -44,19 +41,9 @@ def test_the_calibration_learns_a_codebook_per_layer_side_and_width():
 def _decode_loop_nll(lm, ids, cal):
     """NLL sum of a token-by-token decode loop whose attention reads the leading cached tokens through
     ``fake_quantize`` with the calibration's codebooks (the decode rule of ``residual``)."""
-    from transformers import DynamicCache
-
-    def handler(call):
-        k = fake_quantize(call.key, KEY, codebook=cal.layer_codebook(call.layer, "key", 2))
-        v = fake_quantize(call.value, VALUE, codebook=cal.layer_codebook(call.layer, "value", 3))
-        return dense_attention(call, logits=call.finish(call.raw_scores(k)), value=v)
-
-    total, cache = 0.0, DynamicCache()
-    with torch.no_grad(), attention_handler(lm.model, handler):
-        for t in range(ids.shape[0] - 1):
-            step = lm.model(ids[None, t:t + 1], use_cache=True, **cache_kwargs(lm.model, cache))
-            total -= torch.log_softmax(step.logits[0, -1].double(), -1)[ids[t + 1]].item()
-    return total
+    return fake_quantized_nll(lm.model, ids, KEY, VALUE,
+                              lambda layer: {"codebook": cal.layer_codebook(layer, "key", 2)},
+                              lambda layer: {"codebook": cal.layer_codebook(layer, "value", 3)})
 
 
 def test_nuq_evaluates_as_a_decode_loop_and_a_cache_reads_it():
@@ -73,12 +60,7 @@ def test_nuq_evaluates_as_a_decode_loop_and_a_cache_reads_it():
     assert rows["nuq"]["effective_bits"] == rows["uniform"]["effective_bits"]
     assert rows["nuq"]["spec"]["key"]["codebook"] == "nuq"
     assert {h["run"] for h in doc["heads"]} >= {"nuq"}
-    cache = HeadQCache.from_run(RUN, cal, lm.info)
-    cache_nll = 0.0
-    with torch.no_grad():
-        for t in range(windows[0].shape[0] - 1):
-            step = lm.model(windows[0][None, t:t + 1], use_cache=True, **cache_kwargs(lm.model, cache))
-            cache_nll -= torch.log_softmax(step.logits[0, -1].double(), -1)[windows[0][t + 1]].item()
+    cache_nll = decode_nll(lm.model, windows[0], HeadQCache.from_run(RUN, cal, lm.info))
     assert cache_nll == pytest.approx(_decode_loop_nll(lm, windows[0], cal), rel=1e-5)
     assert math.isfinite(cache_nll)
 

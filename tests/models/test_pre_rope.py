@@ -20,6 +20,7 @@ from headq_core.models.attention import attention_modules, dense_attention
 from headq_core.models.calls import cache_kwargs
 from headq_core.runtime.cache import HeadQCache
 from headq_core.runtime.format_side import FormatSide
+from tests.models.decode_loop import decode_nll
 from tests.models.tiny import build, loaded
 
 SPEC = CorpusSpec(split="eval")
@@ -180,11 +181,7 @@ def test_cache_decodes_as_the_evaluator_scores(case, family):
     doc = evaluate(lm, SPEC, [run], window=24, max_tokens=24, heads=False)
     ids = corpus_windows(lm.tokenizer, SPEC, 24, 24).ids[0]
     cache = HeadQCache.from_run(run, None, lm.info, config=lm.model.config)
-    total = 0.0
-    with torch.no_grad(), cache.attached(lm.model):
-        for t in range(ids.shape[0] - 1):
-            step = lm.model(ids[None, t: t + 1], use_cache=True, **cache_kwargs(lm.model, cache))
-            total -= torch.log_softmax(step.logits[0, -1].double(), -1)[ids[t + 1]].item()
+    total = decode_nll(lm.model, ids, cache, cache.attached(lm.model))
     assert math.exp(total / 23) == pytest.approx(doc["runs"][0]["perplexity"], rel=1e-5)
     side = cache.quant_layers[-1].key_side
     assert isinstance(side, FormatSide) and side.head is not None and side.tail_rope is not None
