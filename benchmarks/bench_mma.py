@@ -1,0 +1,186 @@
+"""The tensor-core decode kernel (``mma_decode``) against the Triton kernel and bf16 SDPA (issue 19).
+
+Sections, in order, each row printed and the JSON rewritten as soon as it is measured:
+``check``: every layout variant against the float32 reference on fresh random inputs (relative
+error of the output); ``tune``: graph-replay time per launch setting at three shapes; ``decode``:
+per-layer graph-replay time of the tensor-core kernel (HeadQ 2-bit + r8, plain 2-bit, plain 4-bit),
+the Triton kernel and the bf16 baselines of ``bench_gpu.py`` at the issue's four shapes. Only a
+variant that passed the check is timed.
+
+    python benchmarks/bench_mma.py --out benchmarks/results/mma_h100.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import sys
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from bench_gpu import Layers, layer_count, time_kind  # noqa: E402
+from bench_timing import copy_bandwidth, median_ms  # noqa: E402
+from gpu_shapes import HEADQ, KEY, VALUE, D  # noqa: E402
+
+from headq_core.config import QuantConfig  # noqa: E402
+from headq_core.runtime.kernels import encode  # noqa: E402
+from headq_core.runtime.kernels.mma_decode import decode_attention_mma  # noqa: E402
+from headq_core.runtime.kernels.reference import decode_attention_reference  # noqa: E402
+from headq_core.runtime.kernels.triton_decode import decode_attention_triton  # noqa: E402
+
+# (name, key bits, key group, value bits, value group, side rank, query heads, KV heads, dtype,
+#  residual tokens, start, softcap, splits)
+CASES = (
+    ("headq_2bit_r8", 2, 32, 2, 32, 8, 32, 8, "bf16", 100, 0, None, None),
+    ("plain_2bit", 2, 32, 2, 32, 0, 32, 8, "bf16", 100, 0, None, None),
+    ("plain_4bit", 4, 32, 4, 32, 0, 32, 8, "bf16", 100, 0, None, None),
+    ("k4_v2_r16_fp16", 4, 32, 2, 32, 16, 32, 8, "fp16", 100, 0, None, None),
+    ("one_split", 2, 32, 2, 32, 8, 32, 8, "bf16", 100, 0, None, 1),
+    ("many_splits", 2, 32, 2, 32, 8, 32, 8, "bf16", 100, 0, None, 97),
+    ("softcap30", 2, 32, 2, 32, 8, 32, 8, "bf16", 100, 0, 30.0, None),
+    ("window_start", 2, 32, 2, 32, 8, 32, 8, "bf16", 100, 5000, None, None),
+    ("start_in_residual", 2, 32, 2, 32, 8, 32, 8, "bf16", 100, 8200, None, None),
+    ("row_starts", 2, 32, 2, 32, 8, 32, 8, "bf16", 100, "rows", None, None),
+    ("gqa8", 2, 32, 2, 32, 8, 64, 8, "bf16", 100, 0, None, None),
+    ("gqa12_two_rows", 2, 32, 2, 32, 8, 48, 4, "bf16", 100, 0, None, None),
+    ("mha_gq1", 2, 32, 2, 32, 4, 8, 8, "bf16", 100, 0, None, None),
+    ("groups16_16", 2, 16, 2, 16, 8, 32, 8, "bf16", 100, 0, None, None),
+    ("groups128_64", 2, 128, 2, 64, 8, 32, 8, "bf16", 100, 0, None, None),
+    ("no_residual", 2, 32, 2, 32, 8, 32, 8, "bf16", 0, 0, None, None),
+)
+TUNE = tuple((w, st, mb, ps) for w, st, mb in ((4, 3, 1), (4, 2, 1), (2, 3, 1), (4, 4, 1), (4, 2, 2))
+             for ps in (8, 16, 32))
+TUNE_SHAPES = ((1, 4096), (1, 32768), (8, 32768))
+MMA_CFG: dict = {}
+
+
+def check_case(case: tuple, device: str, ctx: int = 8192 + 100) -> dict:
+    """Relative error of the tensor-core kernel against the float32 reference for one layout."""
+    name, kb, gk, vb, gv, rank, hq, hkv, dt, res, start, softcap, splits = case
+    dtype = torch.bfloat16 if dt == "bf16" else torch.float16
+    b = 2
+    n = (ctx - res) // gk * gk
+    k = (torch.randn(b, hkv, n + res, D, device=device) + 2).to(dtype)
+    v = torch.randn(b, hkv, n + res, D, device=device).to(dtype)
+    u = torch.linalg.qr(torch.randn(hkv, D, rank, device=device))[0] if rank else None
+    key = QuantConfig(bits=kb, axis="per_channel", group_size=gk, residual=res)
+    val = QuantConfig(bits=vb, axis="per_token", group_size=gv, residual=res)
+    enc = encode(k[:, :, :n], v[:, :, :n], key, val, basis=u)
+    kr, vr = (k[:, :, n:].contiguous(), v[:, :, n:].contiguous()) if res else (None, None)
+    q = torch.randn(b, hq, 1, D, device=device).to(dtype)
+    st = torch.tensor([0, 3000], device=device) if start == "rows" else start
+    ref = decode_attention_reference(q, enc, kr, vr, u, D**-0.5, 1, st, softcap)
+    row = {"case": name}
+    for sign in (1, -1) if rank else (1,):
+        out = decode_attention_mma(q, enc, kr, vr, u, D**-0.5, sign, splits, start=st, softcap=softcap,
+                                   **MMA_CFG)
+        want = ref if sign == 1 else decode_attention_reference(q, enc, kr, vr, u, D**-0.5, -1, st, softcap)
+        if out is None:
+            row["error"] = "not launched (alignment)"
+            continue
+        err = ((out.float() - want.float()).norm() / want.float().norm()).item()
+        row[f"rel_err_sign{sign:+d}"] = err
+    if "ok" not in row:
+        row["ok"] = all(v < 1e-2 for k, v in row.items() if k.startswith("rel_err")) and "error" not in row
+    return row
+
+
+class MmaLayers(Layers):
+    """bench_gpu's layers with the tensor-core kernel as kinds ``mma_headq``, ``mma_plain2/4``."""
+
+    def attn(self, kind: str, i: int, q: torch.Tensor) -> torch.Tensor:
+        if kind.startswith("mma_"):
+            enc = self.enc[i] if kind == "mma_headq" else self.plain[kind[4:]][i]
+            u = self.u[i] if kind == "mma_headq" else None
+            return decode_attention_mma(q, enc, self.kr[i], self.vr[i], u, D**-0.5, 1, **MMA_CFG)
+        if kind.startswith("triton_"):  # the tuned Triton launch (docs/benchmarks.md, section 10)
+            enc = self.enc[i] if kind == "triton_headq" else self.plain[kind[7:]][i]
+            u = self.u[i] if kind == "triton_headq" else None
+            return decode_attention_triton(q, enc, self.kr[i], self.vr[i], u, D**-0.5, 1)
+        return super().attn(kind, i, q)
+
+
+KINDS = ("mma_headq", "mma_plain2", "mma_plain4", "triton_headq", "triton_plain2", "sdpa_gqa")
+
+
+def decode_row(batch: int, ctx: int, device: str, cap_gib: float) -> dict:
+    n = layer_count(batch, ctx, device, cap_gib)
+    lay = MmaLayers(batch, ctx, n, device)
+    row: dict = {"batch": batch, "context": ctx, "layers_timed": n, "us": {}}
+    for kind in KINDS:
+        row["us"][kind] = time_kind(lay, kind, n, device, True)[0] * 1e3
+    sdpa = row["us"]["sdpa_gqa"]
+    row["speedup_vs_sdpa"] = {k: sdpa / v for k, v in row["us"].items()}
+    return row
+
+
+def tune_row(batch: int, ctx: int, device: str, cap_gib: float) -> dict:
+    n = layer_count(batch, ctx, device, cap_gib)
+    lay = MmaLayers(batch, ctx, n, device)
+    row: dict = {"batch": batch, "context": ctx, "us": {}}
+    for w, st, mb, ps in TUNE:
+        cfg = {"warps": w, "stages": st, "min_blocks": mb, "per_sm": ps}
+        fn = lambda cfg=cfg: [decode_attention_mma(lay.q[i], lay.enc[i], lay.kr[i], lay.vr[i], lay.u[i],  # noqa: E731
+                                                   D**-0.5, 1, **cfg) for i in range(n)]
+        try:
+            row["us"][json.dumps(cfg)] = median_ms(fn, device, graph=True) / n * 1e3
+        except Exception as exc:  # noqa: BLE001 - a setting that does not fit is reported
+            row["us"][json.dumps(cfg)] = f"{type(exc).__name__}: {exc}"[:200]
+    return row
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--out", type=Path, required=True)
+    ap.add_argument("--sections", default="check,tune,decode")
+    ap.add_argument("--cap-gib", type=float, default=24.0)
+    args = ap.parse_args()
+    from testkit.provenance import commit
+
+    dev = "cuda"
+    torch.manual_seed(0)
+    res: dict = {"command": " ".join(sys.argv), "commit": commit(), "device": torch.cuda.get_device_name(),
+                 "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+                 "torch": torch.__version__, "copy_GBps": copy_bandwidth(dev),
+                 "config": {"key": str(KEY), "value": str(VALUE), "headq": str(HEADQ)}}
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+
+    def record(section: str, make, *a) -> dict:
+        try:
+            row = make(*a)
+        except Exception as exc:  # noqa: BLE001 - one failing row must not lose the others
+            row = {"error": f"{type(exc).__name__}: {exc}"[:800], "args": [str(x) for x in a]}
+        print(section, json.dumps(row), flush=True)
+        res.setdefault(section, []).append(row)
+        args.out.write_text(json.dumps(res, indent=1))
+        return row
+
+    want = args.sections.split(",")
+    if "check" in want:
+        for case in CASES:
+            record("check", check_case, case, dev)
+        if not all(r.get("ok") for r in res["check"]):
+            print("check failed: nothing is timed")
+            return
+    if "tune" in want:
+        for b, c in TUNE_SHAPES:
+            record("tune", tune_row, b, c, dev, args.cap_gib)
+        rows = [r for r in res["tune"] if "us" in r]
+        names = [k for k in rows[0]["us"] if all(isinstance(r["us"][k], float) for r in rows)]
+        best = min(names, key=lambda k: sum(r["us"][k] / min(v for v in r["us"].values() if isinstance(v, float))
+                                            for r in rows))
+        MMA_CFG.update(json.loads(best))
+        res["mma_cfg"] = dict(MMA_CFG)
+        print("tuned:", MMA_CFG, flush=True)
+    if "decode" in want:
+        for b, c in ((1, 4096), (1, 32768), (8, 32768), (16, 131072)):
+            record("decode", decode_row, b, c, dev, args.cap_gib)
+
+
+if __name__ == "__main__":
+    main()
