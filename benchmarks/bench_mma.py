@@ -49,12 +49,12 @@ CASES = (
     ("gqa8", 2, 32, 2, 32, 8, 64, 8, "bf16", 100, 0, None, None),
     ("gqa12_two_rows", 2, 32, 2, 32, 8, 48, 4, "bf16", 100, 0, None, None),
     ("mha_gq1", 2, 32, 2, 32, 4, 8, 8, "bf16", 100, 0, None, None),
-    ("groups16_16", 2, 16, 2, 16, 8, 32, 8, "bf16", 100, 0, None, None),
+    ("groups16_128", 2, 16, 2, 128, 8, 32, 8, "bf16", 100, 0, None, None),
     ("groups128_64", 2, 128, 2, 64, 8, 32, 8, "bf16", 100, 0, None, None),
     ("no_residual", 2, 32, 2, 32, 8, 32, 8, "bf16", 0, 0, None, None),
 )
-TUNE = tuple((w, st, mb, ps) for w, st, mb in ((4, 3, 1), (4, 2, 1), (2, 3, 1), (4, 4, 1), (4, 2, 2))
-             for ps in (8, 16, 32))
+TUNE = tuple({"warps": w, "stages": st, "kfold": kf, "per_sm": ps, "max_splits": ms}
+             for w in (2, 4) for st in (2, 3, 4) for kf in (False, True) for ps, ms in ((16, 64), (32, 128), (32, 256)))
 TUNE_SHAPES = ((1, 4096), (1, 32768), (8, 32768))
 MMA_CFG: dict = {}
 
@@ -76,15 +76,17 @@ def check_case(case: tuple, device: str, ctx: int = 8192 + 100) -> dict:
     st = torch.tensor([0, 3000], device=device) if start == "rows" else start
     ref = decode_attention_reference(q, enc, kr, vr, u, D**-0.5, 1, st, softcap)
     row = {"case": name}
-    for sign in (1, -1) if rank else (1,):
+    for sign, kfold in ((1, False), (-1, False), (1, True), (-1, True)):
+        if sign == -1 and not rank:
+            continue
         out = decode_attention_mma(q, enc, kr, vr, u, D**-0.5, sign, splits, start=st, softcap=softcap,
-                                   **MMA_CFG)
+                                   **{**MMA_CFG, "kfold": kfold})
         want = ref if sign == 1 else decode_attention_reference(q, enc, kr, vr, u, D**-0.5, -1, st, softcap)
         if out is None:
             row["error"] = "not launched (alignment)"
             continue
         err = ((out.float() - want.float()).norm() / want.float().norm()).item()
-        row[f"rel_err_sign{sign:+d}"] = err
+        row[f"rel_err_sign{sign:+d}_kfold{int(kfold)}"] = err
     if "ok" not in row:
         row["ok"] = all(v < 1e-2 for k, v in row.items() if k.startswith("rel_err")) and "error" not in row
     return row
@@ -123,8 +125,7 @@ def tune_row(batch: int, ctx: int, device: str, cap_gib: float) -> dict:
     n = layer_count(batch, ctx, device, cap_gib)
     lay = MmaLayers(batch, ctx, n, device)
     row: dict = {"batch": batch, "context": ctx, "us": {}}
-    for w, st, mb, ps in TUNE:
-        cfg = {"warps": w, "stages": st, "min_blocks": mb, "per_sm": ps}
+    for cfg in TUNE:
         fn = lambda cfg=cfg: [decode_attention_mma(lay.q[i], lay.enc[i], lay.kr[i], lay.vr[i], lay.u[i],  # noqa: E731
                                                    D**-0.5, 1, **cfg) for i in range(n)]
         try:

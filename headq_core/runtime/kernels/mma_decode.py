@@ -2,7 +2,7 @@
 
 The CUDA C++ kernel unpacks the codes straight into ``mma.sync`` register fragments (no shared-memory
 round trip of unpacked tiles, docs/adr/0009). :func:`covers` says which inputs it takes (sm_80+,
-head_dim 128, 2/4-bit codes, 8-bit side codes of even rank <= 16, up to 16 query heads per KV head,
+head_dim 128, 2/4-bit codes, key groups of 16-128 tokens, value groups of 32-128 channels, 8-bit side codes of even rank <= 16, up to 16 query heads per KV head,
 fp16/bf16 queries, 16-byte aligned rows); :mod:`headq_core.runtime.kernels` falls back to the Triton
 kernel for everything else. The split merge is the Triton kernel's second launch.
 """
@@ -21,7 +21,7 @@ from headq_core.runtime.kernels.layout import EncodedKV
 
 LOG2E = 1.4426950408889634
 CHUNK = 64  # tokens per pipeline stage (the kernel's CHUNK)
-SOURCE = Path(__file__).with_name("mma_decode.cu")
+SOURCES = tuple(Path(__file__).with_name(n) for n in ("mma_common.cuh", "mma_decode.cu", "mma_kernel.cu"))
 _POINTERS = ("kc", "ks", "kz", "vc", "vs", "vz", "sc", "ss", "u", "q", "kr", "vr", "o_part", "lse", "out",
              "row_start")
 _STRIDES = ("s_kc", "s_ks", "s_vc", "s_vs", "s_sc", "s_ss", "s_kr", "s_vr")
@@ -44,16 +44,18 @@ def stage_bytes(kb: int, vb: int, gk: int, gv: int, rank: int) -> int:
 
 
 def defines(kb: int, vb: int, gk: int, gv: int, rank: int, gq: int, softcap: bool, row_start: bool,
-            bf16: bool, warps: int = 4, stages: int = 3, min_blocks: int = 1) -> tuple[tuple[str, int], ...]:
-    """The compile-time configuration of one kernel variant."""
+            bf16: bool, warps: int = 4, stages: int = 3, min_blocks: int = 1,
+            kfold: bool = False) -> tuple[tuple[str, int], ...]:
+    """The compile-time configuration of one kernel variant (``kfold``: key codes enter the mma with
+    their unpacking offsets, removed by one more mma per key group instead of a subtraction each)."""
     return (("KB", kb), ("VB", vb), ("GK", gk), ("GV", gv), ("RANK", rank), ("GQ", gq), ("SOFTCAP", int(softcap)),
             ("ROW_START", int(row_start)), ("RES_BF16", int(bf16)), ("NW", warps), ("NSTAGE", stages),
-            ("MINB", min_blocks))
+            ("MINB", min_blocks), ("KFOLD", int(kfold)))
 
 
 def source(cfg: tuple[tuple[str, int], ...]) -> str:
-    """The kernel source of one variant (its #defines, then ``mma_decode.cu``)."""
-    return "".join(f"#define {k} {v}\n" for k, v in cfg) + SOURCE.read_text()
+    """The kernel source of one variant: its #defines, then the three source files."""
+    return "".join(f"#define {k} {v}\n" for k, v in cfg) + "\n".join(p.read_text() for p in SOURCES)
 
 
 @cache
@@ -87,7 +89,7 @@ def covers(q: torch.Tensor, enc: EncodedKV | None, k_res: torch.Tensor | None) -
     gq = q.shape[1] // hkv
     side_ok = enc.side is None or (enc.side_bits == 8 and enc.rank % 2 == 0 and 2 <= enc.rank <= 16)
     return (enc.head_dim == 128 and enc.key_bits in (2, 4) and enc.value_bits in (2, 4)
-            and enc.key_group in (16, 32, 64, 128) and enc.value_group in (16, 32, 64, 128) and side_ok
+            and enc.key_group in (16, 32, 64, 128) and enc.value_group in (32, 64, 128) and side_ok
             and 1 <= gq <= 16 and (k_res is None or k_res.dtype == q.dtype))
 
 
@@ -103,7 +105,7 @@ def decode_attention_mma(q: torch.Tensor, enc: EncodedKV, k_res: torch.Tensor | 
                          basis: torch.Tensor | None, scale: float, sign: int, num_splits: int | None = None,
                          start: int | torch.Tensor = 0, softcap: float | None = None, warps: int = 4,
                          stages: int = 3, min_blocks: int = 1, per_sm: int = 16,
-                         max_splits: int = 64) -> torch.Tensor | None:
+                         max_splits: int = 64, kfold: bool = False) -> torch.Tensor | None:
     """The tensor-core path of :func:`headq_core.runtime.kernels.decode_attention` (inputs validated
     and :func:`covers` true): q [B, Hq, 1, 128] -> [B, Hq, 1, 128]; None when a tensor is not 16-byte
     aligned (the caller falls back). ``num_splits`` quantized-token splits per (batch, KV head)
@@ -151,7 +153,7 @@ def decode_attention_mma(q: torch.Tensor, enc: EncodedKV, k_res: torch.Tensor | 
     p.H, p.N, p.R, p.tps, p.n_qsplits, p.S, p.first = h, n, r_len, tps, n_q, splits, first
     p.qk_scale, p.sign, p.cap2 = scale * LOG2E, float(sign), (softcap or 1.0) * LOG2E
     cfg = defines(enc.key_bits, enc.value_bits, enc.key_group, enc.value_group, rank, hq // h,
-                  softcap is not None, row_start is not None, q.dtype == torch.bfloat16, warps, stages, min_blocks)
+                  softcap is not None, row_start is not None, q.dtype == torch.bfloat16, warps, stages, min_blocks, kfold)
     kernel = _kernel(q.device.index or 0, cfg)
     kernel.launch((math.ceil(splits / warps), b * h, 1), 32 * warps, p)
     if splits > 1:
