@@ -54,7 +54,8 @@ CASES = (
     ("no_residual", 2, 32, 2, 32, 8, 32, 8, "bf16", 0, 0, None, None),
 )
 TUNE = tuple({"warps": w, "stages": st, "kfold": kf, "per_sm": ps, "max_splits": ms}
-             for w in (2, 4) for st in (2, 3, 4) for kf in (False, True) for ps, ms in ((16, 64), (32, 128), (32, 256)))
+             for w in (2, 4) for st in (2, 3, 4) for kf in (False, True)
+             for ps, ms in ((16, 64), (32, 128), (32, 256)))
 TUNE_SHAPES = ((1, 4096), (1, 32768), (8, 32768))
 MMA_CFG: dict = {}
 
@@ -173,8 +174,8 @@ def main() -> None:
             record("tune", tune_row, b, c, dev, args.cap_gib)
         rows = [r for r in res["tune"] if "us" in r]
         names = [k for k in rows[0]["us"] if all(isinstance(r["us"][k], float) for r in rows)]
-        best = min(names, key=lambda k: sum(r["us"][k] / min(v for v in r["us"].values() if isinstance(v, float))
-                                            for r in rows))
+        fastest = [min(v for v in r["us"].values() if isinstance(v, float)) for r in rows]
+        best = min(names, key=lambda k: sum(r["us"][k] / f for r, f in zip(rows, fastest, strict=True)))
         MMA_CFG.update(json.loads(best))
         res["mma_cfg"] = dict(MMA_CFG)
         print("tuned:", MMA_CFG, flush=True)

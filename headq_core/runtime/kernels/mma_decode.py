@@ -2,7 +2,8 @@
 
 The CUDA C++ kernel unpacks the codes straight into ``mma.sync`` register fragments (no shared-memory
 round trip of unpacked tiles, docs/adr/0009). :func:`covers` says which inputs it takes (sm_80+,
-head_dim 128, 2/4-bit codes, key groups of 16-128 tokens, value groups of 32-128 channels, 8-bit side codes of even rank <= 16, up to 16 query heads per KV head,
+head_dim 128, 2/4-bit codes, key groups of 16-128 tokens, value groups of 32-128 channels, 8-bit
+side codes of even rank <= 16, up to 16 query heads per KV head,
 fp16/bf16 queries, 16-byte aligned rows); :mod:`headq_core.runtime.kernels` falls back to the Triton
 kernel for everything else. The split merge is the Triton kernel's second launch.
 """
@@ -48,7 +49,8 @@ def defines(kb: int, vb: int, gk: int, gv: int, rank: int, gq: int, softcap: boo
             kfold: bool = False) -> tuple[tuple[str, int], ...]:
     """The compile-time configuration of one kernel variant (``kfold``: key codes enter the mma with
     their unpacking offsets, removed by one more mma per key group instead of a subtraction each)."""
-    return (("KB", kb), ("VB", vb), ("GK", gk), ("GV", gv), ("RANK", rank), ("GQ", gq), ("SOFTCAP", int(softcap)),
+    return (("KB", kb), ("VB", vb), ("GK", gk), ("GV", gv), ("RANK", rank), ("GQ", gq),
+            ("SOFTCAP", int(softcap)),
             ("ROW_START", int(row_start)), ("RES_BF16", int(bf16)), ("NW", warps), ("NSTAGE", stages),
             ("MINB", min_blocks), ("KFOLD", int(kfold)))
 
@@ -81,7 +83,9 @@ def _rows(t: torch.Tensor, heads: int) -> torch.Tensor | None:
 
 def covers(q: torch.Tensor, enc: EncodedKV | None, k_res: torch.Tensor | None) -> bool:
     """Whether the tensor-core kernel takes these inputs (layout rules; alignment is checked at launch)."""
-    if enc is None or not q.is_cuda or q.dtype not in (torch.float16, torch.bfloat16) or not nvrtc.available():
+    if enc is None or not q.is_cuda or q.dtype not in (torch.float16, torch.bfloat16):
+        return False
+    if not nvrtc.available():
         return False
     if torch.cuda.get_device_capability(q.device) < (8, 0):
         return False
@@ -101,7 +105,8 @@ def default_splits(batch_heads: int, tokens: int, step: int, device: torch.devic
     return max(1, min(math.ceil(per_sm * sms / batch_heads), max_splits, math.ceil(tokens / step)))
 
 
-def decode_attention_mma(q: torch.Tensor, enc: EncodedKV, k_res: torch.Tensor | None, v_res: torch.Tensor | None,
+def decode_attention_mma(q: torch.Tensor, enc: EncodedKV, k_res: torch.Tensor | None,
+                         v_res: torch.Tensor | None,
                          basis: torch.Tensor | None, scale: float, sign: int, num_splits: int | None = None,
                          start: int | torch.Tensor = 0, softcap: float | None = None, warps: int = 4,
                          stages: int = 3, min_blocks: int = 1, per_sm: int = 16,
@@ -153,7 +158,8 @@ def decode_attention_mma(q: torch.Tensor, enc: EncodedKV, k_res: torch.Tensor | 
     p.H, p.N, p.R, p.tps, p.n_qsplits, p.S, p.first = h, n, r_len, tps, n_q, splits, first
     p.qk_scale, p.sign, p.cap2 = scale * LOG2E, float(sign), (softcap or 1.0) * LOG2E
     cfg = defines(enc.key_bits, enc.value_bits, enc.key_group, enc.value_group, rank, hq // h,
-                  softcap is not None, row_start is not None, q.dtype == torch.bfloat16, warps, stages, min_blocks, kfold)
+                  softcap is not None, row_start is not None, q.dtype == torch.bfloat16, warps, stages,
+                  min_blocks, kfold)
     kernel = _kernel(q.device.index or 0, cfg)
     kernel.launch((math.ceil(splits / warps), b * h, 1), 32 * warps, p)
     if splits > 1:

@@ -30,7 +30,8 @@ def _candidates() -> list[str]:
     found = [os.environ["HEADQ_NVRTC"]] if os.environ.get("HEADQ_NVRTC") else []
     roots = [*site.getsitepackages(), site.getusersitepackages(), *sys.path]
     for root in dict.fromkeys(r for r in roots if r and os.path.isdir(r)):
-        for pattern in ("nvidia/cu*/lib/libnvrtc.so*", "nvidia/cuda_nvrtc/lib/libnvrtc.so*", "torch/lib/libnvrtc*.so*"):
+        for pattern in ("nvidia/cu*/lib/libnvrtc.so*", "nvidia/cuda_nvrtc/lib/libnvrtc.so*",
+                        "torch/lib/libnvrtc*.so*"):
             found += sorted(p for p in glob.glob(os.path.join(root, pattern)) if "builtins" not in p
                             and ".alt." not in p)
     return [*found, *_NVRTC_NAMES]
@@ -75,7 +76,8 @@ def compile_cubin(source: str, arch: int, options: tuple[str, ...] = ()) -> byte
         raise CompileError("NVRTC: library not found (install nvidia-cuda-nvrtc or set HEADQ_NVRTC)")
     opts = (f"--gpu-architecture=sm_{arch}", "--std=c++17", "-default-device", *options)
     prog = ctypes.c_void_p()
-    _check(lib, lib.nvrtcCreateProgram(ctypes.byref(prog), source.encode(), b"headq.cu", 0, None, None), "create")
+    code = lib.nvrtcCreateProgram(ctypes.byref(prog), source.encode(), b"headq.cu", 0, None, None)
+    _check(lib, code, "create")
     try:
         argv = (ctypes.c_char_p * len(opts))(*(o.encode() for o in opts))
         code = lib.nvrtcCompileProgram(prog, len(opts), argv)
@@ -84,7 +86,8 @@ def compile_cubin(source: str, arch: int, options: tuple[str, ...] = ()) -> byte
             lib.nvrtcGetProgramLogSize(prog, ctypes.byref(size))
             log = ctypes.create_string_buffer(size.value)
             lib.nvrtcGetProgramLog(prog, log)
-            raise CompileError(f"NVRTC compile: {lib.nvrtcGetErrorString(code).decode()}\n{log.value.decode()}")
+            status = lib.nvrtcGetErrorString(code).decode()
+            raise CompileError(f"NVRTC compile: {status}\n{log.value.decode()}")
         size = ctypes.c_size_t()
         _check(lib, lib.nvrtcGetCUBINSize(prog, ctypes.byref(size)), "cubin size")
         buf = ctypes.create_string_buffer(size.value)
