@@ -1,10 +1,15 @@
 """Kernels for the packed KV cache: :func:`encode` and :func:`decode_attention`.
 
-Both validate their inputs (``ValueError`` naming the field) and dispatch to Triton for CUDA
-tensors whose layout the kernels cover (bits 1/2/4/8, power-of-two head_dim and groups, key group
->= 16 for encode, code rows of whole 32-bit words for decode), to the pure-torch reference
-otherwise. ``backend="triton"`` forces the Triton path (used with ``TRITON_INTERPRET=1`` on the CPU
-in tests), ``"reference"`` the torch path.
+Both validate their inputs (``ValueError`` naming the field). :func:`encode` dispatches to Triton
+for CUDA tensors whose layout the kernel covers (bits 1/2/4/8, power-of-two head_dim and groups, key
+group >= 16), to the pure-torch reference otherwise. :func:`decode_attention` on CUDA prefers the
+tensor-core kernel (:mod:`~headq_core.runtime.kernels.mma_decode`, compiled by NVRTC at first use)
+where :func:`~headq_core.runtime.kernels.mma_decode.covers` takes the inputs (sm_80+, head_dim 128,
+2/4-bit codes, fp16/bf16 query, ...) and every row is 16-byte aligned, then the Triton kernel (bits
+1/2/4/8, power-of-two head_dim and groups, code rows of whole 32-bit words), then the reference (and
+always the reference on the CPU). ``backend="mma"`` forces the tensor-core kernel, ``"triton"`` the
+Triton path (used with ``TRITON_INTERPRET=1`` on the CPU in tests), ``"reference"`` the torch path;
+a forced kernel that does not take the inputs raises ``ValueError`` naming ``backend``.
 """
 
 from __future__ import annotations
@@ -17,7 +22,10 @@ from headq_core.config import QuantConfig
 from headq_core.runtime.kernels.layout import EncodedKV, decode_covers, encode_covers, head_dim_covered
 from headq_core.runtime.kernels.reference import decode_attention_reference, encode_reference
 
-Backend = Literal["auto", "triton", "reference"]
+Backend = Literal["auto", "mma", "triton", "reference"]
+EncodeBackend = Literal["auto", "triton", "reference"]
+DECODE_BACKENDS: tuple[Backend, ...] = ("auto", "mma", "triton", "reference")
+ENCODE_BACKENDS: tuple[EncodeBackend, ...] = ("auto", "triton", "reference")
 
 __all__ = ["EncodedKV", "decode_attention", "encode"]
 
@@ -27,9 +35,12 @@ def _require(ok: bool, field_name: str, message: str) -> None:
         raise ValueError(f"{field_name}: {message}")
 
 
-def _use_triton(backend: Backend, device: torch.device, fits: bool) -> bool:
-    _require(backend in ("auto", "triton", "reference"), "backend",
-             f"must be 'auto', 'triton' or 'reference', got {backend!r}")
+def _check_backend(backend: str, allowed: tuple[str, ...]) -> None:
+    names = ", ".join(repr(a) for a in allowed[:-1]) + f" or {allowed[-1]!r}"
+    _require(backend in allowed, "backend", f"must be {names}, got {backend!r}")
+
+
+def _use_triton(backend: str, device: torch.device, fits: bool) -> bool:
     if backend == "triton":
         _require(fits, "backend", "this layout is not covered by the Triton kernels")
     return backend == "triton" or (backend == "auto" and fits and device.type == "cuda")
@@ -54,7 +65,8 @@ def _check_start(start: int | torch.Tensor, batch: int, tokens: int, device: tor
 
 
 def encode(k: torch.Tensor, v: torch.Tensor, key_cfg: QuantConfig, value_cfg: QuantConfig,
-           basis: torch.Tensor | None = None, side_bits: int = 8, backend: Backend = "auto") -> EncodedKV:
+           basis: torch.Tensor | None = None, side_bits: int = 8,
+           backend: EncodeBackend = "auto") -> EncodedKV:
     """Quantize k, v [B, Hkv, N, d] (N a multiple of ``key_cfg.group_size``) into an
     :class:`EncodedKV`; with ``basis`` U [Hkv, d, r] also the HeadQ side code at ``side_bits``."""
     _require(k.dim() == 4 and k.is_floating_point(), "k",
@@ -69,6 +81,7 @@ def encode(k: torch.Tensor, v: torch.Tensor, key_cfg: QuantConfig, value_cfg: Qu
     _require(d % value_cfg.group_size == 0, "value_cfg.group_size", f"must divide head_dim {d}")
     _require(side_bits in (4, 8, 16), "side_bits", f"must be 4, 8 or 16, got {side_bits!r}")
     _check_basis(basis, h, d)
+    _check_backend(backend, ENCODE_BACKENDS)
     fits = encode_covers(d, key_cfg.bits, key_cfg.group_size, value_cfg.bits, value_cfg.group_size)
     if _use_triton(backend, k.device, fits):
         from headq_core.runtime.kernels.triton_encode import encode_triton
@@ -76,6 +89,28 @@ def encode(k: torch.Tensor, v: torch.Tensor, key_cfg: QuantConfig, value_cfg: Qu
         return encode_triton(k, v, key_cfg.bits, key_cfg.group_size, value_cfg.bits, value_cfg.group_size,
                              basis, side_bits)
     return encode_reference(k, v, key_cfg, value_cfg, basis, side_bits)
+
+
+def _decode_mma(backend: Backend, q: torch.Tensor, enc: EncodedKV | None, k_res: torch.Tensor | None,
+                v_res: torch.Tensor | None, basis: torch.Tensor | None, scale: float, sign: int,
+                num_splits: int | None, start: int | torch.Tensor,
+                softcap: float | None) -> torch.Tensor | None:
+    """The tensor-core kernel's output, or None where it does not take the inputs (``"auto"`` falls
+    back); ``backend="mma"`` raises instead."""
+    from headq_core.runtime.kernels import mma_decode
+
+    takes = mma_decode.covers(q, enc, k_res) and (v_res is None or v_res.dtype == q.dtype)
+    if backend == "mma":
+        _require(takes, "backend", "these inputs are not covered by the tensor-core kernel (needs CUDA "
+                 "sm_80+ and NVRTC, head_dim 128, 2/4-bit codes in groups of 16..128, an 8-bit side code "
+                 "of even rank <= 16 or none, <= 16 query heads per KV head, fp16/bf16 q and residual)")
+    if not takes or enc is None:
+        return None
+    out = mma_decode.decode_attention_mma(q, enc, k_res, v_res, basis, scale, sign, num_splits, start=start,
+                                          softcap=softcap)
+    _require(out is not None or backend != "mma", "backend",
+             "the tensor-core kernel needs 16-byte aligned rows of every input tensor")
+    return out
 
 
 def decode_attention(q: torch.Tensor, enc: EncodedKV | None, k_res: torch.Tensor | None = None,
@@ -90,8 +125,14 @@ def decode_attention(q: torch.Tensor, enc: EncodedKV | None, k_res: torch.Tensor
     to ``softcap*tanh(logit/softcap)`` with a ``softcap``; tokens before ``start`` are not seen: an
     int (a sliding window) or an integer tensor [B] on q's device, one start per batch row (left
     padding), whose values are trusted (checking them would make the host wait for the GPU): each
-    row must keep a token visible. ``num_splits`` sets the Triton split count over all cached tokens
-    (default: about 8 programs per SM, at most 32 splits per batch row and KV head)."""
+    row must keep a token visible.
+
+    ``backend``: ``"auto"`` (the tensor-core kernel on CUDA where it takes the inputs, else Triton
+    where its layout is covered, else the reference), ``"mma"``, ``"triton"`` or ``"reference"``
+    (see the module docstring). ``num_splits`` sets the split count per batch row and KV head: for
+    the Triton kernel over all cached tokens (default: about 8 programs per SM, at most 32 splits),
+    for the tensor-core kernel over the quantized tokens, the residual adding one split per 64 tokens
+    (default: about 16 warps per SM, at most 64 splits)."""
     _require(q.dim() == 4 and q.shape[2] == 1 and q.is_floating_point(), "q",
              f"expected a float [B, Hq, 1, d], got {q.dtype} {list(q.shape)}")
     b, hq, _, d = q.shape
@@ -120,6 +161,11 @@ def decode_attention(q: torch.Tensor, enc: EncodedKV | None, k_res: torch.Tensor
     _check_start(start, b, tokens, q.device)
     _require(softcap is None or softcap > 0, "softcap", f"must be positive or None, got {softcap!r}")
     scale = d ** -0.5 if scale is None else float(scale)
+    _check_backend(backend, DECODE_BACKENDS)
+    if backend == "mma" or (backend == "auto" and q.is_cuda and enc is not None):
+        out = _decode_mma(backend, q, enc, k_res, v_res, basis, scale, sign, num_splits, start, softcap)
+        if out is not None:
+            return out
     fits = (head_dim_covered(d) if enc is None
             else decode_covers(d, enc.key_bits, enc.key_group, enc.value_bits, enc.value_group))
     if _use_triton(backend, q.device, fits):
