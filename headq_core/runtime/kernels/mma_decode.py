@@ -17,8 +17,8 @@ from pathlib import Path
 
 import torch
 
-from headq_core.runtime.kernels import nvrtc
 from headq_core.runtime.kernels.layout import EncodedKV
+from headq_core.runtime.kernels.nvrtc import Kernel, available, cached_cubin
 
 LOG2E = 1.4426950408889634
 CHUNK = 64  # tokens per pipeline stage (the kernel's CHUNK)
@@ -61,12 +61,12 @@ def source(cfg: tuple[tuple[str, int], ...]) -> str:
 
 
 @cache
-def _kernel(device: int, cfg: tuple[tuple[str, int], ...]) -> nvrtc.Kernel:
+def _kernel(device: int, cfg: tuple[tuple[str, int], ...]) -> Kernel:
     major, minor = torch.cuda.get_device_capability(device)
     c = dict(cfg)
     smem = c["NW"] * c["NSTAGE"] * stage_bytes(c["KB"], c["VB"], c["GK"], c["GV"], c["RANK"])
     with torch.cuda.device(device):
-        return nvrtc.Kernel(nvrtc.cached_cubin(source(cfg), major * 10 + minor), "headq_decode_mma", smem)
+        return Kernel(cached_cubin(source(cfg), major * 10 + minor), "headq_decode_mma", smem)
 
 
 def _aligned(*tensors: torch.Tensor | None) -> bool:
@@ -85,7 +85,7 @@ def covers(q: torch.Tensor, enc: EncodedKV | None, k_res: torch.Tensor | None) -
     """Whether the tensor-core kernel takes these inputs (layout rules; alignment is checked at launch)."""
     if enc is None or not q.is_cuda or q.dtype not in (torch.float16, torch.bfloat16):
         return False
-    if not nvrtc.available():
+    if not available():
         return False
     if torch.cuda.get_device_capability(q.device) < (8, 0):
         return False
@@ -128,9 +128,10 @@ def decode_attention_mma(q: torch.Tensor, enc: EncodedKV, k_res: torch.Tensor | 
         parts["ss"] = _rows(enc.side_scale.unsqueeze(-1), h)  # type: ignore[union-attr]
     if r_len:
         parts["kr"], parts["vr"] = _rows(k_res, h), _rows(v_res, h)  # type: ignore[arg-type]
-    if any(t is None for t in parts.values()):
+    rows = {name: t for name, t in parts.items() if t is not None}
+    if len(rows) != len(parts):
         return None
-    if parts["ks"].stride(1) != parts["kz"].stride(1) or parts["vs"].stride(1) != parts["vz"].stride(1):
+    if rows["ks"].stride(1) != rows["kz"].stride(1) or rows["vs"].stride(1) != rows["vz"].stride(1):
         return None  # scale and zero-point share one stride in the kernel
     qs = q.reshape(b * hq, d).contiguous()
     step = max(CHUNK, enc.key_group)
@@ -149,11 +150,11 @@ def decode_attention_mma(q: torch.Tensor, enc: EncodedKV, k_res: torch.Tensor | 
         first = int(start)
     u = basis.to(device=q.device, dtype=torch.float32).contiguous() if rank and basis is not None else None
     p = Params()
-    for name, t in {**parts, "u": u, "q": qs, "o_part": o_part, "lse": lse, "out": out,
+    for name, t in {**rows, "u": u, "q": qs, "o_part": o_part, "lse": lse, "out": out,
                     "row_start": row_start}.items():
         setattr(p, name, 0 if t is None else t.data_ptr())
     for name in _STRIDES:
-        t = parts.get(name[2:])
+        t = rows.get(name[2:])
         setattr(p, name, 0 if t is None else t.stride(1))
     p.H, p.N, p.R, p.tps, p.n_qsplits, p.S, p.first = h, n, r_len, tps, n_q, splits, first
     p.qk_scale, p.sign, p.cap2 = scale * LOG2E, float(sign), (softcap or 1.0) * LOG2E
