@@ -1,13 +1,60 @@
-// Building blocks of the tensor-core decode kernel (mma_decode.cu): PTX wrappers, the unpacking of
-// bit-packed codes into fp16 pairs without int-to-float conversions, and cp.async row copies.
-// Header-free on purpose: NVRTC compiles it with no CUDA include path.
+// Split-K decode attention over the packed cache on tensor cores (mma.sync m16n8k16, sm_80+).
+//
+// One warp is one split of one (batch row, KV head): it streams its tokens in CHUNK-token chunks
+// through an NSTAGE-deep cp.async pipeline in shared memory (only the packed bytes travel) and
+// unpacks every code straight into the register fragment the tensor cores read:
+//   keys    logits[h, j] = sum_c (q_c s_gc) code_jc + sum_c q_c z_gc  (key scale folded into the
+//           query once per key group g; the zero-point term is one more mma per chunk)
+//   values  v_jc = code_jc s_jG + z_jG, dequantized in fp16 pairs of neighbouring tokens
+//   side    + sign <U^T q, c_j> s_j as one more k-step of the key mma (HeadQ correction)
+// The query heads of a KV head are the mma's M rows (padded to 16). Channel and token orders
+// inside a fragment are chosen so that each lane reads whole bytes of codes and adjacent
+// scale/zero pairs; they never reach memory. Logits are in base 2; a split writes its normalised
+// output and log-sum-exp (merged by a second launch) or, alone, the output itself.
+//
+// Compile-time configuration (prepended as #defines by mma_decode.py): KB, VB (key / value bits,
+// 2 or 4), GK (key group, tokens), GV (value group, channels), RANK (side-code rank, 0 = none),
+// GQ (query heads per KV head, 1..16), SOFTCAP, ROW_START, RES_BF16 (q / residual are bf16, else
+// fp16), NW (warps per block), NSTAGE (pipeline depth).
 
 typedef unsigned int u32;
 typedef unsigned short u16;
 typedef unsigned long long u64;
 
+#define D 128
 #define NEG_INF __int_as_float(0xff800000)
+#define CHUNK 64
+#define ROWS ((GQ > 8) ? 2 : 1)              // fragment rows g and g + 8 of the 16 mma rows
+#define KROW (D * KB / 8)                    // bytes of one token's key codes
+#define VROW (D * VB / 8)
+#define NGV (D / GV)                         // value groups per token
+#define NGC ((CHUNK / GK) > 0 ? (CHUNK / GK) : 1)  // key groups per chunk
+#define RANKP ((RANK + 15) / 16 * 16)
+#define OFF_KC 0
+#define OFF_VC (OFF_KC + CHUNK * KROW)
+#define OFF_KS (OFF_VC + CHUNK * VROW)
+#define OFF_KZ (OFF_KS + NGC * D * 2)
+#define OFF_VS (OFF_KZ + NGC * D * 2)
+#define OFF_VZ (OFF_VS + CHUNK * NGV * 2)
+#define OFF_SC (OFF_VZ + CHUNK * NGV * 2)
+#define OFF_SS (OFF_SC + ((CHUNK * RANK + 15) / 16 * 16))
+#define STAGE_BYTES (OFF_SS + (RANK > 0 ? CHUNK * 2 : 0))
 
+struct Params {
+  const unsigned char* kc; const u16* ks; const u16* kz;   // [BH][N][KROW], [BH][N/GK][D] fp16
+  const unsigned char* vc; const u16* vs; const u16* vz;   // [BH][N][VROW], [BH][N][NGV] fp16
+  const unsigned char* sc; const u16* ss;                  // side int8 [BH][N][RANK], scale fp16 [BH][N]
+  const float* u;                                          // basis [Hkv][D][RANK]
+  const u16* q;                                            // [B*Hq][D]
+  const u16* kr; const u16* vr;                            // residual [BH][R][D] (rows of D)
+  float* o_part; float* lse; u16* out;                     // [B*Hq][S][D], [B*Hq][S], [B*Hq][D]
+  const int* row_start;                                    // [B] or null
+  long long s_kc, s_ks, s_vc, s_vs, s_sc, s_ss, s_kr, s_vr;  // (b, h) strides in elements
+  int H, N, R, tps, n_qsplits, S, first;
+  float qk_scale, sign, cap2;
+};
+
+// ---- PTX helpers ---------------------------------------------------------------------------
 __device__ __forceinline__ u32 prmt(u32 a, u32 b, u32 sel) {
   u32 d; asm("prmt.b32 %0, %1, %2, %3;" : "=r"(d) : "r"(a), "r"(b), "r"(sel)); return d;
 }
@@ -23,6 +70,9 @@ __device__ __forceinline__ u32 hsub2(u32 a, u32 b) {
 __device__ __forceinline__ u32 hmul2(u32 a, u32 b) {
   u32 d; asm("mul.f16x2 %0, %1, %2;" : "=r"(d) : "r"(a), "r"(b)); return d;
 }
+__device__ __forceinline__ u32 hfma2(u32 a, u32 b, u32 c) {
+  u32 d; asm("fma.rn.f16x2 %0, %1, %2, %3;" : "=r"(d) : "r"(a), "r"(b), "r"(c)); return d;
+}
 __device__ __forceinline__ u32 pack_half2(float lo, float hi) {
   u32 d; asm("cvt.rn.f16x2.f32 %0, %1, %2;" : "=r"(d) : "f"(hi), "f"(lo)); return d;
 }
@@ -35,70 +85,111 @@ __device__ __forceinline__ float ex2(float x) {
 __device__ __forceinline__ float lg2(float x) {
   float y; asm("lg2.approx.ftz.f32 %0, %1;" : "=f"(y) : "f"(x)); return y;
 }
-// An 8x8 fp16 matrix held as the m8n8 fragment (lane 4r + c: row r, cols 2c, 2c+1), transposed.
-__device__ __forceinline__ u32 transpose8x8(u32 x) {
-  u32 d; asm("movmatrix.sync.aligned.m8n8.trans.b16 %0, %1;" : "=r"(d) : "r"(x)); return d;
+__device__ __forceinline__ float in_to_float(u16 x) {  // one q / residual element
+#if RES_BF16
+  return __uint_as_float(((u32)x) << 16);
+#else
+  return half_to_float(x);
+#endif
 }
-// d += a * b: A [16 x 16] row-major fp16 (4 regs), B [16 x 8] col-major fp16 (2 regs), fp32 C/D
-__device__ __forceinline__ void mma(float (&d)[4], u32 a0, u32 a1, u32 a2, u32 a3, u32 b0, u32 b1) {
+__device__ __forceinline__ u32 in_pair_to_half2(u32 w) {  // two q / residual elements -> f16x2
+#if RES_BF16
+  return pack_half2(__uint_as_float(w << 16), __uint_as_float(w & 0xffff0000u));
+#else
+  return w;
+#endif
+}
+// d += a * b: A [16 x 16] row-major fp16 (4 regs), B [16 x 8] col-major fp16 (2 regs), fp32 D/C
+__device__ __forceinline__ void mma(float (&d)[4], const u32 (&a)[4], u32 b0, u32 b1) {
   asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, "
                "{%8,%9}, {%0,%1,%2,%3};"
                : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
-               : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
+               : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
 }
-__device__ __forceinline__ u32 smem_addr(const void* p) { return (u32)__cvta_generic_to_shared(p); }
 __device__ __forceinline__ void cp_async16(u32 dst, const void* src, bool valid) {
-  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;" ::"r"(dst), "l"(src), "r"(valid ? 16 : 0));
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;" ::"r"(dst), "l"(src),
+               "r"(valid ? 16 : 0));
 }
 __device__ __forceinline__ void cp_commit() { asm volatile("cp.async.commit_group;"); }
-template <int N_> __device__ __forceinline__ void cp_wait() { asm volatile("cp.async.wait_group %0;" ::"n"(N_)); }
-
-// prmt selector: byte ``k`` of word a into the low byte of the low half, byte ``k`` of word b
-// into the low byte of the high half (the halves' high bytes are masked off afterwards).
-__device__ __forceinline__ u32 pair_selector(int k) {
-  return (u32)(k | (k << 4) | ((4 + k) << 8) | ((4 + k) << 12));
+template <int N_> __device__ __forceinline__ void cp_wait() {
+  asm volatile("cp.async.wait_group %0;" ::"n"(N_));
 }
-// fp16 exponent field that makes bit ``pos`` of a half's mantissa worth 1 (value 2^(10-pos) + code)
+
+// Byte ``k`` of word w in the low byte of both fp16 halves of the result (bytes 1, 3 are zero).
+__device__ __forceinline__ u32 byte_to_halves(u32 w, int k) {
+  return prmt(w, 0u, (u32)(k | (4 << 4) | (k << 8) | (4 << 12)));
+}
+// Byte ``k`` of word a in the low half, byte ``k`` of word b in the high half.
+__device__ __forceinline__ u32 bytes_to_halves(u32 a, u32 b, int k) {
+  return prmt(a, b, (u32)(k | (k << 4) | ((4 + k) << 8) | ((4 + k) << 12)));
+}
+// fp16 exponent field that makes bit ``pos`` of a half's mantissa worth 1 (value 2^(10 - pos) + code)
 #define MAGIC(pos) ((u32)(25 - (pos)) << 10)
-// The codes at bit ``lo_pos`` of the low half and ``hi_pos`` of the high half of x, exactly, as
-// an fp16 pair: one lop3 masks them into place under the exponents that make their lowest bit
-// worth 1, one sub.f16x2 removes those powers of two.
+// Codes at bit ``lo_pos`` of the low half and ``hi_pos`` of the high half of x, exactly, as f16x2.
 __device__ __forceinline__ u32 codes_at(u32 x, int bits, int lo_pos, int hi_pos) {
-  const u32 low = (1u << bits) - 1u;
-  const u32 magic = MAGIC(lo_pos) | (MAGIC(hi_pos) << 16);
+  u32 low = (1u << bits) - 1u;
+  u32 magic = MAGIC(lo_pos) | (MAGIC(hi_pos) << 16);
   return hsub2(mask_or(x, (low << lo_pos) | (low << (16 + hi_pos)), magic), magic);
 }
-// As codes_at without the subtraction: 2^(10 - lo_pos) + code, 2^(10 - hi_pos) + code (exact).
-__device__ __forceinline__ u32 biased_codes_at(u32 x, int bits, int lo_pos, int hi_pos) {
-  const u32 low = (1u << bits) - 1u;
-  return mask_or(x, (low << lo_pos) | (low << (16 + hi_pos)), MAGIC(lo_pos) | (MAGIC(hi_pos) << 16));
-}
-// -(2^(10 - lo_pos)), -(2^(10 - hi_pos)) as an fp16 pair: what biased_codes_at adds, negated.
-#define NEG_BIAS(lo_pos, hi_pos) (MAGIC(lo_pos) | 0x8000u | ((MAGIC(hi_pos) | 0x8000u) << 16))
-// Two signed 8-bit side codes (low bytes of the halves of x) as an exact fp16 pair.
-__device__ __forceinline__ u32 int8_pair(u32 x) {
-  const u32 bias = 0x64806480u;  // (1152, 1152): b -> 1024 + (b ^ 0x80)
-  return hsub2(mask_xor(x, 0x00ff00ffu, bias), bias);
+// Key pair (b0, b1) of k-step kk from the lane's key code words (channels 32t + 4kk .. + 3)
+__device__ __forceinline__ void key_pair(const u32* w, int kk, u32& b0, u32& b1) {
+#if KB == 2
+  u32 x = byte_to_halves(w[kk >> 2], kk & 3);
+  b0 = codes_at(x, 2, 0, 2);
+  b1 = codes_at(x, 2, 4, 6);
+#else
+  u32 x0 = byte_to_halves(w[kk >> 1], (2 * kk) & 3);
+  u32 x1 = byte_to_halves(w[kk >> 1], (2 * kk + 1) & 3);
+  b0 = codes_at(x0, 4, 0, 4);
+  b1 = codes_at(x1, 4, 0, 4);
+#endif
 }
 
-// Shared-memory row slot of token j of a chunk: keeps the lanes' code reads free of bank conflicts
-// (the four tokens one load instruction reads sit in different 32-byte bank groups).
+// Smem row slot of token j of a chunk: keeps the lanes' code reads free of bank conflicts.
 __device__ __forceinline__ int slot(int j) {
-  const int r = j & 7;
+  int r = j & 7;
   return (j & ~7) | (r < 4 ? r : (r ^ 1));
 }
 
-// cp.async of NROWS rows of ROW_BYTES (a multiple or a divisor of 16) from src to dst; rows from
-// ``valid`` on are zero-filled (never read); PERMUTE places row j at slot(j).
+__device__ __forceinline__ u32 smem_addr(const void* p) {
+  return (u32)__cvta_generic_to_shared(p);
+}
+
+// cp.async of ``rows`` rows of ``row_bytes`` (a multiple of 16, or a divisor of 16) from src into
+// dst; rows from ``valid`` on are zero-filled; ``permute`` places row j at slot(j).
 template <int ROW_BYTES, int NROWS, bool PERMUTE>
-__device__ __forceinline__ void copy_rows(unsigned char* dst, const unsigned char* src, int valid, int lane) {
-  constexpr int PIECES = ROW_BYTES * NROWS / 16;
-#pragma unroll
+__device__ __forceinline__ void copy_rows(unsigned char* dst, const unsigned char* src, int valid,
+                                          int lane) {
+  constexpr int TOTAL = ROW_BYTES * NROWS;
+  constexpr int PIECES = TOTAL / 16;
   for (int p = lane; p < PIECES; p += 32) {
-    const int byte = p * 16;
-    const int row = byte / ROW_BYTES;
-    const bool ok = row < valid;
-    const int at = PERMUTE ? slot(row) * ROW_BYTES + (byte - row * ROW_BYTES) : byte;
-    cp_async16(smem_addr(dst + at), ok ? (const void*)(src + byte) : (const void*)src, ok);
+    int byte = p * 16;
+    int row = byte / ROW_BYTES;
+    bool ok = row < valid;
+    int dst_byte = byte;
+    if (PERMUTE) dst_byte = slot(row) * ROW_BYTES + (byte - row * ROW_BYTES);
+    cp_async16(smem_addr(dst + dst_byte), ok ? (const void*)(src + byte) : (const void*)src, ok);
   }
 }
+
+struct Rows {  // the (b, h) row of every input
+  const unsigned char *kc, *vc, *sc;
+  const u16 *ks, *kz, *vs, *vz, *ss;
+};
+
+__device__ __forceinline__ void load_chunk(unsigned char* st, const Rows& r, int c0, int hi, int lane) {
+  int valid = hi - c0;
+  copy_rows<KROW, CHUNK, true>(st + OFF_KC, r.kc + (long long)c0 * KROW, valid, lane);
+  copy_rows<VROW, CHUNK, true>(st + OFF_VC, r.vc + (long long)c0 * VROW, valid, lane);
+  int g0 = c0 / GK;
+  int gvalid = (hi + GK - 1) / GK - g0;
+  copy_rows<D * 2, NGC, false>(st + OFF_KS, (const unsigned char*)(r.ks + (long long)g0 * D), gvalid, lane);
+  copy_rows<D * 2, NGC, false>(st + OFF_KZ, (const unsigned char*)(r.kz + (long long)g0 * D), gvalid, lane);
+  copy_rows<NGV * 2, CHUNK, false>(st + OFF_VS, (const unsigned char*)(r.vs + (long long)c0 * NGV), valid, lane);
+  copy_rows<NGV * 2, CHUNK, false>(st + OFF_VZ, (const unsigned char*)(r.vz + (long long)c0 * NGV), valid, lane);
+#if RANK > 0
+  copy_rows<RANK, CHUNK, false>(st + OFF_SC, r.sc + (long long)c0 * RANK, valid, lane);
+  copy_rows<2, CHUNK, false>(st + OFF_SS, (const unsigned char*)(r.ss + c0), valid, lane);
+#endif
+}
+

@@ -1,109 +1,75 @@
-// The entry point of the tensor-core decode kernel: one warp per split (see mma_decode.cu).
-
-__device__ __forceinline__ u16 to_out(float x) {  // one output element, round to nearest even
-#if RES_BF16
-  u32 u = __float_as_uint(x);
-  u += 0x7fffu + ((u >> 16) & 1u);
-  return (u16)(u >> 16);
-#else
-  return (u16)(pack_half2(x, 0.0f) & 0xffffu);
-#endif
-}
-
-// Writes the lane's output columns (heads 8nt + 2t + e): channels 32P + 4g .. + 3, as the output
-// itself (one split) or the split's normalised partial output and log-sum-exp.
-__device__ __forceinline__ void finish(State& st, const Params& p, int bh, int split, int g, int t) {
-#pragma unroll
-  for (int nt = 0; nt < NT; ++nt)
-#pragma unroll
-    for (int e = 0; e < 2; ++e) {
-#pragma unroll
-      for (int x = 4; x < 32; x <<= 1) st.l[nt][e] += __shfl_xor_sync(0xffffffffu, st.l[nt][e], x);
-      float zv[4];
-#pragma unroll
-      for (int P = 0; P < 4; ++P) zv[P] = __shfl_sync(0xffffffffu, st.z[nt][e], 4 * ((32 * P) / GV) + t);
-      const int head = 8 * nt + 2 * t + e;
-      if (head >= GQ) continue;
-      const long long row = (long long)bh * GQ + head;
-      const float l = st.l[nt][e], inv = l > 0.0f ? 1.0f / l : 0.0f;
-#pragma unroll
-      for (int P = 0; P < 4; ++P) {
-        const float v0 = (st.o[nt][2 * P][e] + zv[P]) * inv, v1 = (st.o[nt][2 * P][e + 2] + zv[P]) * inv;
-        const float v2 = (st.o[nt][2 * P + 1][e] + zv[P]) * inv, v3 = (st.o[nt][2 * P + 1][e + 2] + zv[P]) * inv;
-        const int ch = 32 * P + 4 * g;
-        if (p.S == 1) {
-          const u32 lo = (u32)to_out(v0) | ((u32)to_out(v1) << 16), hi = (u32)to_out(v2) | ((u32)to_out(v3) << 16);
-          *(uint2*)(p.out + row * D + ch) = make_uint2(lo, hi);
-        } else {
-          *(float4*)(p.o_part + (row * p.S + split) * D + ch) = make_float4(v0, v1, v2, v3);
-        }
-      }
-      if (p.S > 1 && g == 0) p.lse[row * p.S + split] = l > 0.0f ? st.m[nt][e] + lg2(l) : NEG_INF;
-    }
-}
-
-extern "C" __global__ void __launch_bounds__(NW * 32, MINB) headq_decode_mma(const Params p) {
+extern "C" __global__ void __launch_bounds__(NW * 32, MINB)
+headq_decode_mma(const Params p) {
   extern __shared__ __align__(16) unsigned char smem[];
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
   const int g = lane >> 2, t = lane & 3;
   const int split = blockIdx.x * NW + warp;
   if (split >= p.S) return;
-  const int bh = blockIdx.y, b = bh / p.H, h = bh % p.H;
+  const int bh = blockIdx.y;
+  const int b = bh / p.H, h = bh % p.H;
   int vis = p.first;
 #if ROW_START
   vis = max(vis, p.row_start[b]);
 #endif
-  u32 qb[NT][8][2];  // query B fragments: head 8nt + g, channels 32t + 4kk + 2e, + 1, times qk_scale
+  // query fragments (rows = query heads of this KV head), channels 32t + 4kk .. + 3, times qk_scale
+  u32 qh[8][4];
+  {
+    const long long qrow0 = (long long)bh * GQ;
 #pragma unroll
-  for (int nt = 0; nt < NT; ++nt) {
-    const int head = 8 * nt + g;
-    const u32* src = (const u32*)(p.q + ((long long)bh * GQ + (head < GQ ? head : 0)) * D + 32 * t);
+    for (int r = 0; r < 2; ++r) {
+      int head = g + 8 * r;
+      const u32* src = (const u32*)(p.q + (qrow0 + (head < GQ ? head : 0)) * D + 32 * t);
 #pragma unroll
-    for (int kk = 0; kk < 8; ++kk)
+      for (int kk = 0; kk < 8; ++kk) {
 #pragma unroll
-      for (int e = 0; e < 2; ++e) {
-        const u32 w = src[2 * kk + e];
-        const float lo = in_to_float((u16)(w & 0xffffu)) * p.qk_scale, hi = in_to_float((u16)(w >> 16)) * p.qk_scale;
-        qb[nt][kk][e] = head < GQ ? pack_half2(lo, hi) : 0u;
+        for (int e = 0; e < 2; ++e) {
+          u32 w = src[2 * kk + e];
+          float lo = in_to_float((u16)(w & 0xffffu)) * p.qk_scale;
+          float hi = in_to_float((u16)(w >> 16)) * p.qk_scale;
+          u32 v = head < GQ ? pack_half2(lo, hi) : 0u;
+          if (r == 0) qh[kk][2 * e] = v;
+          else qh[kk][2 * e + 1] = v;
+        }
       }
+    }
   }
   State st;
 #pragma unroll
-  for (int nt = 0; nt < NT; ++nt) {
+  for (int r = 0; r < ROWS; ++r) { st.m[r] = NEG_INF; st.l[r] = 0.f; }
 #pragma unroll
-    for (int e = 0; e < 2; ++e) { st.m[nt][e] = NEG_INF; st.l[nt][e] = 0.0f; }
+  for (int j = 0; j < 16; ++j)
 #pragma unroll
-    for (int e = 0; e < 4; ++e) {
-      st.z[nt][e] = 0.0f;
-#pragma unroll
-      for (int m = 0; m < 8; ++m) st.o[nt][m][e] = 0.0f;
-    }
-  }
+    for (int e = 0; e < 2 * ROWS; ++e) st.o[j][e] = 0.f;
+
   if (split < p.n_qsplits) {
-    u32 qu[NT][2] = {};  // side-code B fragments: sign * U^T q, ranks 2t, 2t+1 (+ 8), head 8nt + g
+    u32 qu[4] = {0u, 0u, 0u, 0u};
 #if RANK > 0
+    {  // qu = sign * qh U: C fragment [row g (g+8)][rank 2t, 2t+1] is the side mma's A fragment
 #pragma unroll
-    for (int half = 0; half < (RANK + 7) / 8; ++half) {
-      float acc[4] = {0.0f, 0.0f, 0.0f, 0.0f};
-      const int rk = 8 * half + g;
-      const float* urow = p.u + (long long)h * D * RANK + (rk < RANK ? rk : 0);
+      for (int half = 0; half < RANKP / 8; ++half) {
+        float acc[4] = {0.f, 0.f, 0.f, 0.f};
+        const int rk = 8 * half + g;
+        const float* urow = p.u + (long long)h * D * RANK + (rk < RANK ? rk : 0);
 #pragma unroll
-      for (int kk = 0; kk < 8; ++kk) {
-        const int c = 32 * t + 4 * kk;
-        const bool ok = rk < RANK;
-        const u32 b0 = ok ? pack_half2(urow[c * RANK], urow[(c + 1) * RANK]) : 0u;
-        const u32 b1 = ok ? pack_half2(urow[(c + 2) * RANK], urow[(c + 3) * RANK]) : 0u;
-        mma(acc, qb[0][kk][0], NT > 1 ? qb[NT - 1][kk][0] : 0u, qb[0][kk][1], NT > 1 ? qb[NT - 1][kk][1] : 0u, b0, b1);
+        for (int kk = 0; kk < 8; ++kk) {
+          int c = 32 * t + 4 * kk;
+          float u0 = urow[(c + 0) * RANK], u1 = urow[(c + 1) * RANK];
+          float u2 = urow[(c + 2) * RANK], u3 = urow[(c + 3) * RANK];
+          bool ok = rk < RANK;
+          mma(acc, qh[kk], ok ? pack_half2(u0, u1) : 0u, ok ? pack_half2(u2, u3) : 0u);
+        }
+        qu[2 * half] = pack_half2(acc[0] * p.sign, acc[1] * p.sign);
+        qu[2 * half + 1] = ROWS == 2 ? pack_half2(acc[2] * p.sign, acc[3] * p.sign) : 0u;
       }
-#pragma unroll
-      for (int nt = 0; nt < NT; ++nt) qu[nt][half] = pack_half2(acc[2 * nt] * p.sign, acc[2 * nt + 1] * p.sign);
     }
 #endif
     Rows r;
-    r.kc = p.kc + bh * p.s_kc; r.vc = p.vc + bh * p.s_vc; r.sc = p.sc + bh * p.s_sc;
+    r.kc = p.kc + bh * p.s_kc; r.vc = p.vc + bh * p.s_vc;
     r.ks = p.ks + bh * p.s_ks; r.kz = p.kz + bh * p.s_ks;
-    r.vs = p.vs + bh * p.s_vs; r.vz = p.vz + bh * p.s_vs; r.ss = p.ss + bh * p.s_ss;
-    const int lo = split * p.tps, hi = min(p.N, lo + p.tps);
+    r.vs = p.vs + bh * p.s_vs; r.vz = p.vz + bh * p.s_vs;
+    r.sc = p.sc + bh * p.s_sc; r.ss = p.ss + bh * p.s_ss;
+    const int lo = split * p.tps;
+    const int hi = min(p.N, lo + p.tps);
     const int c_first = max(lo, (vis / CHUNK) * CHUNK);
     const int nchunks = hi > c_first ? (hi - c_first + CHUNK - 1) / CHUNK : 0;
     unsigned char* ring = smem + warp * (NSTAGE * STAGE_BYTES);
@@ -119,19 +85,58 @@ extern "C" __global__ void __launch_bounds__(NW * 32, MINB) headq_decode_mma(con
       cp_wait<NSTAGE - 1>();
       __syncwarp();
       const unsigned char* stg = ring + (c % NSTAGE) * STAGE_BYTES;
-      float s[4][NT][4];
-      qk_chunk(s, qb, qu, stg, g, t);
-      u32 pb[4][NT][2];
-      softmax_chunk(s, st, c_first + c * CHUNK, vis, hi, g, p.cap2, pb);
-#pragma unroll
-      for (int T = 0; T < 4; ++T) pv_tile(st, pb[T], stg, T, g, t);
+      const int c0 = c_first + c * CHUNK;
+      float s[8][4];
+      qk_quantized(s, qh, qu, stg, g, t, lane);
+      u32 pa[4][4];
+      softmax_chunk(s, st, c0, vis, hi, t, p.cap2, pa);
+      pv_quantized(st, pa, stg, g, t);
       __syncwarp();
     }
   } else {
-    const int lo = (split - p.n_qsplits) * CHUNK, hi = min(p.R, lo + CHUNK);
+    const long long roff = (long long)bh;
+    const int lo = (split - p.n_qsplits) * CHUNK;
+    const int hi = min(p.R, lo + CHUNK);
     if (vis - p.N < hi)
-      residual_chunk(st, qb, p.kr + (long long)bh * p.s_kr, p.vr + (long long)bh * p.s_vr, lo, hi, vis - p.N, g, t,
-                     p.cap2);
+      residual_chunk(st, qh, p.kr + roff * p.s_kr, p.vr + roff * p.s_vr, lo, hi, vis - p.N, g, t, p.cap2);
   }
-  finish(st, p, bh, split, g, t);
+  // finish: row sums over the quad, then this lane's 2 x 16 output channels 32t + j, 32t + 16 + j
+#pragma unroll
+  for (int r = 0; r < ROWS; ++r) {
+    st.l[r] += __shfl_xor_sync(0xffffffffu, st.l[r], 1);
+    st.l[r] += __shfl_xor_sync(0xffffffffu, st.l[r], 2);
+  }
+#pragma unroll
+  for (int r = 0; r < ROWS; ++r) {
+    const int head = g + 8 * r;
+    if (head >= GQ) continue;
+    const long long row = (long long)bh * GQ + head;
+    const float inv = st.l[r] > 0.f ? 1.0f / st.l[r] : 0.0f;
+    if (p.S == 1) {
+      u16* dst = p.out + row * D;
+#pragma unroll
+      for (int j = 0; j < 16; ++j) {
+        float a = st.o[j][2 * r] * inv, c = st.o[j][2 * r + 1] * inv;
+#if RES_BF16
+        u32 ua = __float_as_uint(a), uc = __float_as_uint(c);
+        ua += 0x7fffu + ((ua >> 16) & 1u); uc += 0x7fffu + ((uc >> 16) & 1u);  // round to nearest even
+        dst[32 * t + j] = (u16)(ua >> 16); dst[32 * t + 16 + j] = (u16)(uc >> 16);
+#else
+        u32 hv = pack_half2(a, c);
+        dst[32 * t + j] = (u16)(hv & 0xffffu); dst[32 * t + 16 + j] = (u16)(hv >> 16);
+#endif
+      }
+    } else {
+      float* dst = p.o_part + (row * p.S + split) * D;
+#pragma unroll
+      for (int j = 0; j < 16; j += 4) {
+        *(float4*)(dst + 32 * t + j) = make_float4(st.o[j][2 * r] * inv, st.o[j + 1][2 * r] * inv,
+                                                   st.o[j + 2][2 * r] * inv, st.o[j + 3][2 * r] * inv);
+        *(float4*)(dst + 32 * t + 16 + j) =
+            make_float4(st.o[j][2 * r + 1] * inv, st.o[j + 1][2 * r + 1] * inv,
+                        st.o[j + 2][2 * r + 1] * inv, st.o[j + 3][2 * r + 1] * inv);
+      }
+      if (t == 0) p.lse[row * p.S + split] = st.l[r] > 0.f ? st.m[r] + lg2(st.l[r]) : NEG_INF;
+    }
+  }
 }
