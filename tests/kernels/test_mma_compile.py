@@ -41,27 +41,19 @@ VARIANTS = (
     ("k2_v4_g64_128_all_on", 2, 4, 64, 128, 8, 8, True, True, True),
     ("k4_v4_g128_r16_gq16_fp16_all_on", 4, 4, 128, 128, 16, 16, True, True, False),
 )
-# the benchmark checks every case with kfold off (the dispatch's default) and on: on for the variants
-# whose key path differs (bits, group, side rank, column tiles, softcap)
-KFOLD = ("headq_2bit_r8", "plain_4bit", "k4_v2_r16_fp16", "softcap30", "gqa12_two_rows", "mha_gq1",
-         "groups16_128", "groups128_64", "k4_v4_g128_r16_gq16_fp16_all_on")
-# (warps, stages, kfold): the benchmark's tuning grid besides the default launch, on its HeadQ layout
-LAUNCHES = tuple((w, st, kf) for w in (2, 4) for st in (2, 3, 4) for kf in (False, True) if (w, st) != (4, 3))
+# (warps, stages): the benchmark's tuning grid besides the default launch, on its HeadQ layout
+LAUNCHES = tuple((w, st) for w in (2, 4) for st in (2, 3, 4) if (w, st) != (4, 3))
 Cfg = tuple[tuple[str, int], ...]
 
 
-def _defines(variant: tuple, warps: int = 4, stages: int = 3, min_blocks: int = 1,
-             kfold: bool = False) -> Cfg:
+def _defines(variant: tuple, warps: int = 4, stages: int = 3, min_blocks: int = 1) -> Cfg:
     _name, kb, vb, gk, gv, rank, gq, softcap, row_start, bf16 = variant
-    return mma_decode.defines(kb, vb, gk, gv, rank, gq, softcap, row_start, bf16, warps, stages, min_blocks,
-                              kfold=kfold)
+    return mma_decode.defines(kb, vb, gk, gv, rank, gq, softcap, row_start, bf16, warps, stages, min_blocks)
 
 
 NAMED: list[tuple[str, Cfg]] = (
     [(v[0], _defines(v)) for v in VARIANTS]
-    + [(f"{v[0]}_kfold", _defines(v, kfold=True)) for v in VARIANTS if v[0] in KFOLD]
-    + [(f"headq_2bit_r8_w{w}_s{st}_kfold{kf:d}", _defines(VARIANTS[0], w, st, kfold=kf))
-       for w, st, kf in LAUNCHES])
+    + [(f"headq_2bit_r8_w{w}_s{st}", _defines(VARIANTS[0], w, st)) for w, st in LAUNCHES])
 CFGS = [pytest.param(cfg, id=name) for name, cfg in NAMED]
 
 

@@ -45,14 +45,12 @@ def stage_bytes(kb: int, vb: int, gk: int, gv: int, rank: int) -> int:
 
 
 def defines(kb: int, vb: int, gk: int, gv: int, rank: int, gq: int, softcap: bool, row_start: bool,
-            bf16: bool, warps: int = 4, stages: int = 3, min_blocks: int = 1,
-            kfold: bool = False) -> tuple[tuple[str, int], ...]:
-    """The compile-time configuration of one kernel variant (``kfold``: key codes enter the mma with
-    their unpacking offsets, removed by one more mma per key group instead of a subtraction each)."""
+            bf16: bool, warps: int = 4, stages: int = 3, min_blocks: int = 1) -> tuple[tuple[str, int], ...]:
+    """The compile-time configuration of one kernel variant."""
     return (("KB", kb), ("VB", vb), ("GK", gk), ("GV", gv), ("RANK", rank), ("GQ", gq),
             ("SOFTCAP", int(softcap)),
             ("ROW_START", int(row_start)), ("RES_BF16", int(bf16)), ("NW", warps), ("NSTAGE", stages),
-            ("MINB", min_blocks), ("KFOLD", int(kfold)))
+            ("MINB", min_blocks))
 
 
 def source(cfg: tuple[tuple[str, int], ...]) -> str:
@@ -110,7 +108,7 @@ def decode_attention_mma(q: torch.Tensor, enc: EncodedKV, k_res: torch.Tensor | 
                          basis: torch.Tensor | None, scale: float, sign: int, num_splits: int | None = None,
                          start: int | torch.Tensor = 0, softcap: float | None = None, warps: int = 4,
                          stages: int = 3, min_blocks: int = 1, per_sm: int = 16,
-                         max_splits: int = 64, kfold: bool = False) -> torch.Tensor | None:
+                         max_splits: int = 64) -> torch.Tensor | None:
     """The tensor-core path of :func:`headq_core.runtime.kernels.decode_attention` (inputs validated
     and :func:`covers` true): q [B, Hq, 1, 128] -> [B, Hq, 1, 128]; None when a tensor is not 16-byte
     aligned (the caller falls back). ``num_splits`` quantized-token splits per (batch, KV head)
@@ -160,7 +158,7 @@ def decode_attention_mma(q: torch.Tensor, enc: EncodedKV, k_res: torch.Tensor | 
     p.qk_scale, p.sign, p.cap2 = scale * LOG2E, float(sign), (softcap or 1.0) * LOG2E
     cfg = defines(enc.key_bits, enc.value_bits, enc.key_group, enc.value_group, rank, hq // h,
                   softcap is not None, row_start is not None, q.dtype == torch.bfloat16, warps, stages,
-                  min_blocks, kfold)
+                  min_blocks)
     kernel = _kernel(q.device.index or 0, cfg)
     kernel.launch((math.ceil(splits / warps), b * h, 1), 32 * warps, p)
     if splits > 1:
