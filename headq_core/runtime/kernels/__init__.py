@@ -132,7 +132,8 @@ def decode_attention(q: torch.Tensor, enc: EncodedKV | None, k_res: torch.Tensor
     (see the module docstring). ``num_splits`` sets the split count per batch row and KV head: for
     the Triton kernel over all cached tokens (default: about 8 programs per SM, at most 32 splits),
     for the tensor-core kernel over the quantized tokens, the residual adding one split per 64 tokens
-    (default: about 16 warps per SM, at most 64 splits)."""
+    (default: about 32 warps per SM, at most 64 splits; 2 warps a block, 3 pipeline stages: the H100
+    tuning of docs/benchmarks.md, section 11)."""
     _require(q.dim() == 4 and q.shape[2] == 1 and q.is_floating_point(), "q",
              f"expected a float [B, Hq, 1, d], got {q.dtype} {list(q.shape)}")
     b, hq, _, d = q.shape

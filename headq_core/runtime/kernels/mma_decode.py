@@ -95,7 +95,7 @@ def covers(q: torch.Tensor, enc: EncodedKV | None, k_res: torch.Tensor | None) -
             and 1 <= gq <= 16 and (k_res is None or k_res.dtype == q.dtype))
 
 
-def default_splits(batch_heads: int, tokens: int, step: int, device: torch.device, per_sm: int = 16,
+def default_splits(batch_heads: int, tokens: int, step: int, device: torch.device, per_sm: int = 32,
                    max_splits: int = 64) -> int:
     """Quantized-token splits per (batch, KV head): about ``per_sm`` warps per multiprocessor, at most
     ``max_splits`` and at most one per ``step`` tokens."""
@@ -106,13 +106,14 @@ def default_splits(batch_heads: int, tokens: int, step: int, device: torch.devic
 def decode_attention_mma(q: torch.Tensor, enc: EncodedKV, k_res: torch.Tensor | None,
                          v_res: torch.Tensor | None,
                          basis: torch.Tensor | None, scale: float, sign: int, num_splits: int | None = None,
-                         start: int | torch.Tensor = 0, softcap: float | None = None, warps: int = 4,
-                         stages: int = 3, min_blocks: int = 1, per_sm: int = 16,
+                         start: int | torch.Tensor = 0, softcap: float | None = None, warps: int = 2,
+                         stages: int = 3, min_blocks: int = 1, per_sm: int = 32,
                          max_splits: int = 64) -> torch.Tensor | None:
     """The tensor-core path of :func:`headq_core.runtime.kernels.decode_attention` (inputs validated
     and :func:`covers` true): q [B, Hq, 1, 128] -> [B, Hq, 1, 128]; None when a tensor is not 16-byte
     aligned (the caller falls back). ``num_splits`` quantized-token splits per (batch, KV head)
-    (default :func:`default_splits`); ``warps`` splits per block, ``stages`` pipeline depth."""
+    (default :func:`default_splits`); ``warps`` splits per block, ``stages`` pipeline depth (defaults:
+    the best sum over 1x4k, 1x32k and 8x32k of the H100 sweep, docs/benchmarks.md section 11)."""
     from headq_core.runtime.kernels.triton_decode import _combine_kernel
 
     b, hq, _, d = q.shape
