@@ -32,27 +32,8 @@ from headq_core.runtime.kernels import encode  # noqa: E402
 from headq_core.runtime.kernels.mma_decode import decode_attention_mma  # noqa: E402
 from headq_core.runtime.kernels.reference import decode_attention_reference  # noqa: E402
 from headq_core.runtime.kernels.triton_decode import decode_attention_triton  # noqa: E402
+from testkit.mma_cases import CASES, start_for  # noqa: E402
 
-# (name, key bits, key group, value bits, value group, side rank, query heads, KV heads, dtype,
-#  residual tokens, start, softcap, splits)
-CASES = (
-    ("headq_2bit_r8", 2, 32, 2, 32, 8, 32, 8, "bf16", 100, 0, None, None),
-    ("plain_2bit", 2, 32, 2, 32, 0, 32, 8, "bf16", 100, 0, None, None),
-    ("plain_4bit", 4, 32, 4, 32, 0, 32, 8, "bf16", 100, 0, None, None),
-    ("k4_v2_r16_fp16", 4, 32, 2, 32, 16, 32, 8, "fp16", 100, 0, None, None),
-    ("one_split", 2, 32, 2, 32, 8, 32, 8, "bf16", 100, 0, None, 1),
-    ("many_splits", 2, 32, 2, 32, 8, 32, 8, "bf16", 100, 0, None, 97),
-    ("softcap30", 2, 32, 2, 32, 8, 32, 8, "bf16", 100, 0, 30.0, None),
-    ("window_start", 2, 32, 2, 32, 8, 32, 8, "bf16", 100, 5000, None, None),
-    ("start_in_residual", 2, 32, 2, 32, 8, 32, 8, "bf16", 100, 8200, None, None),
-    ("row_starts", 2, 32, 2, 32, 8, 32, 8, "bf16", 100, "rows", None, None),
-    ("gqa8", 2, 32, 2, 32, 8, 64, 8, "bf16", 100, 0, None, None),
-    ("gqa12_two_rows", 2, 32, 2, 32, 8, 48, 4, "bf16", 100, 0, None, None),
-    ("mha_gq1", 2, 32, 2, 32, 4, 8, 8, "bf16", 100, 0, None, None),
-    ("groups16_128", 2, 16, 2, 128, 8, 32, 8, "bf16", 100, 0, None, None),
-    ("groups128_64", 2, 128, 2, 64, 8, 32, 8, "bf16", 100, 0, None, None),
-    ("no_residual", 2, 32, 2, 32, 8, 32, 8, "bf16", 0, 0, None, None),
-)
 TUNE = tuple({"warps": w, "stages": st, "per_sm": ps, "max_splits": ms}
              for w in (2, 4) for st in (2, 3, 4) for ps, ms in ((16, 64), (32, 128), (32, 256)))
 TUNE_SHAPES = ((1, 4096), (1, 32768), (8, 32768))
@@ -73,7 +54,7 @@ def check_case(case: tuple, device: str, ctx: int = 8192 + 100) -> dict:
     enc = encode(k[:, :, :n], v[:, :, :n], key, val, basis=u)
     kr, vr = (k[:, :, n:].contiguous(), v[:, :, n:].contiguous()) if res else (None, None)
     q = torch.randn(b, hq, 1, D, device=device).to(dtype)
-    st = torch.tensor([0, 3000], device=device) if start == "rows" else start
+    st = start_for(start, n, device)
     ref = decode_attention_reference(q, enc, kr, vr, u, D**-0.5, 1, st, softcap)
     row = {"case": name}
     for sign in (1, -1) if rank else (1,):

@@ -13,31 +13,12 @@ import torch
 
 from headq_core.runtime.kernels import decode_attention, encode, mma_decode, nvrtc, triton_decode
 from headq_core.runtime.kernels.reference import decode_attention_reference
+from testkit.mma_cases import CASES, start_for
 from tests.kernels.helpers import configs
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 D = 128
 N = 4096  # quantized tokens (a whole number of key groups up to 128)
-# (name, key bits, key group, value bits, value group, side rank, query heads, KV heads, dtype,
-#  residual tokens, start, softcap, splits): benchmarks/bench_mma.py's CASES at a shorter context
-CASES = (
-    ("headq_2bit_r8", 2, 32, 2, 32, 8, 32, 8, "bf16", 100, 0, None, None),
-    ("plain_2bit", 2, 32, 2, 32, 0, 32, 8, "bf16", 100, 0, None, None),
-    ("plain_4bit", 4, 32, 4, 32, 0, 32, 8, "bf16", 100, 0, None, None),
-    ("k4_v2_r16_fp16", 4, 32, 2, 32, 16, 32, 8, "fp16", 100, 0, None, None),
-    ("one_split", 2, 32, 2, 32, 8, 32, 8, "bf16", 100, 0, None, 1),
-    ("many_splits", 2, 32, 2, 32, 8, 32, 8, "bf16", 100, 0, None, 97),
-    ("softcap30", 2, 32, 2, 32, 8, 32, 8, "bf16", 100, 0, 30.0, None),
-    ("window_start", 2, 32, 2, 32, 8, 32, 8, "bf16", 100, 2500, None, None),
-    ("start_in_residual", 2, 32, 2, 32, 8, 32, 8, "bf16", 100, N + 40, None, None),
-    ("row_starts", 2, 32, 2, 32, 8, 32, 8, "bf16", 100, "rows", None, None),
-    ("gqa8", 2, 32, 2, 32, 8, 64, 8, "bf16", 100, 0, None, None),
-    ("gqa12_two_rows", 2, 32, 2, 32, 8, 48, 4, "bf16", 100, 0, None, None),
-    ("mha_gq1", 2, 32, 2, 32, 4, 8, 8, "bf16", 100, 0, None, None),
-    ("groups16_128", 2, 16, 2, 128, 8, 32, 8, "bf16", 100, 0, None, None),
-    ("groups128_64", 2, 128, 2, 64, 8, 32, 8, "bf16", 100, 0, None, None),
-    ("no_residual", 2, 32, 2, 32, 8, 32, 8, "bf16", 0, 0, None, None),
-)
 
 
 @pytest.fixture(autouse=True)
@@ -62,7 +43,7 @@ def _inputs(case: tuple, b: int = 2):
     enc = encode(k[:, :, :N], v[:, :, :N], *configs(kb, gk, vb, gv), basis=u)
     kr, vr = (k[:, :, N:].contiguous(), v[:, :, N:].contiguous()) if res else (None, None)
     q = torch.randn(b, hq, 1, D, device="cuda").to(dtype)
-    st = torch.tensor([0, 1500], device="cuda") if start == "rows" else start
+    st = start_for(start, N, "cuda")
     return q, enc, kr, vr, u, st
 
 
