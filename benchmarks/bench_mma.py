@@ -1,11 +1,13 @@
 """The tensor-core decode kernel (``mma_decode``) against the Triton kernel and bf16 SDPA (issue 19).
 
 Sections, in order, each row printed and the JSON rewritten as soon as it is measured:
-``check``: every layout variant against the float32 reference on fresh random inputs (relative
-error of the output); ``tune``: graph-replay time per launch setting at three shapes; ``decode``:
-per-layer graph-replay time of the tensor-core kernel (HeadQ 2-bit + r8, plain 2-bit, plain 4-bit),
-the Triton kernel and the bf16 baselines of ``bench_gpu.py`` at the issue's four shapes. Only a
-variant that passed the check is timed.
+``check``: every layout case against the float32 reference on fresh random inputs (relative error
+of the output), for each kernel of ``--kernels`` (``KERNELS``: the operand layout, the key-offset
+fold, a register bound); ``tune``: graph-replay time of each kernel that passed, per launch setting,
+at four shapes, each launch first checked against the reference on the shape's first layer;
+``decode``: per-layer graph-replay time of the tuned kernel (HeadQ 2-bit + r8, plain 2-bit, plain
+4-bit), the best launch of the first kernel, the Triton kernel and the bf16 baselines of
+``bench_gpu.py`` at the issue's four shapes. Nothing is timed before it passed its check.
 
     python benchmarks/bench_mma.py --out benchmarks/results/mma_h100.json
 """
@@ -13,6 +15,7 @@ variant that passed the check is timed.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import datetime
 import json
 import sys
@@ -28,20 +31,55 @@ from bench_timing import copy_bandwidth, median_ms  # noqa: E402
 from gpu_shapes import HEADQ, KEY, VALUE, D  # noqa: E402
 
 from headq_core.config import QuantConfig  # noqa: E402
-from headq_core.runtime.kernels import encode  # noqa: E402
-from headq_core.runtime.kernels.mma_decode import decode_attention_mma  # noqa: E402
+from headq_core.runtime.kernels import encode, nvrtc  # noqa: E402
+from headq_core.runtime.kernels.mma_decode import decode_attention_mma, defines, source  # noqa: E402
 from headq_core.runtime.kernels.reference import decode_attention_reference  # noqa: E402
 from headq_core.runtime.kernels.triton_decode import decode_attention_triton  # noqa: E402
 from testkit.mma_cases import CASES, start_for  # noqa: E402
 
-TUNE = tuple({"warps": w, "stages": st, "per_sm": ps, "max_splits": ms}
-             for w in (2, 4) for st in (2, 3, 4) for ps, ms in ((16, 64), (32, 128), (32, 256)))
-TUNE_SHAPES = ((1, 4096), (1, 32768), (8, 32768))
-MMA_CFG: dict = {}
+# kernel variants: operand layout ("q": query heads as the mma rows, "kv": keys / values as the
+# rows), key-offset fold, and warps per SM the registers must allow (0: no bound)
+KERNELS = {"q": {"layout": "q"}, "kv": {"layout": "kv"}, "kv_kfold": {"layout": "kv", "kfold": True},
+           "kv_kfold_w12": {"layout": "kv", "kfold": True, "sm_warps": 12},
+           "kv_kfold_w16": {"layout": "kv", "kfold": True, "sm_warps": 16}}
+LAUNCHES = tuple({"warps": w, "stages": st, "per_sm": ps, "max_splits": ms}
+                 for w in (2, 4) for st in (2, 3, 4) for ps, ms in ((32, 64), (32, 128), (32, 256)))
+TUNE_SHAPES = ((1, 4096), (1, 32768), (8, 32768), (16, 131072))
+DECODE_SHAPES = ((1, 4096), (1, 32768), (8, 32768), (16, 131072))
+MMA_CFG: dict = {}  # the tuned kernel and launch (decode_attention_mma keyword arguments)
+FIRST_CFG: dict = {}  # the best launch of the first kernel of --kernels
 
 
-def check_case(case: tuple, device: str, ctx: int = 8192 + 100) -> dict:
-    """Relative error of the tensor-core kernel against the float32 reference for one layout."""
+def kernel_args(kernel: str, launch: dict | None = None) -> dict:
+    """decode_attention_mma keyword arguments of one kernel variant and launch."""
+    k = dict(KERNELS[kernel])
+    sm_warps = k.pop("sm_warps", 0)
+    launch = dict(launch or {"warps": 2, "stages": 3})
+    launch["min_blocks"] = max(1, sm_warps // launch["warps"])
+    return {**k, **launch}
+
+
+def prewarm(args_list: list[dict], case_defs: list[tuple]) -> None:
+    """Compile every (variant, launch) the run will use, on all cores, into the cubin cache."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    major, minor = torch.cuda.get_device_capability()
+    srcs = set()
+    for kw, (kb, vb, gk, gv, rank, gq, softcap, rows, bf16) in ((a, c) for a in args_list for c in case_defs):
+        cfg = defines(kb, vb, gk, gv, rank, gq, softcap, rows, bf16, kw["warps"], kw["stages"],
+                      kw["min_blocks"], kw.get("layout", "q"), kw.get("kfold", False))
+        srcs.add(source(cfg))
+    with ThreadPoolExecutor(16) as pool:
+        list(pool.map(lambda src: nvrtc.cached_cubin(src, major * 10 + minor), srcs))
+
+
+def _case_def(case: tuple) -> tuple:
+    name, kb, gk, vb, gv, rank, hq, hkv, dt, res, start, softcap, splits = case
+    return (kb, vb, gk, gv, rank, hq // hkv, softcap is not None, start == "rows", dt == "bf16")
+
+
+def check_case(case: tuple, device: str, kernel: str, ctx: int = 8192 + 100) -> dict:
+    """Relative error of one tensor-core kernel variant against the float32 reference for one layout."""
     name, kb, gk, vb, gv, rank, hq, hkv, dt, res, start, softcap, splits = case
     dtype = torch.bfloat16 if dt == "bf16" else torch.float16
     b = 2
@@ -56,10 +94,10 @@ def check_case(case: tuple, device: str, ctx: int = 8192 + 100) -> dict:
     q = torch.randn(b, hq, 1, D, device=device).to(dtype)
     st = start_for(start, n, device)
     ref = decode_attention_reference(q, enc, kr, vr, u, D**-0.5, 1, st, softcap)
-    row = {"case": name}
+    row = {"kernel": kernel, "case": name}
     for sign in (1, -1) if rank else (1,):
         out = decode_attention_mma(q, enc, kr, vr, u, D**-0.5, sign, splits, start=st, softcap=softcap,
-                                   **MMA_CFG)
+                                   **kernel_args(kernel))
         want = ref if sign == 1 else decode_attention_reference(q, enc, kr, vr, u, D**-0.5, -1, st, softcap)
         if out is None:
             row["error"] = "not launched (alignment)"
@@ -72,13 +110,16 @@ def check_case(case: tuple, device: str, ctx: int = 8192 + 100) -> dict:
 
 
 class MmaLayers(Layers):
-    """bench_gpu's layers with the tensor-core kernel as kinds ``mma_headq``, ``mma_plain2/4``."""
+    """bench_gpu's layers with the tensor-core kernel as kinds ``mma_headq``, ``mma_plain2/4`` (the tuned
+    kernel) and ``mma_headq_first`` (the first kernel's best launch)."""
 
     def attn(self, kind: str, i: int, q: torch.Tensor) -> torch.Tensor:
         if kind.startswith("mma_"):
-            enc = self.enc[i] if kind == "mma_headq" else self.plain[kind[4:]][i]
-            u = self.u[i] if kind == "mma_headq" else None
-            return decode_attention_mma(q, enc, self.kr[i], self.vr[i], u, D**-0.5, 1, **MMA_CFG)
+            headq = kind.startswith("mma_headq")
+            enc = self.enc[i] if headq else self.plain[kind[4:]][i]
+            cfg = FIRST_CFG if kind == "mma_headq_first" else MMA_CFG
+            return decode_attention_mma(q, enc, self.kr[i], self.vr[i], self.u[i] if headq else None,
+                                        D**-0.5, 1, **cfg)
         if kind.startswith("triton_"):  # the tuned Triton launch (docs/benchmarks.md, section 10)
             enc = self.enc[i] if kind == "triton_headq" else self.plain[kind[7:]][i]
             u = self.u[i] if kind == "triton_headq" else None
@@ -86,7 +127,8 @@ class MmaLayers(Layers):
         return super().attn(kind, i, q)
 
 
-KINDS = ("mma_headq", "mma_plain2", "mma_plain4", "triton_headq", "triton_plain2", "sdpa_gqa")
+KINDS = ("mma_headq", "mma_headq_first", "mma_plain2", "mma_plain4", "triton_headq", "triton_plain2",
+         "sdpa_gqa")
 
 
 def decode_row(batch: int, ctx: int, device: str, cap_gib: float) -> dict:
@@ -100,33 +142,67 @@ def decode_row(batch: int, ctx: int, device: str, cap_gib: float) -> dict:
     return row
 
 
-def tune_row(batch: int, ctx: int, device: str, cap_gib: float) -> dict:
+def first_row(enc):
+    """The encoding of batch row 0 only (the float32 reference of a 16 x 128k cache would not fit)."""
+    tensors = {f.name: getattr(enc, f.name) for f in dataclasses.fields(enc)}
+    return dataclasses.replace(enc, **{k: v[:1] for k, v in tensors.items() if isinstance(v, torch.Tensor)})
+
+
+def tune_row(batch: int, ctx: int, device: str, cap_gib: float, kernels: list[str]) -> dict:
+    """Graph-replay us per layer of every (kernel, launch); a launch whose output on the first layer's
+    batch row 0 is off the float32 reference by more than 1e-2 (relative) is reported, not timed."""
     n = layer_count(batch, ctx, device, cap_gib)
     lay = MmaLayers(batch, ctx, n, device)
-    row: dict = {"batch": batch, "context": ctx, "us": {}}
-    for cfg in TUNE:
-        fn = lambda cfg=cfg: [decode_attention_mma(lay.q[i], lay.enc[i], lay.kr[i], lay.vr[i], lay.u[i],  # noqa: E731
-                                                   D**-0.5, 1, **cfg) for i in range(n)]
-        try:
-            row["us"][json.dumps(cfg)] = median_ms(fn, device, graph=True) / n * 1e3
-        except Exception as exc:  # noqa: BLE001 - a setting that does not fit is reported
-            row["us"][json.dumps(cfg)] = f"{type(exc).__name__}: {exc}"[:200]
+    ref = decode_attention_reference(lay.q[0][:1], first_row(lay.enc[0]), lay.kr[0][:1], lay.vr[0][:1],
+                                     lay.u[0], D**-0.5, 1).float()
+    row: dict = {"batch": batch, "context": ctx, "us": {}, "rel_err": {}}
+    for kernel in kernels:
+        for launch in LAUNCHES:
+            cfg = kernel_args(kernel, launch)
+            key = json.dumps({"kernel": kernel, **launch})
+            try:
+                out = decode_attention_mma(lay.q[0], lay.enc[0], lay.kr[0], lay.vr[0], lay.u[0], D**-0.5, 1,
+                                           **cfg)
+                err = ((out[:1].float() - ref).norm() / ref.norm()).item()
+                row["rel_err"][key] = err
+                if not err < 1e-2:
+                    row["us"][key] = f"check failed: relative error {err:.3g}"
+                    continue
+                fn = lambda cfg=cfg: [decode_attention_mma(lay.q[i], lay.enc[i], lay.kr[i], lay.vr[i],  # noqa: E731
+                                                           lay.u[i], D**-0.5, 1, **cfg) for i in range(n)]
+                row["us"][key] = median_ms(fn, device, graph=True) / n * 1e3
+            except Exception as exc:  # noqa: BLE001 - a setting that does not fit is reported
+                row["us"][key] = f"{type(exc).__name__}: {exc}"[:200]
     return row
+
+
+def best_launch(rows: list[dict], kernel: str | None = None) -> dict:
+    """The (kernel, launch) with the smallest sum over the shapes of its time relative to each shape's
+    fastest; ``kernel`` restricts the choice to one kernel."""
+    names = [k for k in rows[0]["us"] if all(isinstance(r["us"].get(k), float) for r in rows)
+             and (kernel is None or json.loads(k)["kernel"] == kernel)]
+    fastest = [min(v for v in r["us"].values() if isinstance(v, float)) for r in rows]
+    best = json.loads(min(names, key=lambda k: sum(
+        r["us"][k] / f for r, f in zip(rows, fastest, strict=True))))
+    return {"kernel": best.pop("kernel"), **best}
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", type=Path, required=True)
     ap.add_argument("--sections", default="check,tune,decode")
+    ap.add_argument("--kernels", default=",".join(KERNELS), help="kernel variants, the first is the baseline")
     ap.add_argument("--cap-gib", type=float, default=24.0)
     args = ap.parse_args()
     from testkit.provenance import commit
 
     dev = "cuda"
     torch.manual_seed(0)
+    kernels = args.kernels.split(",")
     res: dict = {"command": " ".join(sys.argv), "commit": commit(), "device": torch.cuda.get_device_name(),
                  "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
-                 "torch": torch.__version__, "copy_GBps": copy_bandwidth(dev),
+                 "torch": torch.__version__, "nvrtc": ".".join(map(str, nvrtc.version())),
+                 "copy_GBps": copy_bandwidth(dev), "kernels": {k: KERNELS[k] for k in kernels},
                  "config": {"key": str(KEY), "value": str(VALUE), "headq": str(HEADQ)}}
     args.out.parent.mkdir(parents=True, exist_ok=True)
 
@@ -141,24 +217,33 @@ def main() -> None:
         return row
 
     want = args.sections.split(",")
+    headq = [_case_def(CASES[0])]
+    prewarm([kernel_args(k) for k in kernels], [_case_def(c) for c in CASES])
+    prewarm([kernel_args(k, launch) for k in kernels for launch in LAUNCHES], headq)
     if "check" in want:
-        for case in CASES:
-            record("check", check_case, case, dev)
-        if not all(r.get("ok") for r in res["check"]):
+        for kernel in kernels:
+            for case in CASES:
+                record("check", check_case, case, dev, kernel)
+        kernels = [k for k in kernels if all(r.get("ok") for r in res["check"] if r.get("kernel") == k)]
+        res["kernels_passed"] = kernels
+        if not kernels:
             print("check failed: nothing is timed")
             return
+    MMA_CFG.update(kernel_args(kernels[0]))
     if "tune" in want:
         for b, c in TUNE_SHAPES:
-            record("tune", tune_row, b, c, dev, args.cap_gib)
+            record("tune", tune_row, b, c, dev, args.cap_gib, kernels)
         rows = [r for r in res["tune"] if "us" in r]
-        names = [k for k in rows[0]["us"] if all(isinstance(r["us"][k], float) for r in rows)]
-        fastest = [min(v for v in r["us"].values() if isinstance(v, float)) for r in rows]
-        best = min(names, key=lambda k: sum(r["us"][k] / f for r, f in zip(rows, fastest, strict=True)))
-        MMA_CFG.update(json.loads(best))
-        res["mma_cfg"] = dict(MMA_CFG)
-        print("tuned:", MMA_CFG, flush=True)
+        best = best_launch(rows)
+        res["best_per_kernel"] = {k: best_launch(rows, k) for k in kernels}
+        first = res["best_per_kernel"][kernels[0]]
+        MMA_CFG.clear(), MMA_CFG.update(kernel_args(best.pop("kernel"), best))
+        FIRST_CFG.update(kernel_args(first.pop("kernel"), first))
+        res["mma_cfg"], res["first_cfg"] = dict(MMA_CFG), dict(FIRST_CFG)
+        print("tuned:", MMA_CFG, "first kernel:", FIRST_CFG, flush=True)
+    FIRST_CFG.update(FIRST_CFG or MMA_CFG)
     if "decode" in want:
-        for b, c in ((1, 4096), (1, 32768), (8, 32768), (16, 131072)):
+        for b, c in DECODE_SHAPES:
             record("decode", decode_row, b, c, dev, args.cap_gib)
 
 

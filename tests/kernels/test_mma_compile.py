@@ -46,14 +46,19 @@ LAUNCHES = tuple((w, st) for w in (2, 4) for st in (2, 3, 4) if (w, st) != (2, 3
 Cfg = tuple[tuple[str, int], ...]
 
 
-def _defines(variant: tuple, warps: int = 2, stages: int = 3, min_blocks: int = 1) -> Cfg:
+def _defines(variant: tuple, warps: int = 2, stages: int = 3, min_blocks: int = 1, layout: str = "q",
+             kfold: bool = False) -> Cfg:
     _name, kb, vb, gk, gv, rank, gq, softcap, row_start, bf16 = variant
-    return mma_decode.defines(kb, vb, gk, gv, rank, gq, softcap, row_start, bf16, warps, stages, min_blocks)
+    return mma_decode.defines(kb, vb, gk, gv, rank, gq, softcap, row_start, bf16, warps, stages, min_blocks,
+                              layout, kfold)
 
 
 NAMED: list[tuple[str, Cfg]] = (
     [(v[0], _defines(v)) for v in VARIANTS]
-    + [(f"headq_2bit_r8_w{w}_s{st}", _defines(VARIANTS[0], w, st)) for w, st in LAUNCHES])
+    + [(f"headq_2bit_r8_w{w}_s{st}", _defines(VARIANTS[0], w, st)) for w, st in LAUNCHES]
+    + [(f"kv_{v[0]}", _defines(v, layout="kv")) for v in VARIANTS]
+    + [(f"kv_kfold_{v[0]}", _defines(v, layout="kv", kfold=True)) for v in VARIANTS]
+    + [("kv_kfold_headq_2bit_r8_12_warps", _defines(VARIANTS[0], min_blocks=6, layout="kv", kfold=True))])
 CFGS = [pytest.param(cfg, id=name) for name, cfg in NAMED]
 
 
@@ -173,10 +178,11 @@ def _c_size(ctype: str) -> int:
     return {"long long": 8, "int": 4, "float": 4}[ctype]
 
 
-def test_params_mirror_the_kernel_struct():
+@pytest.mark.parametrize("layout", ["q", "kv"])
+def test_params_mirror_the_kernel_struct(layout):
     """Same fields in the same order, each at the offset natural alignment gives it, and the same size
-    (16 pointers, 8 int64, 7 int32, 3 float32: 232 bytes on x86-64)."""
-    fields = _c_fields(mma_decode.source(_defines(VARIANTS[0])))
+    (16 pointers, 8 int64, 7 int32, 3 float32: 232 bytes on x86-64), in both operand layouts."""
+    fields = _c_fields(mma_decode.source(_defines(VARIANTS[0], layout=layout)))
     assert [name for name, _ in fields] == [f[0] for f in mma_decode.Params._fields_]
     offset = 0
     for name, ctype in fields:
@@ -209,7 +215,7 @@ def test_stage_bytes_match_the_layout(kb, vb, gk, gv, rank, parts):
 
 
 @needs_nvrtc
-@pytest.mark.parametrize("cfg", CFGS[: len(VARIANTS)])
+@pytest.mark.parametrize("cfg", CFGS[: len(VARIANTS)] + CFGS[-2 * len(VARIANTS) - 1 : -len(VARIANTS) - 1])
 def test_stage_bytes_is_the_kernels(cfg):
     """The kernel's own STAGE_BYTES, evaluated by NVRTC: a static_assert against ``stage_bytes`` ahead
     of a planted error (which ends the compilation after the front end, in milliseconds); the log must

@@ -23,6 +23,9 @@ from headq_core.runtime.kernels.nvrtc import Kernel, available, cached_cubin
 LOG2E = 1.4426950408889634
 CHUNK = 64  # tokens per pipeline stage (the kernel's CHUNK)
 SOURCES = tuple(Path(__file__).with_name(n) for n in ("mma_common.cuh", "mma_decode.cu", "mma_kernel.cu"))
+# the second layout (keys and values as the mma's A operand, query heads as its N columns), measured
+# against the first one on the GPU before one of them is kept (docs/adr/0009)
+KV_SOURCES = tuple(Path(__file__).parent / "mma_kv" / n for n in ("common.cuh", "decode.cu", "kernel.cu"))
 _POINTERS = ("kc", "ks", "kz", "vc", "vs", "vz", "sc", "ss", "u", "q", "kr", "vr", "o_part", "lse", "out",
              "row_start")
 _STRIDES = ("s_kc", "s_ks", "s_vc", "s_vs", "s_sc", "s_ss", "s_kr", "s_vr")
@@ -45,17 +48,23 @@ def stage_bytes(kb: int, vb: int, gk: int, gv: int, rank: int) -> int:
 
 
 def defines(kb: int, vb: int, gk: int, gv: int, rank: int, gq: int, softcap: bool, row_start: bool,
-            bf16: bool, warps: int = 4, stages: int = 3, min_blocks: int = 1) -> tuple[tuple[str, int], ...]:
-    """The compile-time configuration of one kernel variant."""
+            bf16: bool, warps: int = 4, stages: int = 3, min_blocks: int = 1, layout: str = "q",
+            kfold: bool = False) -> tuple[tuple[str, int], ...]:
+    """The compile-time configuration of one kernel variant. ``layout`` "q": query heads as the mma's
+    rows; "kv": keys and values as its rows (``kfold``: their key codes enter the mma with the
+    unpacking offsets, removed by one more mma per key group instead of a subtraction each)."""
+    if layout not in ("q", "kv"):
+        raise ValueError(f"layout must be 'q' or 'kv', got {layout!r}")
     return (("KB", kb), ("VB", vb), ("GK", gk), ("GV", gv), ("RANK", rank), ("GQ", gq),
             ("SOFTCAP", int(softcap)),
             ("ROW_START", int(row_start)), ("RES_BF16", int(bf16)), ("NW", warps), ("NSTAGE", stages),
-            ("MINB", min_blocks))
+            ("MINB", min_blocks), ("LAYOUT_KV", int(layout == "kv")), ("KFOLD", int(kfold)))
 
 
 def source(cfg: tuple[tuple[str, int], ...]) -> str:
     """The kernel source of one variant: its #defines, then the three source files."""
-    return "".join(f"#define {k} {v}\n" for k, v in cfg) + "\n".join(p.read_text() for p in SOURCES)
+    files = KV_SOURCES if dict(cfg).get("LAYOUT_KV") else SOURCES
+    return "".join(f"#define {k} {v}\n" for k, v in cfg) + "\n".join(p.read_text() for p in files)
 
 
 @cache
@@ -108,7 +117,7 @@ def decode_attention_mma(q: torch.Tensor, enc: EncodedKV, k_res: torch.Tensor | 
                          basis: torch.Tensor | None, scale: float, sign: int, num_splits: int | None = None,
                          start: int | torch.Tensor = 0, softcap: float | None = None, warps: int = 2,
                          stages: int = 3, min_blocks: int = 1, per_sm: int = 32,
-                         max_splits: int = 64) -> torch.Tensor | None:
+                         max_splits: int = 64, layout: str = "q", kfold: bool = False) -> torch.Tensor | None:
     """The tensor-core path of :func:`headq_core.runtime.kernels.decode_attention` (inputs validated
     and :func:`covers` true): q [B, Hq, 1, 128] -> [B, Hq, 1, 128]; None when a tensor is not 16-byte
     aligned (the caller falls back). ``num_splits`` quantized-token splits per (batch, KV head)
@@ -159,7 +168,7 @@ def decode_attention_mma(q: torch.Tensor, enc: EncodedKV, k_res: torch.Tensor | 
     p.qk_scale, p.sign, p.cap2 = scale * LOG2E, float(sign), (softcap or 1.0) * LOG2E
     cfg = defines(enc.key_bits, enc.value_bits, enc.key_group, enc.value_group, rank, hq // h,
                   softcap is not None, row_start is not None, q.dtype == torch.bfloat16, warps, stages,
-                  min_blocks)
+                  min_blocks, layout, kfold)
     kernel = _kernel(q.device.index or 0, cfg)
     kernel.launch((math.ceil(splits / warps), b * h, 1), 32 * warps, p)
     if splits > 1:
