@@ -94,9 +94,10 @@ def model_row(ctx: int, device: str, batch: int = 1, layers: int | None = None, 
     """One decode step of a random-weight Llama-3-8B-shaped model (``layers`` of its 32; a 2-layer toy
     on the CPU) after a ``ctx`` prefill (chunks of ``chunk`` tokens, into a DynamicCache): the
     DynamicCache step vs HeadQCache (the same keys and values, quantized by its own update) attached
-    to the model, so that its decode steps attend with the Triton kernel on CUDA (``headq``), and
-    the same cache reading the dequantized cache densely (``headq_dense``, B = 1 only). Host-clock
-    medians of 6 eager steps after 2, and on CUDA the replay of one step captured in a CUDA graph."""
+    to the model, so that its decode steps attend with the decode kernel on CUDA (``headq``: tensor
+    cores where that kernel takes the layout, else Triton), and the same cache reading the dequantized
+    cache densely (``headq_dense``, B = 1 only). Host-clock medians of 6 eager steps after 2, and on
+    CUDA the replay of one step captured in a CUDA graph."""
     from transformers import DynamicCache
 
     from headq_core.runtime.cache import HeadQCache
