@@ -134,7 +134,8 @@ def test_variant_does_not_spill(cfg, arch, tmp_path, request):
     c = dict(cfg)
     layout = "kv" if c["LAYOUT_KV"] else "q"
     if (layout, c["GQ"], arch) in KNOWN_SPILLS:
-        request.applymarker(pytest.mark.xfail(strict=True, reason=f"{layout} GQ={c['GQ']} spills on sm_{arch}"))
+        reason = f"{layout} GQ={c['GQ']} spills on sm_{arch}"
+        request.applymarker(pytest.mark.xfail(strict=True, reason=reason))
     usage = _resource_usage(_cubin(cfg, arch), tmp_path)
     assert usage["LOCAL"] == 0 and usage["STACK"] == 0, usage
     assert 0 < usage["REG"] <= min(255, 65536 // (32 * c["NW"] * c["MINB"])), usage
@@ -285,13 +286,17 @@ def test_auto_takes_the_reference_on_the_cpu(monkeypatch):
 
 
 def test_kernel_sources_ship_in_the_package():
-    """The wheel (and so the Docker image) carries the CUDA sources the launcher reads: each one
-    matches a package-data pattern of pyproject.toml (the .cu files once did not)."""
-    import fnmatch
+    """The wheel (and so the Docker image) carries the CUDA sources the launcher reads: each one is
+    found by a package-data pattern of pyproject.toml, globbed from the package directory as
+    setuptools does (``*`` does not cross a ``/``; the .cu files once did not ship)."""
+    import glob
     import tomllib
 
     root = Path(__file__).resolve().parents[2]
     patterns = tomllib.loads((root / "pyproject.toml").read_text())["tool"]["setuptools"]["package-data"]["*"]
-    for src in mma_decode.SOURCES:
+    pkg = Path(mma_decode.__file__).parent
+    shipped = {f for p in patterns for f in glob.glob(p, root_dir=pkg)}
+    for src in mma_decode.SOURCES + mma_decode.KV_SOURCES:
         assert src.exists(), src
-        assert any(fnmatch.fnmatch(src.name, p) for p in patterns), f"{src.name} is not package data"
+        rel = src.relative_to(pkg).as_posix()
+        assert rel in shipped, f"{rel} is not package data"
