@@ -40,10 +40,9 @@ from testkit.mma_cases import CASES, start_for  # noqa: E402
 # kernel variants: operand layout ("q": query heads as the mma rows, "kv": keys / values as the
 # rows), key-offset fold, and warps per SM the registers must allow (0: no bound)
 KERNELS = {"q": {"layout": "q"}, "kv": {"layout": "kv"}, "kv_kfold": {"layout": "kv", "kfold": True},
-           "kv_kfold_w12": {"layout": "kv", "kfold": True, "sm_warps": 12},
-           "kv_kfold_w16": {"layout": "kv", "kfold": True, "sm_warps": 16}}
+           "kv_kfold_w12": {"layout": "kv", "kfold": True, "sm_warps": 12}}
 LAUNCHES = tuple({"warps": w, "stages": st, "per_sm": ps, "max_splits": ms}
-                 for w in (2, 4) for st in (2, 3, 4) for ps, ms in ((32, 64), (32, 128), (32, 256)))
+                 for w in (2, 4) for st in (2, 3) for ps, ms in ((32, 64), (32, 128), (32, 256)))
 TUNE_SHAPES = ((1, 4096), (1, 32768), (8, 32768), (16, 131072))
 DECODE_SHAPES = ((1, 4096), (1, 32768), (8, 32768), (16, 131072))
 MMA_CFG: dict = {}  # the tuned kernel and launch (decode_attention_mma keyword arguments)
