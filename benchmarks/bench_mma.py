@@ -148,13 +148,15 @@ def first_row(enc):
 
 
 def tune_row(batch: int, ctx: int, device: str, cap_gib: float, kernels: list[str]) -> dict:
-    """Graph-replay us per layer of every (kernel, launch); a launch whose output on the first layer's
-    batch row 0 is off the float32 reference by more than 1e-2 (relative) is reported, not timed."""
+    """Graph-replay us per layer of bf16 SDPA and of every (kernel, launch); a launch whose output on
+    the first layer's batch row 0 is off the float32 reference by more than 1e-2 (relative) is
+    reported, not timed."""
     n = layer_count(batch, ctx, device, cap_gib)
     lay = MmaLayers(batch, ctx, n, device)
     ref = decode_attention_reference(lay.q[0][:1], first_row(lay.enc[0]), lay.kr[0][:1], lay.vr[0][:1],
                                      lay.u[0], D**-0.5, 1).float()
-    row: dict = {"batch": batch, "context": ctx, "us": {}, "rel_err": {}}
+    row: dict = {"batch": batch, "context": ctx, "us": {}, "rel_err": {},
+                 "sdpa_gqa_us": time_kind(lay, "sdpa_gqa", n, device, True)[0] * 1e3}
     for kernel in kernels:
         for launch in LAUNCHES:
             cfg = kernel_args(kernel, launch)
