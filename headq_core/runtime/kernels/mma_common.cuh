@@ -1,4 +1,6 @@
 // Split-K decode attention over the packed cache on tensor cores (mma.sync m16n8k16, sm_80+).
+// (Params, the stage layout, cp.async copies and code unpacking here are also the first part of
+// the keys-as-rows layout, mma_kv/; what follows describes this layout.)
 //
 // One warp is one split of one (batch row, KV head): it streams its tokens in CHUNK-token chunks
 // through an NSTAGE-deep cp.async pipeline in shared memory (only the packed bytes travel) and

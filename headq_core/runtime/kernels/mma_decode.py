@@ -25,7 +25,7 @@ CHUNK = 64  # tokens per pipeline stage (the kernel's CHUNK)
 SOURCES = tuple(Path(__file__).with_name(n) for n in ("mma_common.cuh", "mma_decode.cu", "mma_kernel.cu"))
 # the second layout (keys and values as the mma's A operand, query heads as its N columns), measured
 # against the first one on the GPU before one of them is kept (docs/adr/0009)
-KV_SOURCES = tuple(Path(__file__).parent / "mma_kv" / n for n in ("common.cuh", "decode.cu", "kernel.cu"))
+KV_SOURCES = (SOURCES[0], *(Path(__file__).parent / "mma_kv" / n for n in ("decode.cu", "kernel.cu")))
 _POINTERS = ("kc", "ks", "kz", "vc", "vs", "vz", "sc", "ss", "u", "q", "kr", "vr", "o_part", "lse", "out",
              "row_start")
 _STRIDES = ("s_kc", "s_ks", "s_vc", "s_vs", "s_sc", "s_ss", "s_kr", "s_vr")

@@ -13,55 +13,43 @@
 // they never reach memory. Logits are in base 2; a split writes its normalised output and
 // log-sum-exp (merged by a second launch) or, alone, the output itself.
 //
-// Configuration (#defines prepended by mma_decode.py): KB, VB (key / value bits, 2 or 4), GK
+// After mma_common.cuh (Params, the stage layout, cp.async copies, unpacking). Configuration
+// (#defines prepended by mma_decode.py): KB, VB (key / value bits, 2 or 4), GK
 // (key group, tokens, 16..128), GV (value group, channels, 32..128), RANK (side-code rank, 0 or
 // even <= 16, int8 codes), GQ (query heads per KV head, 1..16), SOFTCAP, ROW_START, RES_BF16
 // (q / residual / output are bf16, else fp16), NW (warps per block), NSTAGE, MINB.
 
-#define D 128
-#define CHUNK 64
+// ---- what this layout adds to mma_common.cuh ----
+// An 8x8 fp16 matrix held as the m8n8 fragment (lane 4r + c: row r, cols 2c, 2c+1), transposed.
+__device__ __forceinline__ u32 transpose8x8(u32 x) {
+  u32 d; asm("movmatrix.sync.aligned.m8n8.trans.b16 %0, %1;" : "=r"(d) : "r"(x)); return d;
+}
+// d += a * b: A [16 x 16] row-major fp16 (4 regs), B [16 x 8] col-major fp16 (2 regs), fp32 C/D
+__device__ __forceinline__ void mma(float (&d)[4], u32 a0, u32 a1, u32 a2, u32 a3, u32 b0, u32 b1) {
+  asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, "
+               "{%8,%9}, {%0,%1,%2,%3};"
+               : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+               : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
+}
+// prmt selector: byte ``k`` of word a into the low byte of the low half, byte ``k`` of word b
+// into the low byte of the high half (the halves' high bytes are masked off afterwards).
+__device__ __forceinline__ u32 pair_selector(int k) {
+  return (u32)(k | (k << 4) | ((4 + k) << 8) | ((4 + k) << 12));
+}
+// As codes_at without the subtraction: 2^(10 - lo_pos) + code, 2^(10 - hi_pos) + code (exact).
+__device__ __forceinline__ u32 biased_codes_at(u32 x, int bits, int lo_pos, int hi_pos) {
+  const u32 low = (1u << bits) - 1u;
+  return mask_or(x, (low << lo_pos) | (low << (16 + hi_pos)), MAGIC(lo_pos) | (MAGIC(hi_pos) << 16));
+}
+// -(2^(10 - lo_pos)), -(2^(10 - hi_pos)) as an fp16 pair: what biased_codes_at adds, negated.
+#define NEG_BIAS(lo_pos, hi_pos) (MAGIC(lo_pos) | 0x8000u | ((MAGIC(hi_pos) | 0x8000u) << 16))
+// Two signed 8-bit side codes (low bytes of the halves of x) as an exact fp16 pair.
+__device__ __forceinline__ u32 int8_pair(u32 x) {
+  const u32 bias = 0x64806480u;  // (1152, 1152): b -> 1024 + (b ^ 0x80)
+  return hsub2(mask_xor(x, 0x00ff00ffu, bias), bias);
+}
+
 #define NT ((GQ + 7) / 8)                      // 8-head column tiles
-#define KROW (D * KB / 8)                      // bytes of one token's key codes
-#define VROW (D * VB / 8)
-#define NGV (D / GV)                           // value groups per token
-#define NGC ((CHUNK / GK) > 0 ? (CHUNK / GK) : 1)  // key groups per chunk
-#define OFF_VC (CHUNK * KROW)
-#define OFF_KS (OFF_VC + CHUNK * VROW)
-#define OFF_KZ (OFF_KS + NGC * D * 2)
-#define OFF_VS (OFF_KZ + NGC * D * 2)
-#define OFF_VZ (OFF_VS + CHUNK * NGV * 2)
-#define OFF_SC (OFF_VZ + CHUNK * NGV * 2)
-#define OFF_SS (OFF_SC + (CHUNK * RANK + 15) / 16 * 16)
-#define STAGE_BYTES (OFF_SS + (RANK > 0 ? CHUNK * 2 : 0))
-
-struct Params {
-  const unsigned char* kc; const u16* ks; const u16* kz;   // [BH][N][KROW], [BH][N/GK][D] fp16
-  const unsigned char* vc; const u16* vs; const u16* vz;   // [BH][N][VROW], [BH][N][NGV] fp16
-  const unsigned char* sc; const u16* ss;                  // side int8 [BH][N][RANK], scale fp16 [BH][N]
-  const float* u;                                          // basis [Hkv][D][RANK]
-  const u16* q;                                            // [B*Hq][D]
-  const u16* kr; const u16* vr;                            // residual [BH][R][D] (rows of D)
-  float* o_part; float* lse; u16* out;                     // [B*Hq][S][D], [B*Hq][S], [B*Hq][D]
-  const int* row_start;                                    // [B] or null
-  long long s_kc, s_ks, s_vc, s_vs, s_sc, s_ss, s_kr, s_vr;  // (b, h) strides in elements
-  int H, N, R, tps, n_qsplits, S, first;
-  float qk_scale, sign, cap2;
-};
-
-__device__ __forceinline__ float in_to_float(u16 x) {  // one q / residual element
-#if RES_BF16
-  return __uint_as_float(((u32)x) << 16);
-#else
-  return half_to_float(x);
-#endif
-}
-__device__ __forceinline__ u32 in_pair(u32 w) {  // two q / residual elements -> fp16 pair
-#if RES_BF16
-  return pack_half2(__uint_as_float(w << 16), __uint_as_float(w & 0xffff0000u));
-#else
-  return w;
-#endif
-}
 
 // out[G] = (x[a][G], x[a + 1][G]) for the NGV fp16 values per token of rows a, a + 1 at ``row``.
 __device__ __forceinline__ void token_pairs(const u16* row, u32 (&out)[NGV]) {
@@ -74,25 +62,6 @@ __device__ __forceinline__ void token_pairs(const u16* row, u32 (&out)[NGV]) {
   const uint4 v = *(const uint4*)row;
   out[0] = prmt(v.x, v.z, 0x5410u); out[1] = prmt(v.x, v.z, 0x7632u);
   out[2] = prmt(v.y, v.w, 0x5410u); out[3] = prmt(v.y, v.w, 0x7632u);
-#endif
-}
-
-struct Rows {  // the (b, h) row of every quantized input
-  const unsigned char *kc, *vc, *sc;
-  const u16 *ks, *kz, *vs, *vz, *ss;
-};
-
-__device__ __forceinline__ void load_chunk(unsigned char* st, const Rows& r, int c0, int hi, int lane) {
-  const int valid = hi - c0, g0 = c0 / GK, gvalid = (hi + GK - 1) / GK - g0;
-  copy_rows<KROW, CHUNK, true>(st, r.kc + (long long)c0 * KROW, valid, lane);
-  copy_rows<VROW, CHUNK, true>(st + OFF_VC, r.vc + (long long)c0 * VROW, valid, lane);
-  copy_rows<D * 2, NGC, false>(st + OFF_KS, (const unsigned char*)(r.ks + (long long)g0 * D), gvalid, lane);
-  copy_rows<D * 2, NGC, false>(st + OFF_KZ, (const unsigned char*)(r.kz + (long long)g0 * D), gvalid, lane);
-  copy_rows<NGV * 2, CHUNK, false>(st + OFF_VS, (const unsigned char*)(r.vs + (long long)c0 * NGV), valid, lane);
-  copy_rows<NGV * 2, CHUNK, false>(st + OFF_VZ, (const unsigned char*)(r.vz + (long long)c0 * NGV), valid, lane);
-#if RANK > 0
-  copy_rows<RANK, CHUNK, false>(st + OFF_SC, r.sc + (long long)c0 * RANK, valid, lane);
-  copy_rows<2, CHUNK, false>(st + OFF_SS, (const unsigned char*)(r.ss + c0), valid, lane);
 #endif
 }
 
@@ -310,8 +279,8 @@ __device__ __forceinline__ void residual_chunk(State& st, const u32 (&qb)[NT][8]
 #pragma unroll
       for (int e = 0; e < 4; ++e) {
         const uint4 v = tok < hi ? src[e] : make_uint4(0u, 0u, 0u, 0u);
-        w[r][4 * e] = in_pair(v.x); w[r][4 * e + 1] = in_pair(v.y);
-        w[r][4 * e + 2] = in_pair(v.z); w[r][4 * e + 3] = in_pair(v.w);
+        w[r][4 * e] = in_pair_to_half2(v.x); w[r][4 * e + 1] = in_pair_to_half2(v.y);
+        w[r][4 * e + 2] = in_pair_to_half2(v.z); w[r][4 * e + 3] = in_pair_to_half2(v.w);
       }
     }
 #pragma unroll
@@ -335,7 +304,7 @@ __device__ __forceinline__ void residual_chunk(State& st, const u32 (&qb)[NT][8]
       for (int e = 0; e < 4; ++e) {
         const uint2 v = rows[e] < hi ? *(const uint2*)(vr + (long long)rows[e] * D + 32 * P + 4 * g)
                                      : make_uint2(0u, 0u);
-        w[e][0] = in_pair(v.x); w[e][1] = in_pair(v.y);
+        w[e][0] = in_pair_to_half2(v.x); w[e][1] = in_pair_to_half2(v.y);
       }
 #pragma unroll
       for (int h = 0; h < 2; ++h) {  // tile 2P + h: channels + 2h (row g), + 2h + 1 (row g + 8)
