@@ -195,3 +195,31 @@ __device__ __forceinline__ void load_chunk(unsigned char* st, const Rows& r, int
 #endif
 }
 
+// Streams the quantized tokens of this warp's split (from the first visible chunk) through its
+// NSTAGE-deep cp.async ring at ``ring`` and calls on_chunk(stage, c0, hi) for each CHUNK-token
+// stage once it has landed: the pipeline both operand layouts share.
+template <class OnChunk>
+__device__ __forceinline__ void stream_chunks(const Params& p, int bh, int split, int vis, unsigned char* ring,
+                                              int lane, OnChunk&& on_chunk) {
+  Rows r;
+  r.kc = p.kc + bh * p.s_kc; r.vc = p.vc + bh * p.s_vc; r.sc = p.sc + bh * p.s_sc;
+  r.ks = p.ks + bh * p.s_ks; r.kz = p.kz + bh * p.s_ks;
+  r.vs = p.vs + bh * p.s_vs; r.vz = p.vz + bh * p.s_vs; r.ss = p.ss + bh * p.s_ss;
+  const int lo = split * p.tps, hi = min(p.N, lo + p.tps);
+  const int c_first = max(lo, (vis / CHUNK) * CHUNK);
+  const int nchunks = hi > c_first ? (hi - c_first + CHUNK - 1) / CHUNK : 0;
+#pragma unroll
+  for (int s0 = 0; s0 < NSTAGE - 1; ++s0) {
+    if (s0 < nchunks) load_chunk(ring + s0 * STAGE_BYTES, r, c_first + s0 * CHUNK, hi, lane);
+    cp_commit();
+  }
+  for (int c = 0; c < nchunks; ++c) {
+    const int cn = c + NSTAGE - 1;
+    if (cn < nchunks) load_chunk(ring + (cn % NSTAGE) * STAGE_BYTES, r, c_first + cn * CHUNK, hi, lane);
+    cp_commit();
+    cp_wait<NSTAGE - 1>();
+    __syncwarp();
+    on_chunk((const unsigned char*)(ring + (c % NSTAGE) * STAGE_BYTES), c_first + c * CHUNK, hi);
+    __syncwarp();
+  }
+}

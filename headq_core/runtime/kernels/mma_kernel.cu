@@ -63,36 +63,14 @@ headq_decode_mma(const Params p) {
       }
     }
 #endif
-    Rows r;
-    r.kc = p.kc + bh * p.s_kc; r.vc = p.vc + bh * p.s_vc;
-    r.ks = p.ks + bh * p.s_ks; r.kz = p.kz + bh * p.s_ks;
-    r.vs = p.vs + bh * p.s_vs; r.vz = p.vz + bh * p.s_vs;
-    r.sc = p.sc + bh * p.s_sc; r.ss = p.ss + bh * p.s_ss;
-    const int lo = split * p.tps;
-    const int hi = min(p.N, lo + p.tps);
-    const int c_first = max(lo, (vis / CHUNK) * CHUNK);
-    const int nchunks = hi > c_first ? (hi - c_first + CHUNK - 1) / CHUNK : 0;
-    unsigned char* ring = smem + warp * (NSTAGE * STAGE_BYTES);
-#pragma unroll
-    for (int s0 = 0; s0 < NSTAGE - 1; ++s0) {
-      if (s0 < nchunks) load_chunk(ring + s0 * STAGE_BYTES, r, c_first + s0 * CHUNK, hi, lane);
-      cp_commit();
-    }
-    for (int c = 0; c < nchunks; ++c) {
-      const int cn = c + NSTAGE - 1;
-      if (cn < nchunks) load_chunk(ring + (cn % NSTAGE) * STAGE_BYTES, r, c_first + cn * CHUNK, hi, lane);
-      cp_commit();
-      cp_wait<NSTAGE - 1>();
-      __syncwarp();
-      const unsigned char* stg = ring + (c % NSTAGE) * STAGE_BYTES;
-      const int c0 = c_first + c * CHUNK;
-      float s[8][4];
-      qk_quantized(s, qh, qu, stg, g, t, lane);
-      u32 pa[4][4];
-      softmax_chunk(s, st, c0, vis, hi, t, p.cap2, pa);
-      pv_quantized(st, pa, stg, g, t);
-      __syncwarp();
-    }
+    stream_chunks(p, bh, split, vis, smem + warp * (NSTAGE * STAGE_BYTES), lane,
+                  [&](const unsigned char* stg, int c0, int hi) {
+                    float s[8][4];
+                    qk_quantized(s, qh, qu, stg, g, t, lane);
+                    u32 pa[4][4];
+                    softmax_chunk(s, st, c0, vis, hi, t, p.cap2, pa);
+                    pv_quantized(st, pa, stg, g, t);
+                  });
   } else {
     const long long roff = (long long)bh;
     const int lo = (split - p.n_qsplits) * CHUNK;

@@ -99,34 +99,15 @@ extern "C" __global__ void __launch_bounds__(NW * 32, MINB) headq_decode_mma(con
       for (int nt = 0; nt < NT; ++nt) qu[nt][half] = pack_half2(acc[2 * nt] * p.sign, acc[2 * nt + 1] * p.sign);
     }
 #endif
-    Rows r;
-    r.kc = p.kc + bh * p.s_kc; r.vc = p.vc + bh * p.s_vc; r.sc = p.sc + bh * p.s_sc;
-    r.ks = p.ks + bh * p.s_ks; r.kz = p.kz + bh * p.s_ks;
-    r.vs = p.vs + bh * p.s_vs; r.vz = p.vz + bh * p.s_vs; r.ss = p.ss + bh * p.s_ss;
-    const int lo = split * p.tps, hi = min(p.N, lo + p.tps);
-    const int c_first = max(lo, (vis / CHUNK) * CHUNK);
-    const int nchunks = hi > c_first ? (hi - c_first + CHUNK - 1) / CHUNK : 0;
-    unsigned char* ring = smem + warp * (NSTAGE * STAGE_BYTES);
+    stream_chunks(p, bh, split, vis, smem + warp * (NSTAGE * STAGE_BYTES), lane,
+                  [&](const unsigned char* stg, int c0, int hi) {
+                    float s[4][NT][4];
+                    qk_chunk(s, qb, qu, stg, g, t);
+                    u32 pb[4][NT][2];
+                    softmax_chunk(s, st, c0, vis, hi, g, p.cap2, pb);
 #pragma unroll
-    for (int s0 = 0; s0 < NSTAGE - 1; ++s0) {
-      if (s0 < nchunks) load_chunk(ring + s0 * STAGE_BYTES, r, c_first + s0 * CHUNK, hi, lane);
-      cp_commit();
-    }
-    for (int c = 0; c < nchunks; ++c) {
-      const int cn = c + NSTAGE - 1;
-      if (cn < nchunks) load_chunk(ring + (cn % NSTAGE) * STAGE_BYTES, r, c_first + cn * CHUNK, hi, lane);
-      cp_commit();
-      cp_wait<NSTAGE - 1>();
-      __syncwarp();
-      const unsigned char* stg = ring + (c % NSTAGE) * STAGE_BYTES;
-      float s[4][NT][4];
-      qk_chunk(s, qb, qu, stg, g, t);
-      u32 pb[4][NT][2];
-      softmax_chunk(s, st, c_first + c * CHUNK, vis, hi, g, p.cap2, pb);
-#pragma unroll
-      for (int T = 0; T < 4; ++T) pv_tile(st, pb[T], stg, T, g, t);
-      __syncwarp();
-    }
+                    for (int T = 0; T < 4; ++T) pv_tile(st, pb[T], stg, T, g, t);
+                  });
   } else {
     const int lo = (split - p.n_qsplits) * CHUNK, hi = min(p.R, lo + CHUNK);
     if (vis - p.N < hi)
