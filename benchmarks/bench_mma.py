@@ -238,11 +238,13 @@ def main() -> None:
         best = best_launch(rows)
         res["best_per_kernel"] = {k: best_launch(rows, k) for k in kernels}
         first = res["best_per_kernel"][kernels[0]]
-        MMA_CFG.clear(), MMA_CFG.update(kernel_args(best.pop("kernel"), best))
+        MMA_CFG.clear()
+        MMA_CFG.update(kernel_args(best.pop("kernel"), best))
         FIRST_CFG.update(kernel_args(first.pop("kernel"), first))
         res["mma_cfg"], res["first_cfg"] = dict(MMA_CFG), dict(FIRST_CFG)
         print("tuned:", MMA_CFG, "first kernel:", FIRST_CFG, flush=True)
-    FIRST_CFG.update(FIRST_CFG or MMA_CFG)
+    if not FIRST_CFG:  # not tuned: the first kernel's default launch
+        FIRST_CFG.update(MMA_CFG)
     if "decode" in want:
         for b, c in DECODE_SHAPES:
             record("decode", decode_row, b, c, dev, args.cap_gib)
