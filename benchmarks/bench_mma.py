@@ -40,9 +40,11 @@ from testkit.mma_cases import CASES, start_for  # noqa: E402
 # kernel variants: operand layout ("q": query heads as the mma rows, "kv": keys / values as the
 # rows), key-offset fold, and warps per SM the registers must allow (0: no bound)
 KERNELS = {"q": {"layout": "q"}, "kv": {"layout": "kv"}, "kv_kfold": {"layout": "kv", "kfold": True},
-           "kv_kfold_w12": {"layout": "kv", "kfold": True, "sm_warps": 12}}
+           "kv_kfold_w12": {"layout": "kv", "kfold": True, "sm_warps": 12},
+           "kv_kfold_w12_merge": {"layout": "kv", "kfold": True, "sm_warps": 12, "merge": True}}
+SPLIT_CAPS = ((32, 128), (32, 256), (64, 256), (64, 512))  # (warps per SM, most splits)
 LAUNCHES = tuple({"warps": w, "stages": st, "per_sm": ps, "max_splits": ms}
-                 for w in (2, 4) for st in (2, 3) for ps, ms in ((32, 64), (32, 128), (32, 256)))
+                 for w in (2, 4, 8) for st in (2, 3) for ps, ms in SPLIT_CAPS)
 TUNE_SHAPES = ((1, 4096), (1, 32768), (8, 32768), (16, 131072))
 DECODE_SHAPES = ((1, 4096), (1, 32768), (8, 32768), (16, 131072))
 MMA_CFG: dict = {}  # the tuned kernel and launch (decode_attention_mma keyword arguments)
@@ -66,7 +68,7 @@ def prewarm(args_list: list[dict], case_defs: list[tuple]) -> None:
     srcs = set()
     for kw, (kb, vb, gk, gv, rank, gq, softcap, rows, bf16) in ((a, c) for a in args_list for c in case_defs):
         cfg = defines(kb, vb, gk, gv, rank, gq, softcap, rows, bf16, kw["warps"], kw["stages"],
-                      kw["min_blocks"], kw.get("layout", "q"), kw.get("kfold", False))
+                      kw["min_blocks"], kw.get("layout", "q"), kw.get("kfold", False), kw.get("merge", False))
         srcs.add(source(cfg))
     with ThreadPoolExecutor(16) as pool:
         list(pool.map(lambda src: nvrtc.cached_cubin(src, major * 10 + minor), srcs))

@@ -47,10 +47,10 @@ Cfg = tuple[tuple[str, int], ...]
 
 
 def _defines(variant: tuple, warps: int = 2, stages: int = 3, min_blocks: int = 1, layout: str = "q",
-             kfold: bool = False) -> Cfg:
+             kfold: bool = False, merge: bool = False) -> Cfg:
     _name, kb, vb, gk, gv, rank, gq, softcap, row_start, bf16 = variant
     return mma_decode.defines(kb, vb, gk, gv, rank, gq, softcap, row_start, bf16, warps, stages, min_blocks,
-                              layout, kfold)
+                              layout, kfold, merge)
 
 
 NAMED: list[tuple[str, Cfg]] = (
@@ -58,7 +58,10 @@ NAMED: list[tuple[str, Cfg]] = (
     + [(f"headq_2bit_r8_w{w}_s{st}", _defines(VARIANTS[0], w, st)) for w, st in LAUNCHES]
     + [(f"kv_{v[0]}", _defines(v, layout="kv")) for v in VARIANTS]
     + [(f"kv_kfold_{v[0]}", _defines(v, layout="kv", kfold=True)) for v in VARIANTS]
-    + [("kv_kfold_headq_2bit_r8_12_warps", _defines(VARIANTS[0], min_blocks=6, layout="kv", kfold=True))])
+    + [("kv_kfold_headq_2bit_r8_12_warps", _defines(VARIANTS[0], min_blocks=6, layout="kv", kfold=True))]
+    + [(f"kv_kfold_merge_{v[0]}", _defines(v, layout="kv", kfold=True, merge=True)) for v in VARIANTS]
+    + [(f"kv_kfold_merge_headq_2bit_r8_w{w}", _defines(VARIANTS[0], w, 2, 12 // w, "kv", True, True))
+       for w in (4, 8)])
 CFGS = [pytest.param(cfg, id=name) for name, cfg in NAMED]
 
 

@@ -47,18 +47,29 @@ def stage_bytes(kb: int, vb: int, gk: int, gv: int, rank: int) -> int:
     return CHUNK * d * (kb + vb) // 8 + 2 * ngc * d * 2 + 2 * CHUNK * (d // gv) * 2 + side
 
 
+def merge_bytes(warps: int, gq: int) -> int:
+    """Shared-memory bytes of a block's split merge: float32 outputs [warps, gq, 128] and
+    log-sum-exps [warps, gq]."""
+    return warps * gq * (128 + 1) * 4
+
+
 def defines(kb: int, vb: int, gk: int, gv: int, rank: int, gq: int, softcap: bool, row_start: bool,
             bf16: bool, warps: int = 4, stages: int = 3, min_blocks: int = 1, layout: str = "q",
-            kfold: bool = False) -> tuple[tuple[str, int], ...]:
+            kfold: bool = False, merge: bool = False) -> tuple[tuple[str, int], ...]:
     """The compile-time configuration of one kernel variant. ``layout`` "q": query heads as the mma's
     rows; "kv": keys and values as its rows (``kfold``: their key codes enter the mma with the
-    unpacking offsets, removed by one more mma per key group instead of a subtraction each)."""
+    unpacking offsets, removed by one more mma per key group instead of a subtraction each;
+    ``merge``: a block merges its warps' splits in shared memory, so one partial per block reaches
+    global memory)."""
     if layout not in ("q", "kv"):
         raise ValueError(f"layout must be 'q' or 'kv', got {layout!r}")
+    if merge and layout != "kv":
+        raise ValueError("merge needs layout 'kv'")
     return (("KB", kb), ("VB", vb), ("GK", gk), ("GV", gv), ("RANK", rank), ("GQ", gq),
             ("SOFTCAP", int(softcap)),
             ("ROW_START", int(row_start)), ("RES_BF16", int(bf16)), ("NW", warps), ("NSTAGE", stages),
-            ("MINB", min_blocks), ("LAYOUT_KV", int(layout == "kv")), ("KFOLD", int(kfold)))
+            ("MINB", min_blocks), ("LAYOUT_KV", int(layout == "kv")), ("KFOLD", int(kfold)),
+            ("BLOCK_MERGE", int(merge)))
 
 
 def source(cfg: tuple[tuple[str, int], ...]) -> str:
@@ -71,7 +82,8 @@ def source(cfg: tuple[tuple[str, int], ...]) -> str:
 def _kernel(device: int, cfg: tuple[tuple[str, int], ...]) -> Kernel:
     major, minor = torch.cuda.get_device_capability(device)
     c = dict(cfg)
-    smem = c["NW"] * c["NSTAGE"] * stage_bytes(c["KB"], c["VB"], c["GK"], c["GV"], c["RANK"])
+    smem = max(c["NW"] * c["NSTAGE"] * stage_bytes(c["KB"], c["VB"], c["GK"], c["GV"], c["RANK"]),
+               c["BLOCK_MERGE"] * merge_bytes(c["NW"], c["GQ"]))
     with torch.cuda.device(device):
         return Kernel(cached_cubin(source(cfg), major * 10 + minor), "headq_decode_mma", smem)
 
@@ -117,7 +129,8 @@ def decode_attention_mma(q: torch.Tensor, enc: EncodedKV, k_res: torch.Tensor | 
                          basis: torch.Tensor | None, scale: float, sign: int, num_splits: int | None = None,
                          start: int | torch.Tensor = 0, softcap: float | None = None, warps: int = 2,
                          stages: int = 3, min_blocks: int = 1, per_sm: int = 32,
-                         max_splits: int = 64, layout: str = "q", kfold: bool = False) -> torch.Tensor | None:
+                         max_splits: int = 64, layout: str = "q", kfold: bool = False,
+                         merge: bool = False) -> torch.Tensor | None:
     """The tensor-core path of :func:`headq_core.runtime.kernels.decode_attention` (inputs validated
     and :func:`covers` true): q [B, Hq, 1, 128] -> [B, Hq, 1, 128]; None when a tensor is not 16-byte
     aligned (the caller falls back). ``num_splits`` quantized-token splits per (batch, KV head)
@@ -147,9 +160,11 @@ def decode_attention_mma(q: torch.Tensor, enc: EncodedKV, k_res: torch.Tensor | 
     tps = math.ceil(math.ceil(max(n, 1) / target) / step) * step
     n_q = math.ceil(n / tps)
     splits = n_q + math.ceil(r_len / CHUNK)
+    blocks = math.ceil(splits / warps)
+    n_parts = blocks if merge else splits  # partial outputs per query row
     out = torch.empty(b * hq, d, dtype=q.dtype, device=q.device)
-    o_part = torch.empty(b * hq, splits, d, dtype=torch.float32, device=q.device)
-    lse = torch.empty(b * hq, splits, dtype=torch.float32, device=q.device)
+    o_part = torch.empty(b * hq, n_parts, d, dtype=torch.float32, device=q.device)
+    lse = torch.empty(b * hq, n_parts, dtype=torch.float32, device=q.device)
     row_start = None
     first = 0
     if isinstance(start, torch.Tensor):
@@ -168,10 +183,10 @@ def decode_attention_mma(q: torch.Tensor, enc: EncodedKV, k_res: torch.Tensor | 
     p.qk_scale, p.sign, p.cap2 = scale * LOG2E, float(sign), (softcap or 1.0) * LOG2E
     cfg = defines(enc.key_bits, enc.value_bits, enc.key_group, enc.value_group, rank, hq // h,
                   softcap is not None, row_start is not None, q.dtype == torch.bfloat16, warps, stages,
-                  min_blocks, layout, kfold)
+                  min_blocks, layout, kfold, merge)
     kernel = _kernel(q.device.index or 0, cfg)
-    kernel.launch((math.ceil(splits / warps), b * h, 1), 32 * warps, p)
-    if splits > 1:
-        _combine_kernel[(b * hq, d // 32)](o_part, lse, out, splits, D=d, DC=32,
-                                           SB=min(256, max(2, 1 << (splits - 1).bit_length())))
+    kernel.launch((blocks, b * h, 1), 32 * warps, p)
+    if n_parts > 1:
+        _combine_kernel[(b * hq, d // 32)](o_part, lse, out, n_parts, D=d, DC=32,
+                                           SB=min(256, max(2, 1 << (n_parts - 1).bit_length())))
     return out.reshape(b, hq, 1, d)

@@ -264,9 +264,8 @@ def encode_triton(k: torch.Tensor, v: torch.Tensor, key_bits: int, key_group: in
     A program encodes ``groups_per_program`` key groups (a power of two) with ``num_warps`` warps:
     its 32 * num_warps threads split into groups_per_program x S lanes, each thread holding
     T = key_group / S tokens of a group and their T x rank float32 side-code accumulators. The
-    default (one warp) takes T = 1 up to 16,384 key groups in all and T = 2 beyond (1 at rank 32):
-    the fastest launches of the H100 sweep at 1 x 32k and 8 x 32k tokens of 8 KV heads (0.138 and
-    0.769 ms, 38% and 55% of copy bandwidth; docs/benchmarks.md)."""
+    default (one warp) takes T = 2 (1 at rank 32): the fastest launch of two H100 sweeps at both
+    1 x 32k and 8 x 32k tokens of 8 KV heads (docs/benchmarks.md, sections 10 and 11)."""
     b, h, n, d = k.shape
     k, v = k.contiguous(), v.contiguous()
     dev = k.device
@@ -285,7 +284,7 @@ def encode_triton(k: torch.Tensor, v: torch.Tensor, key_bits: int, key_group: in
         if side_bits != 16:
             side_scale = torch.empty(b, h, n, dtype=torch.float16, device=dev)
     rp = max(2, triton.next_power_of_2(max(rank, 1)))
-    tokens_per_thread = min(1 if b * h * (n // key_group) <= 16384 else 2, max(32 // rp, 1))
+    tokens_per_thread = min(2, max(32 // rp, 1))
     gpp = groups_per_program or max(32 * num_warps * tokens_per_thread // key_group, 1)
     lanes = min(max(32 * num_warps // gpp, 1), key_group)
     mv = min(gpp * key_group, max(2048 * num_warps // d, 1))  # value tokens at a time: ~64 values a thread

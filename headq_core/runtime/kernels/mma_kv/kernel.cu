@@ -1,4 +1,5 @@
-// The entry point of the tensor-core decode kernel: one warp per split (see mma_decode.cu).
+// The entry point of the tensor-core decode kernel: one warp per split (see decode.cu); with
+// BLOCK_MERGE the block's splits are merged in shared memory before anything reaches global memory.
 
 __device__ __forceinline__ u16 to_out(float x) {  // one output element, round to nearest even
 #if RES_BF16
@@ -10,9 +11,49 @@ __device__ __forceinline__ u16 to_out(float x) {  // one output element, round t
 #endif
 }
 
+// Stores four output channels of one query row: ``out`` itself (row, ch .. ch + 3).
+__device__ __forceinline__ void store_out(const Params& p, long long row, int ch, float v0, float v1, float v2,
+                                          float v3) {
+  const u32 lo = (u32)to_out(v0) | ((u32)to_out(v1) << 16), hi = (u32)to_out(v2) | ((u32)to_out(v3) << 16);
+  *(uint2*)(p.out + row * D + ch) = make_uint2(lo, hi);
+}
+
+#if BLOCK_MERGE
+// The block's NW splits merged in shared memory: part [NW][GQ][D] normalised outputs and
+// lse [NW][GQ] log-sum-exps (base 2) -> the block's partial output and log-sum-exp (slot blockIdx.x
+// of gridDim.x), or the output itself when the block is the only one.
+__device__ __forceinline__ void merge_block(const float* part, const float* lse, const Params& p, int bh) {
+  const int nb = gridDim.x;
+  for (int i = threadIdx.x; i < GQ * (D / 4); i += NW * 32) {
+    const int head = i / (D / 4), ch = 4 * (i % (D / 4));
+    float m = NEG_INF;
+#pragma unroll
+    for (int w = 0; w < NW; ++w) m = fmaxf(m, lse[w * GQ + head]);
+    const float ms = m == NEG_INF ? 0.0f : m;
+    float den = 0.0f, a0 = 0.0f, a1 = 0.0f, a2 = 0.0f, a3 = 0.0f;
+#pragma unroll
+    for (int w = 0; w < NW; ++w) {
+      const float wt = ex2(lse[w * GQ + head] - ms);
+      const float4 o = *(const float4*)(part + (w * GQ + head) * D + ch);
+      den += wt; a0 += wt * o.x; a1 += wt * o.y; a2 += wt * o.z; a3 += wt * o.w;
+    }
+    const float inv = den > 0.0f ? 1.0f / den : 0.0f;
+    const long long row = (long long)bh * GQ + head;
+    if (nb == 1) {
+      store_out(p, row, ch, a0 * inv, a1 * inv, a2 * inv, a3 * inv);
+    } else {
+      *(float4*)(p.o_part + (row * nb + blockIdx.x) * D + ch) = make_float4(a0 * inv, a1 * inv, a2 * inv, a3 * inv);
+      if (ch == 0) p.lse[row * nb + blockIdx.x] = den > 0.0f ? ms + lg2(den) : NEG_INF;
+    }
+  }
+}
+#endif
+
 // Writes the lane's output columns (heads 8nt + 2t + e): channels 32P + 4g .. + 3, as the output
-// itself (one split) or the split's normalised partial output and log-sum-exp.
-__device__ __forceinline__ void finish(State& st, const Params& p, int bh, int split, int g, int t) {
+// itself (one split), the split's normalised partial output and log-sum-exp, or (BLOCK_MERGE)
+// both into the block's shared buffers part / lse (see merge_block).
+__device__ __forceinline__ void finish(State& st, const Params& p, int bh, int split, int g, int t, float* part,
+                                       float* lse) {
 #pragma unroll
   for (int nt = 0; nt < NT; ++nt)
 #pragma unroll
@@ -31,14 +72,19 @@ __device__ __forceinline__ void finish(State& st, const Params& p, int bh, int s
         const float v0 = (st.o[nt][2 * P][e] + zv[P]) * inv, v1 = (st.o[nt][2 * P][e + 2] + zv[P]) * inv;
         const float v2 = (st.o[nt][2 * P + 1][e] + zv[P]) * inv, v3 = (st.o[nt][2 * P + 1][e + 2] + zv[P]) * inv;
         const int ch = 32 * P + 4 * g;
-        if (p.S == 1) {
-          const u32 lo = (u32)to_out(v0) | ((u32)to_out(v1) << 16), hi = (u32)to_out(v2) | ((u32)to_out(v3) << 16);
-          *(uint2*)(p.out + row * D + ch) = make_uint2(lo, hi);
-        } else {
-          *(float4*)(p.o_part + (row * p.S + split) * D + ch) = make_float4(v0, v1, v2, v3);
-        }
+#if BLOCK_MERGE
+        *(float4*)(part + head * D + ch) = make_float4(v0, v1, v2, v3);
+#else
+        if (p.S == 1) store_out(p, row, ch, v0, v1, v2, v3);
+        else *(float4*)(p.o_part + (row * p.S + split) * D + ch) = make_float4(v0, v1, v2, v3);
+#endif
       }
-      if (p.S > 1 && g == 0) p.lse[row * p.S + split] = l > 0.0f ? st.m[nt][e] + lg2(l) : NEG_INF;
+      const float row_lse = l > 0.0f ? st.m[nt][e] + lg2(l) : NEG_INF;
+#if BLOCK_MERGE
+      if (g == 0) lse[head] = row_lse;
+#else
+      if (p.S > 1 && g == 0) p.lse[row * p.S + split] = row_lse;
+#endif
     }
 }
 
@@ -47,7 +93,12 @@ extern "C" __global__ void __launch_bounds__(NW * 32, MINB) headq_decode_mma(con
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
   const int g = lane >> 2, t = lane & 3;
   const int split = blockIdx.x * NW + warp;
+#if BLOCK_MERGE
+  const bool active = split < p.S;  // every warp takes part in the block's merge
+#else
   if (split >= p.S) return;
+  const bool active = true;
+#endif
   const int bh = blockIdx.y, b = bh / p.H, h = bh % p.H;
   int vis = p.first;
 #if ROW_START
@@ -79,7 +130,7 @@ extern "C" __global__ void __launch_bounds__(NW * 32, MINB) headq_decode_mma(con
       for (int m = 0; m < 8; ++m) st.o[nt][m][e] = 0.0f;
     }
   }
-  if (split < p.n_qsplits) {
+  if (active && split < p.n_qsplits) {
     u32 qu[NT][2] = {};  // side-code B fragments: sign * U^T q, ranks 2t, 2t+1 (+ 8), head 8nt + g
 #if RANK > 0
 #pragma unroll
@@ -108,11 +159,20 @@ extern "C" __global__ void __launch_bounds__(NW * 32, MINB) headq_decode_mma(con
 #pragma unroll
                     for (int T = 0; T < 4; ++T) pv_tile(st, pb[T], stg, T, g, t);
                   });
-  } else {
+  } else if (active) {
     const int lo = (split - p.n_qsplits) * CHUNK, hi = min(p.R, lo + CHUNK);
     if (vis - p.N < hi)
       residual_chunk(st, qb, p.kr + (long long)bh * p.s_kr, p.vr + (long long)bh * p.s_vr, lo, hi, vis - p.N, g, t,
                      p.cap2);
   }
-  finish(st, p, bh, split, g, t);
+#if BLOCK_MERGE
+  float* part = (float*)smem;  // the pipeline rings are done with once every warp is here
+  float* lse = part + NW * GQ * D;
+  __syncthreads();
+  finish(st, p, bh, split, g, t, part + warp * GQ * D, lse + warp * GQ);
+  __syncthreads();
+  merge_block(part, lse, p, bh);
+#else
+  finish(st, p, bh, split, g, t, nullptr, nullptr);
+#endif
 }
