@@ -2,9 +2,10 @@
 
 Sections, in order, each row printed and the JSON rewritten as soon as it is measured:
 ``check``: every layout case against the float32 reference on fresh random inputs (relative error
-of the output), for each kernel of ``--kernels`` (``KERNELS``: the operand layout, the key-offset
-fold, a register bound); ``tune``: graph-replay time of each kernel that passed, per launch setting,
-at four shapes, each launch first checked against the reference on the shape's first layer;
+of the output), for each kernel of ``--kernels`` (``KERNELS``: the split merge in global memory by a
+second launch, or first inside each block); ``tune``: graph-replay time of each kernel that passed,
+per launch setting, at four shapes, each launch first checked against the reference on the shape's
+first layer;
 ``decode``: per-layer graph-replay time of the tuned kernel (HeadQ 2-bit + r8, plain 2-bit, plain
 4-bit), the best launch of the first kernel, the Triton kernel and the bf16 baselines of
 ``bench_gpu.py`` at the issue's four shapes. Nothing is timed before it passed its check.
@@ -37,11 +38,9 @@ from headq_core.runtime.kernels.reference import decode_attention_reference  # n
 from headq_core.runtime.kernels.triton_decode import decode_attention_triton  # noqa: E402
 from testkit.mma_cases import CASES, start_for  # noqa: E402
 
-# kernel variants: operand layout ("q": query heads as the mma rows, "kv": keys / values as the
-# rows), key-offset fold, and warps per SM the registers must allow (0: no bound)
-KERNELS = {"q": {"layout": "q"}, "kv": {"layout": "kv"}, "kv_kfold": {"layout": "kv", "kfold": True},
-           "kv_kfold_w12": {"layout": "kv", "kfold": True, "sm_warps": 12},
-           "kv_kfold_w12_merge": {"layout": "kv", "kfold": True, "sm_warps": 12, "merge": True}}
+# kernel variants: every split's partial output to global memory, or one per block (merged in
+# shared memory first)
+KERNELS = {"split": {"merge": False}, "merge": {"merge": True}}
 SPLIT_CAPS = ((32, 128), (32, 256), (64, 256), (64, 512))  # (warps per SM, most splits)
 LAUNCHES = tuple({"warps": w, "stages": st, "per_sm": ps, "max_splits": ms}
                  for w in (2, 4, 8) for st in (2, 3) for ps, ms in SPLIT_CAPS)
@@ -53,11 +52,7 @@ FIRST_CFG: dict = {}  # the best launch of the first kernel of --kernels
 
 def kernel_args(kernel: str, launch: dict | None = None) -> dict:
     """decode_attention_mma keyword arguments of one kernel variant and launch."""
-    k = dict(KERNELS[kernel])
-    sm_warps = k.pop("sm_warps", 0)
-    launch = dict(launch or {"warps": 2, "stages": 3})
-    launch["min_blocks"] = max(1, sm_warps // launch["warps"])
-    return {**k, **launch}
+    return {**KERNELS[kernel], **(launch or {"warps": 4, "stages": 2})}
 
 
 def prewarm(args_list: list[dict], case_defs: list[tuple]) -> None:
@@ -67,8 +62,7 @@ def prewarm(args_list: list[dict], case_defs: list[tuple]) -> None:
     major, minor = torch.cuda.get_device_capability()
     srcs = set()
     for kw, (kb, vb, gk, gv, rank, gq, softcap, rows, bf16) in ((a, c) for a in args_list for c in case_defs):
-        cfg = defines(kb, vb, gk, gv, rank, gq, softcap, rows, bf16, kw["warps"], kw["stages"],
-                      kw["min_blocks"], kw.get("layout", "q"), kw.get("kfold", False), kw.get("merge", False))
+        cfg = defines(kb, vb, gk, gv, rank, gq, softcap, rows, bf16, kw["warps"], kw["stages"], kw["merge"])
         srcs.add(source(cfg))
     with ThreadPoolExecutor(16) as pool:
         list(pool.map(lambda src: nvrtc.cached_cubin(src, major * 10 + minor), srcs))

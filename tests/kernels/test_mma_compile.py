@@ -42,33 +42,27 @@ VARIANTS = (
     ("k4_v4_g128_r16_gq16_fp16_all_on", 4, 4, 128, 128, 16, 16, True, True, False),
 )
 # (warps, stages): the benchmark's tuning grid besides the default launch, on its HeadQ layout
-LAUNCHES = tuple((w, st) for w in (2, 4) for st in (2, 3, 4) if (w, st) != (2, 3))
+LAUNCHES = tuple((w, st) for w in (2, 4, 8) for st in (2, 3) if (w, st) != (4, 2))
 Cfg = tuple[tuple[str, int], ...]
 
 
-def _defines(variant: tuple, warps: int = 2, stages: int = 3, min_blocks: int = 1, layout: str = "q",
-             kfold: bool = False, merge: bool = False) -> Cfg:
+def _defines(variant: tuple, warps: int = 4, stages: int = 2, merge: bool = False,
+             sm_warps: int = mma_decode.SM_WARPS) -> Cfg:
     _name, kb, vb, gk, gv, rank, gq, softcap, row_start, bf16 = variant
-    return mma_decode.defines(kb, vb, gk, gv, rank, gq, softcap, row_start, bf16, warps, stages, min_blocks,
-                              layout, kfold, merge)
+    return mma_decode.defines(kb, vb, gk, gv, rank, gq, softcap, row_start, bf16, warps, stages, merge,
+                              sm_warps)
 
 
 NAMED: list[tuple[str, Cfg]] = (
     [(v[0], _defines(v)) for v in VARIANTS]
-    + [(f"headq_2bit_r8_w{w}_s{st}", _defines(VARIANTS[0], w, st)) for w, st in LAUNCHES]
-    + [(f"kv_{v[0]}", _defines(v, layout="kv")) for v in VARIANTS]
-    + [(f"kv_kfold_{v[0]}", _defines(v, layout="kv", kfold=True)) for v in VARIANTS]
-    + [("kv_kfold_headq_2bit_r8_12_warps", _defines(VARIANTS[0], min_blocks=6, layout="kv", kfold=True))]
-    + [(f"kv_kfold_merge_{v[0]}", _defines(v, layout="kv", kfold=True, merge=True)) for v in VARIANTS]
-    + [(f"kv_kfold_merge_headq_2bit_r8_w{w}", _defines(VARIANTS[0], w, 2, 12 // w, "kv", True, True))
-       for w in (4, 8)])
+    + [(f"merge_{v[0]}", _defines(v, merge=True)) for v in VARIANTS]
+    + [(f"headq_2bit_r8_w{w}_s{st}", _defines(VARIANTS[0], w, st)) for w, st in LAUNCHES])
 CFGS = [pytest.param(cfg, id=name) for name, cfg in NAMED]
 
 
-# (layout, query heads per KV head, arch) of the variants that spill today: the keys-as-rows layout
-# with two 8-head column tiles on sm_80 (16 bytes). Strict: a kernel that stops spilling fails as XPASS,
-# and its entry goes.
-KNOWN_SPILLS: set[tuple[str, int, int]] = {("kv", 12, 80)}
+# (query heads per KV head, arch) of the variants that spill today: two 8-head column tiles on sm_80
+# (16 bytes). Strict: a kernel that stops spilling fails as XPASS, and its entry goes.
+KNOWN_SPILLS: set[tuple[int, int]] = {(12, 80)}
 
 
 def _compile(cfg: Cfg, arch: int) -> bytes | nvrtc.CompileError:
@@ -135,9 +129,8 @@ def test_variant_does_not_spill(cfg, arch, tmp_path, request):
     """No local memory: ptxas puts spilled registers in the stack frame (``STACK``), local arrays in
     ``LOCAL``; both must be empty. Registers within the launch bound (NW warps x MINB blocks per SM)."""
     c = dict(cfg)
-    layout = "kv" if c["LAYOUT_KV"] else "q"
-    if (layout, c["GQ"], arch) in KNOWN_SPILLS:
-        reason = f"{layout} GQ={c['GQ']} spills on sm_{arch}"
+    if (c["GQ"], arch) in KNOWN_SPILLS:
+        reason = f"GQ={c['GQ']} spills on sm_{arch}"
         request.applymarker(pytest.mark.xfail(strict=True, reason=reason))
     usage = _resource_usage(_cubin(cfg, arch), tmp_path)
     assert usage["LOCAL"] == 0 and usage["STACK"] == 0, usage
@@ -148,7 +141,7 @@ def test_variant_does_not_spill(cfg, arch, tmp_path, request):
 def test_spill_check_sees_a_planted_spill(tmp_path):
     """The check above is not vacuous: a launch bound of 8 blocks of 4 warps (64 registers a thread)
     makes ptxas spill, and the spill shows as stack frame bytes."""
-    cubin = nvrtc.compile_cubin(mma_decode.source(_defines(VARIANTS[0], warps=4, min_blocks=8)), 80)
+    cubin = nvrtc.compile_cubin(mma_decode.source(_defines(VARIANTS[0], warps=4, sm_warps=32)), 80)
     usage = _resource_usage(cubin, tmp_path)
     assert usage["REG"] <= 64 and usage["STACK"] > 0, usage
 
@@ -184,11 +177,10 @@ def _c_size(ctype: str) -> int:
     return {"long long": 8, "int": 4, "float": 4}[ctype]
 
 
-@pytest.mark.parametrize("layout", ["q", "kv"])
-def test_params_mirror_the_kernel_struct(layout):
+def test_params_mirror_the_kernel_struct():
     """Same fields in the same order, each at the offset natural alignment gives it, and the same size
-    (16 pointers, 8 int64, 7 int32, 3 float32: 232 bytes on x86-64), in both operand layouts."""
-    fields = _c_fields(mma_decode.source(_defines(VARIANTS[0], layout=layout)))
+    (16 pointers, 8 int64, 7 int32, 3 float32: 232 bytes on x86-64)."""
+    fields = _c_fields(mma_decode.source(_defines(VARIANTS[0])))
     assert [name for name, _ in fields] == [f[0] for f in mma_decode.Params._fields_]
     offset = 0
     for name, ctype in fields:
@@ -299,7 +291,7 @@ def test_kernel_sources_ship_in_the_package():
     patterns = tomllib.loads((root / "pyproject.toml").read_text())["tool"]["setuptools"]["package-data"]["*"]
     pkg = Path(mma_decode.__file__).parent
     shipped = {f for p in patterns for f in glob.glob(p, root_dir=pkg)}
-    for src in mma_decode.SOURCES + mma_decode.KV_SOURCES:
+    for src in mma_decode.SOURCES:
         assert src.exists(), src
         rel = src.relative_to(pkg).as_posix()
         assert rel in shipped, f"{rel} is not package data"

@@ -1,23 +1,11 @@
-// Split-K decode attention over the packed cache on tensor cores (mma.sync m16n8k16, sm_80+).
-// (Params, the stage layout, cp.async copies and code unpacking here are also the first part of
-// the keys-as-rows layout, mma_kv/; what follows describes this layout.)
-//
-// One warp is one split of one (batch row, KV head): it streams its tokens in CHUNK-token chunks
-// through an NSTAGE-deep cp.async pipeline in shared memory (only the packed bytes travel) and
-// unpacks every code straight into the register fragment the tensor cores read:
-//   keys    logits[h, j] = sum_c (q_c s_gc) code_jc + sum_c q_c z_gc  (key scale folded into the
-//           query once per key group g; the zero-point term is one more mma per chunk)
-//   values  v_jc = code_jc s_jG + z_jG, dequantized in fp16 pairs of neighbouring tokens
-//   side    + sign <U^T q, c_j> s_j as one more k-step of the key mma (HeadQ correction)
-// The query heads of a KV head are the mma's M rows (padded to 16). Channel and token orders
-// inside a fragment are chosen so that each lane reads whole bytes of codes and adjacent
-// scale/zero pairs; they never reach memory. Logits are in base 2; a split writes its normalised
-// output and log-sum-exp (merged by a second launch) or, alone, the output itself.
+// The shared part of the tensor-core decode kernel (mma.sync m16n8k16, sm_80+): the stage layout
+// of the packed cache in shared memory, the kernel's Params, PTX helpers, code unpacking and the
+// cp.async pipeline one warp streams its split through. mma_decode.cu and mma_kernel.cu follow it.
 //
 // Compile-time configuration (prepended as #defines by mma_decode.py): KB, VB (key / value bits,
 // 2 or 4), GK (key group, tokens), GV (value group, channels), RANK (side-code rank, 0 = none),
 // GQ (query heads per KV head, 1..16), SOFTCAP, ROW_START, RES_BF16 (q / residual are bf16, else
-// fp16), NW (warps per block), NSTAGE (pipeline depth).
+// fp16), NW (warps per block), NSTAGE (pipeline depth), MINB (blocks per SM the registers allow).
 
 typedef unsigned int u32;
 typedef unsigned short u16;
@@ -26,12 +14,10 @@ typedef unsigned long long u64;
 #define D 128
 #define NEG_INF __int_as_float(0xff800000)
 #define CHUNK 64
-#define ROWS ((GQ > 8) ? 2 : 1)              // fragment rows g and g + 8 of the 16 mma rows
 #define KROW (D * KB / 8)                    // bytes of one token's key codes
 #define VROW (D * VB / 8)
 #define NGV (D / GV)                         // value groups per token
 #define NGC ((CHUNK / GK) > 0 ? (CHUNK / GK) : 1)  // key groups per chunk
-#define RANKP ((RANK + 15) / 16 * 16)
 #define OFF_KC 0
 #define OFF_VC (OFF_KC + CHUNK * KROW)
 #define OFF_KS (OFF_VC + CHUNK * VROW)
@@ -72,9 +58,6 @@ __device__ __forceinline__ u32 hsub2(u32 a, u32 b) {
 __device__ __forceinline__ u32 hmul2(u32 a, u32 b) {
   u32 d; asm("mul.f16x2 %0, %1, %2;" : "=r"(d) : "r"(a), "r"(b)); return d;
 }
-__device__ __forceinline__ u32 hfma2(u32 a, u32 b, u32 c) {
-  u32 d; asm("fma.rn.f16x2 %0, %1, %2, %3;" : "=r"(d) : "r"(a), "r"(b), "r"(c)); return d;
-}
 __device__ __forceinline__ u32 pack_half2(float lo, float hi) {
   u32 d; asm("cvt.rn.f16x2.f32 %0, %1, %2;" : "=r"(d) : "f"(hi), "f"(lo)); return d;
 }
@@ -101,13 +84,6 @@ __device__ __forceinline__ u32 in_pair_to_half2(u32 w) {  // two q / residual el
   return w;
 #endif
 }
-// d += a * b: A [16 x 16] row-major fp16 (4 regs), B [16 x 8] col-major fp16 (2 regs), fp32 D/C
-__device__ __forceinline__ void mma(float (&d)[4], const u32 (&a)[4], u32 b0, u32 b1) {
-  asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, "
-               "{%8,%9}, {%0,%1,%2,%3};"
-               : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
-               : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
-}
 __device__ __forceinline__ void cp_async16(u32 dst, const void* src, bool valid) {
   asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;" ::"r"(dst), "l"(src),
                "r"(valid ? 16 : 0));
@@ -117,14 +93,6 @@ template <int N_> __device__ __forceinline__ void cp_wait() {
   asm volatile("cp.async.wait_group %0;" ::"n"(N_));
 }
 
-// Byte ``k`` of word w in the low byte of both fp16 halves of the result (bytes 1, 3 are zero).
-__device__ __forceinline__ u32 byte_to_halves(u32 w, int k) {
-  return prmt(w, 0u, (u32)(k | (4 << 4) | (k << 8) | (4 << 12)));
-}
-// Byte ``k`` of word a in the low half, byte ``k`` of word b in the high half.
-__device__ __forceinline__ u32 bytes_to_halves(u32 a, u32 b, int k) {
-  return prmt(a, b, (u32)(k | (k << 4) | ((4 + k) << 8) | ((4 + k) << 12)));
-}
 // fp16 exponent field that makes bit ``pos`` of a half's mantissa worth 1 (value 2^(10 - pos) + code)
 #define MAGIC(pos) ((u32)(25 - (pos)) << 10)
 // Codes at bit ``lo_pos`` of the low half and ``hi_pos`` of the high half of x, exactly, as f16x2.
@@ -132,19 +100,6 @@ __device__ __forceinline__ u32 codes_at(u32 x, int bits, int lo_pos, int hi_pos)
   u32 low = (1u << bits) - 1u;
   u32 magic = MAGIC(lo_pos) | (MAGIC(hi_pos) << 16);
   return hsub2(mask_or(x, (low << lo_pos) | (low << (16 + hi_pos)), magic), magic);
-}
-// Key pair (b0, b1) of k-step kk from the lane's key code words (channels 32t + 4kk .. + 3)
-__device__ __forceinline__ void key_pair(const u32* w, int kk, u32& b0, u32& b1) {
-#if KB == 2
-  u32 x = byte_to_halves(w[kk >> 2], kk & 3);
-  b0 = codes_at(x, 2, 0, 2);
-  b1 = codes_at(x, 2, 4, 6);
-#else
-  u32 x0 = byte_to_halves(w[kk >> 1], (2 * kk) & 3);
-  u32 x1 = byte_to_halves(w[kk >> 1], (2 * kk + 1) & 3);
-  b0 = codes_at(x0, 4, 0, 4);
-  b1 = codes_at(x1, 4, 0, 4);
-#endif
 }
 
 // Smem row slot of token j of a chunk: keeps the lanes' code reads free of bank conflicts.

@@ -1,11 +1,12 @@
 """Decode attention on tensor cores (``mma_decode.cu``, compiled at first use by NVRTC).
 
-The CUDA C++ kernel unpacks the codes straight into ``mma.sync`` register fragments (no shared-memory
-round trip of unpacked tiles, docs/adr/0009). :func:`covers` says which inputs it takes (sm_80+,
-head_dim 128, 2/4-bit codes, key groups of 16-128 tokens, value groups of 32-128 channels, 8-bit
-side codes of even rank <= 16, up to 16 query heads per KV head,
-fp16/bf16 queries, 16-byte aligned rows); :mod:`headq_core.runtime.kernels` falls back to the Triton
-kernel for everything else. The split merge is the Triton kernel's second launch.
+The CUDA C++ kernel unpacks the codes straight into ``mma.sync`` register fragments, keys and values
+as the mma's rows and the query heads of a KV head as its columns (no shared-memory round trip of
+unpacked tiles, docs/adr/0009). :func:`covers` says which inputs it takes (sm_80+, head_dim 128,
+2/4-bit codes, key groups of 16-128 tokens, value groups of 32-128 channels, 8-bit side codes of
+even rank <= 16, up to 16 query heads per KV head, fp16/bf16 queries, 16-byte aligned rows);
+:mod:`headq_core.runtime.kernels` falls back to the Triton kernel for everything else. The split
+merge is the Triton kernel's second launch.
 """
 
 from __future__ import annotations
@@ -23,9 +24,7 @@ from headq_core.runtime.kernels.nvrtc import Kernel, available, cached_cubin
 LOG2E = 1.4426950408889634
 CHUNK = 64  # tokens per pipeline stage (the kernel's CHUNK)
 SOURCES = tuple(Path(__file__).with_name(n) for n in ("mma_common.cuh", "mma_decode.cu", "mma_kernel.cu"))
-# the second layout (keys and values as the mma's A operand, query heads as its N columns), measured
-# against the first one on the GPU before one of them is kept (docs/adr/0009)
-KV_SOURCES = (SOURCES[0], *(Path(__file__).parent / "mma_kv" / n for n in ("decode.cu", "kernel.cu")))
+SM_WARPS = 12  # warps per multiprocessor the registers must allow (the launch bound; H100 sweep)
 _POINTERS = ("kc", "ks", "kz", "vc", "vs", "vz", "sc", "ss", "u", "q", "kr", "vr", "o_part", "lse", "out",
              "row_start")
 _STRIDES = ("s_kc", "s_ks", "s_vc", "s_vs", "s_sc", "s_ss", "s_kr", "s_vr")
@@ -54,28 +53,21 @@ def merge_bytes(warps: int, gq: int) -> int:
 
 
 def defines(kb: int, vb: int, gk: int, gv: int, rank: int, gq: int, softcap: bool, row_start: bool,
-            bf16: bool, warps: int = 4, stages: int = 3, min_blocks: int = 1, layout: str = "q",
-            kfold: bool = False, merge: bool = False) -> tuple[tuple[str, int], ...]:
-    """The compile-time configuration of one kernel variant. ``layout`` "q": query heads as the mma's
-    rows; "kv": keys and values as its rows (``kfold``: their key codes enter the mma with the
-    unpacking offsets, removed by one more mma per key group instead of a subtraction each;
-    ``merge``: a block merges its warps' splits in shared memory, so one partial per block reaches
-    global memory)."""
-    if layout not in ("q", "kv"):
-        raise ValueError(f"layout must be 'q' or 'kv', got {layout!r}")
-    if merge and layout != "kv":
-        raise ValueError("merge needs layout 'kv'")
+            bf16: bool, warps: int = 4, stages: int = 2, merge: bool = False,
+            sm_warps: int = SM_WARPS) -> tuple[tuple[str, int], ...]:
+    """The compile-time configuration of one kernel variant (``merge``: a block merges its warps'
+    splits in shared memory, so one partial per block reaches global memory; ``sm_warps``: the
+    warps per multiprocessor its registers must allow, with one 8-head column tile: two tiles
+    would spill under that bound)."""
+    min_blocks = max(1, sm_warps // warps) if gq <= 8 else 1
     return (("KB", kb), ("VB", vb), ("GK", gk), ("GV", gv), ("RANK", rank), ("GQ", gq),
-            ("SOFTCAP", int(softcap)),
-            ("ROW_START", int(row_start)), ("RES_BF16", int(bf16)), ("NW", warps), ("NSTAGE", stages),
-            ("MINB", min_blocks), ("LAYOUT_KV", int(layout == "kv")), ("KFOLD", int(kfold)),
-            ("BLOCK_MERGE", int(merge)))
+            ("SOFTCAP", int(softcap)), ("ROW_START", int(row_start)), ("RES_BF16", int(bf16)), ("NW", warps),
+            ("NSTAGE", stages), ("MINB", min_blocks), ("BLOCK_MERGE", int(merge)))
 
 
 def source(cfg: tuple[tuple[str, int], ...]) -> str:
     """The kernel source of one variant: its #defines, then the three source files."""
-    files = KV_SOURCES if dict(cfg).get("LAYOUT_KV") else SOURCES
-    return "".join(f"#define {k} {v}\n" for k, v in cfg) + "\n".join(p.read_text() for p in files)
+    return "".join(f"#define {k} {v}\n" for k, v in cfg) + "\n".join(p.read_text() for p in SOURCES)
 
 
 @cache
@@ -127,9 +119,8 @@ def default_splits(batch_heads: int, tokens: int, step: int, device: torch.devic
 def decode_attention_mma(q: torch.Tensor, enc: EncodedKV, k_res: torch.Tensor | None,
                          v_res: torch.Tensor | None,
                          basis: torch.Tensor | None, scale: float, sign: int, num_splits: int | None = None,
-                         start: int | torch.Tensor = 0, softcap: float | None = None, warps: int = 2,
-                         stages: int = 3, min_blocks: int = 1, per_sm: int = 32,
-                         max_splits: int = 64, layout: str = "q", kfold: bool = False,
+                         start: int | torch.Tensor = 0, softcap: float | None = None, warps: int = 4,
+                         stages: int = 2, per_sm: int = 32, max_splits: int = 128,
                          merge: bool = False) -> torch.Tensor | None:
     """The tensor-core path of :func:`headq_core.runtime.kernels.decode_attention` (inputs validated
     and :func:`covers` true): q [B, Hq, 1, 128] -> [B, Hq, 1, 128]; None when a tensor is not 16-byte
@@ -183,7 +174,7 @@ def decode_attention_mma(q: torch.Tensor, enc: EncodedKV, k_res: torch.Tensor | 
     p.qk_scale, p.sign, p.cap2 = scale * LOG2E, float(sign), (softcap or 1.0) * LOG2E
     cfg = defines(enc.key_bits, enc.value_bits, enc.key_group, enc.value_group, rank, hq // h,
                   softcap is not None, row_start is not None, q.dtype == torch.bfloat16, warps, stages,
-                  min_blocks, layout, kfold, merge)
+                  merge)
     kernel = _kernel(q.device.index or 0, cfg)
     kernel.launch((blocks, b * h, 1), 32 * warps, p)
     if n_parts > 1:

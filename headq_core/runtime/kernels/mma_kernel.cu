@@ -1,120 +1,178 @@
-extern "C" __global__ void __launch_bounds__(NW * 32, MINB)
-headq_decode_mma(const Params p) {
+// The entry point of the tensor-core decode kernel: one warp per split (see decode.cu); with
+// BLOCK_MERGE the block's splits are merged in shared memory before anything reaches global memory.
+
+__device__ __forceinline__ u16 to_out(float x) {  // one output element, round to nearest even
+#if RES_BF16
+  u32 u = __float_as_uint(x);
+  u += 0x7fffu + ((u >> 16) & 1u);
+  return (u16)(u >> 16);
+#else
+  return (u16)(pack_half2(x, 0.0f) & 0xffffu);
+#endif
+}
+
+// Stores four output channels of one query row: ``out`` itself (row, ch .. ch + 3).
+__device__ __forceinline__ void store_out(const Params& p, long long row, int ch, float v0, float v1, float v2,
+                                          float v3) {
+  const u32 lo = (u32)to_out(v0) | ((u32)to_out(v1) << 16), hi = (u32)to_out(v2) | ((u32)to_out(v3) << 16);
+  *(uint2*)(p.out + row * D + ch) = make_uint2(lo, hi);
+}
+
+#if BLOCK_MERGE
+// The block's NW splits merged in shared memory: part [NW][GQ][D] normalised outputs and
+// lse [NW][GQ] log-sum-exps (base 2) -> the block's partial output and log-sum-exp (slot blockIdx.x
+// of gridDim.x), or the output itself when the block is the only one.
+__device__ __forceinline__ void merge_block(const float* part, const float* lse, const Params& p, int bh) {
+  const int nb = gridDim.x;
+  for (int i = threadIdx.x; i < GQ * (D / 4); i += NW * 32) {
+    const int head = i / (D / 4), ch = 4 * (i % (D / 4));
+    float m = NEG_INF;
+#pragma unroll
+    for (int w = 0; w < NW; ++w) m = fmaxf(m, lse[w * GQ + head]);
+    const float ms = m == NEG_INF ? 0.0f : m;
+    float den = 0.0f, a0 = 0.0f, a1 = 0.0f, a2 = 0.0f, a3 = 0.0f;
+#pragma unroll
+    for (int w = 0; w < NW; ++w) {
+      const float wt = ex2(lse[w * GQ + head] - ms);
+      const float4 o = *(const float4*)(part + (w * GQ + head) * D + ch);
+      den += wt; a0 += wt * o.x; a1 += wt * o.y; a2 += wt * o.z; a3 += wt * o.w;
+    }
+    const float inv = den > 0.0f ? 1.0f / den : 0.0f;
+    const long long row = (long long)bh * GQ + head;
+    if (nb == 1) {
+      store_out(p, row, ch, a0 * inv, a1 * inv, a2 * inv, a3 * inv);
+    } else {
+      *(float4*)(p.o_part + (row * nb + blockIdx.x) * D + ch) = make_float4(a0 * inv, a1 * inv, a2 * inv, a3 * inv);
+      if (ch == 0) p.lse[row * nb + blockIdx.x] = den > 0.0f ? ms + lg2(den) : NEG_INF;
+    }
+  }
+}
+#endif
+
+// Writes the lane's output columns (heads 8nt + 2t + e): channels 32P + 4g .. + 3, as the output
+// itself (one split), the split's normalised partial output and log-sum-exp, or (BLOCK_MERGE)
+// both into the block's shared buffers part / lse (see merge_block).
+__device__ __forceinline__ void finish(State& st, const Params& p, int bh, int split, int g, int t, float* part,
+                                       float* lse) {
+#pragma unroll
+  for (int nt = 0; nt < NT; ++nt)
+#pragma unroll
+    for (int e = 0; e < 2; ++e) {
+#pragma unroll
+      for (int x = 4; x < 32; x <<= 1) st.l[nt][e] += __shfl_xor_sync(0xffffffffu, st.l[nt][e], x);
+      float zv[4];
+#pragma unroll
+      for (int P = 0; P < 4; ++P) zv[P] = __shfl_sync(0xffffffffu, st.z[nt][e], 4 * ((32 * P) / GV) + t);
+      const int head = 8 * nt + 2 * t + e;
+      if (head >= GQ) continue;
+      const long long row = (long long)bh * GQ + head;
+      const float l = st.l[nt][e], inv = l > 0.0f ? 1.0f / l : 0.0f;
+#pragma unroll
+      for (int P = 0; P < 4; ++P) {
+        const float v0 = (st.o[nt][2 * P][e] + zv[P]) * inv, v1 = (st.o[nt][2 * P][e + 2] + zv[P]) * inv;
+        const float v2 = (st.o[nt][2 * P + 1][e] + zv[P]) * inv, v3 = (st.o[nt][2 * P + 1][e + 2] + zv[P]) * inv;
+        const int ch = 32 * P + 4 * g;
+#if BLOCK_MERGE
+        *(float4*)(part + head * D + ch) = make_float4(v0, v1, v2, v3);
+#else
+        if (p.S == 1) store_out(p, row, ch, v0, v1, v2, v3);
+        else *(float4*)(p.o_part + (row * p.S + split) * D + ch) = make_float4(v0, v1, v2, v3);
+#endif
+      }
+      const float row_lse = l > 0.0f ? st.m[nt][e] + lg2(l) : NEG_INF;
+#if BLOCK_MERGE
+      if (g == 0) lse[head] = row_lse;
+#else
+      if (p.S > 1 && g == 0) p.lse[row * p.S + split] = row_lse;
+#endif
+    }
+}
+
+extern "C" __global__ void __launch_bounds__(NW * 32, MINB) headq_decode_mma(const Params p) {
   extern __shared__ __align__(16) unsigned char smem[];
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
   const int g = lane >> 2, t = lane & 3;
   const int split = blockIdx.x * NW + warp;
+#if BLOCK_MERGE
+  const bool active = split < p.S;  // every warp takes part in the block's merge
+#else
   if (split >= p.S) return;
-  const int bh = blockIdx.y;
-  const int b = bh / p.H, h = bh % p.H;
+  const bool active = true;
+#endif
+  const int bh = blockIdx.y, b = bh / p.H, h = bh % p.H;
   int vis = p.first;
 #if ROW_START
   vis = max(vis, p.row_start[b]);
 #endif
-  // query fragments (rows = query heads of this KV head), channels 32t + 4kk .. + 3, times qk_scale
-  u32 qh[8][4];
-  {
-    const long long qrow0 = (long long)bh * GQ;
+  u32 qb[NT][8][2];  // query B fragments: head 8nt + g, channels 32t + 4kk + 2e, + 1, times qk_scale
 #pragma unroll
-    for (int r = 0; r < 2; ++r) {
-      int head = g + 8 * r;
-      const u32* src = (const u32*)(p.q + (qrow0 + (head < GQ ? head : 0)) * D + 32 * t);
+  for (int nt = 0; nt < NT; ++nt) {
+    const int head = 8 * nt + g;
+    const u32* src = (const u32*)(p.q + ((long long)bh * GQ + (head < GQ ? head : 0)) * D + 32 * t);
 #pragma unroll
-      for (int kk = 0; kk < 8; ++kk) {
+    for (int kk = 0; kk < 8; ++kk)
 #pragma unroll
-        for (int e = 0; e < 2; ++e) {
-          u32 w = src[2 * kk + e];
-          float lo = in_to_float((u16)(w & 0xffffu)) * p.qk_scale;
-          float hi = in_to_float((u16)(w >> 16)) * p.qk_scale;
-          u32 v = head < GQ ? pack_half2(lo, hi) : 0u;
-          if (r == 0) qh[kk][2 * e] = v;
-          else qh[kk][2 * e + 1] = v;
-        }
+      for (int e = 0; e < 2; ++e) {
+        const u32 w = src[2 * kk + e];
+        const float lo = in_to_float((u16)(w & 0xffffu)) * p.qk_scale, hi = in_to_float((u16)(w >> 16)) * p.qk_scale;
+        qb[nt][kk][e] = head < GQ ? pack_half2(lo, hi) : 0u;
       }
-    }
   }
   State st;
 #pragma unroll
-  for (int r = 0; r < ROWS; ++r) { st.m[r] = NEG_INF; st.l[r] = 0.f; }
+  for (int nt = 0; nt < NT; ++nt) {
 #pragma unroll
-  for (int j = 0; j < 16; ++j)
+    for (int e = 0; e < 2; ++e) { st.m[nt][e] = NEG_INF; st.l[nt][e] = 0.0f; }
 #pragma unroll
-    for (int e = 0; e < 2 * ROWS; ++e) st.o[j][e] = 0.f;
-
-  if (split < p.n_qsplits) {
-    u32 qu[4] = {0u, 0u, 0u, 0u};
+    for (int e = 0; e < 4; ++e) {
+      st.z[nt][e] = 0.0f;
+#pragma unroll
+      for (int m = 0; m < 8; ++m) st.o[nt][m][e] = 0.0f;
+    }
+  }
+  if (active && split < p.n_qsplits) {
+    u32 qu[NT][2] = {};  // side-code B fragments: sign * U^T q, ranks 2t, 2t+1 (+ 8), head 8nt + g
 #if RANK > 0
-    {  // qu = sign * qh U: C fragment [row g (g+8)][rank 2t, 2t+1] is the side mma's A fragment
 #pragma unroll
-      for (int half = 0; half < RANKP / 8; ++half) {
-        float acc[4] = {0.f, 0.f, 0.f, 0.f};
-        const int rk = 8 * half + g;
-        const float* urow = p.u + (long long)h * D * RANK + (rk < RANK ? rk : 0);
+    for (int half = 0; half < (RANK + 7) / 8; ++half) {
+      float acc[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+      const int rk = 8 * half + g;
+      const float* urow = p.u + (long long)h * D * RANK + (rk < RANK ? rk : 0);
 #pragma unroll
-        for (int kk = 0; kk < 8; ++kk) {
-          int c = 32 * t + 4 * kk;
-          float u0 = urow[(c + 0) * RANK], u1 = urow[(c + 1) * RANK];
-          float u2 = urow[(c + 2) * RANK], u3 = urow[(c + 3) * RANK];
-          bool ok = rk < RANK;
-          mma(acc, qh[kk], ok ? pack_half2(u0, u1) : 0u, ok ? pack_half2(u2, u3) : 0u);
-        }
-        qu[2 * half] = pack_half2(acc[0] * p.sign, acc[1] * p.sign);
-        qu[2 * half + 1] = ROWS == 2 ? pack_half2(acc[2] * p.sign, acc[3] * p.sign) : 0u;
+      for (int kk = 0; kk < 8; ++kk) {
+        const int c = 32 * t + 4 * kk;
+        const bool ok = rk < RANK;
+        const u32 b0 = ok ? pack_half2(urow[c * RANK], urow[(c + 1) * RANK]) : 0u;
+        const u32 b1 = ok ? pack_half2(urow[(c + 2) * RANK], urow[(c + 3) * RANK]) : 0u;
+        mma(acc, qb[0][kk][0], NT > 1 ? qb[NT - 1][kk][0] : 0u, qb[0][kk][1], NT > 1 ? qb[NT - 1][kk][1] : 0u, b0, b1);
       }
+#pragma unroll
+      for (int nt = 0; nt < NT; ++nt) qu[nt][half] = pack_half2(acc[2 * nt] * p.sign, acc[2 * nt + 1] * p.sign);
     }
 #endif
     stream_chunks(p, bh, split, vis, smem + warp * (NSTAGE * STAGE_BYTES), lane,
                   [&](const unsigned char* stg, int c0, int hi) {
-                    float s[8][4];
-                    qk_quantized(s, qh, qu, stg, g, t, lane);
-                    u32 pa[4][4];
-                    softmax_chunk(s, st, c0, vis, hi, t, p.cap2, pa);
-                    pv_quantized(st, pa, stg, g, t);
+                    float s[4][NT][4];
+                    qk_chunk(s, qb, qu, stg, g, t);
+                    u32 pb[4][NT][2];
+                    softmax_chunk(s, st, c0, vis, hi, g, p.cap2, pb);
+#pragma unroll
+                    for (int T = 0; T < 4; ++T) pv_tile(st, pb[T], stg, T, g, t);
                   });
-  } else {
-    const long long roff = (long long)bh;
-    const int lo = (split - p.n_qsplits) * CHUNK;
-    const int hi = min(p.R, lo + CHUNK);
+  } else if (active) {
+    const int lo = (split - p.n_qsplits) * CHUNK, hi = min(p.R, lo + CHUNK);
     if (vis - p.N < hi)
-      residual_chunk(st, qh, p.kr + roff * p.s_kr, p.vr + roff * p.s_vr, lo, hi, vis - p.N, g, t, p.cap2);
+      residual_chunk(st, qb, p.kr + (long long)bh * p.s_kr, p.vr + (long long)bh * p.s_vr, lo, hi, vis - p.N, g, t,
+                     p.cap2);
   }
-  // finish: row sums over the quad, then this lane's 2 x 16 output channels 32t + j, 32t + 16 + j
-#pragma unroll
-  for (int r = 0; r < ROWS; ++r) {
-    st.l[r] += __shfl_xor_sync(0xffffffffu, st.l[r], 1);
-    st.l[r] += __shfl_xor_sync(0xffffffffu, st.l[r], 2);
-  }
-#pragma unroll
-  for (int r = 0; r < ROWS; ++r) {
-    const int head = g + 8 * r;
-    if (head >= GQ) continue;
-    const long long row = (long long)bh * GQ + head;
-    const float inv = st.l[r] > 0.f ? 1.0f / st.l[r] : 0.0f;
-    if (p.S == 1) {
-      u16* dst = p.out + row * D;
-#pragma unroll
-      for (int j = 0; j < 16; ++j) {
-        float a = st.o[j][2 * r] * inv, c = st.o[j][2 * r + 1] * inv;
-#if RES_BF16
-        u32 ua = __float_as_uint(a), uc = __float_as_uint(c);
-        ua += 0x7fffu + ((ua >> 16) & 1u); uc += 0x7fffu + ((uc >> 16) & 1u);  // round to nearest even
-        dst[32 * t + j] = (u16)(ua >> 16); dst[32 * t + 16 + j] = (u16)(uc >> 16);
+#if BLOCK_MERGE
+  float* part = (float*)smem;  // the pipeline rings are done with once every warp is here
+  float* lse = part + NW * GQ * D;
+  __syncthreads();
+  finish(st, p, bh, split, g, t, part + warp * GQ * D, lse + warp * GQ);
+  __syncthreads();
+  merge_block(part, lse, p, bh);
 #else
-        u32 hv = pack_half2(a, c);
-        dst[32 * t + j] = (u16)(hv & 0xffffu); dst[32 * t + 16 + j] = (u16)(hv >> 16);
+  finish(st, p, bh, split, g, t, nullptr, nullptr);
 #endif
-      }
-    } else {
-      float* dst = p.o_part + (row * p.S + split) * D;
-#pragma unroll
-      for (int j = 0; j < 16; j += 4) {
-        *(float4*)(dst + 32 * t + j) = make_float4(st.o[j][2 * r] * inv, st.o[j + 1][2 * r] * inv,
-                                                   st.o[j + 2][2 * r] * inv, st.o[j + 3][2 * r] * inv);
-        *(float4*)(dst + 32 * t + 16 + j) =
-            make_float4(st.o[j][2 * r + 1] * inv, st.o[j + 1][2 * r + 1] * inv,
-                        st.o[j + 2][2 * r + 1] * inv, st.o[j + 3][2 * r + 1] * inv);
-      }
-      if (t == 0) p.lse[row * p.S + split] = st.l[r] > 0.f ? st.m[r] + lg2(st.l[r]) : NEG_INF;
-    }
-  }
 }
