@@ -42,8 +42,7 @@ from testkit.mma_cases import CASES, start_for  # noqa: E402
 # shared memory first)
 KERNELS = {"split": {"merge": False}, "merge": {"merge": True}}
 SPLIT_CAPS = ((32, 128), (32, 256), (64, 256), (64, 512))  # (warps per SM, most splits)
-LAUNCHES = tuple({"warps": w, "stages": st, "per_sm": ps, "max_splits": ms}
-                 for w in (2, 4, 8) for st in (2, 3) for ps, ms in SPLIT_CAPS)
+LAUNCHES: list[dict] = []  # the tuning grid: --warps x --stages x SPLIT_CAPS
 TUNE_SHAPES = ((1, 4096), (1, 32768), (8, 32768), (16, 131072))
 DECODE_SHAPES = ((1, 4096), (1, 32768), (8, 32768), (16, 131072))
 MMA_CFG: dict = {}  # the tuned kernel and launch (decode_attention_mma keyword arguments)
@@ -190,6 +189,8 @@ def main() -> None:
     ap.add_argument("--sections", default="check,tune,decode")
     ap.add_argument("--kernels", default=",".join(KERNELS), help="kernel variants, the first is the baseline")
     ap.add_argument("--cap-gib", type=float, default=24.0)
+    ap.add_argument("--warps", default="2,4,8", help="warps per block to tune over")
+    ap.add_argument("--stages", default="2,3", help="pipeline stages to tune over")
     args = ap.parse_args()
     from testkit.provenance import commit
 
@@ -213,6 +214,8 @@ def main() -> None:
         args.out.write_text(json.dumps(res, indent=1))
         return row
 
+    LAUNCHES.extend({"warps": int(w), "stages": int(st), "per_sm": ps, "max_splits": ms}
+                    for w in args.warps.split(",") for st in args.stages.split(",") for ps, ms in SPLIT_CAPS)
     want = args.sections.split(",")
     headq = [_case_def(CASES[0])]
     prewarm([kernel_args(k) for k in kernels], [_case_def(c) for c in CASES])
