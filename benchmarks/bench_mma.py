@@ -2,8 +2,8 @@
 
 Sections, in order, each row printed and the JSON rewritten as soon as it is measured:
 ``check``: every layout case against the float32 reference on fresh random inputs (relative error
-of the output), for each kernel of ``--kernels`` (``KERNELS``: the split merge in global memory by a
-second launch, or first inside each block); ``tune``: graph-replay time of each kernel that passed,
+of the output), for each kernel of ``--kernels`` (``KERNELS``, kernel variants to compare; one
+today); ``tune``: graph-replay time of each kernel that passed,
 per launch setting, at four shapes, each launch first checked against the reference on the shape's
 first layer;
 ``decode``: per-layer graph-replay time of the tuned kernel (HeadQ 2-bit + r8, plain 2-bit, plain
@@ -38,9 +38,8 @@ from headq_core.runtime.kernels.reference import decode_attention_reference  # n
 from headq_core.runtime.kernels.triton_decode import decode_attention_triton  # noqa: E402
 from testkit.mma_cases import CASES, start_for  # noqa: E402
 
-# kernel variants: every split's partial output to global memory, or one per block (merged in
-# shared memory first)
-KERNELS = {"split": {"merge": False}, "merge": {"merge": True}}
+# kernel variants (decode_attention_mma keyword arguments besides the launch) to compare in one run
+KERNELS: dict[str, dict] = {"mma": {}}
 SPLIT_CAPS = ((32, 128), (32, 256), (64, 256), (64, 512))  # (warps per SM, most splits)
 LAUNCHES: list[dict] = []  # the tuning grid: --warps x --stages x SPLIT_CAPS
 TUNE_SHAPES = ((1, 4096), (1, 32768), (8, 32768), (16, 131072))
@@ -61,7 +60,7 @@ def prewarm(args_list: list[dict], case_defs: list[tuple]) -> None:
     major, minor = torch.cuda.get_device_capability()
     srcs = set()
     for kw, (kb, vb, gk, gv, rank, gq, softcap, rows, bf16) in ((a, c) for a in args_list for c in case_defs):
-        cfg = defines(kb, vb, gk, gv, rank, gq, softcap, rows, bf16, kw["warps"], kw["stages"], kw["merge"])
+        cfg = defines(kb, vb, gk, gv, rank, gq, softcap, rows, bf16, kw["warps"], kw["stages"])
         srcs.add(source(cfg))
     with ThreadPoolExecutor(16) as pool:
         list(pool.map(lambda src: nvrtc.cached_cubin(src, major * 10 + minor), srcs))

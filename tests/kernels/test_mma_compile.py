@@ -46,16 +46,13 @@ LAUNCHES = tuple((w, st) for w in (2, 4, 8) for st in (2, 3) if (w, st) != (4, 2
 Cfg = tuple[tuple[str, int], ...]
 
 
-def _defines(variant: tuple, warps: int = 4, stages: int = 2, merge: bool = False,
-             sm_warps: int = mma_decode.SM_WARPS) -> Cfg:
+def _defines(variant: tuple, warps: int = 4, stages: int = 2, sm_warps: int = mma_decode.SM_WARPS) -> Cfg:
     _name, kb, vb, gk, gv, rank, gq, softcap, row_start, bf16 = variant
-    return mma_decode.defines(kb, vb, gk, gv, rank, gq, softcap, row_start, bf16, warps, stages, merge,
-                              sm_warps)
+    return mma_decode.defines(kb, vb, gk, gv, rank, gq, softcap, row_start, bf16, warps, stages, sm_warps)
 
 
 NAMED: list[tuple[str, Cfg]] = (
     [(v[0], _defines(v)) for v in VARIANTS]
-    + [(f"merge_{v[0]}", _defines(v, merge=True)) for v in VARIANTS]
     + [(f"headq_2bit_r8_w{w}_s{st}", _defines(VARIANTS[0], w, st)) for w, st in LAUNCHES])
 CFGS = [pytest.param(cfg, id=name) for name, cfg in NAMED]
 

@@ -5,8 +5,9 @@ as the mma's rows and the query heads of a KV head as its columns (no shared-mem
 unpacked tiles, docs/adr/0009). :func:`covers` says which inputs it takes (sm_80+, head_dim 128,
 2/4-bit codes, key groups of 16-128 tokens, value groups of 32-128 channels, 8-bit side codes of
 even rank <= 16, up to 16 query heads per KV head, fp16/bf16 queries, 16-byte aligned rows);
-:mod:`headq_core.runtime.kernels` falls back to the Triton kernel for everything else. The split
-merge is the Triton kernel's second launch.
+:mod:`headq_core.runtime.kernels` falls back to the Triton kernel for everything else. A block's
+warps (one split each) merge their partial outputs in shared memory; the blocks' partials are
+merged by the Triton kernel's second launch.
 """
 
 from __future__ import annotations
@@ -53,16 +54,15 @@ def merge_bytes(warps: int, gq: int) -> int:
 
 
 def defines(kb: int, vb: int, gk: int, gv: int, rank: int, gq: int, softcap: bool, row_start: bool,
-            bf16: bool, warps: int = 4, stages: int = 2, merge: bool = False,
+            bf16: bool, warps: int = 4, stages: int = 2,
             sm_warps: int = SM_WARPS) -> tuple[tuple[str, int], ...]:
-    """The compile-time configuration of one kernel variant (``merge``: a block merges its warps'
-    splits in shared memory, so one partial per block reaches global memory; ``sm_warps``: the
-    warps per multiprocessor its registers must allow, with one 8-head column tile: two tiles
-    would spill under that bound)."""
+    """The compile-time configuration of one kernel variant (``sm_warps``: the warps per
+    multiprocessor its registers must allow, with one 8-head column tile: two tiles would spill
+    under that bound)."""
     min_blocks = max(1, sm_warps // warps) if gq <= 8 else 1
     return (("KB", kb), ("VB", vb), ("GK", gk), ("GV", gv), ("RANK", rank), ("GQ", gq),
             ("SOFTCAP", int(softcap)), ("ROW_START", int(row_start)), ("RES_BF16", int(bf16)), ("NW", warps),
-            ("NSTAGE", stages), ("MINB", min_blocks), ("BLOCK_MERGE", int(merge)))
+            ("NSTAGE", stages), ("MINB", min_blocks))
 
 
 def source(cfg: tuple[tuple[str, int], ...]) -> str:
@@ -75,7 +75,7 @@ def _kernel(device: int, cfg: tuple[tuple[str, int], ...]) -> Kernel:
     major, minor = torch.cuda.get_device_capability(device)
     c = dict(cfg)
     smem = max(c["NW"] * c["NSTAGE"] * stage_bytes(c["KB"], c["VB"], c["GK"], c["GV"], c["RANK"]),
-               c["BLOCK_MERGE"] * merge_bytes(c["NW"], c["GQ"]))
+               merge_bytes(c["NW"], c["GQ"]))
     with torch.cuda.device(device):
         return Kernel(cached_cubin(source(cfg), major * 10 + minor), "headq_decode_mma", smem)
 
@@ -120,13 +120,13 @@ def decode_attention_mma(q: torch.Tensor, enc: EncodedKV, k_res: torch.Tensor | 
                          v_res: torch.Tensor | None,
                          basis: torch.Tensor | None, scale: float, sign: int, num_splits: int | None = None,
                          start: int | torch.Tensor = 0, softcap: float | None = None, warps: int = 4,
-                         stages: int = 2, per_sm: int = 32, max_splits: int = 128,
-                         merge: bool = False) -> torch.Tensor | None:
+                         stages: int = 2, per_sm: int = 32, max_splits: int = 128) -> torch.Tensor | None:
     """The tensor-core path of :func:`headq_core.runtime.kernels.decode_attention` (inputs validated
     and :func:`covers` true): q [B, Hq, 1, 128] -> [B, Hq, 1, 128]; None when a tensor is not 16-byte
     aligned (the caller falls back). ``num_splits`` quantized-token splits per (batch, KV head)
     (default :func:`default_splits`); ``warps`` splits per block, ``stages`` pipeline depth (defaults:
-    the best sum over 1x4k, 1x32k and 8x32k of the H100 sweep, docs/benchmarks.md section 11)."""
+    the smallest sum of relative times over 1x4k, 1x32k, 8x32k and 16x128k in two H100 sweeps,
+    docs/benchmarks.md section 12)."""
     from headq_core.runtime.kernels.triton_decode import _combine_kernel
 
     b, hq, _, d = q.shape
@@ -151,11 +151,10 @@ def decode_attention_mma(q: torch.Tensor, enc: EncodedKV, k_res: torch.Tensor | 
     tps = math.ceil(math.ceil(max(n, 1) / target) / step) * step
     n_q = math.ceil(n / tps)
     splits = n_q + math.ceil(r_len / CHUNK)
-    blocks = math.ceil(splits / warps)
-    n_parts = blocks if merge else splits  # partial outputs per query row
+    blocks = math.ceil(splits / warps)  # one partial output per block and query row
     out = torch.empty(b * hq, d, dtype=q.dtype, device=q.device)
-    o_part = torch.empty(b * hq, n_parts, d, dtype=torch.float32, device=q.device)
-    lse = torch.empty(b * hq, n_parts, dtype=torch.float32, device=q.device)
+    o_part = torch.empty(b * hq, blocks, d, dtype=torch.float32, device=q.device)
+    lse = torch.empty(b * hq, blocks, dtype=torch.float32, device=q.device)
     row_start = None
     first = 0
     if isinstance(start, torch.Tensor):
@@ -173,11 +172,10 @@ def decode_attention_mma(q: torch.Tensor, enc: EncodedKV, k_res: torch.Tensor | 
     p.H, p.N, p.R, p.tps, p.n_qsplits, p.S, p.first = h, n, r_len, tps, n_q, splits, first
     p.qk_scale, p.sign, p.cap2 = scale * LOG2E, float(sign), (softcap or 1.0) * LOG2E
     cfg = defines(enc.key_bits, enc.value_bits, enc.key_group, enc.value_group, rank, hq // h,
-                  softcap is not None, row_start is not None, q.dtype == torch.bfloat16, warps, stages,
-                  merge)
+                  softcap is not None, row_start is not None, q.dtype == torch.bfloat16, warps, stages)
     kernel = _kernel(q.device.index or 0, cfg)
     kernel.launch((blocks, b * h, 1), 32 * warps, p)
-    if n_parts > 1:
-        _combine_kernel[(b * hq, d // 32)](o_part, lse, out, n_parts, D=d, DC=32,
-                                           SB=min(256, max(2, 1 << (n_parts - 1).bit_length())))
+    if blocks > 1:
+        _combine_kernel[(b * hq, d // 32)](o_part, lse, out, blocks, D=d, DC=32,
+                                           SB=min(256, max(2, 1 << (blocks - 1).bit_length())))
     return out.reshape(b, hq, 1, d)

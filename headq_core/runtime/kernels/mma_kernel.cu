@@ -1,5 +1,5 @@
-// The entry point of the tensor-core decode kernel: one warp per split (see decode.cu); with
-// BLOCK_MERGE the block's splits are merged in shared memory before anything reaches global memory.
+// The entry point of the tensor-core decode kernel: one warp per split (see mma_decode.cu); the
+// block's splits are merged in shared memory before anything reaches global memory.
 
 __device__ __forceinline__ u16 to_out(float x) {  // one output element, round to nearest even
 #if RES_BF16
@@ -11,14 +11,6 @@ __device__ __forceinline__ u16 to_out(float x) {  // one output element, round t
 #endif
 }
 
-// Stores four output channels of one query row: ``out`` itself (row, ch .. ch + 3).
-__device__ __forceinline__ void store_out(const Params& p, long long row, int ch, float v0, float v1, float v2,
-                                          float v3) {
-  const u32 lo = (u32)to_out(v0) | ((u32)to_out(v1) << 16), hi = (u32)to_out(v2) | ((u32)to_out(v3) << 16);
-  *(uint2*)(p.out + row * D + ch) = make_uint2(lo, hi);
-}
-
-#if BLOCK_MERGE
 // The block's NW splits merged in shared memory: part [NW][GQ][D] normalised outputs and
 // lse [NW][GQ] log-sum-exps (base 2) -> the block's partial output and log-sum-exp (slot blockIdx.x
 // of gridDim.x), or the output itself when the block is the only one.
@@ -40,20 +32,20 @@ __device__ __forceinline__ void merge_block(const float* part, const float* lse,
     const float inv = den > 0.0f ? 1.0f / den : 0.0f;
     const long long row = (long long)bh * GQ + head;
     if (nb == 1) {
-      store_out(p, row, ch, a0 * inv, a1 * inv, a2 * inv, a3 * inv);
+      const u32 lo = (u32)to_out(a0 * inv) | ((u32)to_out(a1 * inv) << 16);
+      const u32 hi = (u32)to_out(a2 * inv) | ((u32)to_out(a3 * inv) << 16);
+      *(uint2*)(p.out + row * D + ch) = make_uint2(lo, hi);
     } else {
       *(float4*)(p.o_part + (row * nb + blockIdx.x) * D + ch) = make_float4(a0 * inv, a1 * inv, a2 * inv, a3 * inv);
       if (ch == 0) p.lse[row * nb + blockIdx.x] = den > 0.0f ? ms + lg2(den) : NEG_INF;
     }
   }
 }
-#endif
 
-// Writes the lane's output columns (heads 8nt + 2t + e): channels 32P + 4g .. + 3, as the output
-// itself (one split), the split's normalised partial output and log-sum-exp, or (BLOCK_MERGE)
-// both into the block's shared buffers part / lse (see merge_block).
-__device__ __forceinline__ void finish(State& st, const Params& p, int bh, int split, int g, int t, float* part,
-                                       float* lse) {
+// Writes the lane's output columns (heads 8nt + 2t + e): channels 32P + 4g .. + 3 of the split's
+// normalised output, and its log-sum-exp, into the warp's rows of the block's merge buffers
+// part [GQ][D] and lse [GQ] (see merge_block).
+__device__ __forceinline__ void finish(State& st, int g, int t, float* part, float* lse) {
 #pragma unroll
   for (int nt = 0; nt < NT; ++nt)
 #pragma unroll
@@ -65,26 +57,15 @@ __device__ __forceinline__ void finish(State& st, const Params& p, int bh, int s
       for (int P = 0; P < 4; ++P) zv[P] = __shfl_sync(0xffffffffu, st.z[nt][e], 4 * ((32 * P) / GV) + t);
       const int head = 8 * nt + 2 * t + e;
       if (head >= GQ) continue;
-      const long long row = (long long)bh * GQ + head;
       const float l = st.l[nt][e], inv = l > 0.0f ? 1.0f / l : 0.0f;
 #pragma unroll
       for (int P = 0; P < 4; ++P) {
         const float v0 = (st.o[nt][2 * P][e] + zv[P]) * inv, v1 = (st.o[nt][2 * P][e + 2] + zv[P]) * inv;
         const float v2 = (st.o[nt][2 * P + 1][e] + zv[P]) * inv, v3 = (st.o[nt][2 * P + 1][e + 2] + zv[P]) * inv;
         const int ch = 32 * P + 4 * g;
-#if BLOCK_MERGE
         *(float4*)(part + head * D + ch) = make_float4(v0, v1, v2, v3);
-#else
-        if (p.S == 1) store_out(p, row, ch, v0, v1, v2, v3);
-        else *(float4*)(p.o_part + (row * p.S + split) * D + ch) = make_float4(v0, v1, v2, v3);
-#endif
       }
-      const float row_lse = l > 0.0f ? st.m[nt][e] + lg2(l) : NEG_INF;
-#if BLOCK_MERGE
-      if (g == 0) lse[head] = row_lse;
-#else
-      if (p.S > 1 && g == 0) p.lse[row * p.S + split] = row_lse;
-#endif
+      if (g == 0) lse[head] = l > 0.0f ? st.m[nt][e] + lg2(l) : NEG_INF;
     }
 }
 
@@ -93,12 +74,7 @@ extern "C" __global__ void __launch_bounds__(NW * 32, MINB) headq_decode_mma(con
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
   const int g = lane >> 2, t = lane & 3;
   const int split = blockIdx.x * NW + warp;
-#if BLOCK_MERGE
   const bool active = split < p.S;  // every warp takes part in the block's merge
-#else
-  if (split >= p.S) return;
-  const bool active = true;
-#endif
   const int bh = blockIdx.y, b = bh / p.H, h = bh % p.H;
   int vis = p.first;
 #if ROW_START
@@ -165,14 +141,10 @@ extern "C" __global__ void __launch_bounds__(NW * 32, MINB) headq_decode_mma(con
       residual_chunk(st, qb, p.kr + (long long)bh * p.s_kr, p.vr + (long long)bh * p.s_vr, lo, hi, vis - p.N, g, t,
                      p.cap2);
   }
-#if BLOCK_MERGE
   float* part = (float*)smem;  // the pipeline rings are done with once every warp is here
   float* lse = part + NW * GQ * D;
   __syncthreads();
-  finish(st, p, bh, split, g, t, part + warp * GQ * D, lse + warp * GQ);
+  finish(st, g, t, part + warp * GQ * D, lse + warp * GQ);
   __syncthreads();
   merge_block(part, lse, p, bh);
-#else
-  finish(st, p, bh, split, g, t, nullptr, nullptr);
-#endif
 }
