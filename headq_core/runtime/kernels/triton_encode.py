@@ -265,7 +265,7 @@ def encode_triton(k: torch.Tensor, v: torch.Tensor, key_bits: int, key_group: in
     its 32 * num_warps threads split into groups_per_program x S lanes, each thread holding
     T = key_group / S tokens of a group and their T x rank float32 side-code accumulators. The
     default (one warp) takes T = 2 (1 at rank 32): the fastest launch of two H100 sweeps at both
-    1 x 32k and 8 x 32k tokens of 8 KV heads (docs/benchmarks.md, sections 10 and 11)."""
+    1 x 32k and 8 x 32k tokens of 8 KV heads (docs/benchmarks.md, sections 10 and 12)."""
     b, h, n, d = k.shape
     k, v = k.contiguous(), v.contiguous()
     dev = k.device
