@@ -42,11 +42,13 @@ VARIANTS = (
     ("k4_v4_g128_r16_gq16_fp16_all_on", 4, 4, 128, 128, 16, 16, True, True, False),
 )
 # (warps, stages): the benchmark's tuning grid besides the default launch, on its HeadQ layout
-LAUNCHES = tuple((w, st) for w in (2, 4, 8) for st in (2, 3) if (w, st) != (4, 2))
+LAUNCHES = tuple((w, st) for w in (2, 4, 8) for st in (2, 3)
+                 if (w, st) != (mma_decode.WARPS, mma_decode.STAGES))
 Cfg = tuple[tuple[str, int], ...]
 
 
-def _defines(variant: tuple, warps: int = 4, stages: int = 2, sm_warps: int = mma_decode.SM_WARPS) -> Cfg:
+def _defines(variant: tuple, warps: int = mma_decode.WARPS, stages: int = mma_decode.STAGES,
+             sm_warps: int = mma_decode.SM_WARPS) -> Cfg:
     _name, kb, vb, gk, gv, rank, gq, softcap, row_start, bf16 = variant
     return mma_decode.defines(kb, vb, gk, gv, rank, gq, softcap, row_start, bf16, warps, stages, sm_warps)
 

@@ -152,7 +152,7 @@ __device__ __forceinline__ void load_chunk(unsigned char* st, const Rows& r, int
 
 // Streams the quantized tokens of this warp's split (from the first visible chunk) through its
 // NSTAGE-deep cp.async ring at ``ring`` and calls on_chunk(stage, c0, hi) for each CHUNK-token
-// stage once it has landed: the pipeline both operand layouts share.
+// stage once it has landed.
 template <class OnChunk>
 __device__ __forceinline__ void stream_chunks(const Params& p, int bh, int split, int vis, unsigned char* ring,
                                               int lane, OnChunk&& on_chunk) {

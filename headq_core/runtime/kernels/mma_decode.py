@@ -26,6 +26,7 @@ LOG2E = 1.4426950408889634
 CHUNK = 64  # tokens per pipeline stage (the kernel's CHUNK)
 SOURCES = tuple(Path(__file__).with_name(n) for n in ("mma_common.cuh", "mma_decode.cu", "mma_kernel.cu"))
 SM_WARPS = 12  # warps per multiprocessor the registers must allow (the launch bound; H100 sweep)
+WARPS, STAGES = 4, 2  # the default launch: splits (warps) per block, cp.async pipeline depth
 _POINTERS = ("kc", "ks", "kz", "vc", "vs", "vz", "sc", "ss", "u", "q", "kr", "vr", "o_part", "lse", "out",
              "row_start")
 _STRIDES = ("s_kc", "s_ks", "s_vc", "s_vs", "s_sc", "s_ss", "s_kr", "s_vr")
@@ -54,7 +55,7 @@ def merge_bytes(warps: int, gq: int) -> int:
 
 
 def defines(kb: int, vb: int, gk: int, gv: int, rank: int, gq: int, softcap: bool, row_start: bool,
-            bf16: bool, warps: int = 4, stages: int = 2,
+            bf16: bool, warps: int = WARPS, stages: int = STAGES,
             sm_warps: int = SM_WARPS) -> tuple[tuple[str, int], ...]:
     """The compile-time configuration of one kernel variant (``sm_warps``: the warps per
     multiprocessor its registers must allow, with one 8-head column tile: two tiles would spill
@@ -119,8 +120,9 @@ def default_splits(batch_heads: int, tokens: int, step: int, device: torch.devic
 def decode_attention_mma(q: torch.Tensor, enc: EncodedKV, k_res: torch.Tensor | None,
                          v_res: torch.Tensor | None,
                          basis: torch.Tensor | None, scale: float, sign: int, num_splits: int | None = None,
-                         start: int | torch.Tensor = 0, softcap: float | None = None, warps: int = 4,
-                         stages: int = 2, per_sm: int = 32, max_splits: int = 128) -> torch.Tensor | None:
+                         start: int | torch.Tensor = 0, softcap: float | None = None, warps: int = WARPS,
+                         stages: int = STAGES, per_sm: int = 32,
+                         max_splits: int = 128) -> torch.Tensor | None:
     """The tensor-core path of :func:`headq_core.runtime.kernels.decode_attention` (inputs validated
     and :func:`covers` true): q [B, Hq, 1, 128] -> [B, Hq, 1, 128]; None when a tensor is not 16-byte
     aligned (the caller falls back). ``num_splits`` quantized-token splits per (batch, KV head)
