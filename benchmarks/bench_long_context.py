@@ -9,8 +9,8 @@ path of ``--paths``: ``fused`` (``evaluation.fused_attention.FusedRunAttention``
 masks the evaluator uses (no ``[L, L]`` mask); with ``--materialised N`` the same runs on the
 materialised reference path (``RunAttention``) on windows up to N tokens. Seconds per pass (median
 of ``--repeats`` after a warm-up), the ratio to dense, and on a GPU the peak memory of each case;
-a case that runs out of memory is reported as ``oom``. Prints a table, writes JSON (after every
-case, so a run cut off keeps what it measured).
+a case that runs out of memory is reported as ``oom``, one that fails as ``error: <type>``. Prints
+a table, writes JSON (after every case, so a run cut off keeps what it measured).
 
     .venv/bin/python benchmarks/bench_long_context.py --tiny          # CPU check, seconds
     python3 benchmarks/bench_long_context.py --device cuda --dtype bfloat16 --paths fused blockwise \\
@@ -24,6 +24,7 @@ import functools
 import json
 import statistics
 import time
+import traceback
 from collections.abc import Callable
 from pathlib import Path
 
@@ -100,6 +101,9 @@ def measure(model, ids: torch.Tensor, make: Handler, repeats: int, device: str) 
                                     for _ in range(repeats)) / 1e3
     except torch.OutOfMemoryError:
         return {"seconds": None, "peak_gib": None, "nll": None, "status": "oom"}
+    except Exception as error:  # reported in its row; the other cases still run
+        traceback.print_exc()
+        return {"seconds": None, "peak_gib": None, "nll": None, "status": f"error: {type(error).__name__}"}
     peak = torch.cuda.max_memory_allocated() / GIB if cuda else None
     return {"seconds": seconds, "peak_gib": peak, "nll": nll, "warmup_s": warmup, "status": "ok"}
 

@@ -93,6 +93,15 @@ class BlockwiseRunAttention(RunAttention):
             raise ValueError("head_rows: the blockwise path computes metrics on sampled rows only")
         self.rows, self.budget = rows, budget
         self._rules: tuple[DecodeRule, ...] = ()  # (keys, values) of the current call
+        self._rules_by_length: dict[tuple[int, str], tuple[DecodeRule, DecodeRule]] = {}
+
+    def _decode_rules(self, length: int, device: torch.device) -> tuple[DecodeRule, DecodeRule]:
+        """The (keys, values) decode rules of a window of ``length`` tokens, built once for every layer."""
+        key = (length, str(device))
+        if key not in self._rules_by_length:
+            self._rules_by_length[key] = (DecodeRule(length, self.run.key, device),
+                                          DecodeRule(length, self.run.value, device))
+        return self._rules_by_length[key]
 
     def _block_raw(self, call: AttentionCall, key_eff: torch.Tensor | None, block: tuple[int, int, int]
                    ) -> torch.Tensor:
@@ -158,8 +167,7 @@ class BlockwiseRunAttention(RunAttention):
             raise ValueError("window: the teacher-forced evaluator runs without a cache (q_len == kv_len)")
         key_eff = None if self.run.key is None else self.effective_keys(call)
         model_call, call = call, replace(call, key=call.key.to(call.work_dtype))  # converted once
-        self._rules = (DecodeRule(length, self.run.key, call.query.device),
-                       DecodeRule(length, self.run.value, call.query.device))
+        self._rules = self._decode_rules(length, call.query.device)
         budget = self.budget or (BLOCK_LOGITS_CUDA if call.query.is_cuda else BLOCK_LOGITS)
         blocks = list(row_blocks(call, budget))
         keep = self._keep_mask(call, key_eff, blocks)

@@ -17,10 +17,15 @@ GPU FlexAttention is compiled (``torch.compile``); on a CPU it runs unfused, whi
 plain causal / sliding (padding, non-verified families) falls back to the blockwise path.
 
 A² column sums (an A² value policy's scores, the value metrics' dense A²) are two more calls: the
-rows' log-sum-exps ``lse_t``, then the keys attend to the queries (``[k^; k]`` as the queries, the
+rows' log-sum-exps ``lse_t`` (with a narrow stand-in for the values: only the log-sum-exps are
+kept), then the keys attend to the queries (``[k^; k]`` as the queries, the
 column mask of :meth:`DecodeSegments.mask_mod`) with the score ``2 (s_tj - lse_t + log w_t)``, whose
 log-sum-exp over the rows ``t`` is ``log sum_t (w_t a_tj)^2``. The per-head metrics' sampled rows
 come from the blockwise code as before.
+
+A block mask depends only on the window's decode rule, the call kind and the layer's sliding
+window, not on the layer's data: a handler builds each one once and every layer reuses it (building
+one evaluates the mask at every (query, key) pair, as costly as a layer's attention kernel).
 """
 
 from __future__ import annotations
@@ -42,6 +47,7 @@ ScoreMod = Callable[..., torch.Tensor]
 # segment counts x softcap; past torch's default of 8, dynamo would silently fall back to the unfused
 # kernel, which materialises [L, S x L] scores (measured: out of memory at a third window length)
 RECOMPILE_LIMIT = 256
+LSE_VALUE_DIM = 16  # the values' width in a call whose output is dropped (the kernel's smallest)
 
 
 @functools.cache
@@ -117,22 +123,54 @@ def score_mod(cap: float | None, bias: torch.Tensor | None) -> ScoreMod:
     return modify
 
 
+def segment_pairs(quantized: tuple[bool, bool]) -> list[tuple[int, int]]:
+    """(key variant, value variant) of each segment, variant 0 the quantized one of a side that
+    ``quantized`` (keys, values) marks, else the only, exact one: 1, 2 or 4 segments."""
+    return [(ki, vi) for ki in range(1 + quantized[0]) for vi in range(1 + quantized[1])]
+
+
+def narrow_values(like: torch.Tensor) -> torch.Tensor:
+    """Zeros [..., LSE_VALUE_DIM] standing in for the values [..., d] of a call whose output is dropped."""
+    return like.new_zeros(*like.shape[:-1], LSE_VALUE_DIM)
+
+
 class FusedRunAttention(BlockwiseRunAttention):
     """:class:`BlockwiseRunAttention` whose output, row log-sum-exps and A² column sums come from
     FlexAttention calls (module docstring); with a model mask that is not plain, the blockwise code."""
 
-    def _flex(self, call: AttentionCall, query: torch.Tensor, keys: torch.Tensor, values: torch.Tensor,
-              mask_mod, q_len: int, kv_len: int, modify: ScoreMod, gqa: bool
-              ) -> tuple[torch.Tensor, torch.Tensor]:
-        """(output, log-sum-exp float32) of one FlexAttention call with ``mask_mod`` as block mask."""
-        from torch.nn.attention.flex_attention import AuxRequest, create_block_mask
+    def __init__(self, run, **kwargs: Any) -> None:
+        super().__init__(run, **kwargs)
+        self._block_masks: dict[tuple, Any] = {}  # layout -> BlockMask, shared by every layer
 
-        compiled = query.is_cuda
-        block_mask = create_block_mask(mask_mod, None, None, q_len, kv_len, device=query.device,
-                                       _compile=compiled)
-        out, aux = _flex(compiled)(query, keys, values, score_mod=modify, block_mask=block_mask,
-                                   scale=call.scaling, enable_gqa=gqa, return_aux=AuxRequest(lse=True))
+    def _flex(self, call: AttentionCall, query: torch.Tensor, keys: torch.Tensor, values: torch.Tensor,
+              block_mask: Any, modify: ScoreMod, gqa: bool) -> tuple[torch.Tensor, torch.Tensor]:
+        """(output, log-sum-exp float32) of one FlexAttention call under ``block_mask``."""
+        from torch.nn.attention.flex_attention import AuxRequest
+
+        out, aux = _flex(query.is_cuda)(query, keys, values, score_mod=modify, block_mask=block_mask,
+                                        scale=call.scaling, enable_gqa=gqa, return_aux=AuxRequest(lse=True))
         return out, aux.lse
+
+    def _block_mask(self, call: AttentionCall, quantized: tuple[bool, bool], transposed: bool,
+                    until: torch.Tensor | None = None) -> Any:
+        """The BlockMask of the segments of ``quantized`` (keys, values) under the decode rule, rows
+        against segments (``transposed``: segments against rows), built at a layout's first layer."""
+        length = call.query.shape[-2]
+        device = call.query.device
+        layout = (length, quantized, transposed, call.sliding_window, until is not None, str(device))
+        if layout not in self._block_masks:
+            from torch.nn.attention.flex_attention import create_block_mask
+
+            pairs = segment_pairs(quantized)
+            flags = torch.tensor([[ki == 0 and quantized[0], vi == 0 and quantized[1]] for ki, vi in pairs],
+                                 dtype=torch.bool, device=device)
+            segments = DecodeSegments(length, self._counts(0, quantized[0]), flags[:, 0].contiguous(),
+                                      self._counts(1, quantized[1]), flags[:, 1].contiguous(),
+                                      call.sliding_window, until)
+            sizes = (len(pairs) * length, length) if transposed else (length, len(pairs) * length)
+            self._block_masks[layout] = create_block_mask(segments.mask_mod(transposed), None, None, *sizes,
+                                                          device=device, _compile=device.type == "cuda")
+        return self._block_masks[layout]
 
     def _counts(self, side: int, quantized: bool) -> torch.Tensor:
         """int64 [L]: the decode rule's quantized prefix of each row for ``side`` (0 keys, 1 values)
@@ -140,29 +178,25 @@ class FusedRunAttention(BlockwiseRunAttention):
         counts = self._rules[side].count_tensor
         return counts if quantized else torch.zeros_like(counts)
 
-    def _segments(self, call: AttentionCall, keys: list[torch.Tensor], values: list[torch.Tensor],
-                  quantized: tuple[bool, bool]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Keys and values [b, hkv, S x L, d] (model dtype) of every (key, value) variant pair, and
-        flags bool [S, 2]: whether the pair's key / value is the quantized variant (index 0)."""
+    @staticmethod
+    def _concat(call: AttentionCall, variants: list[torch.Tensor], side: int,
+                quantized: tuple[bool, bool]) -> torch.Tensor:
+        """[b, hkv, S x L, d] (query dtype): each segment's variant of one side (0 keys, 1 values)."""
         dt = call.query.dtype
-        pairs = [(ki, vi) for ki in range(len(keys)) for vi in range(len(values))]
-        k_cat = torch.cat([keys[ki].to(dt) for ki, _ in pairs], dim=-2)
-        v_cat = torch.cat([values[vi].to(dt) for _, vi in pairs], dim=-2)
-        flags = torch.tensor([[ki == 0 and quantized[0], vi == 0 and quantized[1]] for ki, vi in pairs],
-                             dtype=torch.bool, device=call.query.device)
-        return k_cat, v_cat, flags
+        return torch.cat([variants[pair[side]].to(dt) for pair in segment_pairs(quantized)], dim=-2)
 
-    def _attend(self, call: AttentionCall, key_eff: torch.Tensor | None, value_hat: torch.Tensor | None
-                ) -> tuple[torch.Tensor, torch.Tensor]:
-        """(attention output [b, hq, L, d], log-sum-exp float32 [b, hq, L] of each row's logits)."""
-        q, length = call.query, call.query.shape[-2]
-        keys = [call.key] if key_eff is None else [key_eff, call.key]
-        values = [call.value] if value_hat is None else [value_hat, call.value]
-        k_cat, v_cat, flags = self._segments(call, keys, values, (key_eff is not None, value_hat is not None))
-        segments = DecodeSegments(length, self._counts(0, key_eff is not None), flags[:, 0].contiguous(),
-                                  self._counts(1, value_hat is not None), flags[:, 1].contiguous(),
-                                  call.sliding_window)
-        return self._flex(call, q, k_cat, v_cat, segments.mask_mod(), length, k_cat.shape[-2],
+    def _attend(self, call: AttentionCall, key_eff: torch.Tensor | None, value_hat: torch.Tensor | None,
+                lse_only: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+        """(attention output [b, hq, L, d], log-sum-exp float32 [b, hq, L] of each row's logits);
+        ``lse_only``: the values are a narrow stand-in and the output is meaningless."""
+        quantized = (key_eff is not None, value_hat is not None)
+        keys = self._concat(call, [call.key] if key_eff is None else [key_eff, call.key], 0, quantized)
+        if lse_only:
+            values = narrow_values(keys)
+        else:
+            variants = [call.value] if value_hat is None else [value_hat, call.value]
+            values = self._concat(call, variants, 1, quantized)
+        return self._flex(call, call.query, keys, values, self._block_mask(call, quantized, False),
                           score_mod(call.softcap, None), call.groups > 1)
 
     def _read(self, call: AttentionCall, key_eff: torch.Tensor | None, value_hat: torch.Tensor | None,
@@ -181,19 +215,17 @@ class FusedRunAttention(BlockwiseRunAttention):
             return super()._a2_scores(call, key_eff, blocks, until)
         q, length = call.query, call.query.shape[-2]
         dt = torch.promote_types(q.dtype, torch.float32)  # the kernel's score dtype
-        lse = self._attend(call, key_eff, None)[1].to(dt)
+        lse = self._attend(call, key_eff, None, lse_only=True)[1].to(dt)
         log_w = torch.zeros(length, device=q.device, dtype=dt)
         if until is not None:
             log_w = torch.log(torch.arange(1, length + 1, device=q.device, dtype=dt))
         bias = log_w - lse  # [b, hq, L]: per query row t
-        keys = [call.key] if key_eff is None else [key_eff, call.key]
-        k_cat, _, flags = self._segments(call, keys, [call.value], (key_eff is not None, False))
-        segments = DecodeSegments(length, self._counts(0, key_eff is not None), flags[:, 0].contiguous(),
-                                  self._counts(1, False), flags[:, 1].contiguous(), call.sliding_window,
-                                  until)
-        keys_as_queries = k_cat.repeat_interleave(call.groups, dim=1)  # [b, hq, S x L, d]
-        _, col = self._flex(call, keys_as_queries, q, q, segments.mask_mod(transposed=True),
-                            k_cat.shape[-2], length, score_mod(call.softcap, bias), False)
+        quantized = (key_eff is not None, False)
+        keys = self._concat(call, [call.key] if key_eff is None else [key_eff, call.key], 0, quantized)
+        keys_as_queries = keys.repeat_interleave(call.groups, dim=1)  # [b, hq, S x L, d]
+        column_mask = self._block_mask(call, quantized, True, until)
+        _, col = self._flex(call, keys_as_queries, q, narrow_values(q), column_mask,
+                            score_mod(call.softcap, bias), False)
         b, hkv = call.key.shape[:2]
-        sums = col.double().exp().view(b, hkv, call.groups, len(flags), length)
+        sums = col.double().exp().view(b, hkv, call.groups, len(segment_pairs(quantized)), length)
         return sums.sum(dim=(2, 3))

@@ -189,3 +189,23 @@ def test_the_job_spec_takes_the_fused_path():
     from headq_spec.jobs import DatasetSpec
 
     assert DatasetSpec(window=32768, attention="fused").attention == "fused"
+
+
+def test_a_handler_builds_each_block_mask_once_for_all_layers_of_a_window_length():
+    """A block mask depends on the layout (call kind, segments, sliding window, window length), not
+    on the layer: a kv2 + A² run builds three for the layers of a plain model (output, rows'
+    log-sum-exps, column pass), three more per sliding window, and again for a new window length,
+    where a reused handler gives a fresh handler's numbers."""
+    run = RunSpec("kv2_hq_a2", key=K2, value=V2, headq=HeadQConfig(rank=4, basis="random"),
+                  value_policy=ONLINE)
+    llama = FusedRunAttention(run)
+    _nll(_float64("llama"), _ids(120, seed=5), llama, structural=True)
+    assert len(llama._block_masks) == 3  # two layers, one layout each of the three calls
+    model, handler = _float64("gemma2"), FusedRunAttention(run)  # a sliding and a full layer
+    _nll(model, _ids(120, seed=5), handler, structural=True)
+    assert len(handler._block_masks) == 6
+    longer = _ids(200, seed=6)
+    reused = _nll(model, longer, handler, structural=True)
+    assert len(handler._block_masks) == 12
+    torch.testing.assert_close(reused, _nll(model, longer, FusedRunAttention(run), structural=True),
+                               rtol=1e-12, atol=0)
