@@ -2,8 +2,6 @@
 materialised reference: masks equal transformers' own on every verified family, NLL per token on
 every family and run kind, metrics on sampled rows, the fallback when a real mask is needed."""
 
-import copy
-
 import pytest
 import torch
 
@@ -16,7 +14,7 @@ from headq_core.evaluation.fused_attention import FusedRunAttention
 from headq_core.evaluation.run_attention import RunAttention
 from headq_core.models.adapter import VERIFIED_MODEL_TYPES, attention_handler
 from headq_core.models.attention import AttentionCall, dense_attention, structural_masks
-from tests.models.tiny import loaded
+from tests.models.tiny import float64_model, loaded
 
 K2 = QuantConfig(bits=2, axis="per_channel", group_size=32, residual=40)
 V2 = QuantConfig(bits=2, axis="per_token", group_size=4, residual=24)
@@ -76,18 +74,9 @@ def _nll(model, ids, handler, structural: bool) -> torch.Tensor:
     return torch.nn.functional.cross_entropy(logits.transpose(1, 2).double(), ids[:, 1:], reduction="none")
 
 
-def _float64(family: str):
-    """The tiny model of ``family`` in float64: the fused and materialised paths then differ only by
-    rounding far below float32's (the same attention, summed in another order)."""
-    model = copy.deepcopy(loaded(family).model).double()
-    if hasattr(model, "set_experts_implementation") and model._can_set_experts_implementation():
-        model.set_experts_implementation("eager")  # grouped_mm has no float64
-    return model
-
-
 @pytest.mark.parametrize("family", VERIFIED_MODEL_TYPES)
 def test_fused_nll_equals_materialised_on_every_family(family):
-    model = _float64(family)
+    model = float64_model(family)
     ids = _ids(512)
     small_groups = QuantConfig(bits=2, axis="per_channel", group_size=4, residual=2)
     run = RunSpec("kv2_hq_a2", key=small_groups, value=V2, headq=HeadQConfig(rank=4, basis="random"),
@@ -105,7 +94,7 @@ def test_fused_nll_equals_materialised_on_every_family(family):
 ], ids=lambda r: r.name)
 @pytest.mark.parametrize("family", ["llama", "gemma2"])  # gemma2: softcap and a sliding layer
 def test_fused_nll_equals_materialised_on_every_run_kind(family, run):
-    model = _float64(family)
+    model = float64_model(family)
     ids = _ids(300, seed=1, batch=2)
     reference = _nll(model, ids, RunAttention(run), structural=False)
     fused = _nll(model, ids, FusedRunAttention(run), structural=True)
@@ -120,7 +109,7 @@ def test_fused_float32_is_as_close_to_the_float64_truth_as_the_reference(family)
     reference itself is up to ~1e-4 (relative NLL) from the float64 truth, the fused path no further."""
     run = RunSpec("kv2_hq", key=K2, value=V2, headq=HeadQConfig(rank=4, basis="random"))
     ids = _ids(512, seed=2)
-    truth = _nll(_float64(family), ids, RunAttention(run), structural=False)
+    truth = _nll(float64_model(family), ids, RunAttention(run), structural=False)
     model = loaded(family).model
     errors = [((_nll(model, ids, handler, structural) - truth).abs() / truth).max().item()
               for handler, structural in ((RunAttention(run), False), (FusedRunAttention(run), True))]
@@ -177,7 +166,7 @@ def test_fused_a2_column_sums_equal_the_blockwise_ones(family, mode):
     run = RunSpec("kv2_hq_a2", key=K2, value=V2, headq=HeadQConfig(rank=4, basis="random"),
                   value_policy=ValuePolicyConfig(mode=mode, keep_fraction=0.2))
     found: list = []
-    _nll(_float64(family), _ids(200, seed=4, batch=2), _Scores(run, found), structural=True)
+    _nll(float64_model(family), _ids(200, seed=4, batch=2), _Scores(run, found), structural=True)
     assert len(found) == 2  # one policy per layer
     for fused, blockwise in found:
         assert fused.shape == blockwise.shape == (2, 2, 200) and fused.dtype == torch.float64
@@ -199,9 +188,9 @@ def test_a_handler_builds_each_block_mask_once_for_all_layers_of_a_window_length
     run = RunSpec("kv2_hq_a2", key=K2, value=V2, headq=HeadQConfig(rank=4, basis="random"),
                   value_policy=ONLINE)
     llama = FusedRunAttention(run)
-    _nll(_float64("llama"), _ids(120, seed=5), llama, structural=True)
+    _nll(float64_model("llama"), _ids(120, seed=5), llama, structural=True)
     assert len(llama._block_masks) == 3  # two layers, one layout each of the three calls
-    model, handler = _float64("gemma2"), FusedRunAttention(run)  # a sliding and a full layer
+    model, handler = float64_model("gemma2"), FusedRunAttention(run)  # a sliding and a full layer
     _nll(model, _ids(120, seed=5), handler, structural=True)
     assert len(handler._block_masks) == 6
     longer = _ids(200, seed=6)

@@ -15,7 +15,7 @@ from headq_core.method.schedule import decode_mask
 from headq_core.method.values import a2_weights
 from headq_core.models.adapter import VERIFIED_MODEL_TYPES, attention_handler
 from headq_core.models.attention import AttentionCall
-from tests.models.tiny import loaded
+from tests.models.tiny import float64_model, loaded
 
 K2 = QuantConfig(bits=2, axis="per_channel", group_size=32, residual=40)
 V2 = QuantConfig(bits=2, axis="per_token", group_size=4, residual=24)
@@ -127,13 +127,15 @@ def _sliced(view: LayerView, rows: torch.Tensor) -> LayerView:
 
 @pytest.mark.parametrize("family", ["llama", "gemma2"])
 def test_sampled_row_metrics_equal_the_full_metrics_on_those_rows(family):
-    lm = loaded(family)
+    """In float64, where the two paths differ only by summation order: in float32 a metric that is a
+    small difference (readout_err ~1e-3) came out 1.6e-5 apart on one CPU and within 1e-5 on another."""
+    model = float64_model(family)
     ids = _ids(512, seed=3)
     rows = sample_rows(512, 40, seed=5)
     run = RunSpec("kv2_hq", key=K2, value=V2, headq=HeadQConfig(rank=4, basis="random"), value_policy=ONLINE)
     full, sampled = _Views(), _Views()
-    _nll(lm.model, ids, RunAttention(run, sink=full))
-    _nll(lm.model, ids, BlockwiseRunAttention(run, sink=sampled, rows=rows, budget=_rows_budget(512, 50)))
+    _nll(model, ids, RunAttention(run, sink=full))
+    _nll(model, ids, BlockwiseRunAttention(run, sink=sampled, rows=rows, budget=_rows_budget(512, 50)))
     expected, got = (HeadAccumulator(2, 4, 2, keep_a2=True) for _ in range(2))
     for reference, view in zip(full.views, sampled.views, strict=True):
         assert torch.equal(view.rows, rows) and view.raw.shape[-2:] == (40, 512)
@@ -142,14 +144,14 @@ def test_sampled_row_metrics_equal_the_full_metrics_on_those_rows(family):
         # the dense attention's A² over every row, accumulated in blocks
         allowed = view.call.allowed()
         dense = torch.softmax(reference.raw_dense.masked_fill(~allowed, float("-inf")), -1)
-        torch.testing.assert_close(view.a2, a2_weights(dense, 2), rtol=1e-5, atol=1e-9)
+        torch.testing.assert_close(view.a2, a2_weights(dense, 2), rtol=1e-9, atol=1e-12)
     expected.close_windows()
     got.close_windows()
     for a, b in zip(expected.rows("r"), got.rows("r"), strict=True):
         assert (a["layer"], a["head"]) == (b["layer"], b["head"])
         for name, value in a.items():
             if isinstance(value, float):
-                assert b[name] == pytest.approx(value, rel=1e-5, abs=1e-9), name
+                assert b[name] == pytest.approx(value, rel=1e-9, abs=1e-12), name
 
 
 def test_blockwise_with_a_sink_needs_rows():

@@ -95,6 +95,15 @@ def loaded(family: str = "llama", seed: int = 0, bos: bool = False, **overrides)
     return LoadedModel(model=model, tokenizer=CharTokenizer(bos), info=info)
 
 
+def float64_model(family: str = "llama", seed: int = 0):
+    """``build(family)`` in float64: two attention paths then differ only by rounding far below
+    float32's (the same attention, summed in another order), so they can be compared tightly."""
+    model = build(family, seed).double()
+    if hasattr(model, "set_experts_implementation") and model._can_set_experts_implementation():
+        model.set_experts_implementation("eager")  # grouped_mm has no float64
+    return model
+
+
 def save_tiny(folder, family: str = "llama", bos: bool = False) -> None:
     """Save ``build(family)`` with a real character-level fast tokenizer (printable ASCII) to
     ``folder``; with ``bos`` its post-processor starts every sequence with ``^`` (BOS), as Llama 3's
