@@ -185,26 +185,27 @@ class FusedRunAttention(BlockwiseRunAttention):
         dt = call.query.dtype
         return torch.cat([variants[pair[side]].to(dt) for pair in segment_pairs(quantized)], dim=-2)
 
-    def _attend(self, call: AttentionCall, key_eff: torch.Tensor | None, value_hat: torch.Tensor | None,
-                lse_only: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
-        """(attention output [b, hq, L, d], log-sum-exp float32 [b, hq, L] of each row's logits);
-        ``lse_only``: the values are a narrow stand-in and the output is meaningless."""
+    def _keys(self, call: AttentionCall, key_eff: torch.Tensor | None, quantized: tuple[bool, bool]
+              ) -> torch.Tensor:
+        """[b, hkv, S x L, d] (query dtype): each segment's keys, ``key_eff`` where they are quantized."""
+        return self._concat(call, [call.key] if key_eff is None else [key_eff, call.key], 0, quantized)
+
+    def _attend(self, call: AttentionCall, key_eff: torch.Tensor | None, value_hat: torch.Tensor | None
+                ) -> torch.Tensor:
+        """The attention output [b, hq, L, d] (query dtype) of one FlexAttention call."""
         quantized = (key_eff is not None, value_hat is not None)
-        keys = self._concat(call, [call.key] if key_eff is None else [key_eff, call.key], 0, quantized)
-        if lse_only:
-            values = narrow_values(keys)
-        else:
-            variants = [call.value] if value_hat is None else [value_hat, call.value]
-            values = self._concat(call, variants, 1, quantized)
+        keys = self._keys(call, key_eff, quantized)
+        variants = [call.value] if value_hat is None else [value_hat, call.value]
+        values = self._concat(call, variants, 1, quantized)
         return self._flex(call, call.query, keys, values, self._block_mask(call, quantized, False),
-                          score_mod(call.softcap, None), call.groups > 1)
+                          score_mod(call.softcap, None), call.groups > 1)[0]
 
     def _read(self, call: AttentionCall, key_eff: torch.Tensor | None, value_hat: torch.Tensor | None,
               blocks: list[tuple[int, int, int]]) -> torch.Tensor:
         """The attention output [b, hq, L, d] (query dtype)."""
         if call.mask is not None:  # not a plain causal / sliding mask: the blockwise reads
             return super()._read(call, key_eff, value_hat, blocks)
-        return self._attend(call, key_eff, value_hat)[0].to(call.query.dtype)
+        return self._attend(call, key_eff, value_hat)
 
     def _a2_scores(self, call: AttentionCall, key_eff: torch.Tensor | None,
                    blocks: list[tuple[int, int, int]], until: torch.Tensor | None = None) -> torch.Tensor:
@@ -215,13 +216,14 @@ class FusedRunAttention(BlockwiseRunAttention):
             return super()._a2_scores(call, key_eff, blocks, until)
         q, length = call.query, call.query.shape[-2]
         dt = torch.promote_types(q.dtype, torch.float32)  # the kernel's score dtype
-        lse = self._attend(call, key_eff, None, lse_only=True)[1].to(dt)
+        quantized = (key_eff is not None, False)
+        keys = self._keys(call, key_eff, quantized)  # the rows' call and the column pass read the same keys
+        _, lse = self._flex(call, q, keys, narrow_values(keys), self._block_mask(call, quantized, False),
+                            score_mod(call.softcap, None), call.groups > 1)
         log_w = torch.zeros(length, device=q.device, dtype=dt)
         if until is not None:
             log_w = torch.log(torch.arange(1, length + 1, device=q.device, dtype=dt))
-        bias = log_w - lse  # [b, hq, L]: per query row t
-        quantized = (key_eff is not None, False)
-        keys = self._concat(call, [call.key] if key_eff is None else [key_eff, call.key], 0, quantized)
+        bias = log_w - lse.to(dt)  # [b, hq, L]: per query row t
         keys_as_queries = keys.repeat_interleave(call.groups, dim=1)  # [b, hq, S x L, d]
         column_mask = self._block_mask(call, quantized, True, until)
         _, col = self._flex(call, keys_as_queries, q, narrow_values(q), column_mask,
